@@ -1,0 +1,3 @@
+"""ssrseg: SSR weakly supervised semantic segmentation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,260 @@
+"""One Vision Transformer for CLIP's image tower and for DINO.
+
+The method needs more than a classifier's forward: every layer's patch tokens (decoder input),
+head-averaged attention matrices (affinity), and a way to run the last block on its own with
+gradients (Grad-CAM at the last block's ``ln_1``). :meth:`VisionTransformer.forward_intermediates`
+returns all of it as a named :class:`ViTOutput`.
+
+Parameter names are this project's own (``blocks.i.norm1``, ``attn.qkv`` ...);
+``ssrseg.backbones.weights`` converts the OpenAI / open_clip / transformers / timm / DINO layouts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Shape of a ViT. Defaults are CLIP ViT-B/16."""
+
+    image_size: int = 224  # pretrained input size; sets the stored position-embedding grid
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    act: str = "quick_gelu"  # quick_gelu (OpenAI CLIP) | gelu (DINO)
+    ln_eps: float = 1e-5  # 1e-5 CLIP, 1e-6 DINO
+    ln_pre: bool = True  # CLIP normalises the embedded tokens before block 1; DINO does not
+    patch_bias: bool = False  # CLIP's patch conv has no bias; DINO's has
+    output_dim: int | None = 512  # CLIP's projection width; None for DINO
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def pretrained_grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class ViTOutput:
+    """What one forward pass yields.
+
+    tokens: per block, its output, ``B x (1+N) x D`` (index 0 is block 1; CLS first).
+    attentions: block index (0-based) -> head-averaged softmax attention restricted to
+        patch-to-patch pairs (CLS row and column dropped), ``B x N x N``, float32.
+    grid: (h, w) patch grid, N = h * w.
+    """
+
+    tokens: list[Tensor]
+    attentions: dict[int, Tensor] = field(default_factory=dict)
+    grid: tuple[int, int] = (0, 0)
+
+    @property
+    def last(self) -> Tensor:
+        """Output of the last block run, ``B x (1+N) x D``."""
+        return self.tokens[-1]
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's activation, x * sigmoid(1.702 x)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with fused qkv that can return its attention matrix."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = width // heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(
+        self, x: Tensor, need_attn: bool = False, causal: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: ``B x L x D`` -> (``B x L x D``, head-averaged attention ``B x L x L`` or None).
+
+        ``causal`` masks future positions (CLIP's text tower)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each B x H x L x hd
+        if need_attn:
+            logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+            if causal:
+                future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+                logits = logits.masked_fill(future, float("-inf"))
+            attn = logits.float().softmax(dim=-1)
+            out = attn.to(v.dtype) @ v
+            mean_attn: Tensor | None = attn.mean(dim=1)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            mean_attn = None
+        out = out.transpose(1, 2).reshape(b, n, d)
+        return self.proj(out), mean_attn
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act: nn.Module = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.attn = Attention(cfg.width, cfg.heads)
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.mlp = MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.act)
+
+    def forward(
+        self, x: Tensor, need_attn: bool = False, causal: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        return self.forward_from_norm1(x, self.norm1(x), need_attn, causal)
+
+    def forward_from_norm1(
+        self, x: Tensor, h: Tensor, need_attn: bool = False, causal: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Finish the block given ``h = norm1(x)``; Grad-CAM differentiates w.r.t. ``h``."""
+        a, attn = self.attn(h, need_attn, causal)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, attn
+
+
+def interpolate_pos_embed(pos: Tensor, grid: tuple[int, int], src_grid: int) -> Tensor:
+    """Resize a position embedding table to a new patch grid (bicubic).
+
+    pos: ``(1 + S*S) x D`` with the class position first; returns ``(1 + h*w) x D``.
+    """
+    h, w = grid
+    if (h, w) == (src_grid, src_grid):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    d = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, src_grid, src_grid, d).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(h * w, d)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with a class token; CLIP's image tower or DINO depending on :class:`ViTConfig`."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(d))
+        self.pos_embed = nn.Parameter(torch.zeros(1 + cfg.pretrained_grid**2, d))
+        self.ln_pre: nn.Module = nn.LayerNorm(d, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
+        self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.proj: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(d, cfg.output_dim)) if cfg.output_dim else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random initialisation (tests and toy training); pretrained weights overwrite it."""
+        std = self.cfg.width**-0.5
+        nn.init.normal_(self.cls_token, std=std)
+        nn.init.normal_(self.pos_embed, std=0.01)
+        if self.proj is not None:
+            nn.init.normal_(self.proj, std=std)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid of an input, or a ValueError if a side is not a multiple of the patch."""
+        p = self.cfg.patch_size
+        if height % p or width % p or height < p or width < p:
+            raise ValueError(
+                f"input size {height}x{width} is not a positive multiple of the patch size {p}"
+            )
+        return height // p, width // p
+
+    def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """images: ``B x 3 x H x W`` (normalised) -> tokens ``B x (1+N) x D`` and the grid."""
+        grid = self.grid_for(images.shape[-2], images.shape[-1])
+        x = self.patch_embed(images.to(self.patch_embed.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)  # B x N x D
+        cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + interpolate_pos_embed(self.pos_embed, grid, self.cfg.pretrained_grid).to(x.dtype)
+        return self.ln_pre(x), grid
+
+    def forward_intermediates(
+        self,
+        images: Tensor,
+        attn_layers: Sequence[int] = (),
+        n_blocks: int | None = None,
+    ) -> ViTOutput:
+        """Run the first ``n_blocks`` blocks (all by default).
+
+        images: ``B x 3 x H x W``; H and W multiples of the patch size.
+        attn_layers: 0-based block indices (negative counts from the last block of the model)
+            whose head-averaged patch-to-patch attention to return.
+        """
+        n = self.cfg.layers if n_blocks is None else n_blocks
+        wanted = {i % self.cfg.layers for i in attn_layers}
+        x, grid = self.embed(images)
+        out = ViTOutput(tokens=[], grid=grid)
+        for i, block in enumerate(self.blocks[:n]):
+            x, attn = block(x, need_attn=i in wanted)
+            out.tokens.append(x)
+            if attn is not None:
+                out.attentions[i] = attn[:, 1:, 1:]
+        return out
+
+    def head(self, tokens: Tensor) -> Tensor:
+        """Final norm and (CLIP) projection: ``B x L x D`` -> ``B x L x E`` (E = D without proj)."""
+        x = self.norm(tokens)
+        return x @ self.proj.to(x.dtype) if self.proj is not None else x
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Patch embeddings ``proj(norm(patch tokens))``: ``B x N x E``."""
+        return self.head(self.forward_intermediates(images).last[:, 1:])
+
+    def normalize(self, images01: Tensor) -> Tensor:
+        """``B x 3 x H x W`` in [0, 1] -> normalised with this backbone's mean/std."""
+        mean = torch.tensor(self.cfg.mean, device=images01.device, dtype=images01.dtype)
+        std = torch.tensor(self.cfg.std, device=images01.device, dtype=images01.dtype)
+        return (images01 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def dino_vit_s16_config() -> ViTConfig:
+    """DINO v1 ViT-S/16: width 384, 12 layers, 6 heads, GELU, LayerNorm eps 1e-6, ImageNet stats."""
+    return ViTConfig(
+        image_size=224,
+        patch_size=16,
+        width=384,
+        layers=12,
+        heads=6,
+        act="gelu",
+        ln_eps=1e-6,
+        ln_pre=False,
+        patch_bias=True,
+        output_dim=None,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )

@@ -1,0 +1,54 @@
+"""The ``ssrseg`` command. Each subcommand lives in ``ssrseg.commands.<name>`` and exposes
+``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``; modules are
+imported only when their command runs so ``ssrseg --help`` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ssrseg import __version__
+
+# (command name, module under ssrseg.commands, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("cams", "cams", "write per-image CAMs (initial or refined) for a dataset split"),
+    ("pseudo-labels", "pseudo_labels", "write pseudo-label PNGs for a dataset split"),
+    ("train", "train", "train SSR (CMPA heads + decoder) from image-level tags"),
+    ("evaluate", "evaluate", "score predictions or a checkpoint against ground-truth masks"),
+    ("predict", "predict", "segment images with a trained checkpoint"),
+    ("demo", "demo", "run the whole SSR pipeline on the toy world and print the paper's tables"),
+    ("weights", "weights", "list, fetch or convert pretrained backbone weights"),
+    ("toy", "toy", "toy world: render data, train the tiny CLIP and DINO"),
+    ("tags", "tags", "write an image-level tag file from dataset annotations"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssrseg",
+        description="SSR weakly supervised semantic segmentation: image-level tags in, "
+        "pixel masks out.",
+    )
+    parser.add_argument("--version", action="version", version=f"ssrseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        mod = importlib.import_module(f"ssrseg.commands.{module}")
+        p = mod.add_parser(sub, name, help_text)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    mod = importlib.import_module(f"ssrseg.commands.{args._module}")
+    return int(mod.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

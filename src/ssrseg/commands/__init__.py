@@ -1,0 +1,1 @@
+"""Subcommands of ``ssrseg``; each module keeps heavy imports inside ``run``."""

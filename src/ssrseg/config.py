@@ -1,0 +1,418 @@
+"""Configuration: frozen dataclasses holding the spec's defaults; YAML presets only override.
+
+Every field carries a comment naming its source: [paper] (the SSR paper), [WeCLIP], [CLIP-ES],
+or [decision] (this project's choice where the paper is silent; each is explained in
+``docs/reproduction.md``).
+
+Use :func:`load_config` to read a YAML preset and ``key.path=value`` overrides; unknown keys are
+an error naming the key and the nearest valid one. :func:`save_config` writes the resolved config
+next to every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Frozen backbones and their weights."""
+
+    clip: str = (
+        "clip_vit_b16.openai"  # [paper] CLIP ViT-B/16; a registry name, local path or hub id
+    )
+    dino: str = "dino_vit_s16"  # [paper] DINO ViT-S/16 for the fused affinity
+    use_dino: bool = True  # [paper] needed for the "+DINO attention" rows; off saves its forward
+    half_precision: bool = True  # [decision] frozen backbones in bf16/fp16 on GPU (ignored on CPU)
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Text side of Grad-CAM; class names, synonyms and background words are data."""
+
+    dataset: str = "voc"  # [decision] which class list to use: voc | coco | toy | a path to a file
+    template: str = "a clean origami {}."  # [CLIP-ES]
+    background_words: tuple[str, ...] | None = None  # [CLIP-ES] None: the dataset's own list
+    use_background_words: bool = True  # [CLIP-ES] background words join the softmax
+
+
+@dataclass(frozen=True)
+class CamConfig:
+    """Initial CAM: Grad-CAM on CLIP (SSR_SPEC section 3)."""
+
+    logit_scale: float = 100.0  # [CLIP-ES] logits = 100 * cosine in the raw CLIP space
+    projected: bool = False  # [paper] CAM in the CMPA-projected space once CMPA heads are trained
+    batch_classes: bool = True  # [decision] all classes of an image in one batched backward
+
+
+@dataclass(frozen=True)
+class AffinityConfig:
+    """Attention affinity and the transition matrix (SSR_SPEC section 4)."""
+
+    use_clip_attention: bool = True  # [CLIP-ES] Table 3 row "+CLIP attention"
+    use_dino_attention: bool = True  # [paper] Table 3 row "+DINO attention"
+    clip_layers: int = 8  # [CLIP-ES] average of the last 8 layers' head-averaged attention
+    dino_layers: int = 1  # [decision] DINO's last layer only
+    clip_weight: float = 0.4  # [decision, from paper's 0.4:0.6 ratio] weight of CLIP affinity
+    dino_weight: float = 0.6  # [decision, from paper's 0.4:0.6 ratio] weight of DINO affinity
+    sinkhorn_rounds: int = 3  # [CLIP-ES] column-then-row normalisation rounds
+    square: bool = True  # [CLIP-ES] T <- T @ T once after symmetrising
+    mask: str = "sgc"  # [paper] column mask: sgc | box | none (box is the CLIP-ES baseline)
+    box_threshold: float = 0.4  # [CLIP-ES] 0.4 VOC, 0.7 COCO: boxes around CAM > t * max
+    mask_target: str = "transition"  # [decision] mask T (CLIP-ES order), not A (paper eq. 10)
+    decoder_affinity: bool = False  # [WeCLIP] RFM: multiply T by the decoder's affinity; off
+
+
+@dataclass(frozen=True)
+class SGCConfig:
+    """Superpixel-guided correction (SSR_SPEC section 5)."""
+
+    n_segments: int = 100  # [decision] SLIC segments
+    compactness: float = 10.0  # [decision] SLIC compactness
+    n_clusters: int = 8  # [decision] K of the colour K-means over superpixels
+    colour_space: str = "lab"  # [decision] superpixel colour feature: lab | rgb
+    tau_hi: float = 0.4  # [decision] CAM value counted as strong activation
+    theta: float = 0.5  # [decision] strong-activation ratio that makes a cluster a target
+    patch_majority: float = 0.5  # [decision] share of a patch's pixels that must be in targets
+    kmeans_iters: int = 20  # [decision] Lloyd iterations
+    seed: int = 0  # [decision] K-means initialisation seed (deterministic masks)
+
+
+@dataclass(frozen=True)
+class PARConfig:
+    """Pixel-adaptive refinement (SSR_SPEC section 7)."""
+
+    enabled: bool = True  # [WeCLIP]
+    dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)  # [WeCLIP]
+    iterations: int = 20  # [WeCLIP]
+    colour_temperature: float = 0.3  # [WeCLIP] w1 in -(|dI| / std / w1)^2
+    position_weight: float = 0.01  # [WeCLIP] weight of the position softmax
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Online / offline pseudo labels (SSR_SPEC section 7)."""
+
+    background_power: float = 1.0  # [WeCLIP] background = (1 - max_c cam_c) ** power
+    ignore_low: float | None = None  # [WeCLIP option] max score below this ... -> 255 (off)
+    ignore_high: float | None = None  # [WeCLIP option] ... unless the winner is above this (off)
+    cam_size: int | None = None  # [decision] None: CAMs at the image size
+
+
+@dataclass(frozen=True)
+class CRFConfig:
+    """Dense CRF (SSR_SPEC section 10); needs the optional extra ``crf`` (pydensecrf2)."""
+
+    iterations: int = 10  # [WeCLIP]
+    gaussian_sxy: float = 3.0  # [WeCLIP]
+    gaussian_compat: float = 3.0  # [WeCLIP]
+    bilateral_sxy: float = 64.0  # [WeCLIP]
+    bilateral_srgb: float = 5.0  # [WeCLIP]
+    bilateral_compat: float = 4.0  # [WeCLIP]
+
+
+@dataclass(frozen=True)
+class CMPAConfig:
+    """Cross-modal prototype alignment (SSR_SPEC section 6)."""
+
+    enabled: bool = True  # [paper]
+    in_dim: int = 512  # [paper] d1, CLIP embedding width (toy CLIP overrides)
+    out_dim: int = 256  # [decision] d2 < d1
+    hidden_dim: int = 512  # [decision] width of the hidden Linear-BN-ReLU layer
+    num_layers: int = 2  # [decision] Linear-BN-ReLU stacks per head
+    tau_init: float = 0.05  # [paper] learnable temperature, initial value
+    tau_min: float = 0.01  # [decision] clamp of the log-parameterised temperature
+    symmetric: bool = True  # [decision] text-to-visual-prototype term, paper's aim (ii)
+    prototypes: str = "class_mean"  # [decision] class_mean | kmeans (paper's variant)
+    refresh_every: int = 5000  # [paper] visual prototype refresh period (iterations)
+    start_iter: int = 0  # [decision] iteration from which CAMs use the projected space
+    projected_cam_from: int = 0  # [decision] iteration from which pseudo labels use CMPA CAMs
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """WeCLIP-style decoder (SSR_SPEC section 8)."""
+
+    embed_dim: int = 256  # [WeCLIP] width of per-layer MLPs, fusion and transformer
+    num_layers: int = 3  # [WeCLIP] transformer depth
+    num_heads: int = 8  # [WeCLIP]
+    dropout: float = 0.1  # [WeCLIP] Dropout2d after fusion
+    use_layers: int = 11  # [WeCLIP] CLIP layers 1..11 feed the decoder
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights (SSR_SPEC section 8)."""
+
+    w_proto: float = 1.0  # [paper] eq. 12
+    w_seg: float = 0.1  # [paper] eq. 12
+    w_aff: float = 0.01  # [decision] WeCLIP's 0.1 ratio to the segmentation loss; 0 = eq. 12
+    aff_radius: int = 8  # [WeCLIP] Chebyshev window of the affinity loss (17 x 17)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset selection."""
+
+    dataset: str = "voc"  # [decision] voc | coco | folder | toy
+    root: str = "data/VOCdevkit/VOC2012"  # [decision] dataset root
+    train_split: str = "train_aug"  # [WeCLIP] 10,582 images
+    val_split: str = "val"  # [paper]
+    tag_file: str | None = None  # [decision] image_id -> class names; None: from annotations
+    crop_size: int = 320  # [WeCLIP]
+    scale_range: tuple[float, float] = (0.5, 2.0)  # [WeCLIP]
+    hflip: bool = True  # [WeCLIP]
+    num_workers: int = 4  # [decision]
+    allow_skipped: bool = False  # [decision] exit 0 even if bad inputs were skipped
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and schedule (SSR_SPEC section 9)."""
+
+    iterations: int = 30000  # [paper] VOC 30k, COCO 80k
+    batch_size: int = 4  # [WeCLIP] (paper: 128; see docs/reproduction.md)
+    lr: float = 2e-4  # [WeCLIP] base lr for batch 4 (paper: 1e-5 at batch 128)
+    decoder_lr_mult: float = 10.0  # [WeCLIP] x10 for the decoder
+    weight_decay: float = 2e-3  # [paper]
+    warmup_iters: int = 50  # [WeCLIP]
+    warmup_ratio: float = 1e-6  # [WeCLIP] lr starts at ratio * lr
+    poly_power: float = 1.0  # [WeCLIP]
+    seed: int = 0  # [decision]
+    amp: str = "auto"  # [decision] auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
+    val_every: int = 2000  # [decision]
+    val_images: int | None = None  # [decision] None: the whole val split
+    ckpt_every: int = 1000  # [decision]
+    log_every: int = 20  # [decision]
+    output_dir: str = "runs/ssr"  # [decision]
+    tensorboard: bool = False  # [decision]
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Inference (SSR_SPEC section 10)."""
+
+    scales: tuple[float, ...] = (1.0, 0.75)  # [WeCLIP]
+    flip: bool = True  # [WeCLIP]
+    long_side: int = 512  # [WeCLIP]
+    crf: bool = False  # [WeCLIP] reported with and without
+    batch_size: int = 1  # [decision]
+
+
+@dataclass(frozen=True)
+class SSRConfig:
+    """The whole configuration of a run."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    affinity: AffinityConfig = field(default_factory=AffinityConfig)
+    sgc: SGCConfig = field(default_factory=SGCConfig)
+    par: PARConfig = field(default_factory=PARConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    crf: CRFConfig = field(default_factory=CRFConfig)
+    cmpa: CMPAConfig = field(default_factory=CMPAConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong type."""
+
+
+T = TypeVar("T")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated field type, or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build dataclass ``cls`` from ``values``, starting from its defaults."""
+    return _merge(cls(), values, where)
+
+
+def _merge(base: T, values: dict[str, Any], where: str = "") -> T:
+    cls = type(base)
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{(where + '.') if where else ''}{near[0]}'?" if near else ""
+            raise ConfigError(f"unknown config key '{path}'{hint} (valid: {', '.join(names)})")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+            changes[key] = _merge(current, value, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-4"]`` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+    return dst
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: list[str] | None = None
+) -> SSRConfig:
+    """Read a YAML preset (may be ``None``) and apply ``key.path=value`` overrides.
+
+    A preset may name ``base: other.yaml`` (relative to itself) to start from another preset.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    if overrides:
+        values = _deep_update(values, parse_overrides(overrides))
+    return _build(SSRConfig, values)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        return _deep_update(_read_yaml(path.parent / str(base)), data)
+    return data
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML/JSON."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(dataclasses.asdict(cfg))
+
+
+def config_from_dict(values: dict[str, Any]) -> SSRConfig:
+    """Inverse of :func:`config_to_dict` (strict: unknown keys are an error)."""
+    return _build(SSRConfig, values)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_config(cfg: SSRConfig, out_dir: str | os.PathLike[str], name: str = "config.yaml") -> Path:
+    """Save the resolved config as YAML next to an output; returns the file's path."""
+    path = Path(out_dir) / name
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path
