@@ -97,6 +97,7 @@ class PARConfig:
     iterations: int = 20  # [WeCLIP]
     colour_temperature: float = 0.3  # [WeCLIP] w1 in -(|dI| / std / w1)^2
     position_weight: float = 0.01  # [WeCLIP] weight of the position softmax
+    normalise: bool = False  # [decision] divide weights by 1 + position_weight (WeCLIP: off)
 
 
 @dataclass(frozen=True)
