@@ -138,6 +138,7 @@ class CMPAConfig:
     refresh_every: int = 5000  # [paper] visual prototype refresh period (iterations)
     start_iter: int = 0  # [decision] iteration from which CAMs use the projected space
     projected_cam_from: int = 0  # [decision] iteration from which pseudo labels use CMPA CAMs
+    plain_last_layer: bool = True  # [decision] last head layer is a plain Linear (no BN/ReLU)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class DecoderConfig:
     num_heads: int = 8  # [WeCLIP]
     dropout: float = 0.1  # [WeCLIP] Dropout2d after fusion
     use_layers: int = 11  # [WeCLIP] CLIP layers 1..11 feed the decoder
+    ffn_ratio: float = 4.0  # [decision] transformer feed-forward width / embed_dim
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class TrainConfig:
     log_every: int = 20  # [decision]
     output_dir: str = "runs/ssr"  # [decision]
     tensorboard: bool = False  # [decision]
+    keep_last: int = 3  # [decision] checkpoints kept on disk (older ones are deleted)
 
 
 @dataclass(frozen=True)
