@@ -1,0 +1,250 @@
+"""Multi-scale + flip inference and the Segmenter API on small stand-in models."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ssrseg.config import CRFConfig, InferConfig
+from ssrseg.engine import infer
+from ssrseg.engine.infer import (
+    Segmenter,
+    base_factor,
+    multiscale_logits,
+    pad_to_multiple,
+    scaled_size,
+)
+
+PATCH = 8  # the toy CLIP's patch; nothing below may assume 16
+
+
+class PatchNet(nn.Module):
+    """Random ViT stand-in: one logit vector per patch, plus a 3x3 mixing conv.
+
+    It is not mirror-symmetric, refuses inputs that are not multiples of its patch, and records
+    the input shapes it saw.
+    """
+
+    def __init__(self, num_classes: int = 5, patch: int = PATCH) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = patch
+        self.embed = nn.Conv2d(3, 16, patch, stride=patch)
+        self.mix = nn.Conv2d(16, num_classes, 3, padding=1)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.shape[-2] % self.patch == 0 and x.shape[-1] % self.patch == 0, x.shape
+        self.calls.append(tuple(x.shape))
+        return self.mix(torch.relu(self.embed(x)))
+
+
+def make_segmenter(num_classes: int = 5, **infer_kw: object) -> tuple[Segmenter, PatchNet]:
+    net = PatchNet(num_classes).eval()
+    cfg = InferConfig(**{"long_side": 64, **infer_kw})  # type: ignore[arg-type]
+    return Segmenter(net, num_classes, PATCH, cfg), net
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def test_sizes_and_padding() -> None:
+    assert base_factor(375, 500, 512) == 512 / 500
+    assert base_factor(375, 500, None) == 1.0
+    assert scaled_size(375, 500, 512 / 500 * 0.75) == (288, 384)
+    assert scaled_size(1, 900, 0.1) == (1, 90)  # never a zero side
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).reshape(2, 3, 5, 7)
+    padded = pad_to_multiple(x, 4)
+    assert padded.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(padded[..., :5, :7], x)
+    torch.testing.assert_close(padded[..., 7, :7], x[..., 4, :])  # edge row replicated
+    assert float(pad_to_multiple(x, 4, "zeros")[..., 5:, :].abs().sum()) == 0.0
+    assert pad_to_multiple(x[..., :4, :4], 4) is not None
+    with pytest.raises(ValueError, match="pad mode"):
+        pad_to_multiple(x, 4, "mirror")
+
+
+def test_identity_model_round_trips_exactly() -> None:
+    """A 'model' returning its (padded) input at full resolution must come back unchanged:
+    this pins the pad position, the crop and the flip-back."""
+    x = torch.rand(2, 3, 37, 53)
+    out = multiscale_logits(
+        lambda t: t, x, scales=(1.0,), flip=True, long_side=None, patch_size=PATCH
+    )
+    torch.testing.assert_close(out, x)
+
+
+def test_scales_reach_the_model_padded_to_the_patch() -> None:
+    net = PatchNet()
+    x = torch.rand(1, 3, 37, 53)
+    out = multiscale_logits(net, x, scales=(1.0, 0.75), flip=True, long_side=64, patch_size=8)
+    assert out.shape == (1, 5, 37, 53)
+    # 37x53 -> long side 64: 45x64 (pad 48x64); x0.75: 34x48 (pad 40x48); flip doubles B.
+    assert net.calls == [(2, 3, 48, 64), (2, 3, 40, 48)]
+
+
+def test_flip_average_of_symmetric_input_is_symmetric() -> None:
+    net = PatchNet()
+    half = torch.rand(1, 3, 29, 20)
+    x = torch.cat([half, half.flip(-1)], dim=-1)  # 29 x 40, mirror-symmetric
+    kw = {"scales": (1.0, 0.75), "long_side": 48, "patch_size": PATCH}
+    out = multiscale_logits(net, x, flip=True, **kw)  # type: ignore[arg-type]
+    torch.testing.assert_close(out, out.flip(-1), atol=1e-5, rtol=0)
+    # The stand-in model itself is not symmetric, so the check above can fail.
+    plain = multiscale_logits(net, x, flip=False, **kw)  # type: ignore[arg-type]
+    assert (plain - plain.flip(-1)).abs().max() > 1e-2
+
+
+def test_flip_average_is_mirror_equivariant() -> None:
+    net = PatchNet()
+    x = torch.rand(1, 3, 30, 45)
+    kw = {"scales": (1.0, 0.75), "flip": True, "long_side": 40, "patch_size": PATCH}
+    a = multiscale_logits(net, x, **kw)  # type: ignore[arg-type]
+    b = multiscale_logits(net, x.flip(-1), **kw)  # type: ignore[arg-type]
+    torch.testing.assert_close(b, a.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_to_multiscale() -> None:
+    net = PatchNet()
+    with pytest.raises(ValueError, match="B x 3 x H x W"):
+        multiscale_logits(net, torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match="scale"):
+        multiscale_logits(net, torch.rand(1, 3, 8, 8), scales=(0.0,), patch_size=PATCH)
+    with pytest.raises(ValueError, match="logits function returned"):
+        multiscale_logits(lambda t: t[:1], torch.rand(2, 3, 8, 8), patch_size=PATCH)
+
+
+# ------------------------------------------------------------------ Segmenter
+
+
+@pytest.mark.parametrize("size", [(40, 40), (37, 53), (90, 31), (5, 70), (17, 9)])
+def test_predict_shapes_at_any_size(size: tuple[int, int]) -> None:
+    seg, _ = make_segmenter()
+    image = random_image(*size)
+    mask, probs = seg.predict(image, return_probs=True)
+    assert mask.shape == size and mask.dtype == np.uint8
+    assert probs.shape == (5, *size) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(mask, probs.argmax(axis=0))
+    assert mask.max() < 5
+
+
+def test_predict_matches_multiscale_logits() -> None:
+    seg, net = make_segmenter(scales=(1.0, 0.5))
+    image = random_image(30, 50)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    expected = multiscale_logits(net, x, (1.0, 0.5), True, 64, PATCH)[0].argmax(0)
+    np.testing.assert_array_equal(seg.predict(image), expected.numpy())
+
+
+def test_image_types() -> None:
+    seg, _ = make_segmenter()
+    image = random_image(24, 33)
+    mask = seg.predict(image)
+    np.testing.assert_array_equal(seg.predict(Image.fromarray(image)), mask)
+    rgba = np.concatenate([image, np.full((24, 33, 1), 7, np.uint8)], axis=2)
+    np.testing.assert_array_equal(seg.predict(rgba), mask)  # alpha dropped
+    assert seg.predict(image[:, :, 0]).shape == (24, 33)  # grayscale
+    with pytest.raises(ValueError, match="uint8"):
+        seg.predict(image.astype(np.float32))
+    with pytest.raises(ValueError, match="H x W x 3"):
+        seg.predict(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_predict_batch_groups_sizes_and_keeps_order() -> None:
+    seg, net = make_segmenter(scales=(1.0,), flip=False)
+    images = [random_image(32, 48, 1), random_image(40, 40, 2), random_image(32, 48, 3)]
+    batched = seg.predict_batch(images, return_probs=True, batch_size=4)
+    # One forward for the two 32x48 images, one for the 40x40 one.
+    assert sorted(c[0] for c in net.calls) == [1, 2]
+    for image, (mask, probs) in zip(images, batched, strict=True):
+        one_mask, one_probs = seg.predict(image, return_probs=True)
+        np.testing.assert_allclose(probs, one_probs, atol=1e-5)
+        np.testing.assert_array_equal(mask, one_mask)
+    net.calls.clear()
+    seg.predict_batch(images, batch_size=1)
+    assert [c[0] for c in net.calls] == [1, 1, 1]
+
+
+def test_segmenter_validates_classes() -> None:
+    with pytest.raises(ValueError, match="class names"):
+        Segmenter(PatchNet(3), 3, PATCH, InferConfig(), None, ["only-one"])
+    seg = Segmenter(PatchNet(3), 4, PATCH, InferConfig(long_side=16))
+    with pytest.raises(ValueError, match="expected 4"):
+        seg.predict(random_image(16, 16))
+
+
+def test_patch_size_from_model() -> None:
+    from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+
+    def vit(p: int) -> VisionTransformer:
+        return VisionTransformer(ViTConfig(image_size=32, patch_size=p, width=8, layers=1, heads=2))
+
+    holder = nn.Module()
+    holder.a = vit(8)
+    holder.b = vit(16)
+    assert infer._patch_size_of(holder) == 16
+    holder.patch_size = 8
+    assert infer._patch_size_of(holder) == 8
+    with pytest.raises(ValueError, match="patch size"):
+        infer._patch_size_of(nn.Linear(2, 2))
+
+
+def test_unknown_release_lists_names() -> None:
+    with pytest.raises(KeyError, match="available: none yet"):
+        Segmenter.from_pretrained("ssr_voc_vitb16")
+
+
+# ------------------------------------------------------------------ CRF
+
+
+def test_crf_receives_image_and_probs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CRF gets the uint8 image and the K x H x W softmax; its output decides the mask."""
+    crf_mod = pytest.importorskip("ssrseg.engine.crf")
+    seen: dict[str, object] = {}
+
+    def fake_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
+        seen.update(image=image, probs=probs, cfg=cfg)
+        out = np.zeros_like(probs)
+        out[2] = 1.0  # everything becomes class index 2
+        return out
+
+    monkeypatch.setattr(crf_mod, "dense_crf", fake_crf)
+    seg, _ = make_segmenter()
+    image = random_image(21, 34)
+    plain_mask, plain_probs = seg.predict(image, return_probs=True)
+    mask, probs = seg.predict(image, return_probs=True, crf=True)
+    np.testing.assert_array_equal(seen["image"], image)
+    np.testing.assert_allclose(seen["probs"], plain_probs, atol=1e-6)  # type: ignore[arg-type]
+    assert seen["cfg"] == CRFConfig()
+    assert (mask == 2).all() and probs.shape == (5, 21, 34)
+    assert (plain_mask != 2).any()
+
+
+def test_crf_missing_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ssrseg.engine.crf")
+    for name in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf2"):
+        monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
+    seg, _ = make_segmenter()
+    with pytest.raises(RuntimeError, match="pip install"):
+        seg.predict(random_image(16, 16), crf=True)
+    with pytest.raises(RuntimeError, match="pip install"):
+        infer.check_crf()
+
+
+def test_crf_runs_when_installed() -> None:
+    pytest.importorskip("pydensecrf.densecrf")
+    seg, _ = make_segmenter()
+    image = random_image(24, 40)
+    mask, probs = seg.predict(image, return_probs=True, crf=True)
+    assert mask.shape == (24, 40) and probs.shape == (5, 24, 40)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
