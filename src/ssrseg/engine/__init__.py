@@ -1,0 +1,1 @@
+"""Engine: training loop, inference, checkpoints and post-processing (dense CRF)."""
