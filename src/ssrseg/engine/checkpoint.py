@@ -1,0 +1,205 @@
+"""Checkpoints: a folder holding only what training changes, written atomically.
+
+Layout of ``<run>/ckpt_<step>/``:
+- ``model.safetensors``: trainable weights and buffers (decoder, CMPA) only;
+- ``optimizer.pt``: optimiser (and fp16 grad-scaler) state, read with ``weights_only=True``;
+- ``state.json``: step, the resolved config, number of classes, rng states as lists.
+``<run>/last`` is a one-line text file naming the newest complete checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ssrseg.config import SSRConfig, atomic_write_text, config_from_dict, config_to_dict
+
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+LAST_FILE = "last"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or inconsistent; the message names the file."""
+
+
+@dataclass
+class TrainState:
+    """Everything in ``state.json``."""
+
+    step: int
+    config: dict[str, Any]
+    num_classes: int
+    rng: list[dict[str, Any]] = field(default_factory=list)  # one entry per rank
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) generator states as JSON-able lists."""
+    py = random.getstate()
+    np_state: Any = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike[str],
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: TrainState,
+    keep_last: int | None = None,
+) -> Path:
+    """Write ``run_dir/ckpt_<step>/`` via a temporary folder and a rename, then point ``last``
+    at it; delete older checkpoints beyond ``keep_last``. Returns the folder."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    final = run / f"ckpt_{step}"
+    tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".ckpt_{step}.", suffix=".tmp"))
+    try:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+            str(tmp / MODEL_FILE),
+            metadata={"format": "ssrseg-trainable", "step": str(step)},
+        )
+        torch.save(optimizer_state, tmp / OPTIM_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state.__dict__))
+        if final.exists():
+            old = run / f".ckpt_{step}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(run / LAST_FILE, final.name + "\n")
+    if keep_last is not None and keep_last > 0:
+        ckpts = sorted(list_checkpoints(run), key=lambda p: int(p.name.split("_")[1]))
+        for old_ckpt in ckpts[:-keep_last]:
+            if old_ckpt != final:
+                shutil.rmtree(old_ckpt)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders ``ckpt_<int>`` of a run."""
+    out = []
+    for p in run_dir.glob("ckpt_*"):
+        suffix = p.name[len("ckpt_") :]
+        if p.is_dir() and suffix.isdigit() and (p / STATE_FILE).is_file():
+            out.append(p)
+    return out
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder, or a run folder whose ``last`` names one."""
+    p = Path(path)
+    if (p / STATE_FILE).is_file():
+        return p
+    last = p / LAST_FILE
+    if last.is_file():
+        target = p / last.read_text().strip()
+        if not (target / STATE_FILE).is_file():
+            raise CheckpointError(f"{last}: points to {target}, which is not a checkpoint")
+        return target
+    raise CheckpointError(
+        f"{p}: not a checkpoint (no {STATE_FILE}) and not a run folder (no '{LAST_FILE}' file)"
+    )
+
+
+def read_state(ckpt: Path) -> TrainState:
+    path = ckpt / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+        return TrainState(**data)
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated state file ({exc})") from None
+
+
+def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    path = ckpt / MODEL_FILE
+    try:
+        return load_file(str(path), device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated weights ({exc})") from None
+
+
+def read_optimizer(ckpt: Path) -> dict[str, Any]:
+    path = ckpt / OPTIM_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated optimizer state ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict, got {type(state).__name__}")
+    return state
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> tuple[Any, SSRConfig]:
+    """Rebuild the :class:`~ssrseg.model.ssr.SSRModel` of a checkpoint (frozen backbones by
+    name from its config, trainable weights from ``model.safetensors``); eval mode.
+
+    path: a checkpoint folder or a run folder (its ``last`` checkpoint).
+    """
+    from ssrseg.model.ssr import build_ssr_model
+
+    ckpt = resolve_checkpoint(path)
+    state = read_state(ckpt)
+    try:
+        cfg = config_from_dict(state.config)
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt / STATE_FILE}: bad config ({exc})") from None
+    model = build_ssr_model(cfg, state.num_classes, device)
+    try:
+        model.load_trainable_state_dict(read_weights(ckpt, device))
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: does not fit the model ({exc})") from None
+    model.eval()
+    return model, cfg
+
+
+def state_from(
+    step: int, cfg: SSRConfig, num_classes: int, rng: list[dict[str, Any]]
+) -> TrainState:
+    return TrainState(step=step, config=config_to_dict(cfg), num_classes=num_classes, rng=rng)

@@ -1,0 +1,86 @@
+"""WeCLIP-style segmentation decoder over frozen CLIP features (SSR_SPEC section 8).
+
+Per CLIP layer 1..L an MLP ``D -> E -> E`` (ReLU between) maps patch tokens to E = 256; the L
+maps are concatenated, fused by a 1x1 convolution to E, passed through Dropout2d and a small
+transformer over the patch grid, and classified by a 1x1 convolution at patch resolution.
+The fused features before the transformer feed the affinity loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ssrseg.config import DecoderConfig
+
+
+def decoder_layers(use_layers: int, clip_layers: int) -> int:
+    """Number of CLIP layers the decoder reads: ``min(use_layers, clip_layers - 1)``.
+
+    The last layer is left out as in WeCLIP (layers 1..11 of 12); a smaller toy CLIP gives
+    fewer layers.
+    """
+    n = min(use_layers, clip_layers - 1)
+    if n < 1:
+        raise ValueError(f"the decoder needs >= 1 CLIP layer (CLIP has {clip_layers} layers)")
+    return n
+
+
+class SegDecoder(nn.Module):
+    """Decoder over the patch tokens of CLIP layers ``1..num_layers_in``.
+
+    in_width: CLIP width D; num_classes: K (background + foreground classes).
+    """
+
+    def __init__(
+        self, cfg: DecoderConfig, in_width: int, num_layers_in: int, num_classes: int
+    ) -> None:
+        super().__init__()
+        e = cfg.embed_dim
+        self.num_layers_in = num_layers_in
+        self.mlps = nn.ModuleList(
+            [
+                nn.Sequential(nn.Linear(in_width, e), nn.ReLU(inplace=True), nn.Linear(e, e))
+                for _ in range(num_layers_in)
+            ]
+        )
+        self.fuse = nn.Conv2d(e * num_layers_in, e, kernel_size=1)
+        self.dropout = nn.Dropout2d(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d_model=e,
+            nhead=cfg.num_heads,
+            dim_feedforward=int(e * cfg.ffn_ratio),
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        # The CLIP tokens already carry position, so the transformer adds no position embedding.
+        self.transformer = nn.TransformerEncoder(
+            layer, num_layers=cfg.num_layers, enable_nested_tensor=False
+        )
+        self.classifier = nn.Conv2d(e, num_classes, kernel_size=1)
+
+    def forward(self, tokens: Sequence[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """tokens: per CLIP block ``B x (1+N) x D`` (at least ``num_layers_in`` of them; block 1
+        first, CLS first); grid: (h, w) with N = h * w.
+
+        Returns (logits ``B x K x h x w``, fused features ``B x E x h x w`` before dropout and
+        the transformer).
+        """
+        if len(tokens) < self.num_layers_in:
+            raise ValueError(f"decoder needs {self.num_layers_in} layers, got {len(tokens)}")
+        h, w = grid
+        dtype = self.fuse.weight.dtype
+        maps = []
+        for mlp, t in zip(self.mlps, tokens[: self.num_layers_in], strict=True):
+            x = mlp(t[:, 1:].to(dtype))  # B x N x E
+            maps.append(x.transpose(1, 2).reshape(x.shape[0], -1, h, w))
+        fused = self.fuse(torch.cat(maps, dim=1))  # B x E x h x w
+        x = self.dropout(fused)
+        b, e = x.shape[:2]
+        x = self.transformer(x.flatten(2).transpose(1, 2))  # B x N x E
+        x = x.transpose(1, 2).reshape(b, e, h, w)
+        return self.classifier(x), fused

@@ -1,0 +1,101 @@
+"""Tiny stand-ins for the tests of the trainable side.
+
+``FakeLabeler`` honours the ``PseudoLabeler`` call contract (``clip``, ``class_emb``,
+``labeler(images01, labels, superpixels=None, cmpa=None)``) with a deterministic rule, so the
+decoder / CMPA / trainer tests do not depend on the pseudo-label stage.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.vit import ViTConfig
+from ssrseg.config import SSRConfig, load_config
+
+
+def tiny_clip(seed: int = 0, patch: int = 8, layers: int = 3, width: int = 32) -> CLIP:
+    torch.manual_seed(seed)
+    vision = ViTConfig(
+        image_size=32, patch_size=patch, width=width, layers=layers, heads=2, output_dim=16
+    )
+    text = TextConfig(
+        vocab_size=20, context_length=8, width=16, layers=1, heads=2, eot_token_id=1, sot_token_id=0
+    )
+    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
+    return clip.eval()
+
+
+def tiny_config(**over: Any) -> SSRConfig:
+    items = [
+        "cmpa.in_dim=16",
+        "cmpa.hidden_dim=16",
+        "cmpa.out_dim=8",
+        "decoder.embed_dim=16",
+        "decoder.num_heads=2",
+        "decoder.num_layers=1",
+        "loss.aff_radius=2",
+        "train.lr=1e-3",
+        "train.warmup_iters=2",
+        "train.amp=off",
+    ]
+    items += [f"{k.replace('__', '.')}={v}" for k, v in over.items()]
+    return load_config(None, items)
+
+
+class FakeLabeler(nn.Module):
+    """CAMs = ReLU(cosine(patch embedding, class embedding)); pseudo label = argmax of
+    [0.3 background, CAMs of the image's classes] at the patch grid, upsampled nearest."""
+
+    def __init__(self, clip: CLIP, num_fg: int, seed: int = 0) -> None:
+        super().__init__()
+        self.clip = clip
+        g = torch.Generator().manual_seed(seed)
+        emb = torch.randn(num_fg, clip.cfg.embed_dim, generator=g)
+        self.register_buffer("class_emb", F.normalize(emb, dim=-1))
+        self.calls: list[bool] = []
+
+    def forward(
+        self,
+        images01: Tensor,
+        labels: list[tuple[int, ...]],
+        superpixels: Tensor | None = None,
+        cmpa: nn.Module | None = None,
+    ) -> SimpleNamespace:
+        self.calls.append(cmpa is not None)
+        visual = self.clip.visual
+        with torch.no_grad():
+            out = visual.forward_intermediates(visual.normalize(images01), attn_layers=(-1,))
+            emb = F.normalize(visual.head(out.last[:, 1:]), dim=-1)  # B x N x E
+        h, w = out.grid
+        cams, masks = [], []
+        for b, lab in enumerate(labels):
+            idx = torch.tensor(lab, dtype=torch.long)
+            cam = (emb[b] @ self.class_emb[idx].t()).t().clamp_min(0).reshape(len(lab), h, w)
+            cam = cam / (cam.flatten(1).amax(1)[:, None, None] + 1e-6)
+            cams.append(cam)
+            scores = torch.cat([torch.full((1, h, w), 0.3), cam])
+            cls = torch.cat([torch.zeros(1, dtype=torch.long), idx + 1])
+            masks.append(cls[scores.argmax(0)])
+        small = torch.stack(masks)[:, None].float()
+        full = F.interpolate(small, size=images01.shape[-2:], mode="nearest")[:, 0].long()
+        return SimpleNamespace(
+            cams=cams,
+            refined=cams,
+            labels=full,
+            clip_out=out,
+            patch_emb=emb.detach(),
+            grid=out.grid,
+        )
+
+
+def synthetic_batch(n: int, size: int = 32, num_fg: int = 3, seed: int = 0) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 3, size, size, generator=g)
+    labels = [tuple(sorted({i % num_fg, (i + 1) % num_fg})) for i in range(n)]
+    return {"images": images, "labels": labels}
