@@ -1,0 +1,389 @@
+"""State-dict layouts of public CLIP / DINO weights -> this project's names and configs.
+
+Pure functions: a ``{name: tensor}`` dict in, ``(our state dict, config)`` out. Supported layouts
+(:func:`detect_layout` tells them apart by key names, never by file names):
+
+- ``openai``: OpenAI CLIP (``visual.conv1.weight``, ``visual.transformer.resblocks.N...``,
+  ``token_embedding``...); open_clip's QuickGELU ViT-B-16 files use the same keys.
+- ``hf_clip``: Hugging Face ``transformers`` CLIPModel (``vision_model.*``, ``text_model.*``,
+  ``visual_projection``, ``text_projection``).
+- ``timm``: timm ViT (``patch_embed.proj``, ``blocks.N...``); with ``norm_pre`` it is the CLIP
+  image tower (``vit_base_patch16_clip_224.openai``), without it DINO
+  (``vit_small_patch16_224.dino`` and the official DINO ``.pth``, which share these names).
+- ``hf_vit``: ``transformers`` ViTModel (DINO on the hub, ``facebook/dino-vits16``), both the
+  classic names (``encoder.layer.N.attention.attention.query``) and transformers 5's
+  (``layers.N.attention.q_proj``).
+
+Shapes (widths, depths, patch, grid, context, vocabulary) are read from the tensors, so tiny
+test models and the real ones take the same path. Head counts cannot be read from weights: they
+come from the model's ``config.json`` when there is one, else the rule ``width // 64`` (true for
+CLIP ViT-B/16 and DINO ViT-S/16), else the caller's override.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ssrseg.backbones.clip import CLIPConfig, TextConfig
+from ssrseg.backbones.native import WeightsError
+from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
+
+LAYOUTS = ("openai", "hf_clip", "timm", "hf_vit")
+CLIP_MEAN_STD = (ViTConfig().mean, ViTConfig().std)
+IMAGENET_MEAN_STD = (dino_vit_s16_config().mean, dino_vit_s16_config().std)
+
+# Entries that real files carry but that are not weights of the model (dropped on purpose).
+_IGNORED = (
+    re.compile(r"^(input_resolution|context_length|vocab_size)$"),  # OpenAI metadata scalars
+    re.compile(r"(^|\.)position_ids$"),  # transformers index buffers
+    re.compile(r"(^|\.)attn_mask$"),  # OpenAI text causal mask (TorchScript attribute)
+    re.compile(r"^(vit\.)?pooler\."),  # transformers ViT pooler: not part of DINO's backbone
+)
+
+
+def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove wrappers' prefixes (DDP ``module.``, DINO's ``backbone.``) shared by every key."""
+    for prefix in ("module.", "backbone."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def detect_layout(sd: dict[str, Tensor]) -> str:
+    """Name of the layout of ``sd`` (one of :data:`LAYOUTS`) or a WeightsError."""
+    keys = set(_strip_prefix(sd))
+    if "visual.conv1.weight" in keys:
+        return "openai"
+    if "vision_model.embeddings.patch_embedding.weight" in keys:
+        return "hf_clip"
+    if "patch_embed.proj.weight" in keys:
+        return "timm"
+    if {"embeddings.patch_embeddings.projection.weight"} & {re.sub(r"^vit\.", "", k) for k in keys}:
+        return "hf_vit"
+    sample = sorted(keys)[:6]
+    raise WeightsError(
+        f"unknown weight layout (first keys {sample}); supported: OpenAI / open_clip CLIP, "
+        "transformers CLIPModel / ViTModel, timm ViT, official DINO, ssrseg native"
+    )
+
+
+class _Reader:
+    """Takes tensors out of a state dict by name and reports what was left over."""
+
+    def __init__(self, sd: dict[str, Tensor], source: str) -> None:
+        self.sd = sd
+        self.used: set[str] = set()
+        self.source = source
+
+    def __call__(self, key: str) -> Tensor:
+        if key not in self.sd:
+            raise WeightsError(f"{self.source}: missing key {key!r}")
+        self.used.add(key)
+        return self.sd[key]
+
+    def has(self, key: str) -> bool:
+        return key in self.sd
+
+    def count(self, pattern: str) -> int:
+        """Number of distinct N in keys matching ``pattern`` (a regex with one group)."""
+        rx = re.compile(pattern)
+        return len({m.group(1) for k in self.sd if (m := rx.match(k))})
+
+    def finish(self) -> None:
+        left = sorted(
+            k for k in self.sd if k not in self.used and not any(p.search(k) for p in _IGNORED)
+        )
+        if left:
+            more = " ..." if len(left) > 8 else ""
+            raise WeightsError(f"{self.source}: unexpected keys {left[:8]}{more}")
+
+
+def _heads(width: int, override: int | None, what: str) -> int:
+    if override is not None:
+        return override
+    if width % 64:
+        raise WeightsError(
+            f"cannot infer the number of {what} attention heads for width {width} "
+            "(rule: width // 64); pass the head count explicitly"
+        )
+    return width // 64
+
+
+def _grid(num_pos: int, source: str) -> int:
+    side = math.isqrt(num_pos)
+    if side * side != num_pos:
+        raise WeightsError(f"{source}: {num_pos} patch positions do not form a square grid")
+    return side
+
+
+BlockMap = Callable[[int], dict[str, Tensor]]
+
+
+def _blocks(prefix: str, n: int, one: BlockMap) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for i in range(n):
+        out.update({f"{prefix}{i}.{k}": v for k, v in one(i).items()})
+    return out
+
+
+def _openai_block(r: _Reader, base: str) -> BlockMap:
+    def one(i: int) -> dict[str, Tensor]:
+        p = f"{base}{i}."
+        return {
+            "norm1.weight": r(p + "ln_1.weight"),
+            "norm1.bias": r(p + "ln_1.bias"),
+            "attn.qkv.weight": r(p + "attn.in_proj_weight"),
+            "attn.qkv.bias": r(p + "attn.in_proj_bias"),
+            "attn.proj.weight": r(p + "attn.out_proj.weight"),
+            "attn.proj.bias": r(p + "attn.out_proj.bias"),
+            "norm2.weight": r(p + "ln_2.weight"),
+            "norm2.bias": r(p + "ln_2.bias"),
+            "mlp.fc1.weight": r(p + "mlp.c_fc.weight"),
+            "mlp.fc1.bias": r(p + "mlp.c_fc.bias"),
+            "mlp.fc2.weight": r(p + "mlp.c_proj.weight"),
+            "mlp.fc2.bias": r(p + "mlp.c_proj.bias"),
+        }
+
+    return one
+
+
+def _hf_clip_block(r: _Reader, base: str) -> BlockMap:
+    def one(i: int) -> dict[str, Tensor]:
+        p = f"{base}{i}."
+        a = p + "self_attn."
+        return {
+            "norm1.weight": r(p + "layer_norm1.weight"),
+            "norm1.bias": r(p + "layer_norm1.bias"),
+            "attn.qkv.weight": torch.cat([r(a + f"{x}_proj.weight") for x in "qkv"]),
+            "attn.qkv.bias": torch.cat([r(a + f"{x}_proj.bias") for x in "qkv"]),
+            "attn.proj.weight": r(a + "out_proj.weight"),
+            "attn.proj.bias": r(a + "out_proj.bias"),
+            "norm2.weight": r(p + "layer_norm2.weight"),
+            "norm2.bias": r(p + "layer_norm2.bias"),
+            "mlp.fc1.weight": r(p + "mlp.fc1.weight"),
+            "mlp.fc1.bias": r(p + "mlp.fc1.bias"),
+            "mlp.fc2.weight": r(p + "mlp.fc2.weight"),
+            "mlp.fc2.bias": r(p + "mlp.fc2.bias"),
+        }
+
+    return one
+
+
+def _same_block(r: _Reader, base: str) -> BlockMap:
+    names = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+    def one(i: int) -> dict[str, Tensor]:
+        return {f"{n}.{t}": r(f"{base}{i}.{n}.{t}") for n in names for t in ("weight", "bias")}
+
+    return one
+
+
+def _hf_vit_block(r: _Reader, base: str, classic: bool) -> BlockMap:
+    def one(i: int) -> dict[str, Tensor]:
+        p = f"{base}{i}."
+        if classic:
+            q, k, v = (p + f"attention.attention.{x}" for x in ("query", "key", "value"))
+            o, f1, f2 = p + "attention.output.dense", p + "intermediate.dense", p + "output.dense"
+        else:
+            q, k, v = (p + f"attention.{x}_proj" for x in "qkv")
+            o, f1, f2 = p + "attention.o_proj", p + "mlp.fc1", p + "mlp.fc2"
+        out = {
+            "norm1.weight": r(p + "layernorm_before.weight"),
+            "norm1.bias": r(p + "layernorm_before.bias"),
+            "norm2.weight": r(p + "layernorm_after.weight"),
+            "norm2.bias": r(p + "layernorm_after.bias"),
+            "attn.qkv.weight": torch.cat([r(x + ".weight") for x in (q, k, v)]),
+            "attn.qkv.bias": torch.cat([r(x + ".bias") for x in (q, k, v)]),
+        }
+        for ours, theirs in (("attn.proj", o), ("mlp.fc1", f1), ("mlp.fc2", f2)):
+            out[ours + ".weight"] = r(theirs + ".weight")
+            out[ours + ".bias"] = r(theirs + ".bias")
+        return out
+
+    return one
+
+
+def _vision_config(
+    sd: dict[str, Tensor], heads: int | None, clip_style: bool, hf: dict[str, Any]
+) -> ViTConfig:
+    """ViTConfig from converted vision weights (our names, no prefix)."""
+    w = sd["patch_embed.weight"]
+    width, patch = w.shape[0], w.shape[-1]
+    grid = _grid(sd["pos_embed"].shape[0] - 1, "position embedding")
+    layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    mean, std = CLIP_MEAN_STD if clip_style else IMAGENET_MEAN_STD
+    proj = sd.get("proj")
+    return ViTConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        layers=layers,
+        heads=hf.get("num_attention_heads") or _heads(width, heads, "image"),
+        mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        act=hf.get("hidden_act") or ("quick_gelu" if clip_style else "gelu"),
+        ln_eps=hf.get("layer_norm_eps") or (1e-5 if clip_style else 1e-6),
+        ln_pre="ln_pre.weight" in sd,
+        patch_bias="patch_embed.bias" in sd,
+        output_dim=None if proj is None else proj.shape[1],
+        mean=mean,
+        std=std,
+    )
+
+
+def convert_vit(
+    sd: dict[str, Tensor],
+    source: str = "weights",
+    heads: int | None = None,
+    hf_config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Tensor], ViTConfig]:
+    """A stand-alone ViT (timm CLIP tower, timm / official DINO, transformers ViTModel) ->
+    (state dict for :class:`VisionTransformer`, its config)."""
+    sd = _strip_prefix(sd)
+    layout = detect_layout(sd)
+    hf = hf_config or {}
+    if layout == "hf_vit":
+        sd = {re.sub(r"^vit\.", "", k): v for k, v in sd.items()}
+    r = _Reader(sd, source)
+    out: dict[str, Tensor]
+    if layout == "timm":
+        out = {
+            "patch_embed.weight": r("patch_embed.proj.weight"),
+            "cls_token": r("cls_token").reshape(-1),
+            "pos_embed": r("pos_embed").flatten(0, -2),
+            "norm.weight": r("norm.weight"),
+            "norm.bias": r("norm.bias"),
+        }
+        if r.has("patch_embed.proj.bias"):
+            out["patch_embed.bias"] = r("patch_embed.proj.bias")
+        if r.has("norm_pre.weight"):
+            out["ln_pre.weight"], out["ln_pre.bias"] = r("norm_pre.weight"), r("norm_pre.bias")
+        if r.has("head.weight"):
+            out["proj"] = r("head.weight").t()
+            if r.has("head.bias") and bool(r("head.bias").abs().max() > 0):
+                raise WeightsError(f"{source}: a non-zero head.bias has no place in CLIP's proj")
+        n = r.count(r"^blocks\.(\d+)\.")
+        out.update(_blocks("blocks.", n, _same_block(r, "blocks.")))
+        clip_style = "ln_pre.weight" in out
+    elif layout == "hf_vit":
+        classic = r.has("encoder.layer.0.layernorm_before.weight")
+        base = "encoder.layer." if classic else "layers."
+        out = {
+            "patch_embed.weight": r("embeddings.patch_embeddings.projection.weight"),
+            "patch_embed.bias": r("embeddings.patch_embeddings.projection.bias"),
+            "cls_token": r("embeddings.cls_token").reshape(-1),
+            "pos_embed": r("embeddings.position_embeddings").flatten(0, -2),
+            "norm.weight": r("layernorm.weight"),
+            "norm.bias": r("layernorm.bias"),
+        }
+        n = r.count("^" + re.escape(base) + r"(\d+)\.")
+        out.update(_blocks("blocks.", n, _hf_vit_block(r, base, classic)))
+        clip_style = False
+    else:
+        raise WeightsError(
+            f"{source}: layout {layout!r} is a CLIP model, not a stand-alone ViT; "
+            "load it with load_clip"
+        )
+    r.finish()
+    return out, _vision_config(out, heads, clip_style, hf)
+
+
+def convert_clip(
+    sd: dict[str, Tensor],
+    source: str = "weights",
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+    hf_config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Tensor], CLIPConfig]:
+    """OpenAI / open_clip / transformers CLIP weights -> (state dict for :class:`CLIP`, config).
+
+    hf_config: the ``config.json`` of a transformers CLIPModel when available (head counts,
+    activation, LayerNorm eps)."""
+    sd = _strip_prefix(sd)
+    layout = detect_layout(sd)
+    r = _Reader(sd, source)
+    hf = hf_config or {}
+    vis: dict[str, Tensor]
+    txt: dict[str, Tensor]
+    if layout == "openai":
+        v = "visual."
+        vis = {
+            "patch_embed.weight": r(v + "conv1.weight"),
+            "cls_token": r(v + "class_embedding").reshape(-1),
+            "pos_embed": r(v + "positional_embedding"),
+            "ln_pre.weight": r(v + "ln_pre.weight"),
+            "ln_pre.bias": r(v + "ln_pre.bias"),
+            "norm.weight": r(v + "ln_post.weight"),
+            "norm.bias": r(v + "ln_post.bias"),
+            "proj": r(v + "proj"),
+        }
+        vb = v + "transformer.resblocks."
+        vis.update(_blocks("blocks.", r.count(rf"^{re.escape(vb)}(\d+)\."), _openai_block(r, vb)))
+        txt = {
+            "token_embed.weight": r("token_embedding.weight"),
+            "pos_embed": r("positional_embedding"),
+            "norm.weight": r("ln_final.weight"),
+            "norm.bias": r("ln_final.bias"),
+            "proj": r("text_projection"),
+        }
+        tb = "transformer.resblocks."
+        txt.update(_blocks("blocks.", r.count(rf"^{re.escape(tb)}(\d+)\."), _openai_block(r, tb)))
+    elif layout == "hf_clip":
+        v = "vision_model."
+        vis = {
+            "patch_embed.weight": r(v + "embeddings.patch_embedding.weight"),
+            "cls_token": r(v + "embeddings.class_embedding"),
+            "pos_embed": r(v + "embeddings.position_embedding.weight"),
+            "ln_pre.weight": r(v + "pre_layrnorm.weight"),
+            "ln_pre.bias": r(v + "pre_layrnorm.bias"),
+            "norm.weight": r(v + "post_layernorm.weight"),
+            "norm.bias": r(v + "post_layernorm.bias"),
+            "proj": r("visual_projection.weight").t(),
+        }
+        vb = v + "encoder.layers."
+        vis.update(_blocks("blocks.", r.count(rf"^{re.escape(vb)}(\d+)\."), _hf_clip_block(r, vb)))
+        t = "text_model."
+        txt = {
+            "token_embed.weight": r(t + "embeddings.token_embedding.weight"),
+            "pos_embed": r(t + "embeddings.position_embedding.weight"),
+            "norm.weight": r(t + "final_layer_norm.weight"),
+            "norm.bias": r(t + "final_layer_norm.bias"),
+            "proj": r("text_projection.weight").t(),
+        }
+        tb = t + "encoder.layers."
+        txt.update(_blocks("blocks.", r.count(rf"^{re.escape(tb)}(\d+)\."), _hf_clip_block(r, tb)))
+    else:
+        raise WeightsError(
+            f"{source}: layout {layout!r} holds only an image tower; CLIP needs the text tower "
+            "too (use OpenAI / open_clip / transformers CLIPModel weights)"
+        )
+    logit_scale = r("logit_scale").reshape(())
+    r.finish()
+
+    vision = _vision_config(vis, vision_heads, True, hf.get("vision_config") or {})
+    tc = hf.get("text_config") or {}
+    vocab, width = txt["token_embed.weight"].shape
+    text = TextConfig(
+        vocab_size=vocab,
+        context_length=txt["pos_embed"].shape[0],
+        width=width,
+        layers=len({k.split(".")[1] for k in txt if k.startswith("blocks.")}),
+        heads=tc.get("num_attention_heads") or _heads(width, text_heads, "text"),
+        # OpenAI's BPE puts SOT and EOT last; tiny test vocabularies follow the same rule.
+        eot_token_id=vocab - 1,
+        sot_token_id=vocab - 2,
+        act=tc.get("hidden_act") or "quick_gelu",
+        ln_eps=tc.get("layer_norm_eps") or 1e-5,
+    )
+    if txt["blocks.0.mlp.fc1.weight"].shape[0] != 4 * width:
+        raise WeightsError(f"{source}: the text MLP width is not 4 x {width}, unsupported")
+    cfg = CLIPConfig(vision=vision, text=text, embed_dim=vision.output_dim or 0)
+    out = {f"visual.{k}": x for k, x in vis.items()}
+    out.update({f"text.{k}": x for k, x in txt.items()})
+    out["logit_scale"] = logit_scale
+    return out, cfg

@@ -1,0 +1,147 @@
+"""Read the tensors of a TorchScript archive (OpenAI's ``ViT-B-16.pt``) without running it.
+
+A TorchScript archive is a zip: ``<name>/data.pkl`` pickles the module tree (objects of classes
+named ``__torch__.<...>`` whose state dicts hold sub-modules, parameters, buffers and plain
+attributes), tensors point to raw storages ``<name>/data/<key>``, and ``<name>/code/`` holds the
+TorchScript source. ``torch.jit.load`` compiles and can run that code; this reader instead
+unpickles ``data.pkl`` with an unpickler that allows only tensor rebuilding, storage types and
+placeholder objects, then walks the tree to a flat ``{dotted.name: tensor}`` dict. Names match
+``module.state_dict()`` of the original model, plus non-weight tensor attributes (e.g. OpenAI's
+``attn_mask``), which the layout converter ignores by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ssrseg.backbones.native import WeightsError
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stand-in for a TorchScript class instance: keeps its pickled state, runs nothing."""
+
+    def __init__(self, *args: Any) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+class _StorageType:
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+
+def _rebuild_tensor(
+    storage: Tensor,
+    offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    *_ignored: Any,
+) -> Tensor:
+    return torch.as_strided(storage, size, stride, offset)
+
+
+class _TensorOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, root: str, path: Path) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.archive = archive
+        self.root = root
+        self.path = path
+        self.storages: dict[str, Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a tensor)")
+
+    def persistent_load(self, pid: Any) -> Tensor:
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+        _, stype, key, _location, numel = pid
+        if not isinstance(stype, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported storage type {stype!r}")
+        if key not in self.storages:
+            name = f"{self.root}data/{key}"
+            try:
+                raw = bytearray(self.archive.read(name))
+            except (KeyError, zipfile.BadZipFile, EOFError) as err:
+                raise WeightsError(f"{self.path}: storage {name} unreadable ({err})") from err
+            width = torch.empty(0, dtype=stype.dtype).element_size()
+            if len(raw) < numel * width:
+                raise WeightsError(f"{self.path}: storage {name} is truncated")
+            flat = torch.frombuffer(raw, dtype=stype.dtype, count=numel) if numel else None
+            self.storages[key] = flat if flat is not None else torch.empty(0, dtype=stype.dtype)
+        return self.storages[key]
+
+
+def _walk(obj: Any, prefix: str, out: dict[str, Tensor]) -> None:
+    state = getattr(obj, "state", None) if isinstance(obj, _ScriptObject) else obj
+    if not isinstance(state, dict):
+        return
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Tensor):
+            out[name] = value.clone()  # own memory, independent of the archive buffer
+        elif isinstance(value, _ScriptObject | dict):
+            _walk(value, name + ".", out)
+
+
+def read_torchscript(path: Path, trust: bool = False) -> dict[str, Tensor]:
+    """Tensors of a TorchScript archive, ``{dotted.name: tensor}``.
+
+    Falls back to ``torch.jit.load`` (which executes the archive's code) only when ``trust`` is
+    True and the tensor-only reader cannot handle the file.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pkl = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+            if len(pkl) != 1:
+                raise WeightsError(f"{path}: not a TorchScript archive (no single */data.pkl)")
+            root = pkl[0][: -len("data.pkl")]
+            unpickler = _TensorOnlyUnpickler(archive.read(pkl[0]), archive, root, path)
+            tree = unpickler.load()
+    except (pickle.UnpicklingError, TypeError, ValueError, AttributeError) as err:
+        if not trust:
+            raise WeightsError(
+                f"{path}: the tensor-only TorchScript reader failed ({err}). Loading it with "
+                "torch.jit.load would execute code from the file: only do that for a file you "
+                "trust, with trust_torchscript=True (CLI: --trust-torchscript)"
+            ) from err
+        module = torch.jit.load(str(path), map_location="cpu")
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise WeightsError(f"{path}: broken or truncated zip archive ({err})") from err
+    out: dict[str, Tensor] = {}
+    _walk(tree, "", out)
+    if not out:
+        raise WeightsError(f"{path}: the TorchScript archive holds no tensors")
+    return out
