@@ -1,16 +1,277 @@
-"""Placeholder for this subcommand; issue 6 builds it."""
+"""``ssrseg predict``: segment image files, folders or list files with a trained checkpoint.
+
+Writes ``OUT/<name>.png`` (palette PNG: 0 background, c + 1 class c), optionally
+``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images whose outputs exist are
+skipped (resumable); unreadable images are skipped and listed at the end.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+EXIT_USAGE = 2  # bad command line, checkpoint or input list
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to segment: its source file and the output name (no extension)."""
+
+    path: Path
+    name: str
+
+
+class InputListError(ValueError):
+    """The inputs cannot be turned into a list of images (message names the file)."""
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text)
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=__doc__)
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) or .txt list files (one image path "
+        "per line, relative to the list file's folder)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="checkpoint folder, run folder (its last checkpoint) or released model name",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overlays", action="store_true", help="also write OUT/overlays/<name>.jpg")
+    p.add_argument("--panels", action="store_true", help="also write OUT/panels/<name>.png")
+    p.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dense CRF post-processing (default: the checkpoint's infer.crf)",
+    )
+    p.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.75)")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
+    p.add_argument("--long-side", type=int, help="resize the long side first (0: keep size)")
+    p.add_argument("--batch-size", type=int, help="images per forward (same-size images only)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument(
+        "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# ------------------------------------------------------------------------------- inputs
+
+
+def _is_image(path: Path) -> bool:
+    from ssrseg.data.base import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in {e.lower() for e in IMAGE_EXTENSIONS}
+
+
+def collect_inputs(inputs: list[str]) -> list[Item]:
+    """Expand files, folders (recursive; output names keep the sub-folders) and ``.txt`` list
+    files into items. Paths that do not exist stay in the list: reading them fails later and
+    they are reported as skipped. Raises :class:`InputListError` if two inputs would write the
+    same output file."""
+    items: list[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
+            items += [Item(p, p.relative_to(path).with_suffix("").as_posix()) for p in found]
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            try:
+                lines = path.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputListError(f"{path}: cannot read the list file ({exc})") from None
+            for line in lines:
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                target = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+                items.append(Item(target, target.stem))
+        else:
+            items.append(Item(path, path.stem))
+    unique: dict[Path, Item] = {}
+    for item in items:
+        unique.setdefault(item.path.resolve(), item)  # the same file named twice runs once
+    by_name: dict[str, list[Path]] = {}
+    for item in unique.values():
+        by_name.setdefault(item.name, []).append(item.path)
+    clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clashes:
+        lines = [f"  {n}.png <- {', '.join(str(p) for p in ps)}" for n, ps in clashes.items()]
+        raise InputListError(
+            "several inputs would write the same output file; rename them or pass their "
+            "folder instead:\n" + "\n".join(lines[:20])
+        )
+    return list(unique.values())
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def output_paths(out: Path, name: str, overlays: bool, panels: bool) -> dict[str, Path]:
+    """The files one image produces."""
+    paths = {"mask": out / f"{name}.png"}
+    if overlays:
+        paths["overlay"] = out / "overlays" / f"{name}.jpg"
+    if panels:
+        paths["panel"] = out / "panels" / f"{name}.png"
+    return paths
+
+
+def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``H x W x 3`` uint8 image and colour map -> their mix (``alpha`` of the colours)."""
+    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.clip(mixed.round(), 0, 255).astype(np.uint8)
+
+
+def save_rgb(path: Path, image: np.ndarray) -> None:
+    """Write an RGB image atomically (format from the suffix)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        options = {"quality": 92} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+        Image.fromarray(image).save(
+            tmp, format=Image.registered_extensions()[path.suffix], **options
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_outputs(
+    paths: dict[str, Path], image: np.ndarray, mask: np.ndarray, palette: np.ndarray
+) -> None:
+    """Mask PNG (last, so its presence means the image is done), overlay and panel."""
+    from ssrseg.viz import save_label_png, save_panel
+
+    colours = palette[mask]
+    if "overlay" in paths:
+        save_rgb(paths["overlay"], blend(image, colours))
+    if "panel" in paths:
+        paths["panel"].parent.mkdir(parents=True, exist_ok=True)
+        save_panel(
+            paths["panel"],
+            [("image", image), ("prediction", colours), ("overlay", blend(image, colours))],
+        )
+    save_label_png(paths["mask"], mask, palette)
+
+
+# ------------------------------------------------------------------------------- run
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def infer_overrides(args: argparse.Namespace, base: Any) -> Any:
+    """The checkpoint's InferConfig with the command-line choices applied."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if args.scales:
+        if any(s <= 0 for s in args.scales):
+            raise ValueError(f"--scales must be positive, got {args.scales}")
+        changes["scales"] = tuple(args.scales)
+    if args.no_flip:
+        changes["flip"] = False
+    if args.long_side is not None:
+        changes["long_side"] = args.long_side
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        changes["batch_size"] = args.batch_size
+    if args.crf is not None:
+        changes["crf"] = args.crf
+    return dataclasses.replace(base, **changes)
+
+
+def load_segmenter(checkpoint: str, device: str) -> Any:
+    """A Segmenter from a checkpoint/run folder, or from a released name if no such folder."""
+    from ssrseg.engine.infer import RELEASES, Segmenter
+
+    if not Path(checkpoint).exists() and checkpoint in RELEASES:
+        return Segmenter.from_pretrained(checkpoint, device=device)
+    return Segmenter.from_checkpoint(checkpoint, device=device)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"ssrseg {args.command}: not implemented yet", file=sys.stderr)
-    return 2
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from ssrseg.config import ConfigError, save_config
+    from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.engine.checkpoint import CheckpointError
+    from ssrseg.engine.infer import check_crf
+
+    out = Path(args.out)
+    try:
+        items = collect_inputs(args.inputs)
+        segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
+        segmenter.infer = infer_overrides(args, segmenter.infer)
+        if segmenter.infer.crf:
+            check_crf(segmenter.crf_cfg)  # fail now, not after the first batch
+    except (InputListError, CheckpointError, ConfigError, ValueError, KeyError) as exc:
+        print(f"ssrseg predict: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # the CRF's "how to install" message
+        print(f"ssrseg predict: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not items:
+        print(f"ssrseg predict: error: no images found in {args.inputs}", file=sys.stderr)
+        return EXIT_USAGE
+
+    out.mkdir(parents=True, exist_ok=True)
+    if segmenter.config is not None:
+        cfg = dataclasses.replace(segmenter.config, infer=segmenter.infer)
+        save_config(cfg, out, "predict_config.yaml")
+
+    jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
+    todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} images already done, skipping them")
+    skip_log = SkipLog()
+    batch: list[tuple[np.ndarray, dict[str, Path]]] = []
+
+    def flush() -> None:
+        masks = segmenter.predict_batch([image for image, _ in batch])
+        for (image, paths), mask in zip(batch, masks, strict=True):
+            write_outputs(paths, image, mask, segmenter.palette)
+        batch.clear()
+
+    for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
+        try:
+            image = read_image(item.path)
+        except BadInputError as exc:
+            skip_log.skip(str(item.path), exc)
+            continue
+        batch.append((image, paths))
+        if len(batch) >= segmenter.infer.batch_size:
+            flush()
+    if batch:
+        flush()
+    done = len(todo) - len(skip_log)
+    print(f"wrote {done} prediction(s) to {out}")
+    skip_log.report()
+    return skip_log.exit_code(args.allow_skipped)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssrseg.config import CRFConfig, InferConfig
+from ssrseg.config import CRFConfig, InferConfig, SSRConfig
 
 LogitsFn = Callable[[Tensor], Tensor]
 
@@ -262,6 +262,10 @@ class Segmenter:
         self.crf_cfg = crf if crf is not None else CRFConfig()
         self.device = torch.device(device)
         self.pad_mode = pad_mode
+        # The checkpoint's whole configuration when built by from_checkpoint (saved beside
+        # outputs); None for a bare logits function.
+        self.config: SSRConfig | None = None
+        self.model: nn.Module | None = None  # the checkpoint's model, kept for inspection
 
     # ---------------------------------------------------------------- constructors
     @classmethod
@@ -290,7 +294,7 @@ class Segmenter:
         class_names = getattr(model, "class_names", None)
         if class_names is not None and len(class_names) != num_classes - 1:
             class_names = None
-        return cls(
+        seg = cls(
             model.segment,
             num_classes,
             patch,
@@ -300,6 +304,9 @@ class Segmenter:
             crf=crf if crf is not None else cfg.crf,
             device=device,
         )
+        seg.config = cfg
+        seg.model = model
+        return seg
 
     @classmethod
     def from_pretrained(

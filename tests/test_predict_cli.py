@@ -1,0 +1,190 @@
+"""``ssrseg predict`` end to end with a small stand-in model (checkpoint loading patched out)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torch import Tensor, nn
+
+from ssrseg.cli import main
+from ssrseg.commands import predict as predict_cmd
+from ssrseg.config import InferConfig, SSRConfig
+from ssrseg.engine.infer import Segmenter
+
+PATCH = 8
+K = 6
+
+
+class CountingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(3, K, PATCH, stride=PATCH)
+        with torch.no_grad():
+            self.conv.weight.mul_(20.0)
+        self.images = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += x.shape[0]
+        return self.conv(x)
+
+
+@pytest.fixture
+def fake_model(monkeypatch: pytest.MonkeyPatch) -> CountingNet:
+    net = CountingNet().eval()
+
+    def load(checkpoint: str, device: str) -> Segmenter:
+        assert checkpoint == "CKPT" and device == "cpu"
+        seg = Segmenter(net, K, PATCH, InferConfig(long_side=40))
+        seg.config = SSRConfig()
+        return seg
+
+    monkeypatch.setattr(predict_cmd, "load_segmenter", load)
+    return net
+
+
+def save_image(path: Path, h: int, w: int, seed: int) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def predict(*args: str) -> int:
+    return main(["predict", *args, "--checkpoint", "CKPT", "--device", "cpu", "--no-progress"])
+
+
+def reference_mask(image: np.ndarray, scales: tuple[float, ...]) -> np.ndarray:
+    torch.manual_seed(2)
+    net = CountingNet().eval()
+    return Segmenter(net, K, PATCH, InferConfig(long_side=40, scales=scales)).predict(image)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, np.ndarray]:
+    images = {
+        "single": save_image(tmp_path / "in" / "single.png", 30, 45, 0),
+        "sub/deep": save_image(tmp_path / "folder" / "sub" / "deep.png", 21, 17, 1),
+        "top": save_image(tmp_path / "folder" / "top.png", 40, 40, 2),
+        "listed": save_image(tmp_path / "lists" / "imgs" / "listed.png", 25, 60, 3),
+    }
+    (tmp_path / "folder" / "notes.txt").write_text("not an image")  # ignored in folders
+    (tmp_path / "lists" / "files.txt").write_text("# a comment\nimgs/listed.png\n\n")
+    return images
+
+
+def test_files_folders_and_list_files(
+    tmp_path: Path, fake_model: CountingNet, inputs: dict[str, np.ndarray]
+) -> None:
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in" / "single.png"), str(tmp_path / "folder")]
+    code = predict(*args, str(tmp_path / "lists" / "files.txt"), "--out", str(out))
+    code_scales = ["--scales", "1.0", "0.5", "--panels", "--overlays"]
+    assert code == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["listed.png", "single.png", "sub/deep.png", "top.png"]
+    for name, image in inputs.items():
+        png = Image.open(out / f"{name}.png")
+        assert png.mode == "P" and png.size == (image.shape[1], image.shape[0])
+        pal = np.asarray(png.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        assert tuple(pal[1]) == (128, 0, 0) and tuple(pal[15]) == (192, 128, 128)
+        np.testing.assert_array_equal(np.asarray(png), reference_mask(image, (1.0, 0.75)))
+    saved = yaml.safe_load((out / "predict_config.yaml").read_text())
+    assert saved["infer"]["scales"] == [1.0, 0.75]
+
+    # A second run with overlays/panels redoes everything (new outputs are missing) ...
+    out2 = tmp_path / "out2"
+    assert predict(str(tmp_path / "folder"), "--out", str(out2), *code_scales) == 0
+    for name in ("top", "sub/deep"):
+        image = inputs[name]
+        overlay = np.asarray(Image.open(out2 / "overlays" / f"{name}.jpg"))
+        assert overlay.shape == image.shape
+        assert (out2 / "panels" / f"{name}.png").is_file()
+        mask = np.asarray(Image.open(out2 / f"{name}.png"))
+        np.testing.assert_array_equal(mask, reference_mask(image, (1.0, 0.5)))
+    saved = yaml.safe_load((out2 / "predict_config.yaml").read_text())
+    assert saved["infer"]["scales"] == [1.0, 0.5]
+
+
+def test_resume_skips_finished_images(
+    tmp_path: Path,
+    fake_model: CountingNet,
+    inputs: dict[str, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    folder = str(tmp_path / "folder")
+    assert predict(folder, "--out", str(out), "--no-flip", "--scales", "1") == 0
+    assert fake_model.images == 2
+    before = (out / "top.png").stat().st_mtime_ns
+    (out / "sub" / "deep.png").unlink()
+    capsys.readouterr()
+    assert predict(folder, "--out", str(out), "--no-flip", "--scales", "1") == 0
+    assert fake_model.images == 3  # only the deleted one ran again
+    assert (out / "top.png").stat().st_mtime_ns == before
+    assert "1 of 2 images already done" in capsys.readouterr().out
+    assert predict(folder, "--out", str(out), "--no-flip", "--scales", "1", "--overwrite") == 0
+    assert fake_model.images == 5
+
+
+def test_bad_images_are_skipped_and_listed(
+    tmp_path: Path,
+    fake_model: CountingNet,
+    inputs: dict[str, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = tmp_path / "folder" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    missing = tmp_path / "nowhere.png"
+    out = tmp_path / "out"
+    capsys.readouterr()
+    code = predict(str(tmp_path / "folder"), str(missing), "--out", str(out))
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "2 item(s) were SKIPPED" in err
+    assert str(bad) in err and str(missing) in err and "not found" in err
+    assert (out / "top.png").is_file() and (out / "sub" / "deep.png").is_file()
+    assert not (out / "broken.png").exists()
+    out2 = tmp_path / "out2"
+    assert predict(str(bad), "--out", str(out2), "--allow-skipped") == 0
+
+
+def test_usage_errors(
+    tmp_path: Path,
+    fake_model: CountingNet,
+    inputs: dict[str, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = str(tmp_path / "out")
+    # Two inputs that would both write out/top.png.
+    save_image(tmp_path / "other" / "top.png", 10, 10, 5)
+    code = predict(str(tmp_path / "folder" / "top.png"), str(tmp_path / "other"), "--out", out)
+    assert code == 2 and "top.png <- " in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict(str(empty), "--out", out) == 2
+    assert "no images found" in capsys.readouterr().err
+    assert predict(str(empty), "--out", out, "--scales", "0") == 2
+    # CRF requested without pydensecrf2: stop before any work, say how to install.
+    for name in ("pydensecrf", "pydensecrf.densecrf"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert predict(str(tmp_path / "folder"), "--out", out, "--crf") == 2
+    assert "pip install" in capsys.readouterr().err
+    assert fake_model.images == 0
+
+
+def test_bad_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_image(tmp_path / "a.png", 8, 8, 0)
+    ckpt = tmp_path / "no_such_run"
+    code = main(
+        ["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]
+    )
+    assert code == 2
+    assert str(ckpt) in capsys.readouterr().err
