@@ -177,6 +177,8 @@ class DataConfig:
     hflip: bool = True  # [WeCLIP]
     num_workers: int = 4  # [decision]
     allow_skipped: bool = False  # [decision] exit 0 even if bad inputs were skipped
+    superpixels: str = "image"  # [decision] image: SLIC once on the whole image, carried through
+    # the crop (training loader) | crop: SLIC per crop inside the pseudo labeller
 
 
 @dataclass(frozen=True)
