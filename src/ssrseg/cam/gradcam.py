@@ -1,0 +1,156 @@
+"""Batched Grad-CAM on CLIP's image tower (SSR_SPEC section 3, CLIP-ES recipe).
+
+For image i with present classes Y_i (K_i of them):
+
+1. blocks 1..L-1 run without gradients (whole batch); the last block runs from
+   ``h = norm1(x)``, a leaf that requires grad;
+2. image embedding = mean over patches of ``head(patch tokens)`` (``proj(ln_post(.))``), or of
+   ``image_proj`` of those (CMPA's ISA head, projected space);
+3. logits = ``scale * cos(embedding, text)`` over [classes of Y_i] + [background words];
+   softmax over that set;
+4. for each c in Y_i: gradient of the softmax score of c w.r.t. ``h`` (patch tokens);
+   channel weights = mean over patches; CAM = ReLU(sum_d weight_d * h_d); min-max to [0, 1].
+
+Batching: images are independent (no op of the last block or the head mixes images), so the
+gradient of ``sum_i score(i, k-th class of i)`` w.r.t. ``h`` holds every image's gradient for
+its k-th class. The K_max such backward passes run as one vectorised backward
+(``is_grads_batched``) or a loop (``batch_classes=False``); both equal the one-image,
+one-class-at-a-time definition (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssrseg.backbones.vit import Block, VisionTransformer, ViTOutput
+
+MINMAX_EPS = 1e-7  # [CLIP-ES] cam = (cam - min) / (max - min + eps)
+
+
+@dataclass
+class GradCamResult:
+    """cams: per image ``K_i x h x w`` in [0, 1] (order of the image's labels).
+    vit: the CLIP forward (tokens of every block, detached; attentions of the requested last
+    blocks, ``B x N x N``). patch_emb: ``B x N x E`` raw ``proj(norm(patch tokens))``, detached.
+    """
+
+    cams: list[Tensor]
+    vit: ViTOutput
+    patch_emb: Tensor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.vit.grid
+
+
+def minmax(cams: Tensor, eps: float = MINMAX_EPS) -> Tensor:
+    """Min-max normalise over the last two dims: ``... x h x w`` -> same, in [0, 1]."""
+    flat = cams.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    flat = flat - lo
+    hi = flat.amax(dim=-1, keepdim=True)
+    return (flat / (hi + eps)).view_as(cams)
+
+
+def pad_labels(labels: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-image class lists -> (``B x K_max`` class ids, padded with 0; ``B x K_max`` valid)."""
+    k_max = max((len(lab) for lab in labels), default=0)
+    ids = torch.zeros(len(labels), k_max, dtype=torch.long)
+    valid = torch.zeros(len(labels), k_max, dtype=torch.bool)
+    for i, lab in enumerate(labels):
+        ids[i, : len(lab)] = torch.as_tensor(list(lab), dtype=torch.long)
+        valid[i, : len(lab)] = True
+    return ids.to(device), valid.to(device)
+
+
+def class_scores(
+    image_emb: Tensor, class_emb: Tensor, bg_emb: Tensor, ids: Tensor, valid: Tensor, scale: float
+) -> Tensor:
+    """Softmax scores of each image's own classes.
+
+    image_emb: ``B x E`` (not normalised); class_emb: ``C x E``; bg_emb: ``G x E`` (normalised);
+    ids/valid: ``B x K``. Softmax over the image's K_i classes plus the G background words;
+    returns ``B x K`` (0 at padding).
+    """
+    img = F.normalize(image_emb.float(), dim=-1)
+    fg = scale * torch.einsum("be,bke->bk", img, class_emb.float()[ids])
+    fg = fg.masked_fill(~valid, float("-inf"))
+    bg = scale * img @ bg_emb.float().t()
+    probs = torch.cat([fg, bg], dim=1).softmax(dim=1)
+    return probs[:, : ids.shape[1]]
+
+
+def gradcam(
+    visual: VisionTransformer,
+    images01: Tensor,
+    labels: Sequence[Sequence[int]],
+    class_emb: Tensor,
+    bg_emb: Tensor,
+    scale: float,
+    image_proj: Callable[[Tensor], Tensor] | None = None,
+    attn_last: int = 8,
+    batch_classes: bool = True,
+) -> GradCamResult:
+    """Grad-CAMs of every image's classes in one CLIP forward.
+
+    images01: ``B x 3 x H x W`` in [0, 1]; labels: per image its 0-based class ids (K_i >= 0);
+    class_emb: ``C x E`` and bg_emb: ``G x E`` L2-normalised text embeddings (TSA-projected when
+    ``image_proj`` is given); scale: logit scale (100 raw, 1/tau projected);
+    image_proj: maps ``B x N x E`` patch embeddings to the projected space (CMPA's ISA);
+    attn_last: how many last blocks' attention to return (0: none).
+    """
+    if len(labels) != images01.shape[0]:
+        raise ValueError(f"{len(labels)} label lists for {images01.shape[0]} images")
+    n_layers = visual.cfg.layers
+    attn_blocks = list(range(max(0, n_layers - attn_last), n_layers - 1))
+    x_in = visual.normalize(images01)
+    with torch.no_grad():
+        if n_layers > 1:
+            out = visual.forward_intermediates(x_in, attn_layers=attn_blocks, n_blocks=n_layers - 1)
+            x = out.tokens[-1]
+        else:
+            x, grid = visual.embed(x_in)
+            out = ViTOutput(tokens=[], grid=grid)
+    last = cast(Block, visual.blocks[-1])
+    ids, valid = pad_labels(labels, images01.device)
+    with torch.enable_grad():
+        h = last.norm1(x).detach().requires_grad_(True)
+        y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
+        patch_emb = visual.head(y[:, 1:])
+        feats = image_proj(patch_emb) if image_proj is not None else patch_emb
+        scores = class_scores(feats.mean(dim=1), class_emb, bg_emb, ids, valid, scale)
+        grads = _score_grads(scores, h, batch_classes)  # K_max x B x (1+N) x D
+    tokens = h.detach()[:, 1:].float()  # B x N x D
+    weights = grads[:, :, 1:].float().mean(dim=2)  # K_max x B x D
+    cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
+    gh, gw = out.grid
+    cams = minmax(cams.reshape(*cams.shape[:2], gh, gw))
+    out.tokens.append(y.detach())
+    if attn is not None:
+        out.attentions[n_layers - 1] = attn[:, 1:, 1:].detach()
+    per_image = [cams[i, : len(lab)] for i, lab in enumerate(labels)]
+    return GradCamResult(cams=per_image, vit=out, patch_emb=patch_emb.detach())
+
+
+def _score_grads(scores: Tensor, h: Tensor, batched: bool) -> Tensor:
+    """Gradient of each column of ``scores`` (``B x K``) summed over images w.r.t. ``h``:
+    ``K x B x (1+N) x D`` (zeros when K = 0)."""
+    k_max = scores.shape[1]
+    if k_max == 0:
+        return h.new_zeros(0, *h.shape)
+    if batched:
+        eye = torch.eye(k_max, dtype=scores.dtype, device=scores.device)
+        grad_out = eye[:, None, :].expand(k_max, scores.shape[0], k_max)
+        (grads,) = torch.autograd.grad(scores, h, grad_outputs=grad_out, is_grads_batched=True)
+        return grads
+    rows = []
+    for k in range(k_max):
+        (g,) = torch.autograd.grad(scores[:, k].sum(), h, retain_graph=k < k_max - 1)
+        rows.append(g)
+    return torch.stack(rows)

@@ -1,0 +1,389 @@
+"""The pseudo-label stage: frozen CLIP + DINO and cached text embeddings, from a batch of
+images and their image-level tags to initial CAMs, refined CAMs and label maps.
+
+Per batch (SSR_SPEC sections 3-5, 7):
+
+1. Grad-CAM on CLIP (raw space, or CMPA-projected with ``cfg.cam.projected``), one forward of
+   blocks 1..L-1 for the whole batch plus the last block with gradients; the same forward gives
+   the tokens of every block (reused by the decoder) and the last blocks' attentions;
+2. DINO forward (no gradients) for its last layer's attention;
+3. affinity (CLIP / DINO / fused), transition matrix, per-class column mask (none / box / SGC),
+   refinement ``T @ (M_c * cam_c)``, min-max, bilinear upsampling to the image;
+4. background ``(1 - max_c cam_c) ** power``, PAR, argmax (optional ignore band).
+
+The Table 3 rows are config switches: initial CAM only (both attentions off), + CLIP attention
+(``affinity.mask=box``), + DINO attention (box), + SGC mask (``affinity.mask=sgc``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssrseg.backbones.clip import CLIP
+from ssrseg.backbones.tokenizer import Tokenizer
+from ssrseg.backbones.vit import VisionTransformer, ViTOutput
+from ssrseg.cam.gradcam import gradcam
+from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
+from ssrseg.config import ConfigError, SSRConfig
+from ssrseg.rectify.affinity import (
+    box_mask,
+    fuse_affinity,
+    mean_attention,
+    refine_with_masked_affinity,
+    refine_with_transition,
+    transition_matrix,
+    upsample,
+)
+from ssrseg.rectify.labels import scores_to_labels, with_background
+from ssrseg.rectify.par import par_refine
+from ssrseg.rectify.sgc import colour_clusters, sgc_mask, slic_superpixels
+
+
+class ProjectionHeads(Protocol):
+    """What the labeller needs from CMPA (``ssrseg.rectify.cmpa.CMPA``)."""
+
+    training: bool
+
+    @property
+    def tau(self) -> Tensor: ...
+
+    def project_image(self, patch_emb: Tensor) -> Tensor: ...
+
+    def project_text(self, text_emb: Tensor) -> Tensor: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+
+@dataclass
+class PseudoLabelOutput:
+    """Everything one batch yields (all detached).
+
+    cams: per image ``K_i x h x w`` initial CAMs in [0, 1] (order of the image's labels).
+    refined: per image ``K_i x H x W`` refined CAMs in [0, 1] (the initial CAMs upsampled when
+        no attention is used).
+    labels: ``B x H x W`` long: 0 background, c + 1, 255 ignore.
+    scores: per image ``(1 + K_i) x H' x W'`` background + class scores after PAR
+        (``H' x W'`` = the label computation size, see ``pseudo.cam_size``).
+    masks: per image ``K_i x h x w`` column masks (ones when ``affinity.mask=none``).
+    clip_out: the CLIP forward (tokens of every block, attentions of the last blocks).
+    patch_emb: ``B x N x E`` raw CLIP patch embeddings ``proj(norm(.))``.
+    grid: patch grid (h, w).
+    """
+
+    cams: list[Tensor]
+    refined: list[Tensor]
+    labels: Tensor
+    scores: list[Tensor]
+    masks: list[Tensor]
+    clip_out: ViTOutput
+    patch_emb: Tensor
+    grid: tuple[int, int]
+
+
+Timer = dict[str, float]
+
+
+@contextlib.contextmanager
+def _timed(timer: Timer | None, name: str, device: torch.device) -> Iterator[None]:
+    """Add the wall time of the block to ``timer[name]`` (synchronising CUDA) when given."""
+    if timer is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timer[name] = timer.get(name, 0.0) + time.perf_counter() - start
+
+
+def images_to_uint8(images01: Tensor) -> list[np.ndarray]:
+    """``B x 3 x H x W`` in [0, 1] -> list of ``H x W x 3`` uint8 arrays (for SLIC)."""
+    arr = (images01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return list(arr.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def pad_stack(maps: Sequence[Tensor], k_max: int) -> Tensor:
+    """Per-image ``K_i x h x w`` -> ``B x k_max x h x w`` zero-padded."""
+    out = maps[0].new_zeros(len(maps), k_max, *maps[0].shape[-2:])
+    for i, m in enumerate(maps):
+        out[i, : m.shape[0]] = m
+    return out
+
+
+def label_size(height: int, width: int, cam_size: int | None) -> tuple[int, int]:
+    """Size at which background, PAR and argmax run: the image size, or long side ``cam_size``."""
+    if cam_size is None or max(height, width) <= cam_size:
+        return height, width
+    s = cam_size / max(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+class PseudoLabeler(nn.Module):
+    """Frozen CLIP (+ DINO) with cached text embeddings; see the module docstring.
+
+    clip, tokenizer: CLIP and its tokenizer; dino: DINO ViT or None (needed only with
+    ``affinity.use_dino_attention``); prompts: class prompts (C classes); cfg: the run config.
+    """
+
+    class_emb: Tensor
+    bg_emb: Tensor
+
+    def __init__(
+        self,
+        clip: CLIP,
+        tokenizer: Tokenizer,
+        dino: VisionTransformer | None,
+        prompts: ClassPrompts,
+        cfg: SSRConfig,
+    ) -> None:
+        super().__init__()
+        aff = cfg.affinity
+        if aff.use_dino_attention and dino is None:
+            raise ConfigError(
+                "affinity.use_dino_attention=true needs a DINO backbone (backbone.use_dino=true)"
+            )
+        if aff.mask not in ("none", "box", "sgc"):
+            raise ConfigError(f"affinity.mask must be none | box | sgc, got {aff.mask!r}")
+        if aff.mask_target not in ("transition", "affinity"):
+            raise ConfigError(
+                f"affinity.mask_target must be transition | affinity, got {aff.mask_target!r}"
+            )
+        if dino is not None and dino.cfg.patch_size != clip.visual.cfg.patch_size:
+            raise ConfigError(
+                f"CLIP patch {clip.visual.cfg.patch_size} and DINO patch {dino.cfg.patch_size} "
+                "differ: their attention grids would not match"
+            )
+        self.cfg = cfg
+        self.clip = clip
+        self.dino = dino
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+        class_emb, bg_emb = encode_prompts(clip, tokenizer, prompts)
+        self.register_buffer("class_emb", class_emb, persistent=False)
+        self.register_buffer("bg_emb", bg_emb, persistent=False)
+
+    def train(self, mode: bool = True) -> PseudoLabeler:
+        """The backbones are frozen: the labeller stays in eval mode."""
+        return super().train(False)
+
+    @property
+    def patch_size(self) -> int:
+        return self.clip.visual.cfg.patch_size
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if device.type == "cuda" and self.cfg.backbone.half_precision:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _text_space(
+        self, cmpa: ProjectionHeads | None
+    ) -> tuple[Tensor, Tensor, float, Callable[[Tensor], Tensor] | None]:
+        """(class_emb, bg_emb, scale, image_proj) of the raw or the CMPA-projected space."""
+        if not self.cfg.cam.projected or cmpa is None:
+            return self.class_emb, self.bg_emb, float(self.cfg.cam.logit_scale), None
+        was_training = cmpa.training
+        cmpa.train(False)
+        try:
+            with torch.no_grad():
+                cls = F.normalize(cmpa.project_text(self.class_emb).float(), dim=-1)
+                bg = (
+                    F.normalize(cmpa.project_text(self.bg_emb).float(), dim=-1)
+                    if self.bg_emb.shape[0]
+                    else self.bg_emb.new_zeros(0, cls.shape[1])
+                )
+                scale = float(1.0 / cmpa.tau)
+        finally:
+            cmpa.train(was_training)
+
+        def image_proj(patch_emb: Tensor) -> Tensor:
+            # Eval mode (running statistics): an image's CAM must not depend on its batch
+            # mates, and the CAM pass must not update CMPA's BatchNorm statistics.
+            mode = cmpa.training
+            cmpa.train(False)
+            try:
+                return cmpa.project_image(patch_emb)
+            finally:
+                cmpa.train(mode)
+
+        return cls, bg, scale, image_proj
+
+    def forward(
+        self,
+        images01: Tensor,
+        labels: Sequence[Sequence[int]],
+        superpixels: Tensor | None = None,
+        cmpa: ProjectionHeads | None = None,
+        decoder_affinity: Tensor | None = None,
+        timer: Timer | None = None,
+    ) -> PseudoLabelOutput:
+        """images01: ``B x 3 x H x W`` in [0, 1] (H, W multiples of the patch size);
+        labels: per image its 0-based foreground classes; superpixels: ``B x H x W`` long
+        (-1 = none) or None (SLIC per image); cmpa: CMPA heads (used with cam.projected);
+        decoder_affinity: ``B x N x N`` (WeCLIP's RFM, used with affinity.decoder_affinity);
+        timer: optional dict receiving per-section seconds (benchmarks).
+        """
+        cfg = self.cfg
+        aff = cfg.affinity
+        device = images01.device
+        b, _, height, width = images01.shape
+        if b == 0 or len(labels) != b:
+            raise ValueError(f"{len(labels)} label lists for a batch of {b} images")
+        labels = [tuple(dict.fromkeys(int(c) for c in lab)) for lab in labels]
+        n_classes = self.class_emb.shape[0]
+        for lab in labels:
+            if any(c < 0 or c >= n_classes for c in lab):
+                raise ValueError(f"labels {lab} out of range for {n_classes} classes")
+        class_emb, bg_emb, scale, image_proj = self._text_space(cmpa)
+        attn_last = aff.clip_layers if aff.use_clip_attention else 0
+
+        with _timed(timer, "clip_gradcam", device), self._autocast(device):
+            res = gradcam(
+                self.clip.visual,
+                images01,
+                labels,
+                class_emb,
+                bg_emb,
+                scale,
+                image_proj=image_proj,
+                attn_last=attn_last,
+                batch_classes=cfg.cam.batch_classes,
+            )
+        grid = res.grid
+        n_layers = self.clip.visual.cfg.layers
+        a_clip = None
+        if aff.use_clip_attention:
+            layers = range(max(0, n_layers - aff.clip_layers), n_layers)
+            a_clip = mean_attention(res.vit.attentions, list(layers))
+        a_dino = None
+        if aff.use_dino_attention:
+            assert self.dino is not None
+            with _timed(timer, "dino", device), torch.no_grad(), self._autocast(device):
+                d_layers = [-(i + 1) for i in range(aff.dino_layers)]
+                d_out = self.dino.forward_intermediates(
+                    self.dino.normalize(images01), attn_layers=d_layers
+                )
+            if d_out.grid != grid:
+                raise ValueError(f"DINO patch grid {d_out.grid} differs from CLIP's {grid}")
+            a_dino = mean_attention(d_out.attentions, sorted(d_out.attentions))
+
+        k_max = max((len(lab) for lab in labels), default=0)
+        cams = pad_stack(res.cams, k_max).float()
+        with _timed(timer, "masks", device):
+            masks = self._masks(images01, res.cams, superpixels, timer)
+        masks_t = pad_stack(masks, k_max)
+
+        with _timed(timer, "refine", device):
+            if a_clip is None and a_dino is None:
+                refined_grid = cams
+            else:
+                affinity = fuse_affinity(a_clip, a_dino, aff.clip_weight, aff.dino_weight)
+                use_mask = None if aff.mask == "none" else masks_t
+                if aff.mask_target == "affinity" and use_mask is not None:
+                    refined_grid = refine_with_masked_affinity(
+                        affinity, cams, use_mask, aff.sinkhorn_rounds, aff.square
+                    )
+                else:
+                    trans = transition_matrix(affinity, aff.sinkhorn_rounds, aff.square)
+                    if aff.decoder_affinity and decoder_affinity is not None:
+                        trans = trans * decoder_affinity.float()
+                    refined_grid = refine_with_transition(trans, cams, use_mask)
+            refined = upsample(refined_grid, (height, width))
+
+        with _timed(timer, "labels", device):
+            size = label_size(height, width, cfg.pseudo.cam_size)
+            small = upsample(refined_grid, size) if size != (height, width) else refined
+            scores = with_background(small, cfg.pseudo.background_power)
+            scores = par_refine(images01, scores, cfg.par)
+            per_image = [scores[i, : 1 + len(lab)] for i, lab in enumerate(labels)]
+            label_maps = torch.stack(
+                [
+                    scores_to_labels(s, lab, cfg.pseudo)
+                    for s, lab in zip(per_image, labels, strict=True)
+                ]
+            )
+            if size != (height, width):
+                label_maps = F.interpolate(
+                    label_maps[:, None].float(), size=(height, width), mode="nearest"
+                )[:, 0].long()
+
+        return PseudoLabelOutput(
+            cams=res.cams,
+            refined=[refined[i, : len(lab)] for i, lab in enumerate(labels)],
+            labels=label_maps,
+            scores=per_image,
+            masks=masks,
+            clip_out=res.vit,
+            patch_emb=res.patch_emb,
+            grid=grid,
+        )
+
+    def _masks(
+        self,
+        images01: Tensor,
+        cams: list[Tensor],
+        superpixels: Tensor | None,
+        timer: Timer | None,
+    ) -> list[Tensor]:
+        """Per-image ``K_i x h x w`` column masks (none -> ones, box, sgc)."""
+        aff, sgc = self.cfg.affinity, self.cfg.sgc
+        if aff.mask == "none":
+            return [torch.ones_like(c) for c in cams]
+        if aff.mask == "box":
+            return [box_mask(c, aff.box_threshold) for c in cams]
+        device = images01.device
+        if superpixels is None:
+            with _timed(timer, "slic", device):
+                superpixels = torch.stack(
+                    [
+                        slic_superpixels(img, sgc.n_segments, sgc.compactness)
+                        for img in images_to_uint8(images01)
+                    ]
+                ).to(device)
+        if superpixels.shape != (images01.shape[0], *images01.shape[-2:]):
+            raise ValueError(
+                f"superpixels {tuple(superpixels.shape)} do not match images "
+                f"{tuple(images01.shape)}"
+            )
+        out = []
+        for i, cam in enumerate(cams):
+            clusters = colour_clusters(
+                images01[i].float(),
+                superpixels[i],
+                sgc.n_clusters,
+                sgc.colour_space,
+                sgc.kmeans_iters,
+                sgc.seed,
+            )
+            out.append(
+                sgc_mask(cam, clusters, sgc.n_clusters, sgc.tau_hi, sgc.theta, sgc.patch_majority)
+            )
+        return out
+
+
+def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> PseudoLabeler:
+    """Load the frozen backbones named by ``cfg.backbone`` and the prompts of ``cfg.prompts``."""
+    from ssrseg.backbones.weights import load_clip, load_dino
+
+    clip, tokenizer = load_clip(cfg.backbone.clip, device=device)
+    dino = None
+    if cfg.backbone.use_dino and cfg.affinity.use_dino_attention:
+        dino = load_dino(cfg.backbone.dino, device=device)
+    p = cfg.prompts
+    prompts = prompts_from_config(
+        p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
+    )
+    return PseudoLabeler(clip, tokenizer, dino, prompts, cfg).to(device)

@@ -1,0 +1,111 @@
+"""Batched Grad-CAM equals the one-image, one-class-at-a-time definition of SSR_SPEC section 3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssrseg.backbones.clip import CLIP
+from ssrseg.cam.gradcam import class_scores, gradcam, minmax, pad_labels
+
+
+def reference_cam(
+    clip: CLIP, image01: Tensor, classes: list[int], cls_emb: Tensor, bg: Tensor, scale: float,
+    c: int, proj=None,
+) -> Tensor:  # fmt: skip
+    """Slow reference: one image, one class, one backward (CLIP-ES loop)."""
+    vis = clip.visual
+    x, grid = vis.embed(vis.normalize(image01[None]))
+    with torch.no_grad():
+        for block in vis.blocks[:-1]:
+            x, _ = block(x)
+    h = vis.blocks[-1].norm1(x).detach().requires_grad_(True)
+    y, _ = vis.blocks[-1].forward_from_norm1(x, h)
+    emb = vis.head(y[:, 1:])
+    if proj is not None:
+        emb = proj(emb)
+    img = F.normalize(emb.mean(dim=1), dim=-1)[0]
+    texts = torch.cat([cls_emb[classes], bg])
+    probs = (scale * texts @ img).softmax(dim=0)
+    (g,) = torch.autograd.grad(probs[classes.index(c)], h)
+    w = g[0, 1:].mean(dim=0)
+    cam = torch.relu(h[0, 1:].detach() @ w).reshape(grid)
+    cam = cam - cam.min()
+    return cam / (cam.max() + 1e-7)
+
+
+def _embs(seed: int, c: int = 5, g: int = 3, e: int = 16) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        F.normalize(torch.randn(c, e, generator=gen), dim=-1),
+        F.normalize(torch.randn(g, e, generator=gen), dim=-1),
+    )
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_batched_equals_per_class(clip: CLIP, batched: bool) -> None:
+    cls_emb, bg = _embs(1)
+    images = torch.rand(3, 3, 24, 40, generator=torch.Generator().manual_seed(2))
+    labels = [(0, 3, 4), (2,), (1, 4)]
+    res = gradcam(clip.visual, images, labels, cls_emb, bg, scale=10.0, batch_classes=batched)
+    assert [tuple(c.shape) for c in res.cams] == [(3, 3, 5), (1, 3, 5), (2, 3, 5)]
+    for i, lab in enumerate(labels):
+        for k, c in enumerate(lab):
+            ref = reference_cam(clip, images[i], list(lab), cls_emb, bg, 10.0, c)
+            torch.testing.assert_close(res.cams[i][k], ref, atol=2e-4, rtol=1e-3)
+            assert float(res.cams[i][k].max()) == pytest.approx(1.0, abs=1e-3)
+            assert float(res.cams[i][k].min()) == 0.0
+
+
+def test_projected_space_uses_image_proj(clip: CLIP) -> None:
+    torch.manual_seed(3)
+    proj = torch.nn.Linear(16, 8)
+    cls_emb, bg = _embs(4, e=8)
+    images = torch.rand(2, 3, 16, 24)
+    labels = [(1, 2), (0,)]
+    res = gradcam(clip.visual, images, labels, cls_emb, bg, scale=20.0, image_proj=proj)
+    for i, lab in enumerate(labels):
+        for k, c in enumerate(lab):
+            ref = reference_cam(clip, images[i], list(lab), cls_emb, bg, 20.0, c, proj=proj)
+            torch.testing.assert_close(res.cams[i][k], ref, atol=2e-4, rtol=1e-3)
+    assert res.patch_emb.shape == (2, 6, 16)  # raw CLIP space, not projected
+    assert not res.patch_emb.requires_grad
+    assert all(p.grad is None for p in proj.parameters())
+
+
+def test_outputs_match_plain_forward(clip: CLIP) -> None:
+    cls_emb, bg = _embs(5)
+    images = torch.rand(2, 3, 32, 16)
+    res = gradcam(clip.visual, images, [(0,), ()], cls_emb, bg, 100.0, attn_last=2)
+    ref = clip.visual.forward_intermediates(clip.visual.normalize(images), attn_layers=(1, 2))
+    assert len(res.vit.tokens) == 3 and res.vit.grid == (4, 2)
+    for a, b in zip(res.vit.tokens, ref.tokens, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert sorted(res.vit.attentions) == [1, 2]
+    for k in (1, 2):
+        torch.testing.assert_close(res.vit.attentions[k], ref.attentions[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(res.patch_emb, clip.visual(clip.visual.normalize(images)))
+    assert res.cams[1].shape == (0, 4, 2)
+
+
+def test_class_scores_softmax_over_own_classes_and_background() -> None:
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cls_emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    bg = torch.tensor([[0.0, -1.0]])
+    ids, valid = pad_labels([(0, 2), (1,)], img.device)
+    s = class_scores(img, cls_emb, bg, ids, valid, scale=1.0)
+    e = torch.exp
+    d0 = e(torch.tensor(1.0)) + e(torch.tensor(0.6)) + e(torch.tensor(0.0))
+    torch.testing.assert_close(s[0], torch.stack([e(torch.tensor(1.0)), e(torch.tensor(0.6))]) / d0)
+    d1 = e(torch.tensor(1.0)) + e(torch.tensor(-1.0))
+    torch.testing.assert_close(s[1], torch.stack([e(torch.tensor(1.0)) / d1, torch.tensor(0.0)]))
+
+
+def test_minmax_range_and_constant_map() -> None:
+    x = torch.tensor([[[2.0, 4.0], [6.0, 10.0]]])
+    torch.testing.assert_close(
+        minmax(x), torch.tensor([[[0.0, 0.25], [0.5, 1.0]]]), atol=1e-6, rtol=0
+    )
+    assert torch.equal(minmax(torch.full((1, 2, 2), 3.0)), torch.zeros(1, 2, 2))

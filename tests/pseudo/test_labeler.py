@@ -1,0 +1,159 @@
+"""End to end on random-weight backbones: shapes, ranges, determinism, ablation switches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from pseudo_models import PROMPTS, small_config, tiny_models
+
+from ssrseg.cam.gradcam import gradcam
+from ssrseg.config import ConfigError
+from ssrseg.pseudo.labeler import PseudoLabeler
+from ssrseg.rectify.affinity import refine_with_transition, transition_matrix
+from ssrseg.rectify.sgc import slic_superpixels
+
+LABELS = [(0, 2), (1,)]
+
+
+@pytest.mark.parametrize("size", [(24, 40), (48, 32), (16, 56)])
+def test_end_to_end_shapes_ranges_determinism(
+    make_labeler: Callable[..., PseudoLabeler], size: tuple[int, int]
+) -> None:
+    labeler = make_labeler()
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    out = labeler(images, LABELS)
+    h, w = size[0] // 8, size[1] // 8
+    assert out.grid == (h, w)
+    assert [tuple(c.shape) for c in out.cams] == [(2, h, w), (1, h, w)]
+    assert [tuple(r.shape) for r in out.refined] == [(2, *size), (1, *size)]
+    assert out.labels.shape == (2, *size) and out.labels.dtype == torch.long
+    for cam, ref in zip(out.cams, out.refined, strict=True):
+        assert float(cam.min()) >= 0 and float(cam.max()) <= 1
+        assert float(ref.min()) >= 0 and float(ref.max()) <= 1 + 1e-6
+    # Labels only name the image's own classes (+1) or background.
+    assert set(out.labels[0].unique().tolist()) <= {0, 1, 3}
+    assert set(out.labels[1].unique().tolist()) <= {0, 2}
+    assert len(out.clip_out.tokens) == 3 and out.patch_emb.shape == (2, h * w, 16)
+    assert [tuple(s.shape) for s in out.scores] == [(3, *size), (2, *size)]
+    again = labeler(images, LABELS)
+    assert torch.equal(out.labels, again.labels)
+    for a, b in zip(out.refined, again.refined, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_batch_equals_single_images(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    labeler = make_labeler()
+    images = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(1))
+    out = labeler(images, LABELS)
+    for i in range(2):
+        one = labeler(images[i : i + 1], [LABELS[i]])
+        torch.testing.assert_close(one.refined[0], out.refined[i], atol=5e-4, rtol=1e-3)
+        assert torch.equal(one.labels[0], out.labels[i])
+
+
+def test_initial_cam_row_is_upsampled_cam(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    labeler = make_labeler(
+        "affinity.use_clip_attention=false",
+        "affinity.use_dino_attention=false",
+        "par.enabled=false",
+    )
+    images = torch.rand(1, 3, 16, 24)
+    out = labeler(images, [(1,)])
+    expected = torch.nn.functional.interpolate(
+        out.cams[0][None], size=(16, 24), mode="bilinear", align_corners=False
+    )[0]
+    torch.testing.assert_close(out.refined[0], expected)
+    assert out.clip_out.attentions == {}
+    bg = 1 - expected.amax(dim=0)
+    assert torch.equal(out.labels[0], torch.where(expected[0] > bg, 2, 0))
+
+
+def test_clip_only_row_matches_manual_refinement(
+    make_labeler: Callable[..., PseudoLabeler],
+) -> None:
+    labeler = make_labeler("affinity.use_dino_attention=false", "affinity.mask=none")
+    images = torch.rand(1, 3, 24, 24)
+    out = labeler(images, [(0, 1)])
+    vis = labeler.clip.visual
+    res = gradcam(vis, images, [(0, 1)], labeler.class_emb, labeler.bg_emb, 100.0, attn_last=2)
+    attn = (res.vit.attentions[1] + res.vit.attentions[2]) / 2
+    ref = refine_with_transition(transition_matrix(attn), res.cams[0][None])
+    up = torch.nn.functional.interpolate(ref, size=(24, 24), mode="bilinear")[0]
+    torch.testing.assert_close(out.refined[0], up, atol=1e-5, rtol=1e-4)
+
+
+def test_given_superpixels_equal_computed_ones(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    labeler = make_labeler()
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    img = (images[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    sp = slic_superpixels(img, 12, 10.0)[None]
+    a = labeler(images, [(2,)])
+    b = labeler(images, [(2,)], superpixels=sp)
+    assert torch.equal(a.labels, b.labels)
+    with pytest.raises(ValueError, match="superpixels"):
+        labeler(images, [(2,)], superpixels=sp[:, :16])
+
+
+def test_box_and_sgc_rows_and_no_labels(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    images = torch.rand(2, 3, 24, 32)
+    for mask in ("box", "sgc"):
+        out = make_labeler(f"affinity.mask={mask}")(images, [(), (1, 2)])
+        assert out.cams[0].shape == (0, 3, 4) and out.refined[0].shape == (0, 24, 32)
+        assert torch.equal(out.labels[0], torch.zeros(24, 32, dtype=torch.long))
+        assert out.masks[1].shape == (2, 3, 4)
+        assert set(out.masks[1].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_projected_space_uses_cmpa_heads(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    class Heads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.isa = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
+            self.tsa = torch.nn.Linear(16, 8)
+
+        @property
+        def tau(self) -> torch.Tensor:
+            return torch.tensor(0.05)
+
+        def project_image(self, x: torch.Tensor) -> torch.Tensor:
+            return self.isa(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:2], -1)
+
+        def project_text(self, t: torch.Tensor) -> torch.Tensor:
+            return self.tsa(t)
+
+    torch.manual_seed(0)
+    heads = Heads().train()
+    labeler = make_labeler("cam.projected=true")
+    images = torch.rand(2, 3, 16, 16)
+    raw = make_labeler()(images, LABELS)
+    out = labeler(images, LABELS, cmpa=heads)
+    assert heads.training  # mode restored
+    assert int(heads.isa[1].num_batches_tracked) == 0  # CAM pass leaves BN statistics alone
+    assert not torch.allclose(out.cams[0], raw.cams[0])
+    one = labeler(images[:1], LABELS[:1], cmpa=heads)  # eval-mode BN: batch-independent
+    torch.testing.assert_close(one.cams[0], out.cams[0], atol=1e-5, rtol=1e-4)
+
+
+def test_config_errors() -> None:
+    clip, tok, _ = tiny_models()
+    with pytest.raises(ConfigError, match="use_dino_attention"):
+        PseudoLabeler(clip, tok, None, PROMPTS, small_config())
+    with pytest.raises(ConfigError, match=r"affinity\.mask"):
+        PseudoLabeler(
+            clip,
+            tok,
+            None,
+            PROMPTS,
+            small_config("affinity.mask=boxes", "affinity.use_dino_attention=false"),
+        )
+
+
+def test_labeller_is_frozen_and_stays_in_eval(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    labeler = make_labeler()
+    labeler.train()
+    assert not labeler.training and not labeler.clip.training
+    assert not any(p.requires_grad for p in labeler.parameters())
+    assert labeler.class_emb.shape == (3, 16) and labeler.bg_emb.shape == (2, 16)
+    torch.testing.assert_close(labeler.class_emb.norm(dim=1), torch.ones(3))
