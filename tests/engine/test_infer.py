@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -248,3 +250,92 @@ def test_crf_runs_when_installed() -> None:
     mask, probs = seg.predict(image, return_probs=True, crf=True)
     assert mask.shape == (24, 40) and probs.shape == (5, 24, 40)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+
+
+# ------------------------------------------------------------------ real model, datasets
+
+
+def _tiny_ssr_builder() -> tuple[Any, Any]:
+    """The training engineer's tiny SSRModel (random tiny CLIP, stand-in pseudo labeller)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+    from tests_model_fakes import FakeLabeler, tiny_clip, tiny_config
+
+    from ssrseg.model.ssr import SSRModel
+
+    def build(cfg: Any, num_classes: int, device: str = "cpu") -> SSRModel:
+        return SSRModel(cfg, FakeLabeler(tiny_clip(), num_classes - 1), num_classes).to(device)
+
+    return build, tiny_config
+
+
+@pytest.mark.slow
+def test_from_checkpoint_runs_the_real_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
+
+    build, tiny_config = _tiny_ssr_builder()
+    torch.manual_seed(4)
+    model = build(tiny_config(), 4).eval()
+    state = state_from(3, model.cfg, 4, [rng_state()])
+    save_checkpoint(tmp_path, 3, model.trainable_state_dict(), {}, state)
+    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+
+    seg = Segmenter.from_checkpoint(tmp_path, infer=InferConfig(long_side=48))
+    assert (seg.patch_size, seg.num_classes, seg.config) == (8, 4, model.cfg)
+    image = random_image(37, 50)
+    mask, probs = seg.predict(image, return_probs=True)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    expected = multiscale_logits(model.segment, x, (1.0, 0.75), True, 48, 8)[0].softmax(0)
+    np.testing.assert_allclose(probs, expected.numpy(), atol=1e-5)
+    assert mask.shape == (37, 50)
+    # The checkpoint's own inference settings are the default.
+    assert Segmenter.from_checkpoint(tmp_path).infer == model.cfg.infer
+
+
+def _voc_layout(root: Path, images: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+    from ssrseg.viz import save_label_png
+
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for image_id, image in images.items():
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.png")
+        save_label_png(root / "SegmentationClass" / f"{image_id}.png", masks[image_id])
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(images) + "\n")
+
+
+def test_evaluate_dataset_scores_each_crf_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssrseg.data import build_dataset
+    from ssrseg.metrics import ConfusionMatrix
+
+    crf_mod = pytest.importorskip("ssrseg.engine.crf")
+
+    def all_class_one(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
+        out = np.zeros_like(probs)
+        out[1] = 1.0
+        return out
+
+    monkeypatch.setattr(crf_mod, "dense_crf", all_class_one)
+    seg, _ = make_segmenter(num_classes=21)
+    images = {"a": random_image(30, 40, 1), "b": random_image(26, 26, 2)}
+    rng = np.random.default_rng(5)
+    masks = {k: rng.integers(0, 3, v.shape[:2]).astype(np.uint8) for k, v in images.items()}
+    masks["a"][:4] = 255
+    _voc_layout(tmp_path / "voc", images, masks)
+    dataset = build_dataset("voc", tmp_path / "voc", "val", require_labels=False)
+
+    out = tmp_path / "preds"
+    result = infer.evaluate_dataset(seg, dataset, (False, True), progress=False, pred_dir=out)
+    expected = ConfusionMatrix(21)
+    for k in images:
+        expected.update(seg.predict(images[k]), masks[k])
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(out / f"{k}.png")), seg.predict(images[k])
+        )
+        assert (np.asarray(Image.open(out / "crf" / f"{k}.png")) == 1).all()
+    np.testing.assert_array_equal(result[False].hist, expected.hist)
+    # With the stand-in CRF every counted pixel is predicted as class index 1.
+    crf_hist = result[True].hist
+    assert crf_hist.sum() == expected.hist.sum() and crf_hist[:, 1].sum() == crf_hist.sum()

@@ -453,3 +453,56 @@ def check_crf(cfg: CRFConfig | None = None) -> None:
     image = np.zeros((2, 2, 3), dtype=np.uint8)
     probs = np.full((2, 2, 2), 0.5, dtype=np.float32)
     run_crf(image, probs, cfg if cfg is not None else CRFConfig())
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring a dataset
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate_dataset(
+    segmenter: Segmenter,
+    dataset: Any,
+    crf_modes: Sequence[bool] = (False,),
+    *,
+    skip_log: Any = None,
+    indices: Sequence[int] | None = None,
+    progress: bool = True,
+    pred_dir: str | os.PathLike[str] | None = None,
+) -> dict[bool, Any]:
+    """Predict every image of a split with masks and score it, once per CRF mode.
+
+    dataset: a :class:`ssrseg.data.base.SegDataset` whose samples carry masks.
+    crf_modes: e.g. ``(False, True)`` scores without and with the CRF from one multi-scale
+        forward per image (the CRF only refines the same probabilities).
+    skip_log: a :class:`ssrseg.data.base.SkipLog` collecting unreadable items (a new one when
+        None). pred_dir: if given, also writes ``<id>.png`` palette masks (and ``crf/<id>.png``
+        for the CRF mode when both are scored).
+    Returns ``{crf_mode: ConfusionMatrix}`` accumulated over the whole split.
+    """
+    from ssrseg.data.base import SkipLog, iter_valid
+    from ssrseg.metrics import ConfusionMatrix
+
+    if not crf_modes:
+        raise ValueError("at least one CRF mode (False and/or True) is needed")
+    if True in crf_modes:
+        check_crf(segmenter.crf_cfg)
+    log = skip_log if skip_log is not None else SkipLog()
+    matrices = {mode: ConfusionMatrix(segmenter.num_classes) for mode in crf_modes}
+    desc = f"evaluate {getattr(dataset, 'name', '')} {getattr(dataset, 'split', '')}".strip()
+    for sample in iter_valid(dataset, log, indices, progress=progress, desc=desc):
+        if sample.mask is None:
+            raise ValueError(f"{sample.path}: this split has no ground-truth masks to score")
+        _, probs = segmenter.predict(sample.image, return_probs=True, crf=False)
+        for mode in crf_modes:
+            scores = run_crf(sample.image, probs, segmenter.crf_cfg) if mode else probs
+            mask = scores.argmax(axis=0).astype(np.uint8)
+            matrices[mode].update(mask, sample.mask)
+            if pred_dir is not None:
+                from ssrseg.viz import save_label_png
+
+                sub = "crf" if mode and len(crf_modes) > 1 else ""
+                save_label_png(
+                    Path(pred_dir) / sub / f"{sample.image_id}.png", mask, segmenter.palette
+                )
+    return matrices
