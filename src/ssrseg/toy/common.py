@@ -1,0 +1,221 @@
+"""Shared pieces of the toy backbones' training: shapes, data, schedule, evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, vocabulary
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
+PROMPT_TEMPLATE = "a photo of a {}."
+BACKGROUND_TEMPLATE = "a photo of {}."
+
+
+def toy_tokenizer(context_length: int = 32) -> WordTokenizer:
+    """Word tokenizer over the toy world's whole vocabulary."""
+    return WordTokenizer(vocabulary(), context_length=context_length)
+
+
+def toy_clip_config(
+    tokenizer: WordTokenizer,
+    image_size: int = 128,
+    patch_size: int = 8,
+    width: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    embed_dim: int = 128,
+    text_layers: int = 2,
+) -> CLIPConfig:
+    """The tiny CLIP: CLIP ViT-B/16's code path (pre-LN, QuickGELU) at toy width and depth."""
+    vision = ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        layers=layers,
+        heads=heads,
+        output_dim=embed_dim,
+    )
+    text = TextConfig(
+        vocab_size=tokenizer.vocab_size,
+        context_length=tokenizer.context_length,
+        width=width,
+        layers=text_layers,
+        heads=heads,
+        eot_token_id=tokenizer.eot_token_id,
+        sot_token_id=tokenizer.sot_token_id,
+    )
+    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim)
+
+
+def toy_dino_config(
+    image_size: int = 96, patch_size: int = 8, width: int = 128, layers: int = 4, heads: int = 4
+) -> ViTConfig:
+    """The tiny DINO ViT: DINO's code path (GELU, no ln_pre, patch bias, ImageNet stats)."""
+    return ViTConfig(
+        image_size=image_size,
+        patch_size=patch_size,
+        width=width,
+        layers=layers,
+        heads=heads,
+        act="gelu",
+        ln_eps=1e-6,
+        ln_pre=False,
+        patch_bias=True,
+        output_dim=None,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
+
+
+def pooled_image_embedding(visual: VisionTransformer, images01: Tensor) -> Tensor:
+    """Toy-world image embedding: mean over patches of ``proj(norm(patch tokens))``, ``B x E``.
+
+    This is the embedding SSR's Grad-CAM differentiates (SSR_SPEC section 3), so the tiny CLIP
+    is trained with it instead of the class token.
+    """
+    out = visual.forward_intermediates(visual.normalize(images01))
+    return visual.head(out.last[:, 1:]).mean(dim=1)
+
+
+class RenderedImages(torch.utils.data.Dataset[tuple[Tensor, str, Tensor, int]]):
+    """Scene ``i`` of a toy split as (``3 x H x W`` float [0,1], caption, tags multi-hot, bg)."""
+
+    def __init__(self, split: str, seed: int, length: int) -> None:
+        self.world = ToyWorld(split, seed)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str, Tensor, int]:
+        s = self.world[index]
+        image = torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0
+        tags = torch.zeros(len(CLASS_NAMES))
+        tags[list(s.labels)] = 1.0
+        return image, s.caption, tags, s.background
+
+
+def batches(
+    split: str, seed: int, batch_size: int, start: int = 0, workers: int = 1
+) -> Iterator[tuple[Tensor, list[str], Tensor, Tensor]]:
+    """Endless stream of rendered batches (fresh scenes every step), in a worker process."""
+    data = RenderedImages(split, seed, 10**9)
+    sampler = range(start, 10**9)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    for images, captions, tags, bgs in loader:
+        yield images, list(captions), tags, bgs
+
+
+@dataclass
+class Budget:
+    """Stop at ``steps`` or after ``minutes`` of wall clock, whichever comes first.
+
+    With only minutes given, the step count is fixed after ``probe`` steps from the measured
+    speed, so the learning-rate schedule is a plain function of the step (and a rerun with
+    ``--steps`` reproduces it).
+    """
+
+    steps: int | None
+    minutes: float | None
+    probe: int = 20
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.minutes is None:
+            raise ValueError("give --steps or --minutes")
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def total(self, step: int) -> int | None:
+        """Planned number of steps, known from step ``probe`` on (or at once with ``steps``)."""
+        if self.steps is None and self.minutes is not None and step == self.probe:
+            per_step = self.elapsed() / self.probe
+            self.steps = max(self.probe + 1, int(self.minutes * 60 / per_step))
+        return self.steps
+
+    def done(self, step: int) -> bool:
+        over_time = self.minutes is not None and self.elapsed() > self.minutes * 60
+        return over_time or (self.steps is not None and step >= self.steps)
+
+
+def cosine_lr(step: int, total: int | None, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0 over ``total`` steps (flat until it is known)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if total is None:
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode_prompts(
+    clip: CLIP, tokenizer: WordTokenizer, names: Sequence[str], template: str
+) -> Tensor:
+    """L2-normalised text embeddings of ``template`` filled with each name, ``K x E``."""
+    tokens = tokenizer([template.format(n) for n in names]).to(clip.logit_scale.device)
+    return F.normalize(clip.encode_text(tokens), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_scores(
+    clip: CLIP,
+    tokenizer: WordTokenizer,
+    split: str = "debiased",
+    n: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Zero-shot tag metrics on the first ``n`` scenes of ``split``.
+
+    top1: the best-scoring class is one of the image's tags. all_first: the image's k tags are
+    exactly the k best classes. background: the best background prompt is the scene's context.
+    """
+    clip.eval()
+    class_emb = encode_prompts(clip, tokenizer, CLASS_NAMES, PROMPT_TEMPLATE)
+    bg_emb = encode_prompts(clip, tokenizer, BACKGROUNDS, BACKGROUND_TEMPLATE)
+    data = RenderedImages(split, seed, n)
+    top1 = all_first = bg_hits = 0
+    for lo in range(0, n, batch_size):
+        items = [data[i] for i in range(lo, min(n, lo + batch_size))]
+        images = torch.stack([it[0] for it in items])
+        emb = F.normalize(pooled_image_embedding(clip.visual, images), dim=-1)
+        scores = emb @ class_emb.t()
+        bg_pred = (emb @ bg_emb.t()).argmax(dim=1)
+        for row, (_, _, tags, bg), bgp in zip(scores, items, bg_pred, strict=True):
+            present = set(np.flatnonzero(tags.numpy()).tolist())
+            order = row.argsort(descending=True).tolist()
+            top1 += order[0] in present
+            all_first += set(order[: len(present)]) == present
+            bg_hits += int(bgp) == bg
+    return {"top1": top1 / n, "all_first": all_first / n, "background": bg_hits / n, "n": n}
