@@ -234,17 +234,12 @@ def prompts_from_config(
 
 
 def _toy_prompts(data_root: str | os.PathLike[str] | None) -> ClassPrompts:
+    """The toy world's classes: the root's files when present, else the generator's constants."""
     if data_root is not None and (Path(data_root) / "classes.txt").is_file():
         return ClassPrompts.from_toy_root(data_root)
-    try:
-        from ssrseg.data import toy
-    except ImportError:
-        raise PromptError(
-            f"toy prompts need {data_root}/classes.txt or the ssrseg.data.toy module"
-        ) from None
-    names = tuple(getattr(toy, "CLASS_NAMES"))  # noqa: B009 - module written by another owner
-    background = tuple(getattr(toy, "BACKGROUND_NAMES", ()))
-    return ClassPrompts(names=names, prompts=names, background=background)
+    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
+
+    return ClassPrompts(names=CLASS_NAMES, prompts=CLASS_NAMES, background=BACKGROUNDS)
 
 
 @torch.no_grad()

@@ -1,0 +1,128 @@
+"""Affinity fusion, transition matrix, box mask and masked refinement on hand-made tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssrseg.rectify.affinity import (
+    box_mask,
+    fuse_affinity,
+    mean_attention,
+    refine_with_masked_affinity,
+    refine_with_transition,
+    transition_matrix,
+)
+
+
+def _random_affinity(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(2, n, n, generator=g).softmax(dim=-1)
+
+
+def test_transition_matrix_is_symmetric_and_square_of_symmetrised() -> None:
+    a = _random_affinity(12, 0)
+    t = transition_matrix(a)
+    torch.testing.assert_close(t, t.transpose(1, 2))
+    s = transition_matrix(a, square=False)
+    torch.testing.assert_close(t, s @ s)
+    assert bool((t >= 0).all())
+
+
+def test_sinkhorn_normalisation_converges_to_doubly_stochastic() -> None:
+    a = _random_affinity(10, 1)
+
+    def col_error(rounds: int) -> float:
+        t = a.clone()
+        for _ in range(rounds):
+            t = t / t.sum(dim=-2, keepdim=True)
+            t = t / t.sum(dim=-1, keepdim=True)
+        return float((t.sum(dim=-2) - 1).abs().max())
+
+    errors = [col_error(r) for r in (1, 3, 10, 50)]
+    assert errors[0] > errors[1] > errors[2] > errors[3]
+    assert errors[3] < 1e-6
+    # After many rounds the symmetrised matrix is doubly stochastic: rows sum to 1.
+    t = transition_matrix(a, rounds=50, square=False)
+    torch.testing.assert_close(t.sum(dim=-1), torch.ones(2, 10), atol=1e-5, rtol=0)
+    # With 3 rounds the symmetrised rows are already close to 1.
+    t3 = transition_matrix(a, rounds=3, square=False)
+    assert float((t3.sum(dim=-1) - 1).abs().max()) < 0.05
+
+
+def test_hand_computed_transition_matrix() -> None:
+    a = torch.tensor([[[2.0, 1.0], [1.0, 2.0]]])
+    # Already symmetric with equal row/column sums: normalisation gives a / 3.
+    t = transition_matrix(a, rounds=3, square=False)
+    torch.testing.assert_close(t, a / 3)
+    torch.testing.assert_close(transition_matrix(a), (a / 3) @ (a / 3))
+
+
+def test_zero_mask_blocks_propagation() -> None:
+    trans = transition_matrix(_random_affinity(16, 2)[:1])
+    cam = torch.rand(1, 2, 4, 4)
+    zeros = torch.zeros(1, 2, 4, 4)
+    out = refine_with_transition(trans, cam, zeros)
+    assert torch.equal(out, torch.zeros_like(out))
+    # A mask keeping only patch 5 makes every refined value proportional to column 5 of T.
+    mask = torch.zeros(1, 2, 4, 4)
+    mask[..., 1, 1] = 1
+    out = refine_with_transition(trans, cam, mask)
+    col = trans[0, :, 5] * cam[0, 0, 1, 1]
+    expected = (col - col.min()) / (col.max() - col.min() + 1e-7)
+    torch.testing.assert_close(out[0, 0].flatten(), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_transition_equals_explicit_column_mask() -> None:
+    trans = transition_matrix(_random_affinity(12, 3))
+    cam = torch.rand(2, 3, 3, 4)
+    mask = (torch.rand(2, 3, 3, 4) > 0.5).float()
+    out = refine_with_transition(trans, cam, mask)
+    for b in range(2):
+        for k in range(3):
+            m = mask[b, k].flatten()
+            ref = (trans[b] * m[None, :]) @ cam[b, k].flatten()
+            ref = (ref - ref.min()) / (ref.max() - ref.min() + 1e-7)
+            torch.testing.assert_close(out[b, k].flatten(), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_masked_affinity_variant_with_full_mask_equals_transition() -> None:
+    a = _random_affinity(12, 4)
+    cam = torch.rand(2, 2, 3, 4)
+    ones = torch.ones_like(cam)
+    torch.testing.assert_close(
+        refine_with_masked_affinity(a, cam, ones),
+        refine_with_transition(transition_matrix(a), cam),
+    )
+    # A zero mask still yields zeros (no NaN from empty columns).
+    zero = refine_with_masked_affinity(a, cam, torch.zeros_like(cam))
+    assert torch.equal(zero, torch.zeros_like(zero))
+
+
+def test_fuse_and_mean_attention() -> None:
+    a, b = torch.ones(1, 4, 4), torch.full((1, 4, 4), 2.0)
+    torch.testing.assert_close(fuse_affinity(a, b, 0.4, 0.6), torch.full((1, 4, 4), 1.6))
+    assert fuse_affinity(a, None) is a and fuse_affinity(None, b) is b
+    with pytest.raises(ValueError, match="patch grid"):
+        fuse_affinity(a, torch.ones(1, 6, 6))
+    with pytest.raises(ValueError, match="no affinity"):
+        fuse_affinity(None, None)
+    torch.testing.assert_close(mean_attention({3: a, 4: b}, [3, 4]), torch.full((1, 4, 4), 1.5))
+    with pytest.raises(KeyError, match="blocks"):
+        mean_attention({3: a}, [2, 3])
+
+
+def test_box_mask_boxes_each_component() -> None:
+    cam = torch.zeros(2, 6, 8)
+    cam[0, 1, 1] = 1.0  # component 1: an L shape spanning rows 1-2, cols 1-2
+    cam[0, 2, 2] = 0.8
+    cam[0, 4, 5:7] = 0.5  # component 2
+    cam[0, 0, 7] = 0.3  # below 0.4 * max: ignored
+    cam[1] = 0.2  # constant map: everything above 0.4 * 0.2
+    mask = box_mask(cam, 0.4)
+    expected = torch.zeros(6, 8)
+    expected[1:3, 1:3] = 1
+    expected[4, 5:7] = 1
+    assert torch.equal(mask[0], expected)
+    assert torch.equal(mask[1], torch.ones(6, 8))
+    assert torch.equal(box_mask(torch.zeros(1, 3, 3), 0.4), torch.zeros(1, 3, 3))
