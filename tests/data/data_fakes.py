@@ -19,13 +19,14 @@ H, W = 24, 32
 
 
 def scene(classes: Sequence[int], h: int = H, w: int = W) -> tuple[np.ndarray, np.ndarray]:
-    """(image H x W x 3 uint8, mask H x W uint8) with one rectangle per 0-based class."""
+    """(image H x W x 3 uint8, mask H x W uint8) with one 6 x 8 rectangle (48 pixels) per
+    0-based class; rectangles of up to three classes never overlap."""
     image = np.full((h, w, 3), 100, dtype=np.uint8)
     mask = np.zeros((h, w), dtype=np.uint8)
     for k, c in enumerate(classes):
-        y0, x0 = 2 + 3 * k, 2 + 5 * k
-        image[y0 : y0 + 8, x0 : x0 + 10] = ((40 * c) % 256, 200, (90 * c) % 256)
-        mask[y0 : y0 + 8, x0 : x0 + 10] = c + 1
+        y0, x0 = 2 + 4 * k, 2 + 10 * k
+        image[y0 : y0 + 6, x0 : x0 + 8] = ((40 * c) % 256, 200, (90 * c) % 256)
+        mask[y0 : y0 + 6, x0 : x0 + 8] = c + 1
     return image, mask
 
 
