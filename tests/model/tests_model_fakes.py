@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -99,3 +100,31 @@ def synthetic_batch(n: int, size: int = 32, num_fg: int = 3, seed: int = 0) -> d
     images = torch.rand(n, 3, size, size, generator=g)
     labels = [tuple(sorted({i % num_fg, (i + 1) % num_fg})) for i in range(n)]
     return {"images": images, "labels": labels}
+
+
+class TinySegDataset:
+    """In-memory dataset of ``Sample`` s: a coloured square of class c on a grey background."""
+
+    def __init__(self, n: int = 6, size: int = 32, num_fg: int = 3, seed: int = 0) -> None:
+        from ssrseg.data.base import Sample
+
+        rng = np.random.default_rng(seed)
+        self.class_names = tuple(f"c{i}" for i in range(num_fg))
+        self.num_classes = num_fg + 1
+        self.ids = [f"img{i}" for i in range(n)]
+        colours = rng.integers(0, 256, size=(num_fg, 3))
+        self.samples = []
+        for i in range(n):
+            c = i % num_fg
+            image = np.full((size, size, 3), 128, dtype=np.uint8)
+            mask = np.zeros((size, size), dtype=np.uint8)
+            y, x = rng.integers(0, size // 2, size=2)
+            image[y : y + size // 2, x : x + size // 2] = colours[c]
+            mask[y : y + size // 2, x : x + size // 2] = c + 1
+            self.samples.append(Sample(self.ids[i], image, (c,), mask, f"mem://{i}"))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.samples[i]

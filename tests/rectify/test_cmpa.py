@@ -10,6 +10,7 @@ import torch
 from ssrseg.config import load_config
 from ssrseg.rectify.cmpa import (
     CMPA,
+    PrototypeAccumulator,
     masked_average_pool,
     projection_head,
     prototype_loss,
@@ -94,8 +95,9 @@ def test_loss_trains_both_heads_and_tau() -> None:
     cmpa = _cmpa()
     cams = [torch.rand(2, 2, 2), torch.rand(1, 2, 2)]
     # the symmetric term needs >= 2 visual prototypes to be non-zero
-    cmpa.accumulate(torch.randn(2, 4), torch.tensor([0, 1]))
-    assert cmpa.refresh() == 2
+    acc = PrototypeAccumulator(3, 4)
+    acc.add(torch.randn(2, 4), torch.tensor([0, 1]))
+    assert cmpa.refresh(acc) == 2
     loss, parts, feats, classes = cmpa.loss(
         torch.randn(2, 4, 8), cams, [(0, 2), (1,)], (2, 2), torch.randn(3, 8)
     )
@@ -115,16 +117,20 @@ def test_cams_must_match_labels() -> None:
 
 def test_accumulate_and_refresh_class_means() -> None:
     cmpa = _cmpa(symmetric=False)
+    acc = PrototypeAccumulator(3, 4)
     feats = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
-    cmpa.accumulate(feats, torch.tensor([0, 0, 2]))
-    assert cmpa.refresh() == 2
+    acc.add(feats, torch.tensor([0, 0, 2]))
+    assert cmpa.refresh(acc) == 2
     assert cmpa.visual_protos[0].tolist() == [0.5, 0.5, 0.0, 0.0]
     assert cmpa.visual_protos[2].tolist() == [0.0, 0.0, 1.0, 0.0]
     assert cmpa.proto_valid.tolist() == [1, 0, 1]
-    assert cmpa.acc_count.sum().item() == 0.0
+    acc.reset()
+    assert acc.count.sum().item() == 0.0
     # a class not seen since the last refresh keeps its prototype
-    cmpa.accumulate(torch.tensor([[0, 0, 0, 1.0]]), torch.tensor([2]))
-    cmpa.refresh()
+    acc.add(torch.tensor([[0, 0, 0, 1.0]]), torch.tensor([2]))
+    restored = PrototypeAccumulator(3, 4)
+    restored.load_state_dict(acc.state_dict())
+    cmpa.refresh(restored)
     assert cmpa.visual_protos[0].tolist() == [0.5, 0.5, 0.0, 0.0]
     assert cmpa.visual_protos[2].tolist() == [0.0, 0.0, 0.0, 1.0]
 

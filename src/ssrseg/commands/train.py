@@ -1,4 +1,10 @@
-"""Placeholder for this subcommand; issue 5 builds it."""
+"""``ssrseg train``: train SSR (CMPA heads + decoder) from image-level tags.
+
+Single process: ``ssrseg train --config configs/voc.yaml [key=value ...]``.
+Several GPUs: ``torchrun --nproc_per_node N -m ssrseg.cli train --config ...``.
+Resume: ``ssrseg train --resume runs/ssr`` (the run folder or a ``ckpt_<step>`` folder; the
+checkpoint's own config is used so the schedule continues unchanged).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,56 @@ from typing import Any
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text)
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML preset (configs/voc.yaml, coco.yaml, toy.yaml)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.path=value")
+    p.add_argument("--resume", help="run folder or checkpoint folder to continue from")
+    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+    p.add_argument("--output-dir", help="run folder (default: train.output_dir)")
+    p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"ssrseg {args.command}: not implemented yet", file=sys.stderr)
-    return 2
+    from pathlib import Path
+
+    from ssrseg.config import ConfigError, config_from_dict, load_config
+    from ssrseg.engine.checkpoint import CheckpointError, read_state, resolve_checkpoint
+    from ssrseg.engine.distributed import cleanup, setup
+    from ssrseg.engine.train import run_training
+
+    try:
+        if args.resume and not args.config:
+            saved = read_state(resolve_checkpoint(args.resume)).config
+            cfg = config_from_dict(saved)
+            if args.overrides:
+                print("error: overrides cannot change a resumed run's config", file=sys.stderr)
+                return 2
+        else:
+            cfg = load_config(args.config, args.overrides)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.output_dir or cfg.train.output_dir)
+    if args.resume and not args.output_dir:
+        resumed = Path(args.resume)
+        run_dir = resumed if not resumed.name.startswith("ckpt_") else resumed.parent
+    ctx = setup(args.device)
+    try:
+        step = run_training(cfg, ctx, run_dir, args.resume, args.max_steps)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup(ctx)
+    if step < 0:
+        print("error: items were skipped (set data.allow_skipped=true to accept)", file=sys.stderr)
+        return 3
+    if ctx.is_main:
+        print(f"trained to step {step}; checkpoints in {run_dir}")
+    return 0

@@ -105,14 +105,12 @@ class CMPA(nn.Module):
     foreground only) classes.
 
     Buffers (saved with the trainable weights so a resumed run continues exactly):
-    ``visual_protos`` ``C x d2``, ``proto_valid`` ``C`` (bool as uint8), and the running
-    accumulator ``acc_sum`` ``C x d2`` / ``acc_count`` ``C`` gathered since the last refresh.
+    ``visual_protos`` ``C x d2`` and ``proto_valid`` ``C`` (bool as uint8). The running sums
+    between refreshes live in a :class:`PrototypeAccumulator` held by the trainer.
     """
 
     visual_protos: Tensor
     proto_valid: Tensor
-    acc_sum: Tensor
-    acc_count: Tensor
 
     def __init__(self, cfg: CMPAConfig, num_classes: int) -> None:
         super().__init__()
@@ -130,8 +128,6 @@ class CMPA(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.tau_init)))
         self.register_buffer("visual_protos", torch.zeros(num_classes, cfg.out_dim))
         self.register_buffer("proto_valid", torch.zeros(num_classes, dtype=torch.uint8))
-        self.register_buffer("acc_sum", torch.zeros(num_classes, cfg.out_dim))
-        self.register_buffer("acc_count", torch.zeros(num_classes))
 
     @property
     def tau(self) -> Tensor:
@@ -200,23 +196,42 @@ class CMPA(nn.Module):
         return total, parts, F.normalize(feats.detach().float(), dim=-1), classes
 
     @torch.no_grad()
-    def accumulate(self, feats: Tensor, classes: Tensor) -> None:
-        """Add normalised class features ``M x d2`` (classes ``M``) to the running sums."""
-        self.acc_sum.index_add_(0, classes, feats.to(self.acc_sum.dtype))
-        self.acc_count.index_add_(0, classes, torch.ones_like(classes, dtype=self.acc_count.dtype))
+    def refresh(self, acc: PrototypeAccumulator) -> int:
+        """Visual prototypes <- per-class mean of the features accumulated since the last
+        refresh (classes not seen keep their previous prototype). Returns the number of classes
+        refreshed. In data-parallel runs the trainer sums the accumulators over ranks first."""
+        seen: Tensor = acc.count > 0
+        means = acc.sum[seen] / acc.count[seen, None]
+        self.visual_protos[seen.to(self.visual_protos.device)] = means.to(self.visual_protos)
+        self.proto_valid[seen.to(self.proto_valid.device)] = 1
+        return int(seen.sum())
+
+
+class PrototypeAccumulator:
+    """Running per-class sums of normalised ``f_ic`` between prototype refreshes.
+
+    Kept outside the CMPA module on purpose: DDP broadcasts module buffers from rank 0 at every
+    forward, which would overwrite the other ranks' partial sums.
+    sum: ``C x d2``; count: ``C`` (float64 for exact sums over long runs).
+    """
+
+    def __init__(self, num_classes: int, dim: int, device: torch.device | str = "cpu") -> None:
+        self.sum = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
+        self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
 
     @torch.no_grad()
-    def refresh(self) -> int:
-        """Visual prototypes <- mean of the accumulated features of each class seen since the
-        last refresh (classes not seen keep their previous prototype); reset the accumulator.
+    def add(self, feats: Tensor, classes: Tensor) -> None:
+        """Add features ``M x d2`` of classes ``M``."""
+        self.sum.index_add_(0, classes, feats.detach().to(self.sum.dtype))
+        self.count.index_add_(0, classes, torch.ones_like(classes, dtype=self.count.dtype))
 
-        Returns the number of classes refreshed. In data-parallel runs the trainer sums the
-        accumulators over ranks before calling this.
-        """
-        seen: Tensor = self.acc_count > 0
-        means = self.acc_sum[seen] / self.acc_count[seen, None]
-        self.visual_protos[seen] = means.to(self.visual_protos.dtype)
-        self.proto_valid[seen] = 1
-        self.acc_sum.zero_()
-        self.acc_count.zero_()
-        return int(seen.sum())
+    def reset(self) -> None:
+        self.sum.zero_()
+        self.count.zero_()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"sum": self.sum.cpu().clone(), "count": self.count.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.sum.copy_(state["sum"])
+        self.count.copy_(state["count"])
