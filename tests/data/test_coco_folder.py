@@ -44,6 +44,18 @@ def test_coco_list_file_and_tag_file(tmp_path: Path) -> None:
     )  # dog is the 17th category
 
 
+def test_coco_weclip_layout_with_numeric_list(tmp_path: Path) -> None:
+    # MSCOCO/JPEGImages/val2014 + SegmentationClass/val2014 + val.txt of bare numbers
+    root = make_coco(tmp_path, ITEMS, layout="split")
+    (root / "JPEGImages").mkdir()
+    (root / "val2014").rename(root / "JPEGImages" / "val2014")
+    (root / "val.txt").write_text("42\n000000000007\n")
+    ds = build_dataset("coco", root, "val")
+    assert ds.ids == ["42", "000000000007"]
+    assert [s.labels for s in iter_valid(ds, SkipLog())] == [(0, 79), (2,)]
+    np.testing.assert_array_equal(ds[1].mask, scene([2])[1])
+
+
 def test_coco_raw_category_id_masks(tmp_path: Path) -> None:
     root = make_coco(tmp_path, {"3": [79]}, layout="split")
     raw = scene([79])[1].copy()

@@ -7,9 +7,10 @@ Two layouts are accepted (``S`` = ``train2014`` or ``val2014``):
 2. flat (``MSCOCO/`` of WeCLIP-style repos): images in ``root/JPEGImages/``, masks in
    ``root/SegmentationClass/``, the split chosen by a list file or by the ``COCO_S_`` prefix.
 
-Ids are file stems (``COCO_val2014_000000000042``). A list file is looked up as
-``root/ImageSets/Segmentation/<split>.txt``, ``root/ImageSets/<split>.txt`` or
-``root/<split>.txt``; without one, every image of the split's folder is used. Tags come from a tag
+Ids are file stems (``COCO_val2014_000000000042``; bare numbers in a list file are expanded). A
+list file is looked up as ``root/ImageSets/Segmentation/<split>.txt``,
+``root/ImageSets/<split>.txt``, ``root/<split>.txt`` or ``root/<S>.txt``; without one, every
+image of the split's folder is used. Tags come from a tag
 file or from ``root/annotations/instances_S.json`` (category ids map to :data:`COCO_CLASSES` in
 id order).
 """
@@ -92,6 +93,7 @@ class CocoDataset(SegDataset):
             base / "ImageSets" / "Segmentation" / f"{split}.txt",
             base / "ImageSets" / f"{split}.txt",
             base / f"{split}.txt",
+            base / f"{folder}.txt",
         ):
             if candidate.is_file():
                 list_file = candidate
@@ -135,14 +137,21 @@ class CocoDataset(SegDataset):
         self.flat = flat
         self.with_masks = with_masks
         self.mask_category_ids = mask_category_ids
+        self.folder = folder
+
+    def file_stem(self, image_id: str) -> str:
+        """File stem of an id; list files may hold bare numbers (``42`` or ``000000000042``)."""
+        if image_id.isdigit():
+            return f"COCO_{self.folder}_{int(image_id):012d}"
+        return image_id
 
     def image_path(self, image_id: str) -> Path:
-        return find_image(self.image_dir, image_id)
+        return find_image(self.image_dir, self.file_stem(image_id))
 
     def mask_path(self, image_id: str) -> Path | None:
         if self.with_masks is False:
             return None
-        path = self.mask_dir / f"{image_id}.png"
+        path = self.mask_dir / f"{self.file_stem(image_id)}.png"
         if path.is_file() or self.with_masks:
             return path
         return None
@@ -156,7 +165,8 @@ class CocoDataset(SegDataset):
             if not self._instances.is_file():
                 return None
             self._tags = coco_instances_tags(self._instances)
-        return self._tags.get(image_id)
+        tags = self._tags.get(image_id)
+        return tags if tags is not None else self._tags.get(self.file_stem(image_id))
 
     def load_mask(self, index: int) -> np.ndarray | None:
         if not self.mask_category_ids:
