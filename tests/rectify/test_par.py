@@ -155,6 +155,15 @@ def test_dtype_device_and_disabled() -> None:
     assert empty.shape == (1, 0, 8, 8)
 
 
+def test_differentiable_in_images_and_scores() -> None:
+    gen = torch.Generator().manual_seed(5)
+    images = torch.rand(1, 3, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    scores = torch.rand(1, 2, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    cfg = PARConfig(dilations=(1, 2), iterations=2, normalise=True)
+    fn = lambda i, s: par_refine(i, s, cfg)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (images, scores), fast_mode=True)
+
+
 def test_shape_errors() -> None:
     with pytest.raises(ValueError, match="batch sizes differ"):
         par_refine(torch.rand(2, 3, 4, 4), torch.rand(1, 2, 4, 4), PARConfig())

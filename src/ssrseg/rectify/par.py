@@ -115,11 +115,11 @@ def par_weights(
     for i, (dy, dx) in enumerate(offsets):
         diff = (_shifted(padded, pad, dy, dx, h, w) - img) * inv
         logits[:, i] = -(diff * diff).mean(dim=1)
-    weights = torch.softmax(logits, dim=1)
     pos = position_weights(cfg.dilations, cfg.colour_temperature, img.device, img.dtype)
-    weights += cfg.position_weight * pos.view(1, m, 1, 1)
+    # out of place: softmax's backward needs its output unmodified (PAR stays differentiable)
+    weights = torch.softmax(logits, dim=1) + cfg.position_weight * pos.view(1, m, 1, 1)
     if cfg.normalise:
-        weights /= 1.0 + cfg.position_weight
+        weights = weights / (1.0 + cfg.position_weight)
     return weights, offsets
 
 
