@@ -167,3 +167,12 @@ def test_toy_dataset(tmp_path: Path) -> None:
     assert ds.class_names == tuple(names) and ds.num_classes == 4
     assert [s.labels for s in iter_valid(ds, SkipLog())] == [(0, 2), (1,)]
     np.testing.assert_array_equal(ds[1].mask, scene([1])[1])
+
+
+def test_toy_dataset_without_tags_for_evaluation(tmp_path: Path) -> None:
+    make_toy(tmp_path, {"t0": [0]}, ["circle"])
+    (tmp_path / "tags.json").unlink()
+    ds = build_dataset("toy", tmp_path, "train", require_labels=False, with_masks=True)
+    assert ds[0].labels == () and ds[0].mask is not None
+    with pytest.raises(BadInputError, match="tag file not found"):
+        build_dataset("toy", tmp_path, "train")

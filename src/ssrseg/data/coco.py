@@ -118,10 +118,14 @@ class CocoDataset(SegDataset):
             source = str(tag_file)
         else:
             source = str(self._instances)
-            if require_labels and not self._instances.is_file():
-                raise BadInputError(
-                    source, "COCO instances JSON not found and no tag file given: tags are needed"
-                )
+            if require_labels:
+                if not self._instances.is_file():
+                    raise BadInputError(
+                        source,
+                        "COCO instances JSON not found and no tag file given: tags are needed",
+                    )
+                # read once here, not lazily in every DataLoader worker
+                self._tags = coco_instances_tags(self._instances)
         super().__init__(
             base,
             split,

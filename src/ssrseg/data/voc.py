@@ -168,6 +168,8 @@ class ToyDataset(VOCDataset):
         base = Path(root)
         if class_names is None:
             class_names = read_class_file(str(base / "classes.txt"))
-        if tag_file is None:
+        if tag_file is None and (
+            kwargs.get("require_labels", True) or (base / "tags.json").is_file()
+        ):
             tag_file = base / "tags.json"
         super().__init__(root, split, tag_file, class_names, **kwargs)  # type: ignore[arg-type]
