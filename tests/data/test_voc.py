@@ -176,3 +176,25 @@ def test_toy_dataset_without_tags_for_evaluation(tmp_path: Path) -> None:
     assert ds[0].labels == () and ds[0].mask is not None
     with pytest.raises(BadInputError, match="tag file not found"):
         build_dataset("toy", tmp_path, "train")
+
+
+def test_rendered_toy_world_loads_and_evaluates(tmp_path: Path) -> None:
+    # the real toy renderer's folder is read by build_dataset("toy") and scored by evaluate
+    from ssrseg.commands.evaluate import evaluate_predictions
+    from ssrseg.data.toy import CLASS_NAMES, write_toy_dataset
+    from ssrseg.viz import save_label_png
+
+    ids = write_toy_dataset(tmp_path / "toy", 3, split="val", image_size=64)
+    ds = build_dataset("toy", tmp_path / "toy", "val")
+    assert ds.ids == ids and ds.class_names == tuple(CLASS_NAMES)
+    log = SkipLog()
+    samples = list(iter_valid(ds, log))
+    assert len(samples) == 3 and not log.skipped
+    for s in samples:
+        assert s.image.shape == (64, 64, 3) and s.mask is not None and s.labels
+        present = {int(v) - 1 for v in np.unique(s.mask) if 0 < v < 255}
+        assert present <= set(s.labels)  # every drawn class is tagged
+        save_label_png(tmp_path / "pred" / f"{s.image_id}.png", s.mask, "toy")
+    ev = build_dataset("toy", tmp_path / "toy", "val", with_masks=True, require_labels=False)
+    result = evaluate_predictions(tmp_path / "pred", ev, SkipLog(), progress=False)
+    assert result["miou"] == 1.0 and result["images"] == 3
