@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
 
@@ -41,3 +43,183 @@ def tiny_dino_config() -> ViTConfig:
         mean=d.mean,
         std=d.std,
     )
+
+
+def tiny_hf_clip():  # -> transformers.CLIPModel
+    """A random transformers CLIPModel: vision 64 wide / 2 layers / 4 heads / patch 8 / 32 px,
+    text 32 wide / 2 layers / 2 heads / vocab 100 (SOT 98, EOT 99) / context 16."""
+    from transformers import CLIPConfig as HFCLIPConfig
+    from transformers import CLIPModel
+
+    cfg = HFCLIPConfig(
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=98,
+            eos_token_id=99,
+            pad_token_id=0,
+            hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            hidden_act="quick_gelu",
+        ),
+        projection_dim=24,
+        attn_implementation="eager",
+    )
+    model = CLIPModel(cfg).eval()
+    with torch.no_grad():  # make LayerNorms and biases non-trivial so mistakes show
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def tiny_hf_dino():  # -> transformers.ViTModel
+    from transformers import ViTConfig as HFViTConfig
+    from transformers import ViTModel
+
+    cfg = HFViTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        image_size=32,
+        patch_size=8,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        qkv_bias=True,
+        attn_implementation="eager",
+    )
+    model = ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "token" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _hf_key(sd, *options):
+    for k in options:
+        if k in sd:
+            return sd[k]
+    raise KeyError(options)
+
+
+def hf_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers CLIPModel state dict -> OpenAI CLIP key names (written independently of the
+    library's converter, from the published key lists)."""
+    out = {
+        "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+        "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+        "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": sd["vision_model.pre_layrnorm.weight"],
+        "visual.ln_pre.bias": sd["vision_model.pre_layrnorm.bias"],
+        "visual.ln_post.weight": sd["vision_model.post_layernorm.weight"],
+        "visual.ln_post.bias": sd["vision_model.post_layernorm.bias"],
+        "visual.proj": sd["visual_projection.weight"].t().contiguous(),
+        "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+        "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+        "ln_final.weight": sd["text_model.final_layer_norm.weight"],
+        "ln_final.bias": sd["text_model.final_layer_norm.bias"],
+        "text_projection": sd["text_projection.weight"].t().contiguous(),
+        "logit_scale": sd["logit_scale"],
+    }
+    for src, dst in (("vision_model.", "visual.transformer."), ("text_model.", "transformer.")):
+        n = len({k.split(".")[3] for k in sd if k.startswith(src + "encoder.layers.")})
+        for i in range(n):
+            p, q = f"{src}encoder.layers.{i}.", f"{dst}resblocks.{i}."
+            a = p + "self_attn."
+            out[q + "attn.in_proj_weight"] = torch.cat([sd[a + f"{x}_proj.weight"] for x in "qkv"])
+            out[q + "attn.in_proj_bias"] = torch.cat([sd[a + f"{x}_proj.bias"] for x in "qkv"])
+            for ours, theirs in (
+                ("attn.out_proj", "self_attn.out_proj"),
+                ("ln_1", "layer_norm1"),
+                ("ln_2", "layer_norm2"),
+                ("mlp.c_fc", "mlp.fc1"),
+                ("mlp.c_proj", "mlp.fc2"),
+            ):
+                for t in ("weight", "bias"):
+                    out[f"{q}{ours}.{t}"] = sd[f"{p}{theirs}.{t}"]
+    return out
+
+
+def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers ViTModel state dict (either naming) -> the official DINO ``.pth`` names."""
+    out = {
+        "cls_token": sd["embeddings.cls_token"],
+        "pos_embed": sd["embeddings.position_embeddings"],
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+        "norm.weight": sd["layernorm.weight"],
+        "norm.bias": sd["layernorm.bias"],
+    }
+    classic = any(k.startswith("encoder.layer.") for k in sd)
+    n = len(
+        {k.split(".")[2 if classic else 1] for k in sd if ".layer" in k and "norm" not in k[:9]}
+    )
+    for i in range(n):
+        p = f"encoder.layer.{i}." if classic else f"layers.{i}."
+        if classic:
+            q, k_, v = (p + f"attention.attention.{x}" for x in ("query", "key", "value"))
+            o, f1, f2 = p + "attention.output.dense", p + "intermediate.dense", p + "output.dense"
+        else:
+            q, k_, v = (p + f"attention.{x}_proj" for x in "qkv")
+            o, f1, f2 = p + "attention.o_proj", p + "mlp.fc1", p + "mlp.fc2"
+        b = f"blocks.{i}."
+        for t in ("weight", "bias"):
+            out[b + f"attn.qkv.{t}"] = torch.cat([sd[f"{x}.{t}"] for x in (q, k_, v)])
+            out[b + f"attn.proj.{t}"] = sd[f"{o}.{t}"]
+            out[b + f"mlp.fc1.{t}"] = sd[f"{f1}.{t}"]
+            out[b + f"mlp.fc2.{t}"] = sd[f"{f2}.{t}"]
+            out[b + f"norm1.{t}"] = sd[f"{p}layernorm_before.{t}"]
+            out[b + f"norm2.{t}"] = sd[f"{p}layernorm_after.{t}"]
+    return out
+
+
+TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "bird", "clean", "origami", "sky", "s")
+
+
+def tiny_bpe(size: int = 100):  # -> (vocab list, merges list)
+    """A tiny CLIP-style BPE: the 256 byte characters (+ ``</w>``) are replaced by lower-case
+    letters and a few symbols, merges spell out :data:`TINY_WORDS`, padded with letter-pair
+    merges up to ``size`` tokens, SOT and EOT last (ids size-2, size-1)."""
+    base = [*"abcdefghijklmnopqrstuvwxyz", ".", ",", "!", "'", "1", "2"]
+    vocab = [*base, *(c + "</w>" for c in base)]
+    merges: list[tuple[str, str]] = []
+    for word in TINY_WORDS:
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            pair = (parts[0], parts[1])
+            if pair not in merges:
+                merges.append(pair)
+            parts = [parts[0] + parts[1], *parts[2:]]
+    letters = "etaoinshrdlu"
+    extra = ((a, b) for a in letters for b in letters)
+    while len(vocab) + len(merges) + 2 < size:
+        pair = next(extra)
+        if pair not in merges:
+            merges.append(pair)
+    vocab += ["".join(m) for m in merges]
+    vocab = list(dict.fromkeys(vocab))
+    assert len(vocab) + 2 == size, len(vocab)
+    return [*vocab, "<|startoftext|>", "<|endoftext|>"], merges
+
+
+def write_hf_bpe(folder, size: int = 100) -> None:
+    """vocab.json + merges.txt in Hugging Face's format."""
+    import json
+
+    vocab, merges = tiny_bpe(size)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))

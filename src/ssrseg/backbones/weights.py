@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import urllib.error
 import urllib.request
 import zipfile
@@ -424,7 +425,7 @@ def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
         raise WeightsError(f"{path}: file is empty or truncated")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
         hint = "" if path.suffix != ".pt" else " (a truncated or non-PyTorch file)"
         raise WeightsError(f"{path}: cannot read as a PyTorch state dict{hint}: {err}") from err
     return RawWeights(path, _unwrap(obj, path), {})
