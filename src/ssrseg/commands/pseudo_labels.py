@@ -1,16 +1,304 @@
-"""Placeholder for this subcommand; issue 4 builds it."""
+"""``ssrseg pseudo-labels``: write pseudo-label PNGs for a dataset split.
+
+Each image runs through the :class:`~ssrseg.pseudo.labeler.PseudoLabeler` (Grad-CAM, affinity
+refinement with the configured mask, background score, PAR, argmax) at its size rounded up to a
+multiple of the patch size (CLIP-ES); the scores are resized back to the image and written as
+``OUT/<id>.png`` (palette PNG: 0 background, c + 1 class c, 255 ignore). Finished images are
+skipped (resumable), files are written atomically, the resolved config is saved as
+``OUT/config.yaml``, ``--eval`` prints the metrics table against the ground-truth masks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
-from typing import Any
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ssrseg.config import SSRConfig
+    from ssrseg.data.base import Sample, SegDataset, SkipLog
+    from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
+
+EXIT_USAGE = 2
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``cams`` and ``pseudo-labels``."""
+    p.add_argument("--config", help="YAML preset (configs/voc.yaml ...); defaults if omitted")
+    p.add_argument("--split", help="dataset split (default: data.train_split)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--eval", action="store_true", help="print metrics against the GT masks")
+    p.add_argument("--overlays", type=int, default=0, metavar="N", help="figures for N images")
+    p.add_argument(
+        "--checkpoint",
+        help="training checkpoint whose CMPA heads give projected-space CAMs (cam.projected)",
+    )
+    p.add_argument(
+        "--long-side",
+        type=int,
+        default=1024,
+        help="shrink images whose long side exceeds this first (0: never; default 1024; VOC and "
+        "COCO images are smaller, so they run at their own size)",
+    )
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument(
+        "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sgc.theta=0.6"
+    )
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=help_text)
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=__doc__)
+    add_common_arguments(p)
+    p.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="dense CRF on the pseudo-label scores (needs the 'crf' extra)",
+    )
+    return p
+
+
+# ------------------------------------------------------------------------------- shared
+
+
+@dataclass
+class Job:
+    """What both commands set up: config, dataset, labeller, CMPA heads, device."""
+
+    cfg: SSRConfig
+    dataset: SegDataset
+    labeler: PseudoLabeler
+    cmpa: Any
+    device: torch.device
+    out: Path
+    long_side: int
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def setup_job(args: argparse.Namespace) -> Job:
+    """Config (+ overrides), dataset split, labeller and optional CMPA heads."""
+    import dataclasses
+
+    import torch
+
+    from ssrseg.cam.prompts import prompts_from_config
+    from ssrseg.config import load_config, save_config
+    from ssrseg.data import build_dataset
+    from ssrseg.pseudo.labeler import build_pseudo_labeler
+
+    cfg = load_config(args.config, list(args.overrides))
+    device = torch.device(resolve_device(args.device))
+    cmpa = None
+    if args.checkpoint:
+        cmpa = load_cmpa(args.checkpoint, device)
+        cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=True))
+    split = args.split or cfg.data.train_split
+    dataset = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file)
+    p = cfg.prompts
+    prompts = prompts_from_config(
+        p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
+    )
+    if prompts.num_classes != len(dataset.class_names):
+        raise ValueError(
+            f"prompts '{p.dataset}' have {prompts.num_classes} classes but dataset "
+            f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
+            "set prompts.dataset to match"
+        )
+    labeler = build_pseudo_labeler(cfg, device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    return Job(cfg, dataset, labeler, cmpa, device, out, args.long_side)
+
+
+def load_cmpa(path: str, device: torch.device) -> Any:
+    """CMPA heads of a training checkpoint (eval mode)."""
+    try:
+        from ssrseg.engine.checkpoint import load_model
+    except ImportError as exc:
+        raise RuntimeError(
+            f"--checkpoint needs ssrseg.engine.checkpoint.load_model, which is not available "
+            f"({exc})"
+        ) from None
+    model, _ = load_model(path, device)
+    if getattr(model, "cmpa", None) is None:
+        raise ValueError(f"{path}: the checkpoint has no CMPA heads (cmpa.enabled was false)")
+    return model.cmpa.eval()
+
+
+def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int, int]:
+    """Size the labeller runs at: shrunk to ``long_side`` if larger (0: never), then each side
+    rounded up to a multiple of the patch size (CLIP-ES rounds up)."""
+    scale = 1.0
+    if long_side and max(height, width) > long_side:
+        scale = long_side / max(height, width)
+    h = max(patch, math.ceil(round(height * scale) / patch) * patch)
+    w = max(patch, math.ceil(round(width * scale) / patch) * patch)
+    return h, w
+
+
+def to_tensor(image: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``H x W x 3`` uint8 -> ``1 x 3 x h x w`` float in [0, 1], bilinearly resized."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float()
+    x = x / 255.0
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+    return x
+
+
+def run_labeler(job: Job, sample: Sample) -> PseudoLabelOutput:
+    """One image through the labeller at its work size."""
+    import torch
+
+    h, w = sample.image.shape[:2]
+    size = work_size(h, w, job.labeler.patch_size, job.long_side)
+    images01 = to_tensor(sample.image, size, job.device)
+    with torch.no_grad():
+        return job.labeler(images01, [sample.labels], cmpa=job.cmpa)
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``K x h x w`` -> ``K x H x W`` bilinear (float32)."""
+    import torch.nn.functional as F
+
+    if tuple(maps.shape[-2:]) == size:
+        return maps.float()
+    return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+
+
+def iterate(job: Job, skip_log: SkipLog, limit: int | None, progress: bool) -> Iterator[Sample]:
+    from ssrseg.data.base import iter_valid
+
+    n = len(job.dataset) if limit is None else min(limit, len(job.dataset))
+    return iter_valid(job.dataset, skip_log, range(n), progress=progress, desc=job.out.name)
+
+
+def write_overlay(
+    path: Path, sample: Sample, cams: np.ndarray, refined: np.ndarray, labels: np.ndarray
+) -> None:
+    """Panel: image, initial CAM (max over classes), refined CAM, labels, ground truth."""
+    from ssrseg.viz import colorize, overlay_cam, save_panel
+
+    def peak(maps: np.ndarray) -> np.ndarray:
+        return maps.max(axis=0) if maps.shape[0] else np.zeros(sample.image.shape[:2], np.float32)
+
+    items = [
+        ("image", sample.image),
+        ("initial CAM", overlay_cam(sample.image, peak(cams))),
+        ("refined CAM", overlay_cam(sample.image, peak(refined))),
+        ("labels", colorize(labels)),
+    ]
+    if sample.mask is not None:
+        items.append(("ground truth", colorize(sample.mask)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_panel(path, items)
+
+
+def print_metrics(conf: Any, class_names: list[str], title: str) -> None:
+    from ssrseg.metrics import format_table
+
+    print(title)
+    print(format_table(conf.compute(), class_names))
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` to a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+# ------------------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"ssrseg {args.command}: not implemented yet", file=sys.stderr)
-    return 2
+    import torch
+
+    from ssrseg.config import ConfigError
+    from ssrseg.data.base import BadInputError, SkipLog
+    from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.viz import save_label_png
+
+    try:
+        job = setup_job(args)
+        if args.crf:
+            from ssrseg.engine.crf import dense_crf
+    except (ConfigError, BadInputError, ValueError, KeyError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    skip_log = SkipLog()
+    conf = ConfusionMatrix(job.dataset.num_classes)
+    overlays_left = args.overlays
+    for sample in iterate(job, skip_log, args.limit, not args.no_progress):
+        dest = job.out / f"{sample.image_id}.png"
+        if dest.is_file() and not args.overwrite:
+            labels = read_label_png(dest)
+        else:
+            out = run_labeler(job, sample)
+            size = sample.image.shape[:2]
+            scores = resize_maps(out.scores[0], size)
+            if args.crf:
+                probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
+                scores = torch.as_tensor(dense_crf(sample.image, probs.cpu().numpy(), job.cfg.crf))
+            labels_t = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
+            labels = labels_t.cpu().numpy().astype(np.uint8)
+            save_label_png(dest, labels)
+            if overlays_left > 0:
+                overlays_left -= 1
+                write_overlay(
+                    job.out / "overlays" / f"{sample.image_id}.png",
+                    sample,
+                    resize_maps(out.cams[0], size).cpu().numpy(),
+                    resize_maps(out.refined[0], size).cpu().numpy(),
+                    labels,
+                )
+        if args.eval and sample.mask is not None:
+            conf.update(labels, sample.mask)
+    skip_log.report()
+    if args.eval:
+        if conf.compute()["pixels"]:
+            print_metrics(conf, list(job.dataset.class_names), "pseudo labels vs ground truth")
+        else:
+            print("--eval: no ground-truth masks in this split", file=sys.stderr)
+    return skip_log.exit_code(args.allow_skipped or job.cfg.data.allow_skipped)

@@ -1,0 +1,164 @@
+"""``ssrseg cams`` and ``ssrseg pseudo-labels`` on a tiny toy-layout dataset with random-weight
+backbones saved in the native format."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.native import save_native
+from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.cli import main
+from ssrseg.commands.cams import read_cams
+from ssrseg.commands.pseudo_labels import work_size
+
+CLASSES = ("square", "disk")
+WORDS = ("a", "photo", "of", "square", "disk", "water", "grass")
+SIZES = {"img0": (30, 45), "img1": (40, 24), "img2": (33, 33)}  # H x W, not multiples of 8
+
+
+def _write_dataset(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    tags = {}
+    for i, (name, (h, w)) in enumerate(SIZES.items()):
+        img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "JPEGImages" / f"{name}.png")
+        mask = np.zeros((h, w), dtype=np.uint8)
+        mask[h // 4 : h // 2, w // 4 : w // 2] = 1 + i % 2
+        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{name}.png")
+        tags[name] = [CLASSES[i % 2]] if i < 2 else list(CLASSES)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(SIZES) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (root / "backgrounds.txt").write_text("water\ngrass\n")
+    (root / "tags.json").write_text(json.dumps(tags))
+
+
+def _write_weights(folder: Path) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    tok = WordTokenizer(WORDS, context_length=8)
+    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, output_dim=16)
+    text = TextConfig(
+        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
+        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
+    )  # fmt: skip
+    ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
+    clip_path = save_native(folder / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
+    dcfg = dataclasses.replace(
+        vision, width=24, heads=3, output_dim=None, act="gelu", ln_pre=False, patch_bias=True
+    )
+    dino_path = save_native(folder / "dino.safetensors", VisionTransformer(dcfg), "dino", dcfg)
+    return clip_path, dino_path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    base = tmp_path_factory.mktemp("cli")
+    _write_dataset(base / "toy")
+    clip_path, dino_path = _write_weights(base)
+    return [
+        f"backbone.clip={clip_path}",
+        f"backbone.dino={dino_path}",
+        "data.dataset=toy",
+        f"data.root={base / 'toy'}",
+        "prompts.dataset=toy",
+        "prompts.template=a photo of {}",
+        "affinity.clip_layers=2",
+        "par.iterations=2",
+        "sgc.n_segments=10",
+    ]
+
+
+@pytest.mark.slow
+def test_pseudo_labels_writes_resumes_and_evaluates(
+    setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pl"
+    args = ["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress"]
+    assert main([*args, "--eval", "--overlays", "1", *setup]) == 0
+    table = capsys.readouterr().out
+    assert "mIoU" in table and "square" in table
+    for name, (h, w) in SIZES.items():
+        labels = np.asarray(Image.open(out / f"{name}.png"))
+        assert labels.shape == (h, w)
+    assert set(np.unique(np.asarray(Image.open(out / "img0.png")))) <= {0, 1}
+    assert set(np.unique(np.asarray(Image.open(out / "img1.png")))) <= {0, 2}
+    assert (out / "overlays" / "img0.png").is_file()
+    assert not (out / "overlays" / "img1.png").exists()
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["par"]["iterations"] == 2
+    # Resumable: finished images are not recomputed (their files are left as they are).
+    stamp = (out / "img1.png").stat().st_mtime_ns
+    (out / "img2.png").unlink()
+    assert main([*args, "--eval", *setup]) == 0
+    assert (out / "img1.png").stat().st_mtime_ns == stamp
+    assert (out / "img2.png").is_file()
+    assert capsys.readouterr().out.count("mIoU") == 1
+    assert not list(out.glob(".*tmp"))  # no temporary files left behind
+
+
+@pytest.mark.slow
+def test_cams_writes_float16_with_class_ids(setup: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "cams"
+    args = ["cams", "--split", "train", "--out", str(out), "--no-progress", "--limit", "3"]
+    assert main([*args, "--eval", *setup]) == 0
+    for i, (name, (h, w)) in enumerate(SIZES.items()):
+        with np.load(out / f"{name}.npz") as data:
+            assert data["cams"].dtype == np.float16
+            assert data["cams"].shape == ((1 if i < 2 else 2), h, w)
+        cams, classes = read_cams(out / f"{name}.npz")
+        assert classes == ((i % 2,) if i < 2 else (0, 1))
+        assert cams.min() >= 0 and cams.max() <= 1
+    initial = tmp_path / "initial"
+    assert main(["cams", "--split", "train", "--out", str(initial), "--kind", "initial",
+                 "--no-progress", *setup]) == 0  # fmt: skip
+    a, _ = read_cams(out / "img2.npz")
+    b, _ = read_cams(initial / "img2.npz")
+    assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_bad_image_is_skipped_and_reported(
+    setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = Path(next(s for s in setup if s.startswith("data.root=")).split("=", 1)[1])
+    bad_root = tmp_path / "bad"
+    import shutil
+
+    shutil.copytree(root, bad_root)
+    (bad_root / "JPEGImages" / "img1.png").write_bytes(b"not a png")
+    overrides = [s for s in setup if not s.startswith("data.root=")] + [f"data.root={bad_root}"]
+    out = tmp_path / "pl"
+    code = main(["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress",
+                 *overrides])  # fmt: skip
+    assert code != 0
+    assert "img1" in capsys.readouterr().err
+    assert (out / "img0.png").is_file() and not (out / "img1.png").exists()
+    assert main(["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress",
+                 "--allow-skipped", *overrides]) == 0  # fmt: skip
+
+
+def test_usage_errors(setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["pseudo-labels", "--split", "train", "--out", str(tmp_path / "x"), "--no-progress"]
+    assert main([*args, *setup, "prompts.dataset=voc"]) == 2
+    assert "prompts" in capsys.readouterr().err
+    assert main([*args, *setup, "sgc.thetaa=1"]) == 2
+    assert "sgc.theta" in capsys.readouterr().err
+
+
+def test_work_size_rounds_up_to_patch_multiples() -> None:
+    assert work_size(375, 500, 16, 1024) == (384, 512)
+    assert work_size(30, 45, 8, 0) == (32, 48)
+    assert work_size(2000, 1000, 16, 1000) == (1008, 512)
+    assert work_size(5, 5, 16, 0) == (16, 16)
