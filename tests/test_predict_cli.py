@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -188,3 +189,116 @@ def test_bad_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert code == 2
     assert str(ckpt) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ evaluate --checkpoint
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real (tiny, random) SSR checkpoint with 21 classes, saved by the training code."""
+    sys.path.insert(0, str(Path(__file__).parent / "model"))
+    from tests_model_fakes import FakeLabeler, tiny_clip, tiny_config
+
+    from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
+    from ssrseg.model.ssr import SSRModel
+
+    def build(cfg: SSRConfig, num_classes: int, device: str = "cpu") -> SSRModel:
+        return SSRModel(cfg, FakeLabeler(tiny_clip(), num_classes - 1), num_classes).to(device)
+
+    torch.manual_seed(7)
+    model = build(tiny_config(), 21).eval()
+    run = tmp_path / "run"
+    state = state_from(2, model.cfg, 21, [rng_state()])
+    save_checkpoint(run, 2, model.trainable_state_dict(), {}, state)
+    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+    return run
+
+
+def make_voc(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    from ssrseg.viz import save_label_png
+
+    rng = np.random.default_rng(3)
+    items: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for image_id, (h, w), split in [
+        ("2007_000001", (30, 40), "val"),
+        ("2007_000002", (36, 20), "val"),
+        ("2008_000001", (25, 33), "test"),
+        ("2008_000002", (40, 40), "test"),
+    ]:
+        image = save_image(root / "JPEGImages" / f"{image_id}.jpg", h, w, len(items))
+        image = np.asarray(Image.open(root / "JPEGImages" / f"{image_id}.jpg"))  # after JPEG
+        mask = None
+        if split == "val":
+            mask = rng.integers(0, 4, (h, w)).astype(np.uint8)
+            mask[0] = 255
+            save_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+        items[image_id] = (image, mask)
+        lists = root / "ImageSets" / "Segmentation"
+        lists.mkdir(parents=True, exist_ok=True)
+        with (lists / f"{split}.txt").open("a") as handle:
+            handle.write(image_id + "\n")
+    return items
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoint_end_to_end(
+    tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ssrseg.metrics import ConfusionMatrix
+
+    root = tmp_path / "VOC2012"
+    items = make_voc(root)
+    out, export, preds = tmp_path / "m.json", tmp_path / "export", tmp_path / "preds"
+    common = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "voc"]
+    common += ["--root", str(root), "--long-side", "32", "--device", "cpu", "--quiet"]
+    extra = ["--save-pred", str(preds), "--export-voc-test", str(export)]
+    code = main([*common, "--split", "val", "--crf", "auto", "--out", str(out), *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "without CRF" in captured.out and "mIoU" in captured.out
+    result = json.loads(out.read_text())
+    assert result["infer"]["long_side"] == 32 and result["infer"]["scales"] == [1.0, 0.75]
+    # Same numbers as scoring Segmenter.predict by hand.
+    seg = Segmenter.from_checkpoint(tiny_checkpoint, infer=InferConfig(long_side=32))
+    cm = ConfusionMatrix(21)
+    for image_id, (image, mask) in items.items():
+        if mask is not None:
+            pred = seg.predict(image)
+            cm.update(pred, mask)
+            np.testing.assert_array_equal(np.asarray(Image.open(preds / f"{image_id}.png")), pred)
+    expected = cm.compute()
+    assert result["no_crf"]["miou"] == pytest.approx(expected["miou"])
+    assert result["no_crf"]["pixel_acc"] == pytest.approx(expected["pixel_acc"])
+    if "crf" not in result:
+        assert "pip install" in captured.err  # auto without pydensecrf2 says why
+    # The test split went to the server layout, one PNG per test image, image-sized.
+    files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*.png"))
+    assert files == [
+        "results/VOC2012/Segmentation/comp6_test_cls/2008_000001.png",
+        "results/VOC2012/Segmentation/comp6_test_cls/2008_000002.png",
+    ]
+    png = Image.open(export / files[0])
+    assert png.mode == "P" and png.size == (33, 25)
+    np.testing.assert_array_equal(np.asarray(png), seg.predict(items["2008_000001"][0]))
+    assert (export / "results.tar.gz").is_file()
+
+
+def test_evaluate_checkpoint_errors(
+    tmp_path: Path,
+    tiny_checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = tmp_path / "VOC2012"
+    make_voc(root)
+    common = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--root", str(root)]
+    for name in ("pydensecrf", "pydensecrf.densecrf"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main([*common, "--crf", "both", "--device", "cpu"]) == 2
+    assert "pip install" in capsys.readouterr().err
+    assert main([*common, "--split", "test", "--crf", "off", "--device", "cpu"]) == 2
+    assert "no ground-truth masks" in capsys.readouterr().err
+    bad = ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--root", str(root)]
+    assert main(bad) == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err

@@ -54,6 +54,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="predicted 255 pixels: left out (default; pseudo labels) or counted as wrong",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_checkpoint_args(p)
     return p
 
 
@@ -172,8 +173,10 @@ def write_result_json(path: str | os.PathLike[str], result: dict[str, Any]) -> P
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "checkpoint", None):
+        return run_checkpoint(args)
     if args.pred is None:
-        print("ssrseg evaluate: --pred DIR is required", file=sys.stderr)
+        print("ssrseg evaluate: --pred DIR or --checkpoint CKPT is required", file=sys.stderr)
         return 2
     skip_log = SkipLog()
     try:
@@ -192,4 +195,139 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.pred) / "metrics.json"
     write_result_json(out, result)
     print(f"wrote {out}")
+    return skip_log.exit_code(args.allow_skipped)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint mode: predict the split with a trained model and score it in one go (inference
+# engineer; the prediction itself is ssrseg.engine.infer).
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and its inference options."""
+    g = parser.add_argument_group("checkpoint mode (predict the split, then score it)")
+    g.add_argument("--checkpoint", default=None, help="checkpoint or run folder (or release name)")
+    g.add_argument(
+        "--crf",
+        choices=("auto", "off", "on", "both"),
+        default="auto",
+        help="score without / with dense CRF / both from one forward (auto: both when "
+        "pydensecrf2 is installed, else off)",
+    )
+    g.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.75)")
+    g.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
+    g.add_argument("--long-side", type=int, help="resize the long side first (0: keep size)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
+    g.add_argument("--save-pred", default=None, help="also write the predicted PNGs here")
+    g.add_argument(
+        "--export-voc-test",
+        default=None,
+        metavar="DIR",
+        help="also predict the test split into DIR/results/VOC2012/Segmentation/"
+        "comp6_test_cls/ and pack DIR/results.tar.gz for the evaluation server",
+    )
+
+
+def crf_modes(choice: str) -> tuple[bool, ...]:
+    """CRF settings to score; 'on'/'both' raise the install hint when pydensecrf2 is missing."""
+    from ssrseg.engine.infer import check_crf
+
+    if choice == "off":
+        return (False,)
+    if choice == "auto":
+        try:
+            check_crf()
+        except RuntimeError as exc:
+            print(f"note: scoring without CRF only ({exc})", file=sys.stderr)
+            return (False,)
+        return (False, True)
+    check_crf()
+    return (True,) if choice == "on" else (False, True)
+
+
+def run_checkpoint(args: argparse.Namespace) -> int:
+    """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export."""
+    from ssrseg.commands.predict import infer_overrides, load_segmenter, resolve_device
+    from ssrseg.config import ConfigError, config_to_dict
+    from ssrseg.engine.checkpoint import CheckpointError
+    from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
+    from ssrseg.engine.infer import evaluate_dataset
+
+    skip_log = SkipLog()
+    try:
+        seg = load_segmenter(args.checkpoint, resolve_device(args.device))
+        seg.infer = infer_overrides(args, seg.infer)
+        modes = crf_modes(args.crf)
+    except (CheckpointError, ConfigError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"ssrseg evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    export_only = args.export_voc_test is not None and args.split == "test"
+    try:
+        if not export_only:
+            dataset = open_eval_dataset(args)
+            if dataset.num_classes != seg.num_classes:
+                print(
+                    f"ssrseg evaluate: the checkpoint predicts {seg.num_classes} classes but "
+                    f"{dataset.name} has {dataset.num_classes}",
+                    file=sys.stderr,
+                )
+                return 2
+            matrices = evaluate_dataset(
+                seg,
+                dataset,
+                modes,
+                skip_log=skip_log,
+                progress=not args.quiet,
+                pred_dir=args.save_pred,
+            )
+            summary: dict[str, Any] = {
+                "checkpoint": str(args.checkpoint),
+                "dataset": dataset.name,
+                "split": dataset.split,
+                "root": str(dataset.root),
+                "infer": config_to_dict(seg.infer),
+                "crf_params": config_to_dict(seg.crf_cfg),
+            }
+            for mode, cm in matrices.items():
+                result = cm.compute()
+                result["class_names"] = ["background", *dataset.class_names]
+                key = "crf" if mode else "no_crf"
+                print(f"== {dataset.name} {dataset.split}, {'with' if mode else 'without'} CRF ==")
+                print_result(result)
+                summary[key] = result
+            summary["skipped"] = [{"id": i, "error": m} for i, m in skip_log.skipped]
+            if args.out:
+                out = Path(args.out)
+            else:
+                base = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
+                out = base / f"metrics_{dataset.name}_{dataset.split}.json"
+            write_result_json(out, summary)
+            print(f"wrote {out}")
+        if args.export_voc_test is not None:
+            test = build_dataset(
+                args.dataset,
+                args.root,
+                "test",
+                class_names=args.classes,
+                with_masks=False,
+                require_labels=False,
+            )
+            export_voc_test(
+                seg,
+                test.ids,
+                test.image_path,
+                args.export_voc_test,
+                crf=True in modes,
+                skip_log=skip_log,
+                progress=not args.quiet,
+            )
+            missing = missing_voc_test(args.export_voc_test, test.ids)
+            if missing:
+                print(f"VOC test export is missing {len(missing)} image(s)", file=sys.stderr)
+            else:
+                print(f"wrote {archive_voc_results(args.export_voc_test)} (upload this file)")
+    except BadInputError as exc:
+        print(f"ssrseg evaluate: {exc}", file=sys.stderr)
+        return 2
+    skip_log.report()
     return skip_log.exit_code(args.allow_skipped)

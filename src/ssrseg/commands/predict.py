@@ -189,19 +189,21 @@ def infer_overrides(args: argparse.Namespace, base: Any) -> Any:
     import dataclasses
 
     changes: dict[str, Any] = {}
-    if args.scales:
-        if any(s <= 0 for s in args.scales):
-            raise ValueError(f"--scales must be positive, got {args.scales}")
-        changes["scales"] = tuple(args.scales)
-    if args.no_flip:
+    scales = getattr(args, "scales", None)
+    if scales:
+        if any(s <= 0 for s in scales):
+            raise ValueError(f"--scales must be positive, got {scales}")
+        changes["scales"] = tuple(scales)
+    if getattr(args, "no_flip", False):
         changes["flip"] = False
-    if args.long_side is not None:
+    if getattr(args, "long_side", None) is not None:
         changes["long_side"] = args.long_side
-    if args.batch_size is not None:
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-        changes["batch_size"] = args.batch_size
-    if args.crf is not None:
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        changes["batch_size"] = batch_size
+    if isinstance(getattr(args, "crf", None), bool):
         changes["crf"] = args.crf
     return dataclasses.replace(base, **changes)
 
