@@ -129,13 +129,19 @@ def _module_from_state(sd: dict[str, torch.Tensor]) -> nn.Module:
 def test_torchscript_archive_read_without_running_code(hf_clip, tmp_path):
     # OpenAI ships fp16 weights in its archive: the reader keeps them, the loader casts.
     sd = {k: v.half() for k, v in hf_to_openai(hf_clip.state_dict()).items()}
-    traced = torch.jit.trace(_module_from_state(sd), torch.ones(1, dtype=torch.half))
+    module = _module_from_state(sd)
+    # Non-weight tensors OpenAI's archive also carries: metadata scalars and the causal mask.
+    module.register_buffer("input_resolution", torch.tensor(32))
+    module.transformer.resblocks.get_submodule("0").register_buffer(
+        "attn_mask", torch.full((16, 16), float("-inf")).triu(1)
+    )
+    traced = torch.jit.trace(module, torch.ones(1, dtype=torch.half))
     traced.save(str(tmp_path / "ViT-tiny.pt"))
 
     from ssrseg.backbones.torchscript import read_torchscript
 
     tensors = read_torchscript(tmp_path / "ViT-tiny.pt")
-    assert set(tensors) == set(sd)
+    assert set(tensors) == {*sd, "input_resolution", "transformer.resblocks.0.attn_mask"}
     for k, v in sd.items():
         assert tensors[k].dtype == torch.float16 and torch.equal(tensors[k], v), k
 
@@ -227,3 +233,25 @@ def test_timm_clip_tower_layout(hf_clip, tmp_path):
 def _save_openai(sd: dict[str, torch.Tensor], tmp_path) -> str:
     torch.save(sd, tmp_path / "oa.pt")
     return str(tmp_path / "oa.pt")
+
+
+def test_torchscript_fallback_needs_explicit_trust(hf_clip, tmp_path, monkeypatch):
+    from ssrseg.backbones import torchscript
+
+    sd = hf_to_openai(hf_clip.state_dict())
+    torch.jit.trace(_module_from_state(sd), torch.ones(1)).save(str(tmp_path / "ts.pt"))
+
+    def refuse(self, module, name):
+        raise torchscript.pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    # Simulate an archive the tensor-only reader cannot handle.
+    monkeypatch.setattr(torchscript._TensorOnlyUnpickler, "find_class", refuse)
+    with pytest.raises(WeightsError, match="trust_torchscript=True"):
+        load_clip_model(str(tmp_path / "ts.pt"), vision_heads=4, text_heads=2)
+    trusted, _ = load_clip_model(
+        str(tmp_path / "ts.pt"), vision_heads=4, text_heads=2, trust_torchscript=True
+    )
+    torch.save(sd, tmp_path / "plain.pt")
+    plain, _ = load_clip_model(str(tmp_path / "plain.pt"), vision_heads=4, text_heads=2)
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, trusted.state_dict()[k]), k

@@ -155,3 +155,68 @@ def test_cached_file_is_used_without_network(monkeypatch, tmp_path):
     # DINO has no published sha256, so the cached file is taken as is
     model = load_dino("dino_vit_s16", heads=4)
     assert model.cfg.width == 64
+
+
+def test_hub_id_unreachable_fails_with_guidance(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    tried = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        tried.append(filename)
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(WeightsError) as err:
+        load_clip("someorg/clip-tiny")
+    assert "https://huggingface.co/someorg/clip-tiny" in str(err.value)
+    assert "connection refused" in str(err.value)
+    assert tried == list(weights.HUB_WEIGHT_FILES)
+
+
+def test_hub_id_found_in_cache_loads_offline(monkeypatch, tmp_path):
+    import huggingface_hub
+    from backbone_fakes import write_hf_bpe
+
+    torch.manual_seed(7)
+    snapshot = tmp_path / "snap"
+    tiny_hf_clip().save_pretrained(snapshot)
+    write_hf_bpe(snapshot)
+
+    def cached(repo_id, filename, **kwargs):
+        assert repo_id == "someorg/clip-tiny"
+        path = snapshot / filename
+        return str(path) if path.exists() else None
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", cached)
+    model, tok = load_clip("hf-hub:someorg/clip-tiny")
+    assert model.cfg.vision.heads == 4 and tok.eot_token_id == 99
+
+
+def test_unsupported_activation_is_refused(tmp_path):
+    import json
+
+    from backbone_fakes import tiny_hf_dino
+
+    tiny_hf_dino().save_pretrained(tmp_path / "d")
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    cfg["hidden_act"] = "gelu_new"
+    (tmp_path / "d" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="activation 'gelu_new' is not supported"):
+        load_dino(str(tmp_path / "d"))
+
+
+def test_backbones_import_no_forbidden_libraries():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ssrseg.backbones, ssrseg.backbones.weights, ssrseg.backbones.convert, "
+        "ssrseg.backbones.torchscript, ssrseg.backbones.bpe, ssrseg.commands.weights\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torchvision', 'timm', 'open_clip', 'transformers'})\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

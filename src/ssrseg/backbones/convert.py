@@ -115,6 +115,16 @@ def _heads(width: int, override: int | None, what: str) -> int:
     return width // 64
 
 
+SUPPORTED_ACTS = ("quick_gelu", "gelu")
+
+
+def _act(name: str) -> str:
+    """Only activations our MLP implements exactly; anything else would load but compute wrong."""
+    if name not in SUPPORTED_ACTS:
+        raise WeightsError(f"activation {name!r} is not supported (supported: {SUPPORTED_ACTS})")
+    return name
+
+
 def _grid(num_pos: int, source: str) -> int:
     side = math.isqrt(num_pos)
     if side * side != num_pos:
@@ -226,7 +236,7 @@ def _vision_config(
         layers=layers,
         heads=hf.get("num_attention_heads") or _heads(width, heads, "image"),
         mlp_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width,
-        act=hf.get("hidden_act") or ("quick_gelu" if clip_style else "gelu"),
+        act=_act(hf.get("hidden_act") or ("quick_gelu" if clip_style else "gelu")),
         ln_eps=hf.get("layer_norm_eps") or (1e-5 if clip_style else 1e-6),
         ln_pre="ln_pre.weight" in sd,
         patch_bias="patch_embed.bias" in sd,
@@ -377,7 +387,7 @@ def convert_clip(
         # OpenAI's BPE puts SOT and EOT last; tiny test vocabularies follow the same rule.
         eot_token_id=vocab - 1,
         sot_token_id=vocab - 2,
-        act=tc.get("hidden_act") or "quick_gelu",
+        act=_act(tc.get("hidden_act") or "quick_gelu"),
         ln_eps=tc.get("layer_norm_eps") or 1e-5,
     )
     if txt["blocks.0.mlp.fc1.weight"].shape[0] != 4 * width:

@@ -62,6 +62,14 @@ def _rebuild_tensor(
     return torch.as_strided(storage, size, stride, offset)
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _first(value: Any, *_ignored: Any) -> Any:
+    return value
+
+
 class _TensorOnlyUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, archive: zipfile.ZipFile, root: str, path: Path) -> None:
         import io
@@ -79,6 +87,10 @@ class _TensorOnlyUnpickler(pickle.Unpickler):
             return _StorageType(_STORAGE_DTYPES[name])
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
+        if module == "torch.jit._pickle" and name.startswith("build_"):
+            return _identity  # typed list wrappers of older archives: the list itself
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return _first
         if module == "__torch__" or module.startswith("__torch__."):
             return _ScriptObject
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a tensor)")
