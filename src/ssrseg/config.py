@@ -213,6 +213,7 @@ class InferConfig:
     long_side: int = 512  # [WeCLIP]
     crf: bool = False  # [WeCLIP] reported with and without
     batch_size: int = 1  # [decision]
+    pad_mode: str = "replicate"  # [decision] padding to the patch multiple: replicate | zeros
 
 
 @dataclass(frozen=True)

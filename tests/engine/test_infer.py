@@ -180,6 +180,8 @@ def test_predict_batch_groups_sizes_and_keeps_order() -> None:
 def test_segmenter_validates_classes() -> None:
     with pytest.raises(ValueError, match="class names"):
         Segmenter(PatchNet(3), 3, PATCH, InferConfig(), None, ["only-one"])
+    with pytest.raises(ValueError, match="pad_mode"):
+        Segmenter(PatchNet(3), 3, PATCH, InferConfig(pad_mode="reflect"))
     seg = Segmenter(PatchNet(3), 4, PATCH, InferConfig(long_side=16))
     with pytest.raises(ValueError, match="expected 4"):
         seg.predict(random_image(16, 16))

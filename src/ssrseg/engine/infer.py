@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ssrseg.config import CRFConfig, InferConfig, SSRConfig
 
 LogitsFn = Callable[[Tensor], Tensor]
+PAD_MODES = ("replicate", "zeros")
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +245,6 @@ class Segmenter:
         *,
         crf: CRFConfig | None = None,
         device: torch.device | str = "cpu",
-        pad_mode: str = "replicate",
     ) -> None:
         if num_classes < 2 or num_classes > 256:
             raise ValueError(f"num_classes must be in [2, 256], got {num_classes}")
@@ -257,11 +257,14 @@ class Segmenter:
         self.num_classes = num_classes
         self.patch_size = patch_size
         self.infer = infer if infer is not None else InferConfig()
+        if self.infer.pad_mode not in PAD_MODES:
+            raise ValueError(
+                f"infer.pad_mode must be one of {PAD_MODES}, got {self.infer.pad_mode!r}"
+            )
         self._palette = palette
         self.class_names = tuple(class_names) if class_names is not None else None
         self.crf_cfg = crf if crf is not None else CRFConfig()
         self.device = torch.device(device)
-        self.pad_mode = pad_mode
         # The checkpoint's whole configuration when built by from_checkpoint (saved beside
         # outputs); None for a bare logits function.
         self.config: SSRConfig | None = None
@@ -340,7 +343,7 @@ class Segmenter:
                 flip=self.infer.flip,
                 long_side=self.infer.long_side,
                 patch_size=self.patch_size,
-                pad_mode=self.pad_mode,
+                pad_mode=self.infer.pad_mode,
             )
         if out.shape[1] != self.num_classes:
             raise ValueError(f"model gave {out.shape[1]} classes, expected {self.num_classes}")
