@@ -255,3 +255,24 @@ def test_torchscript_fallback_needs_explicit_trust(hf_clip, tmp_path, monkeypatc
     plain, _ = load_clip_model(str(tmp_path / "plain.pt"), vision_heads=4, text_heads=2)
     for k, v in plain.state_dict().items():
         assert torch.equal(v, trusted.state_dict()[k]), k
+
+
+def test_open_clip_config_sets_activation_and_heads(hf_clip, tmp_path):
+    """open_clip files use OpenAI key names; its config tells QuickGELU (OpenAI) from GELU."""
+    import json
+
+    torch.save(hf_to_openai(hf_clip.state_dict()), tmp_path / "open_clip_pytorch_model.bin")
+    model_cfg = {
+        "quick_gelu": True,
+        "vision_cfg": {"width": 64, "head_width": 16},
+        "text_cfg": {"heads": 2},
+    }
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    ours, _ = load_clip_model(str(tmp_path))
+    assert (ours.cfg.vision.heads, ours.cfg.text.heads) == (4, 2)
+    _check_clip_vision(ours, hf_clip, 32, 32)
+    _check_clip_text(ours, hf_clip)
+    model_cfg["quick_gelu"] = False  # e.g. LAION ViT-B-16: same keys, plain GELU
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    laion, _ = load_clip_model(str(tmp_path))
+    assert laion.cfg.vision.act == "gelu" and laion.cfg.text.act == "gelu"

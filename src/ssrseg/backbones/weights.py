@@ -268,7 +268,7 @@ HUB_WEIGHT_FILES = (
     "open_clip_pytorch_model.bin",
     "pytorch_model.bin",
 )
-HUB_SIDE_FILES = ("config.json", "vocab.json", "merges.txt")
+HUB_SIDE_FILES = ("config.json", "open_clip_config.json", "vocab.json", "merges.txt")
 
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
@@ -431,15 +431,34 @@ def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
     return RawWeights(path, _unwrap(obj, path), {})
 
 
-def _hf_config(path: Path) -> dict[str, Any]:
-    cfg = path.parent / "config.json"
-    if not cfg.is_file():
-        return {}
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads(cfg.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise WeightsError(f"{cfg}: not valid JSON ({err})") from err
+        raise WeightsError(f"{path}: not valid JSON ({err})") from err
     return data
+
+
+def _hf_config(path: Path) -> dict[str, Any]:
+    """Shape facts from a side file next to the weights, in transformers' ``config.json`` terms.
+
+    open_clip's ``open_clip_config.json`` is translated: its ``quick_gelu`` flag (LAION models
+    use plain GELU with OpenAI's key names, so the weights alone cannot tell) and head counts.
+    """
+    oc = path.parent / "open_clip_config.json"
+    if oc.is_file():
+        model_cfg = _read_json(oc).get("model_cfg", {})
+        act = "quick_gelu" if model_cfg.get("quick_gelu", False) else "gelu"
+        vis, txt = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+        vision: dict[str, Any] = {"hidden_act": act}
+        if "width" in vis:
+            vision["num_attention_heads"] = vis["width"] // vis.get("head_width", 64)
+        text: dict[str, Any] = {"hidden_act": act}
+        if "heads" in txt:
+            text["num_attention_heads"] = txt["heads"]
+        return {"vision_config": vision, "text_config": text}
+    cfg = path.parent / "config.json"
+    return _read_json(cfg) if cfg.is_file() else {}
 
 
 # ------------------------------------------------------------------------------- loading
