@@ -29,16 +29,16 @@ def slic_superpixels(image: np.ndarray, n_segments: int = 100, compactness: floa
 
 
 def rgb_to_lab(rgb01: Tensor) -> Tensor:
-    """sRGB in [0, 1] (``... x 3``) -> CIE Lab (D65), ``... x 3``."""
-    c = rgb01.double()
+    """sRGB in [0, 1] (``... x 3``) -> CIE Lab (D65), ``... x 3``, in the input's dtype."""
+    c = rgb01.float()
     lin = torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
     m = torch.tensor(
         [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
          [0.019334, 0.119193, 0.950227]],
         dtype=lin.dtype, device=lin.device,
     )  # fmt: skip
-    xyz = lin @ m.t()
-    xyz = xyz / torch.tensor([0.95047, 1.0, 1.08883], dtype=lin.dtype, device=lin.device)
+    white = torch.tensor([0.95047, 1.0, 1.08883], dtype=lin.dtype, device=lin.device)
+    xyz = (lin @ m.t()) / white
     delta = 6.0 / 29.0
     f = torch.where(
         xyz > delta**3, xyz.clamp_min(1e-12) ** (1.0 / 3.0), xyz / (3 * delta**2) + 4 / 29
@@ -55,22 +55,30 @@ def superpixel_colours(
     """Mean colour of each superpixel.
 
     image01: ``3 x H x W`` in [0, 1]; superpixels: ``H x W`` long (-1 = none).
-    Returns (``S x 3`` mean colours, float64; ``S`` bool, True where the id has pixels), with
+    Returns (``S x 3`` mean colours, float32; ``S`` bool, True where the id has pixels), with
     S = max id + 1.
     """
     if colour_space not in ("lab", "rgb"):
         raise ValueError(f"colour_space must be 'lab' or 'rgb', got {colour_space!r}")
-    pix = image01.permute(1, 2, 0).reshape(-1, 3).double()
+    pix = image01.permute(1, 2, 0).reshape(-1, 3).float()
     if colour_space == "lab":
         pix = rgb_to_lab(pix)
     ids = superpixels.reshape(-1).to(pix.device)
     keep = ids >= 0
-    pix, ids = pix[keep], ids[keep]
+    if not bool(keep.all()):
+        pix, ids = pix[keep], ids[keep]
     s = int(ids.max()) + 1 if ids.numel() else 0
-    sums = torch.zeros(s, 3, dtype=pix.dtype, device=pix.device).index_add_(0, ids, pix)
-    counts = torch.bincount(ids, minlength=s).to(pix.dtype)
-    present = counts > 0
-    return sums / counts.clamp_min(1)[:, None], present
+    # index_add_ with a ones column: sums and counts in one pass (bincount is slower on CPU).
+    acc = torch.zeros(s, 4, dtype=pix.dtype, device=pix.device)
+    acc.index_add_(0, ids, torch.cat([pix, torch.ones_like(pix[:, :1])], dim=1))
+    counts = acc[:, 3]
+    return acc[:, :3] / counts.clamp_min(1)[:, None], counts > 0
+
+
+def _sq_dist(x: Tensor, c: Tensor) -> Tensor:
+    """Squared distances ``S x K`` (explicit: ``torch.cdist`` has a large overhead on tiny
+    inputs)."""
+    return ((x[:, None, :] - c[None, :, :]) ** 2).sum(dim=-1)
 
 
 def kmeans(points: Tensor, k: int, iters: int = 20, seed: int = 0) -> Tensor:
@@ -86,19 +94,20 @@ def kmeans(points: Tensor, k: int, iters: int = 20, seed: int = 0) -> Tensor:
     k = min(k, s)
     gen = torch.Generator().manual_seed(seed)
     centres = [x[int(torch.randint(s, (1,), generator=gen))]]
+    d2 = _sq_dist(x, centres[0][None])[:, 0]
     for _ in range(1, k):
-        d2 = torch.cdist(x, torch.stack(centres)).amin(dim=1) ** 2
         if float(d2.sum()) <= 0:  # fewer distinct points than k: reuse the first point
             centres.append(x[0])
             continue
         centres.append(x[int(torch.multinomial(d2 / d2.sum(), 1, generator=gen))])
+        d2 = torch.minimum(d2, _sq_dist(x, centres[-1][None])[:, 0])
     c = torch.stack(centres)
-    assign = torch.cdist(x, c).argmin(dim=1)
+    assign = _sq_dist(x, c).argmin(dim=1)
     for _ in range(iters):
         sums = torch.zeros_like(c).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).double()
+        counts = torch.zeros(k, dtype=x.dtype).index_add_(0, assign, torch.ones_like(x[:, 0]))
         c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        new = torch.cdist(x, c).argmin(dim=1)
+        new = _sq_dist(x, c).argmin(dim=1)
         if torch.equal(new, assign):
             break
         assign = new
