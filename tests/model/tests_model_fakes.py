@@ -7,6 +7,7 @@ decoder / CMPA / trainer tests do not depend on the pseudo-label stage.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -128,3 +129,106 @@ class TinySegDataset:
 
     def __getitem__(self, i: int) -> Any:
         return self.samples[i]
+
+
+def write_tiny_world(root: Path, n_train: int = 6, n_val: int = 2, size: int = 32) -> Path:
+    """A toy-layout dataset on disk (classes.txt, backgrounds.txt, tags.json, PNG images and
+    palette masks, split lists) plus tiny native CLIP / DINO weights; returns a YAML config
+    path that trains on it. Images: a coloured square of its class on grey."""
+    import json
+
+    import yaml
+    from PIL import Image
+
+    from ssrseg.backbones.native import save_native
+    from ssrseg.backbones.tokenizer import WordTokenizer
+    from ssrseg.backbones.vit import VisionTransformer
+
+    classes, backgrounds = ["red", "blue"], ["grass"]
+    colours = {0: (220, 30, 30), 1: (30, 30, 220)}
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClass").mkdir()
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    (root / "backgrounds.txt").write_text("\n".join(backgrounds) + "\n")
+    rng = np.random.default_rng(0)
+    tags, splits = {}, {"train": [], "val": []}
+    for i in range(n_train + n_val):
+        image_id = f"im{i:03d}"
+        c = i % 2
+        image = np.full((size, size, 3), 120, dtype=np.uint8)
+        mask = np.zeros((size, size), dtype=np.uint8)
+        y, x = rng.integers(0, size // 2, size=2)
+        image[y : y + size // 2, x : x + size // 2] = colours[c]
+        mask[y : y + size // 2, x : x + size // 2] = c + 1
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.png")
+        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{image_id}.png")
+        tags[image_id] = [classes[c]]
+        splits["train" if i < n_train else "val"].append(image_id)
+    (root / "tags.json").write_text(json.dumps(tags))
+    for split, ids in splits.items():
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+
+    words = ["a", "photo", "of", *classes, *backgrounds]
+    tok = WordTokenizer(words, context_length=8)
+    torch.manual_seed(0)
+    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=2, output_dim=16)
+    text = TextConfig(
+        vocab_size=tok.vocab_size,
+        context_length=8,
+        width=16,
+        layers=1,
+        heads=2,
+        eot_token_id=tok.eot_token_id,
+        sot_token_id=tok.sot_token_id,
+    )
+    ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
+    save_native(root / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
+    dcfg = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        width=24,
+        layers=2,
+        heads=2,
+        act="gelu",
+        ln_pre=False,
+        patch_bias=True,
+        output_dim=None,
+    )
+    save_native(root / "dino.safetensors", VisionTransformer(dcfg), "dino", dcfg)
+    cfg = {
+        "backbone": {
+            "clip": str(root / "clip.safetensors"),
+            "dino": str(root / "dino.safetensors"),
+            "half_precision": False,
+        },
+        "prompts": {"dataset": "toy", "template": "a photo of a {}."},
+        "affinity": {"clip_layers": 2},
+        "sgc": {"n_segments": 8, "n_clusters": 3},
+        "par": {"iterations": 2, "dilations": [1, 2]},
+        "cmpa": {"in_dim": 16, "hidden_dim": 16, "out_dim": 8, "refresh_every": 2},
+        "decoder": {"embed_dim": 16, "num_layers": 1, "num_heads": 2},
+        "loss": {"aff_radius": 2},
+        "data": {
+            "dataset": "toy",
+            "root": str(root),
+            "train_split": "train",
+            "val_split": "val",
+            "crop_size": 32,
+            "scale_range": [0.75, 1.25],
+            "num_workers": 0,
+        },
+        "train": {
+            "iterations": 4,
+            "batch_size": 2,
+            "warmup_iters": 1,
+            "val_every": 4,
+            "ckpt_every": 2,
+            "log_every": 1,
+            "amp": "off",
+            "lr": 1e-3,
+        },
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -550,8 +550,7 @@ class Trainer:
 def _to_images01(image: np.ndarray, device: torch.device) -> Tensor:
     """``H x W x 3`` uint8 -> ``1 x 3 x H x W`` float in [0, 1]."""
     return (
-        torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device).float()
-        / 255
+        torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].to(device).float() / 255
     )
 
 
