@@ -202,6 +202,8 @@ class TrainConfig:
     output_dir: str = "runs/ssr"  # [decision]
     tensorboard: bool = False  # [decision]
     keep_last: int = 3  # [decision] checkpoints kept on disk (older ones are deleted)
+    supervision: str = "pseudo"  # [decision] pseudo (SSR) | gt: decoder on ground-truth masks
+    # (fully supervised bound of Table 6; needs cmpa.enabled=false)
 
 
 @dataclass(frozen=True)
