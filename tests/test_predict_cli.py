@@ -270,7 +270,14 @@ def test_evaluate_checkpoint_end_to_end(
     expected = cm.compute()
     assert result["no_crf"]["miou"] == pytest.approx(expected["miou"])
     assert result["no_crf"]["pixel_acc"] == pytest.approx(expected["pixel_acc"])
-    if "crf" not in result:
+    with_crf = "crf" in result  # --crf auto: both when pydensecrf2 is installed
+    if with_crf:
+        cm_crf = ConfusionMatrix(21)
+        for image, mask in items.values():
+            if mask is not None:
+                cm_crf.update(seg.predict(image, crf=True), mask)
+        assert result["crf"]["miou"] == pytest.approx(cm_crf.compute()["miou"])
+    else:
         assert "pip install" in captured.err  # auto without pydensecrf2 says why
     # The test split went to the server layout, one PNG per test image, image-sized.
     files = sorted(p.relative_to(export).as_posix() for p in export.rglob("*.png"))
@@ -280,7 +287,8 @@ def test_evaluate_checkpoint_end_to_end(
     ]
     png = Image.open(export / files[0])
     assert png.mode == "P" and png.size == (33, 25)
-    np.testing.assert_array_equal(np.asarray(png), seg.predict(items["2008_000001"][0]))
+    exported = seg.predict(items["2008_000001"][0], crf=with_crf)
+    np.testing.assert_array_equal(np.asarray(png), exported)
     assert (export / "results.tar.gz").is_file()
 
 
