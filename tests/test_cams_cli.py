@@ -162,3 +162,13 @@ def test_work_size_rounds_up_to_patch_multiples() -> None:
     assert work_size(30, 45, 8, 0) == (32, 48)
     assert work_size(2000, 1000, 16, 1000) == (1008, 512)
     assert work_size(5, 5, 16, 0) == (16, 16)
+
+
+@pytest.mark.slow
+def test_pseudo_labels_with_crf(setup: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "crf"
+    args = ["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress", "--crf"]
+    assert main([*args, "--limit", "1", *setup]) == 0
+    labels = np.asarray(Image.open(out / "img0.png"))
+    assert labels.shape == SIZES["img0"] and set(np.unique(labels)) <= {0, 1}
+    assert not (out / "img1.png").exists()

@@ -157,3 +157,22 @@ def test_labeller_is_frozen_and_stays_in_eval(make_labeler: Callable[..., Pseudo
     assert not any(p.requires_grad for p in labeler.parameters())
     assert labeler.class_emb.shape == (3, 16) and labeler.bg_emb.shape == (2, 16)
     torch.testing.assert_close(labeler.class_emb.norm(dim=1), torch.ones(3))
+
+
+def test_options_cam_size_mask_target_decoder_affinity(
+    make_labeler: Callable[..., PseudoLabeler],
+) -> None:
+    images = torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(3))
+    base = make_labeler()(images, [(0, 1)])
+    small = make_labeler("pseudo.cam_size=20")(images, [(0, 1)])
+    assert small.labels.shape == (1, 24, 40) and small.scores[0].shape == (3, 12, 20)
+    assert set(small.labels.unique().tolist()) <= {0, 1, 2}
+    masked_a = make_labeler("affinity.mask_target=affinity")(images, [(0, 1)])
+    assert masked_a.refined[0].shape == (2, 24, 40)
+    assert float(masked_a.refined[0].max()) <= 1 + 1e-6
+    # An all-ones decoder affinity leaves T unchanged; a zero one blocks all propagation.
+    rfm = make_labeler("affinity.decoder_affinity=true")
+    ones = rfm(images, [(0, 1)], decoder_affinity=torch.ones(1, 15, 15))
+    torch.testing.assert_close(ones.refined[0], base.refined[0])
+    zero = rfm(images, [(0, 1)], decoder_affinity=torch.zeros(1, 15, 15))
+    assert torch.equal(zero.refined[0], torch.zeros_like(zero.refined[0]))

@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
             scores = resize_maps(out.scores[0], size)
             if args.crf:
                 probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
-                scores = torch.as_tensor(dense_crf(sample.image, probs.cpu().numpy(), job.cfg.crf))
+                crf_probs = dense_crf(np.array(sample.image), probs.cpu().numpy(), job.cfg.crf)
+                scores = torch.as_tensor(crf_probs)
             labels_t = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
             labels = labels_t.cpu().numpy().astype(np.uint8)
             save_label_png(dest, labels)
