@@ -158,3 +158,32 @@ def test_resume_with_another_schedule_is_refused(tmp_path: Path) -> None:
     trainer = Trainer(other, _model(other, 0), TinySegDataset(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="config differs"):
         trainer.fit(resume=tmp_path)
+
+
+def test_crop_padding_is_ignored_in_pseudo_labels(tmp_path: Path) -> None:
+    # images rescaled to half the crop: 3/4 of every crop is padding
+    cfg = _cfg(train__iterations=1, train__ckpt_every=100, data__scale_range="[0.5, 0.5]")
+    model = _model(cfg, 0)
+    seen = []
+    real = model.losses.forward
+
+    def spy(tokens, grid, targets, proto_inputs=None):  # type: ignore[no-untyped-def]
+        seen.append(targets.clone())
+        return real(tokens, grid, targets, proto_inputs)
+
+    model.losses.forward = spy  # type: ignore[method-assign]
+    Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False).fit()
+    ignored = (seen[0] == 255).float().mean().item()
+    assert ignored == pytest.approx(0.75)
+
+
+def test_gt_supervision_trains_on_masks_without_the_labeller(tmp_path: Path) -> None:
+    cfg = _cfg(
+        train__iterations=2, train__ckpt_every=100, train__supervision="gt", cmpa__enabled="false"
+    )
+    model = _model(cfg, 0)
+    Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False).fit()
+    assert model.labeler.calls == []
+    with pytest.raises(ValueError, match=r"cmpa\.enabled=false"):
+        bad = _cfg(train__supervision="gt")
+        Trainer(bad, _model(bad, 0), TinySegDataset(), tmp_path, progress=False)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from tests_model_fakes import FakeLabeler, synthetic_batch, tiny_clip, tiny_config
 
 from ssrseg.config import ConfigError
 from ssrseg.model.ssr import SSRModel
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # tiny tensors: thread hand-offs cost far more than the maths on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _model(**over: object) -> SSRModel:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssrseg.config import SSRConfig, config_to_dict, save_config
+from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
     DistContext,
@@ -40,7 +40,7 @@ from ssrseg.engine.distributed import (
     barrier,
 )
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
-from ssrseg.model.losses import feature_affinity
+from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
 from ssrseg.rectify.cmpa import PrototypeAccumulator
 
@@ -223,6 +223,14 @@ class Trainer:
         self.progress = progress and self.ctx.is_main
         self.num_classes = model.num_classes
         self.amp = amp_dtype(cfg.train.amp, self.device)
+        if cfg.train.supervision not in ("pseudo", "gt"):
+            raise ConfigError(
+                f"train.supervision must be pseudo | gt, got {cfg.train.supervision!r}"
+            )
+        if cfg.train.supervision == "gt" and model.cmpa is not None:
+            raise ConfigError(
+                "train.supervision=gt trains the decoder only: set cmpa.enabled=false"
+            )
         self._half_backbones()
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
@@ -345,22 +353,33 @@ class Trainer:
             superpixels = superpixels.to(self.device)
         cmpa = model.cmpa
         use_proto = cmpa is not None and step >= cfg.cmpa.start_iter
-        cam_cmpa = cmpa if (use_proto and step >= cfg.cmpa.projected_cam_from) else None
-        kwargs: dict[str, Any] = {"superpixels": superpixels, "cmpa": cam_cmpa}
-        if cfg.affinity.decoder_affinity:
-            kwargs["decoder_affinity"] = self._decoder_affinity(images)
-        out = model.labeler(images, labels, **kwargs)
+        valid = batch.get("valid")
+        if cfg.train.supervision == "gt":
+            # fully supervised bound: the decoder learns the crops' ground-truth masks
+            tokens, grid = self._clip_tokens(images)
+            targets = batch["masks"].to(self.device)
+            proto_inputs = None
+        else:
+            cam_cmpa = cmpa if (use_proto and step >= cfg.cmpa.projected_cam_from) else None
+            kwargs: dict[str, Any] = {"superpixels": superpixels, "cmpa": cam_cmpa}
+            if cfg.affinity.decoder_affinity:
+                kwargs["decoder_affinity"] = self._decoder_affinity(images)
+            out = model.labeler(images, labels, **kwargs)
+            tokens, grid = [t.detach() for t in out.clip_out.tokens], out.grid
+            targets = out.labels
+            if valid is not None:
+                # crop padding is not image: ignore it, as WeCLIP does with its image box
+                targets = targets.masked_fill(~valid.to(self.device), IGNORE)
+            proto_inputs = None
+            if use_proto:
+                proto_inputs = {
+                    "patch_emb": out.patch_emb.detach(),
+                    "cams": [c.detach() for c in out.cams],
+                    "labels": labels,
+                    "text_emb": model.labeler.class_emb,
+                }
         # the labeller's Grad-CAM must not leave gradients on the trainable parts
         self.optimizer.zero_grad(set_to_none=True)
-        proto_inputs = None
-        if use_proto:
-            assert cmpa is not None
-            proto_inputs = {
-                "patch_emb": out.patch_emb.detach(),
-                "cams": [c.detach() for c in out.cams],
-                "labels": labels,
-                "text_emb": model.labeler.class_emb,
-            }
         factor = lr_factor(
             step,
             cfg.train.iterations,
@@ -371,9 +390,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         with self._autocast():
-            res = self.losses(
-                [t.detach() for t in out.clip_out.tokens], out.grid, out.labels, proto_inputs
-            )
+            res = self.losses(tokens, grid, targets, proto_inputs)
         loss = res["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss.item()} ({res})")
@@ -399,17 +416,24 @@ class Trainer:
         return values
 
     @torch.no_grad()
-    def _decoder_affinity(self, images01: Tensor) -> Tensor:
-        """WeCLIP's RFM input: ``sigmoid(F^T F)`` of the decoder's fused features, ``B x N x N``.
-
-        Costs an extra forward of the CLIP layers the decoder reads (the labeller's own CLIP
-        pass comes after, and needs this affinity)."""
+    def _clip_tokens(self, images01: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
+        """CLIP tokens of the blocks the decoder reads (no pseudo labeller)."""
         visual = self.model.visual
         with self._autocast():
             o = visual.forward_intermediates(
                 visual.normalize(images01), n_blocks=self.model.decoder.num_layers_in
             )
-            _, fused = self.model.decoder(o.tokens, o.grid)
+        return o.tokens, o.grid
+
+    @torch.no_grad()
+    def _decoder_affinity(self, images01: Tensor) -> Tensor:
+        """WeCLIP's RFM input: ``sigmoid(F^T F)`` of the decoder's fused features, ``B x N x N``.
+
+        Costs an extra forward of the CLIP layers the decoder reads (the labeller's own CLIP
+        pass comes after, and needs this affinity)."""
+        tokens, grid = self._clip_tokens(images01)
+        with self._autocast():
+            _, fused = self.model.decoder(tokens, grid)
         return feature_affinity(fused)
 
     # -- validation ----------------------------------------------------------------------------
