@@ -108,6 +108,7 @@ class PseudoLabelConfig:
     ignore_low: float | None = None  # [WeCLIP option] max score below this ... -> 255 (off)
     ignore_high: float | None = None  # [WeCLIP option] ... unless the winner is above this (off)
     cam_size: int | None = None  # [decision] None: CAMs at the image size
+    par_downscale: int = 2  # [WeCLIP] PAR at 1/2 size (ToCo's down_scale=2), scores upsampled
 
 
 @dataclass(frozen=True)

@@ -176,3 +176,21 @@ def test_options_cam_size_mask_target_decoder_affinity(
     torch.testing.assert_close(ones.refined[0], base.refined[0])
     zero = rfm(images, [(0, 1)], decoder_affinity=torch.zeros(1, 15, 15))
     assert torch.equal(zero.refined[0], torch.zeros_like(zero.refined[0]))
+
+
+def test_par_runs_at_reduced_size(make_labeler: Callable[..., PseudoLabeler]) -> None:
+    from ssrseg.rectify.labels import with_background
+    from ssrseg.rectify.par import par_refine
+
+    images = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(4))
+    labeler = make_labeler("pseudo.par_downscale=2")
+    out = labeler(images, [(2,)])
+    scores = with_background(out.refined[0][None], 1.0)
+    low = torch.nn.functional.interpolate(scores, size=(16, 24), mode="bilinear")
+    ref = par_refine(images, low, labeler.cfg.par)
+    ref = torch.nn.functional.interpolate(ref, size=(32, 48), mode="bilinear")[0]
+    torch.testing.assert_close(out.scores[0], ref)
+    full = make_labeler("pseudo.par_downscale=1")(images, [(2,)])
+    torch.testing.assert_close(
+        full.scores[0], par_refine(images, scores, labeler.cfg.par)[0], atol=1e-6, rtol=1e-5
+    )

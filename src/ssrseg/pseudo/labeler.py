@@ -159,6 +159,8 @@ class PseudoLabeler(nn.Module):
             raise ConfigError(
                 f"affinity.mask_target must be transition | affinity, got {aff.mask_target!r}"
             )
+        if cfg.pseudo.par_downscale < 1:
+            raise ConfigError(f"pseudo.par_downscale must be >= 1, got {cfg.pseudo.par_downscale}")
         if dino is not None and dino.cfg.patch_size != clip.visual.cfg.patch_size:
             raise ConfigError(
                 f"CLIP patch {clip.visual.cfg.patch_size} and DINO patch {dino.cfg.patch_size} "
@@ -307,7 +309,7 @@ class PseudoLabeler(nn.Module):
             size = label_size(height, width, cfg.pseudo.cam_size)
             small = upsample(refined_grid, size) if size != (height, width) else refined
             scores = with_background(small, cfg.pseudo.background_power)
-            scores = par_refine(images01, scores, cfg.par)
+            scores = self._par(images01, scores)
             per_image = [scores[i, : 1 + len(lab)] for i, lab in enumerate(labels)]
             label_maps = torch.stack(
                 [
@@ -330,6 +332,17 @@ class PseudoLabeler(nn.Module):
             patch_emb=res.patch_emb,
             grid=grid,
         )
+
+    def _par(self, images01: Tensor, scores: Tensor) -> Tensor:
+        """PAR on ``B x (1+K) x H' x W'`` scores; with ``pseudo.par_downscale`` d > 1 it runs at
+        ``1/d`` of that size and the result is upsampled bilinearly (WeCLIP / ToCo)."""
+        d = self.cfg.pseudo.par_downscale
+        if not self.cfg.par.enabled or d == 1:
+            return par_refine(images01, scores, self.cfg.par)
+        size = tuple(scores.shape[-2:])
+        low = (max(1, size[0] // d), max(1, size[1] // d))
+        low_scores = F.interpolate(scores, size=low, mode="bilinear", align_corners=False)
+        return upsample(par_refine(images01, low_scores, self.cfg.par), size)  # type: ignore[arg-type]
 
     def _masks(
         self,
