@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip, tiny_config
 
-from ssrseg.config import SSRConfig
+from ssrseg.config import SSRConfig, load_config
 from ssrseg.engine.schedule import StepBatchSampler, batch_indices, lr_factor
 from ssrseg.engine.train import Trainer, amp_dtype, param_groups
 from ssrseg.model.ssr import SSRModel
@@ -187,3 +187,16 @@ def test_gt_supervision_trains_on_masks_without_the_labeller(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"cmpa\.enabled=false"):
         bad = _cfg(train__supervision="gt")
         Trainer(bad, _model(bad, 0), TinySegDataset(), tmp_path, progress=False)
+
+
+def test_presets_define_the_papers_schedules() -> None:
+    root = Path(__file__).parents[2] / "configs"
+    voc = load_config(root / "voc.yaml")
+    coco = load_config(root / "coco.yaml")
+    assert (voc.train.iterations, coco.train.iterations) == (30000, 80000)
+    assert (voc.affinity.box_threshold, coco.affinity.box_threshold) == (0.4, 0.7)
+    assert (voc.prompts.dataset, coco.prompts.dataset) == ("voc", "coco")
+    assert (voc.data.dataset, coco.data.dataset) == ("voc", "coco")
+    assert voc.train.batch_size == coco.train.batch_size == 4
+    assert voc.cmpa.tau_init == 0.05 and voc.cmpa.refresh_every == 5000
+    assert voc.cam.projected and voc.cmpa.projected_cam_from == 5000
