@@ -33,7 +33,13 @@ class InputListError(ValueError):
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=__doc__)
+    description = (
+        "Segment images with a trained checkpoint. Writes OUT/<name>.png (palette PNG: 0 "
+        "background, c + 1 class c), optionally OUT/overlays/<name>.jpg and "
+        "OUT/panels/<name>.png. Images whose outputs exist are skipped (resumable); unreadable "
+        "images are skipped and listed at the end (exit 3 unless --allow-skipped)."
+    )
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
     p.add_argument(
         "inputs",
         nargs="+",
