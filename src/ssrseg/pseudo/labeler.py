@@ -89,22 +89,28 @@ class PseudoLabelOutput:
     grid: tuple[int, int]
 
 
-Timer = dict[str, float]
+class Timer(dict[str, float]):
+    """Seconds per stage section (benchmarks); ``clock`` is ``time.perf_counter`` (wall) by
+    default, ``time.process_time`` gives CPU time (steadier on a shared machine)."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self.clock = clock
 
 
 @contextlib.contextmanager
 def _timed(timer: Timer | None, name: str, device: torch.device) -> Iterator[None]:
-    """Add the wall time of the block to ``timer[name]`` (synchronising CUDA) when given."""
+    """Add the time of the block to ``timer[name]`` (synchronising CUDA) when given."""
     if timer is None:
         yield
         return
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = timer.clock()
     yield
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    timer[name] = timer.get(name, 0.0) + time.perf_counter() - start
+    timer[name] = timer.get(name, 0.0) + timer.clock() - start
 
 
 def images_to_uint8(images01: Tensor) -> list[np.ndarray]:
@@ -236,7 +242,7 @@ class PseudoLabeler(nn.Module):
         labels: per image its 0-based foreground classes; superpixels: ``B x H x W`` long
         (-1 = none) or None (SLIC per image); cmpa: CMPA heads (used with cam.projected);
         decoder_affinity: ``B x N x N`` (WeCLIP's RFM, used with affinity.decoder_affinity);
-        timer: optional dict receiving per-section seconds (benchmarks).
+        timer: optional :class:`Timer` receiving per-section seconds (benchmarks).
         """
         cfg = self.cfg
         aff = cfg.affinity
