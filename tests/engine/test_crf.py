@@ -65,3 +65,14 @@ def test_crf_cleans_noisy_map_toward_colour_edge() -> None:
     as_numpy = dense_crf(image, probs.numpy(), CRFConfig())
     assert isinstance(as_numpy, np.ndarray)
     np.testing.assert_allclose(as_numpy, out.numpy(), atol=1e-6)
+
+
+def test_dense_crf_accepts_read_only_images() -> None:
+    """np.asarray of a PIL image is read-only; pydensecrf's buffers refuse those unless copied."""
+    pytest.importorskip("pydensecrf.densecrf")
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    probs = np.full((2, 8, 8), 0.5, dtype=np.float32)
+    out = dense_crf(image, probs, CRFConfig())
+    assert out.shape == (2, 8, 8)
+    np.testing.assert_allclose(out.sum(axis=0), 1.0, atol=1e-5)

@@ -60,7 +60,8 @@ def dense_crf(image: np.ndarray, probs: ArrayT, cfg: CRFConfig) -> ArrayT:
     model.addPairwiseBilateral(
         sxy=cfg.bilateral_sxy,
         srgb=cfg.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        # a copy: pydensecrf's Cython buffers refuse read-only arrays (np.asarray(PIL image))
+        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),
         compat=cfg.bilateral_compat,
     )
     q = np.asarray(model.inference(cfg.iterations), dtype=np.float32).reshape(k, h, w)

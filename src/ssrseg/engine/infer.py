@@ -444,9 +444,6 @@ def run_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
     refined ``K x H x W`` float32 probabilities (see :func:`ssrseg.engine.crf.dense_crf`)."""
     from ssrseg.engine.crf import dense_crf
 
-    # pydensecrf's Cython buffers refuse read-only arrays (np.asarray of a PIL image is one).
-    if not image.flags.writeable:
-        image = image.copy()
     refined = dense_crf(image, probs, cfg)
     if isinstance(refined, Tensor):
         refined = refined.detach().cpu().numpy()
