@@ -172,3 +172,25 @@ def test_pseudo_labels_with_crf(setup: list[str], tmp_path: Path) -> None:
     labels = np.asarray(Image.open(out / "img0.png"))
     assert labels.shape == SIZES["img0"] and set(np.unique(labels)) <= {0, 1}
     assert not (out / "img1.png").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_cmpa_heads_give_projected_cams(setup: list[str], tmp_path: Path) -> None:
+    from ssrseg.config import load_config
+    from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
+    from ssrseg.model.ssr import build_ssr_model
+
+    heads = ["cmpa.in_dim=16", "cmpa.out_dim=8", "cmpa.hidden_dim=8", "decoder.embed_dim=16"]
+    cfg = load_config(None, [*setup, *heads])
+    torch.manual_seed(0)
+    model = build_ssr_model(cfg, 3)
+    run = tmp_path / "run"
+    save_checkpoint(run, 1, model.trainable_state_dict(), {}, state_from(1, cfg, 3, [rng_state()]))
+    raw, proj = tmp_path / "raw", tmp_path / "proj"
+    base = ["cams", "--split", "train", "--no-progress", "--kind", "initial", "--limit", "1"]
+    assert main([*base, "--out", str(raw), *setup, *heads]) == 0
+    assert main([*base, "--out", str(proj), "--checkpoint", str(run), *setup, *heads]) == 0
+    assert yaml.safe_load((proj / "config.yaml").read_text())["cam"]["projected"] is True
+    a, _ = read_cams(raw / "img0.npz")
+    b, _ = read_cams(proj / "img0.npz")
+    assert a.shape == b.shape and not np.array_equal(a, b)
