@@ -462,7 +462,9 @@ class Trainer:
             if cm.images:
                 results["val_miou"] = float(cm.compute()["miou"])
         cm = ConfusionMatrix(self.num_classes)
-        cam_cmpa = model.cmpa if self.step > self.cfg.cmpa.projected_cam_from else None
+        c = self.cfg.cmpa
+        on = self.step >= c.start_iter and self.step >= c.projected_cam_from
+        cam_cmpa = model.cmpa if on else None  # the CAMs the training step uses now
         for sample in self._samples(self.train_set, limit, BadInputError):
             if not sample.labels:
                 continue
