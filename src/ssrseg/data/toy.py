@@ -47,6 +47,7 @@ CLASS_NAMES: tuple[str, ...] = (
     "clock",
 )
 BACKGROUNDS: tuple[str, ...] = ("water", "grass", "sky", "road", "wall", "sand")
+BACKGROUND_NAMES = BACKGROUNDS  # the name the prompt builder looks up
 
 # Each class's preferred background context (None: no context bias).
 HOME: dict[str, str | None] = {

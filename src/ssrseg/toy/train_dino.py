@@ -127,8 +127,9 @@ def dino_loss(
 ) -> Tensor:
     """Cross-entropy between teacher (global crops) and student (all crops), skipping a crop
     paired with itself. student: ``(V*B) x K`` grouped by crop; teacher: ``(2*B) x K``."""
-    s_chunks = (student / s_temp).log_softmax(dim=-1).chunk(student.shape[0] // center.shape[0])
-    t_chunks = ((teacher - center) / t_temp).softmax(dim=-1).detach().chunk(n_global)
+    batch = teacher.shape[0] // n_global
+    s_chunks = (student / s_temp).log_softmax(dim=-1).split(batch)
+    t_chunks = ((teacher - center) / t_temp).softmax(dim=-1).detach().split(batch)
     total, terms = student.new_zeros(()), 0
     for i, t in enumerate(t_chunks):
         for j, s in enumerate(s_chunks):
