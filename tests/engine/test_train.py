@@ -15,7 +15,7 @@ from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip, tiny_confi
 
 from ssrseg.config import SSRConfig, load_config
 from ssrseg.engine.schedule import StepBatchSampler, batch_indices, lr_factor
-from ssrseg.engine.train import Trainer, amp_dtype, param_groups
+from ssrseg.engine.train import Trainer, amp_dtype, fit_to_patch, param_groups
 from ssrseg.model.ssr import SSRModel
 
 FAST = {
@@ -200,3 +200,17 @@ def test_presets_define_the_papers_schedules() -> None:
     assert voc.train.batch_size == coco.train.batch_size == 4
     assert voc.cmpa.tau_init == 0.05 and voc.cmpa.refresh_every == 5000
     assert voc.cam.projected and voc.cmpa.projected_cam_from == 5000
+
+
+def test_missing_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    cfg = _cfg(train__iterations=1, train__tensorboard="true")
+    trainer = Trainer(cfg, _model(cfg, 0), TinySegDataset(), tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="pip install tensorboard"):
+        trainer.fit()
+
+
+def test_fit_to_patch_resizes_to_multiples() -> None:
+    assert fit_to_patch(torch.rand(1, 3, 37, 30), 8).shape[-2:] == (40, 32)
+    x = torch.rand(1, 3, 16, 24)
+    assert fit_to_patch(x, 8) is x
