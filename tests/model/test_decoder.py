@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssrseg.config import load_config
-from ssrseg.model.decoder import SegDecoder, decoder_layers
+from ssrseg.model.decoder import SegDecoder, channel_dropout, decoder_layers
 from ssrseg.model.losses import affinity_loss, feature_affinity
 
 
@@ -56,3 +56,14 @@ def test_affinity_loss_trains_only_the_fusion_head() -> None:
     assert dec.mlps[0][0].weight.grad is not None
     assert all(p.grad is None for p in dec.transformer.parameters())
     assert dec.classifier.weight.grad is None
+
+
+def test_channel_dropout_drops_whole_channels_per_sample() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(3, 10, 64)
+    y = channel_dropout(x, 0.5, training=True)
+    # every channel of a sample is either dropped at all positions or scaled by 1 / (1 - p)
+    assert set(y.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(y.amin(dim=1), y.amax(dim=1))
+    assert 0 < int((y[:, 0] == 0).sum()) < 3 * 64
+    assert channel_dropout(x, 0.5, training=False) is x

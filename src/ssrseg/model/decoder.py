@@ -1,8 +1,9 @@
 """WeCLIP-style segmentation decoder over frozen CLIP features (SSR_SPEC section 8).
 
 Per CLIP layer 1..L an MLP ``D -> E -> E`` (ReLU between) maps patch tokens to E = 256; the L
-maps are concatenated, fused by a 1x1 convolution to E, passed through Dropout2d and a small
-transformer over the patch grid, and classified by a 1x1 convolution at patch resolution.
+maps are concatenated, fused by a 1x1 convolution to E, passed through channel dropout
+(Dropout2d) and a small transformer over the patch grid, and classified by a 1x1 convolution
+at patch resolution.
 The fused features before the transformer feed the affinity loss.
 """
 
@@ -46,8 +47,10 @@ class SegDecoder(nn.Module):
                 for _ in range(num_layers_in)
             ]
         )
-        self.fuse = nn.Conv2d(e * num_layers_in, e, kernel_size=1)
-        self.dropout = nn.Dropout2d(cfg.dropout)
+        # 1x1 convolutions written as Linear layers on channels-last tokens (same maths), so
+        # no layout copies are needed between the MLPs, the transformer and the classifier
+        self.fuse = nn.Linear(e * num_layers_in, e)
+        self.dropout_p = cfg.dropout
         layer = nn.TransformerEncoderLayer(
             d_model=e,
             nhead=cfg.num_heads,
@@ -61,26 +64,38 @@ class SegDecoder(nn.Module):
         self.transformer = nn.TransformerEncoder(
             layer, num_layers=cfg.num_layers, enable_nested_tensor=False
         )
-        self.classifier = nn.Conv2d(e, num_classes, kernel_size=1)
+        self.classifier = nn.Linear(e, num_classes)
 
     def forward(self, tokens: Sequence[Tensor], grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """tokens: per CLIP block ``B x (1+N) x D`` (at least ``num_layers_in`` of them; block 1
         first, CLS first); grid: (h, w) with N = h * w.
 
         Returns (logits ``B x K x h x w``, fused features ``B x E x h x w`` before dropout and
-        the transformer).
+        the transformer); both are channels-last views.
         """
         if len(tokens) < self.num_layers_in:
             raise ValueError(f"decoder needs {self.num_layers_in} layers, got {len(tokens)}")
         h, w = grid
         dtype = self.fuse.weight.dtype
-        maps = []
-        for mlp, t in zip(self.mlps, tokens[: self.num_layers_in], strict=True):
-            x = mlp(t[:, 1:].to(dtype))  # B x N x E
-            maps.append(x.transpose(1, 2).reshape(x.shape[0], -1, h, w))
-        fused = self.fuse(torch.cat(maps, dim=1))  # B x E x h x w
-        x = self.dropout(fused)
-        b, e = x.shape[:2]
-        x = self.transformer(x.flatten(2).transpose(1, 2))  # B x N x E
-        x = x.transpose(1, 2).reshape(b, e, h, w)
-        return self.classifier(x), fused
+        maps = [
+            mlp(t[:, 1:].to(dtype))
+            for mlp, t in zip(self.mlps, tokens[: self.num_layers_in], strict=True)
+        ]
+        fused = self.fuse(torch.cat(maps, dim=-1))  # B x N x E
+        x = self.transformer(channel_dropout(fused, self.dropout_p, self.training))
+        logits = self.classifier(x)  # B x N x K
+        return _to_map(logits, h, w), _to_map(fused, h, w)
+
+
+def channel_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout2d for channels-last tokens ``B x N x E``: each sample drops whole channels."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype)
+    keep.bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+def _to_map(x: Tensor, h: int, w: int) -> Tensor:
+    """``B x N x C`` -> ``B x C x h x w`` as a view (no copy)."""
+    return x.unflatten(1, (h, w)).permute(0, 3, 1, 2)

@@ -24,11 +24,11 @@ def balanced_seg_loss(logits: Tensor, target: Tensor, ignore_index: int = IGNORE
     ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
     bg = target == 0
     fg = (target != 0) & (target != ignore_index)
-    loss = logits.sum() * 0.0
-    for mask in (bg, fg):
-        if bool(mask.any()):
-            loss = loss + 0.5 * ce[mask].mean()
-    return loss
+    terms = [0.5 * ce[mask].mean() for mask in (bg, fg) if bool(mask.any())]
+    if not terms:
+        # still in the graph (zero gradient); only then, as it costs a pass over the logits
+        return logits.sum() * 0.0
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
 
 
 def affinity_targets(
@@ -58,8 +58,8 @@ def affinity_targets(
 
 def feature_affinity(fused: Tensor) -> Tensor:
     """``p = sigmoid(F^T F)``: fused ``B x E x h x w`` -> ``B x N x N``."""
-    f = fused.flatten(2).float()
-    return torch.sigmoid(f.transpose(1, 2) @ f)
+    f = fused.permute(0, 2, 3, 1).flatten(1, 2).float()  # B x N x E (no copy if channels-last)
+    return torch.sigmoid(f @ f.transpose(1, 2))
 
 
 def affinity_loss(affinity: Tensor, targets: Tensor) -> Tensor:
