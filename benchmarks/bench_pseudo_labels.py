@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -169,6 +170,16 @@ def bench_setting(
     return result
 
 
+def cpu_model() -> str:
+    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -202,7 +213,8 @@ def main() -> None:
     machine = {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "clock": args.clock,
         "repeats": args.repeats,
