@@ -109,3 +109,15 @@ def test_minmax_range_and_constant_map() -> None:
         minmax(x), torch.tensor([[[0.0, 0.25], [0.5, 1.0]]]), atol=1e-6, rtol=0
     )
     assert torch.equal(minmax(torch.full((1, 2, 2), 3.0)), torch.zeros(1, 2, 2))
+
+
+def test_autocast_bf16_runs_and_stays_close(clip: CLIP) -> None:
+    cls_emb, bg = _embs(6)
+    images = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(7))
+    labels = [(0, 1), (2,)]
+    ref = gradcam(clip.visual, images, labels, cls_emb, bg, 10.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = gradcam(clip.visual, images, labels, cls_emb, bg, 10.0)
+    for a, b in zip(low.cams, ref.cams, strict=True):
+        assert a.dtype == torch.float32
+        assert float((a - b).abs().mean()) < 0.1

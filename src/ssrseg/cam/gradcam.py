@@ -124,11 +124,14 @@ def gradcam(
         y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
         patch_emb = visual.head(y[:, 1:])
         feats = image_proj(patch_emb) if image_proj is not None else patch_emb
-        scores = class_scores(feats.mean(dim=1), class_emb, bg_emb, ids, valid, scale)
+        # Logits and CAMs in float32 even under autocast: scale * cos amplifies bf16 rounding.
+        with torch.autocast(images01.device.type, enabled=False):
+            scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
         grads = _score_grads(scores, h, batch_classes)  # K_max x B x (1+N) x D
-    tokens = h.detach()[:, 1:].float()  # B x N x D
-    weights = grads[:, :, 1:].float().mean(dim=2)  # K_max x B x D
-    cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
+    with torch.autocast(images01.device.type, enabled=False):
+        tokens = h.detach()[:, 1:].float()  # B x N x D
+        weights = grads[:, :, 1:].float().mean(dim=2)  # K_max x B x D
+        cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
     gh, gw = out.grid
     cams = minmax(cams.reshape(*cams.shape[:2], gh, gw))
     out.tokens.append(y.detach())
