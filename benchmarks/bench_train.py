@@ -13,9 +13,11 @@ layers 1..11, CMPA with the symmetric term, AdamW step). Measured in the same ru
 - step: ``Trainer.train_step`` (labeller + decoder + CMPA forward/backward + optimiser).
 
 Backbone, labeller and step runs alternate so load changes on a shared machine hit all alike;
-medians of ``--repeats`` runs after one warm-up. Peak memory: CUDA ``max_memory_allocated``
-of the step, or the process's peak RSS on CPU. With CUDA, the 30k-iteration VOC wall time is
-projected from the step median. Writes ``benchmarks/results/train_<device>.json``.
+medians and minima of ``--repeats`` runs after one warm-up (on a shared machine the minimum
+is the least disturbed run; ``OMP_NUM_THREADS=1`` steadies CPU ratios further).
+Peak memory: CUDA ``max_memory_allocated`` of the step, or the process's peak RSS on CPU.
+With CUDA, the 30k-iteration VOC wall time is projected from the step median.
+Writes ``benchmarks/results/train_<device>.json``.
 
     python benchmarks/bench_train.py [--device cpu] [--repeats 3]
 """
@@ -186,6 +188,13 @@ def main() -> None:
         "median_s": {k: round(v, 4) for k, v in med.items()},
         "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
         "labeller_sections_s": per_call,
+        # minimum over repeats: the run least disturbed by other jobs on a shared machine
+        "min_s": {k: round(min(v), 4) for k, v in times.items()},
+        "min_ratio_step_to_backbones": round(min(times["step"]) / min(times["backbones"]), 3),
+        "min_ratio_labeller_to_backbones": round(
+            min(times["labeller"]) / min(times["backbones"]), 3
+        ),
+        "min_ratio_heads_to_backbones": round(min(times["heads"]) / min(times["backbones"]), 3),
         "ratio_step_to_backbones": round(med["step"] / med["backbones"], 3),
         "ratio_labeller_to_backbones": round(med["labeller"] / med["backbones"], 3),
         "ratio_heads_to_backbones": round(med["heads"] / med["backbones"], 3),
