@@ -40,9 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse with config overrides (``key=value``) allowed anywhere among a command's options.
+
+    argparse cannot intermix at the level holding the subcommands, so the chosen subcommand's
+    own parser does it; commands with sub-subcommands (``weights``, ``toy``) parse normally.
+    """
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if argv and argv[0] in sub.choices:
+        try:
+            args = sub.choices[argv[0]].parse_intermixed_args(argv[1:])
+        except TypeError:  # the subcommand has its own subcommands
+            return parser.parse_args(argv)
+        args.command = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

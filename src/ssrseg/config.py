@@ -105,8 +105,10 @@ class PseudoLabelConfig:
     """Online / offline pseudo labels (SSR_SPEC section 7)."""
 
     background_power: float = 1.0  # [WeCLIP] background = (1 - max_c cam_c) ** power
-    ignore_low: float | None = None  # [WeCLIP option] max score below this ... -> 255 (off)
-    ignore_high: float | None = None  # [WeCLIP option] ... unless the winner is above this (off)
+    # [WeCLIP option] confidence band on the best foreground score f (after PAR): f < low ->
+    # background, f > high -> that class, in between -> 255. Both None: off (docs/par_crf.md).
+    ignore_low: float | None = None
+    ignore_high: float | None = None
     cam_size: int | None = None  # [decision] None: CAMs at the image size
     par_downscale: int = 2  # [WeCLIP] PAR at 1/2 size (ToCo's down_scale=2), scores upsampled
 
@@ -137,8 +139,10 @@ class CMPAConfig:
     symmetric: bool = True  # [decision] text-to-visual-prototype term, paper's aim (ii)
     prototypes: str = "class_mean"  # [decision] class_mean | kmeans (paper's variant)
     refresh_every: int = 5000  # [paper] visual prototype refresh period (iterations)
-    start_iter: int = 0  # [decision] iteration from which CAMs use the projected space
-    projected_cam_from: int = 0  # [decision] iteration from which pseudo labels use CMPA CAMs
+    start_iter: int = 0  # [decision] iteration from which the prototype loss trains the heads
+    # [decision] iteration from which online pseudo labels use CMPA-projected CAMs (needs
+    # cam.projected=true; presets wait until the heads have trained)
+    projected_cam_from: int = 0
     plain_last_layer: bool = True  # [decision] last head layer is a plain Linear (no BN/ReLU)
 
 
