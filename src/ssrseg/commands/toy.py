@@ -72,6 +72,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         )
         p.add_argument("--width", type=int, default=128)
         p.add_argument("--layers", type=int, default=4)
+        if kind == "clip":
+            p.add_argument(
+                "--init",
+                default=None,
+                help="continue from these weights (same shape), fresh schedule",
+            )
         p.add_argument(
             "--eval-images",
             type=int,
@@ -144,8 +150,13 @@ def run(args: argparse.Namespace) -> int:
                 width=args.width,
                 layers=args.layers,
                 eval_images=args.eval_images,
+                init=args.init,
             )
         )
+        if args.init is not None:
+            from ssrseg.toy.common import sha256_file
+
+            record["init_sha256"] = sha256_file(args.init)
         manifest = _update_manifest(Path(args.out), "clip", record, argv)
         print(json.dumps(record["zero_shot_debiased"]), f"\nmanifest: {manifest}")
         return 0

@@ -50,6 +50,7 @@ class ClipTrainArgs:
     eval_images: int = 500
     small_sample: int = 64
     save_every_min: float = 5.0
+    init: str | None = None  # continue from these weights (same shape) with a fresh schedule
 
 
 def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, captions: list[str]) -> Tensor:
@@ -101,6 +102,13 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
         text_layers=args.text_layers,
     )
     model = CLIP(cfg)
+    if args.init is not None:
+        from ssrseg.backbones.weights import load_clip
+
+        start, _ = load_clip(args.init)
+        if start.cfg != cfg:
+            raise ValueError(f"{args.init}: its shape differs from the requested tiny CLIP")
+        model.load_state_dict(start.state_dict())
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
     budget = Budget(args.steps, args.minutes)
     out = Path(args.out)
