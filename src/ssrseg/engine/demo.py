@@ -85,11 +85,11 @@ EXTRA_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
 class DemoPlan:
     """Sizes of one demo run. The defaults fit in about 10 minutes on 2 CPU cores."""
 
-    n_train: int = 1000  # rendered training images (biased world)
-    n_score: int = 200  # training images whose CAMs / pseudo labels are scored (VOC-train role)
-    n_val: int = 200  # held-out images of the debiased split, for segmentation
-    iterations: int = 300  # SSR training iterations
-    gt_iterations: int = 300  # fully supervised upper bound iterations
+    n_train: int = 800  # rendered training images (biased world)
+    n_score: int = 100  # training images whose CAMs / pseudo labels are scored (VOC-train role)
+    n_val: int = 150  # held-out images of the debiased split, for segmentation
+    iterations: int = 240  # SSR training iterations
+    gt_iterations: int = 240  # fully supervised upper bound iterations
     panels: int = 6  # figure panels written
     batch: int = 16  # images per pseudo-labeller call while scoring
     seed: int = 0
