@@ -60,3 +60,33 @@ def test_demo_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for flag in ("--quick", "--n-train", "--iterations", "--no-crf", "--out"):
         assert flag in out
+
+
+def test_context_leak_splits_home_and_elsewhere(tmp_path: Path) -> None:
+    """Hand-made case: one boat on water (its home), one on road; predictions spill 2 pixels
+    onto background at home and none elsewhere."""
+    from ssrseg.data.toy import CLASS_NAMES
+    from ssrseg.engine.demo import context_leak
+
+    boat = CLASS_NAMES.index("boat")
+    (tmp_path / "captions.json").write_text(
+        json.dumps({"a": "a photo of a boat on water.", "b": "a photo of a boat on road."})
+    )
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2, :2] = boat + 1
+
+    class Sample:
+        def __init__(self, image_id: str) -> None:
+            self.image_id, self.labels, self.mask = image_id, (boat,), mask
+
+    class Data:
+        root, class_names = str(tmp_path), CLASS_NAMES
+
+        def __getitem__(self, i: int) -> Sample:
+            return Sample("ab"[i])
+
+    pred_home = mask.copy()
+    pred_home[3, :2] = boat + 1  # 2 of 6 predicted pixels on background
+    leak = context_leak(Data(), [0, 1], {"a": pred_home, "b": mask.copy()})
+    assert leak["home"] == pytest.approx(100 * 2 / 6)
+    assert leak["elsewhere"] == 0.0

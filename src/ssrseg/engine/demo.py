@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -191,7 +192,8 @@ def context_leak(dataset: Any, indices: Sequence[int], preds: dict[str, np.ndarr
         s = dataset[i]
         if s.image_id not in preds:
             continue
-        context = captions.get(s.image_id, "").split()[-1:]
+        # the caption ends "... on <context>."
+        context = re.findall(r"[a-z]+", captions.get(s.image_id, "").lower())[-1:]
         pred = preds[s.image_id]
         for c in s.labels:
             home = HOME.get(names[c])
