@@ -1,0 +1,36 @@
+"""The ``ssrseg`` entry point: help for every command, overrides anywhere on the line."""
+
+from __future__ import annotations
+
+import pytest
+
+from ssrseg.cli import COMMANDS, _parse, build_parser, main
+
+
+@pytest.mark.parametrize("name", [c[0] for c in COMMANDS])
+def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    assert f"ssrseg {name}" in capsys.readouterr().out
+
+
+def test_no_command_prints_the_command_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name, _, _ in COMMANDS)
+
+
+def test_overrides_may_stand_between_options() -> None:
+    args = _parse(
+        build_parser(),
+        ["pseudo-labels", "--config", "c.yaml", "train.lr=1", "--out", "o", "a.b=2", "--eval"],
+    )
+    assert args.command == "pseudo-labels" and args._module == "pseudo_labels"
+    assert args.overrides == ["train.lr=1", "a.b=2"]
+    assert args.out == "o" and args.eval is True
+
+
+def test_commands_with_subcommands_still_parse() -> None:
+    args = _parse(build_parser(), ["weights", "list"])
+    assert args.command == "weights" and args._module == "weights"
