@@ -44,7 +44,8 @@ def imagenet_normalize(images01: torch.Tensor) -> torch.Tensor:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """H x W x 3 uint8 -> 3 x H x W float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    # a float copy: images decoded from PIL are read-only, which torch.from_numpy warns about
+    return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
 
 
 def resize_nearest(label: np.ndarray, height: int, width: int) -> np.ndarray:
