@@ -98,6 +98,9 @@ class PARConfig:
     colour_temperature: float = 0.3  # [WeCLIP] w1 in -(|dI| / std / w1)^2
     position_weight: float = 0.01  # [WeCLIP] weight of the position softmax
     normalise: bool = False  # [decision] divide weights by 1 + position_weight (WeCLIP: off)
+    # [WeCLIP] the image is resized to the score size with align_corners=True; false: the
+    # half-pixel (align_corners=False) convention
+    align_corners: bool = True
 
 
 @dataclass(frozen=True)

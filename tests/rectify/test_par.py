@@ -107,7 +107,9 @@ def test_matches_reference_float32_and_resizes_images() -> None:
     gen = torch.Generator().manual_seed(3)
     images = torch.rand(1, 3, 24, 40, generator=gen)
     scores = torch.rand(1, 2, 12, 20, generator=gen)
-    cfg = PARConfig(dilations=(1, 2, 4), iterations=3, colour_temperature=0.5)
+    # the half-pixel resize convention (par.align_corners=false); WeCLIP's True convention is
+    # tested in test_par_weclip.py
+    cfg = PARConfig(dilations=(1, 2, 4), iterations=3, colour_temperature=0.5, align_corners=False)
     out = par_refine(images, scores, cfg)
     small = torch.nn.functional.interpolate(
         images, size=(12, 20), mode="bilinear", align_corners=False

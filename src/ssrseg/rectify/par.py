@@ -164,8 +164,8 @@ def par_refine(images01: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> 
     """Refine score maps with PAR.
 
     Args:
-        images01: B x 3 x H' x W' float images in [0, 1]; resized bilinearly (align_corners
-            False, antialias off) to the scores' H x W when the sizes differ.
+        images01: B x 3 x H' x W' float images in [0, 1]; resized bilinearly (antialias off,
+            ``cfg.align_corners``: True as in WeCLIP) to the scores' H x W when the sizes differ.
         scores: B x K x H x W score maps (e.g. [background, classes of the image]).
         cfg: ``PARConfig``; with ``cfg.enabled`` False the scores are returned unchanged.
 
@@ -188,7 +188,7 @@ def par_refine(images01: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> 
     size = tuple(scores.shape[-2:])
     images = images01.to(device=scores.device, dtype=_work_dtype(images01.dtype))
     if tuple(images.shape[-2:]) != size:
-        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=cfg.align_corners)
     weights, offsets = par_weights(images, cfg)
     weights = weights.to(_work_dtype(scores.dtype))
     return par_propagate(scores, weights, offsets, cfg.iterations).to(scores.dtype)
