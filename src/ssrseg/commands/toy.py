@@ -1,27 +1,52 @@
 """``ssrseg toy``: render the toy world to disk, train its tiny CLIP and DINO, score zero-shot.
 
 ssrseg toy render --root data/toy --split train --n 2000
-ssrseg toy train-clip --minutes 20
-ssrseg toy train-dino --minutes 12
+ssrseg toy train-clip --minutes 20          # -> runs/toy_backbones/clip.safetensors
+ssrseg toy train-dino --minutes 12          # -> runs/toy_backbones/dino.safetensors
+ssrseg toy install-weights runs/toy_backbones/clip.safetensors   # into the package
 ssrseg toy zero-shot --weights toy_clip --n 500
+
+Training never writes into the package: the weights and a ``manifest.json`` go to an output
+folder, and ``install-weights`` is the one step that replaces the packaged ``toy_clip`` /
+``toy_dino`` (which every toy config then uses).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
+# kind -> (what, default minutes, default batch size)
+TRAINERS: dict[str, tuple[str, float, int]] = {
+    "clip": ("contrastive tiny CLIP", 20.0, 128),
+    "dino": ("self-distilled tiny DINO ViT", 12.0, 32),
+}
 
-def _default_asset(name: str) -> str:
-    return str(Path(__file__).resolve().parent.parent / "assets" / "toy" / name)
+
+class ToyCommandError(ValueError):
+    """A toy action cannot go ahead; the message names the file and the way forward."""
+
+
+def asset_dir() -> Path:
+    """The package folder holding ``toy_clip`` / ``toy_dino`` (looked up at call time)."""
+    from ssrseg.toy import common
+
+    return Path(common.ASSET_DIR)
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     toy = parser.add_subparsers(dest="toy_command", metavar="ACTION")
 
     p = toy.add_parser(
@@ -36,80 +61,238 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="train | val | debiased (held-out, no "
         "context or pair bias) | any name (default: train)",
     )
-    p.add_argument("--n", type=int, default=1000, help="number of scenes (default: 1000)")
+    p.add_argument("--n", type=_positive_int, default=1000, help="number of scenes (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
-    p.add_argument("--image-size", type=int, default=128, help="side in pixels (default: 128)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=128, help="side in pixels (default: 128)"
+    )
 
-    for action, what, minutes in (
-        ("train-clip", "contrastive tiny CLIP", 20.0),
-        ("train-dino", "self-distilled tiny DINO ViT", 12.0),
-    ):
-        kind = action.split("-")[1]
-        p = toy.add_parser(action, help=f"train the {what} on freshly rendered scenes")
-        p.add_argument(
-            "--out",
-            default=_default_asset(f"{kind}.safetensors"),
-            help="weights file; manifest.json beside it is updated (default: the packaged asset)",
-        )
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument(
-            "--steps",
-            type=int,
-            default=None,
-            help="number of steps (default: as many as --minutes allow)",
-        )
-        p.add_argument(
-            "--minutes",
-            type=float,
-            default=minutes,
-            help=f"wall-clock budget in minutes (default: {minutes:g})",
-        )
-        p.add_argument("--batch-size", type=int, default=128 if kind == "clip" else 32)
-        p.add_argument("--lr", type=float, default=1e-3)
-        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-        p.add_argument(
-            "--workers", type=int, default=1, help="processes rendering scenes (default: 1)"
-        )
-        p.add_argument("--width", type=int, default=128)
-        p.add_argument("--layers", type=int, default=4)
-        if kind == "clip":
-            p.add_argument(
-                "--init",
-                default=None,
-                help="continue from these weights (same shape), fresh schedule",
-            )
-        p.add_argument(
-            "--eval-images",
-            type=int,
-            default=500,
-            help="held-out scenes scored at the end (default: 500)",
-        )
+    for kind, (what, minutes, batch) in TRAINERS.items():
+        _add_train_parser(toy, kind, what, minutes, batch)
+
+    p = toy.add_parser(
+        "install-weights",
+        help="copy trained toy weights (and their manifest entry) into the package",
+        description="Replace the packaged toy_clip / toy_dino with FILE. FILE must have an "
+        "entry in the manifest.json beside it (written by train-clip / train-dino) whose sha256 "
+        "matches; the entry is copied into the package manifest.",
+    )
+    p.add_argument("file", help="weights written by `ssrseg toy train-clip|train-dino`")
+    p.add_argument(
+        "--kind",
+        choices=("auto", *TRAINERS),
+        default="auto",
+        help="which packaged backbone to replace (auto: the file's own kind)",
+    )
 
     p = toy.add_parser("zero-shot", help="zero-shot tag accuracy of a CLIP on a toy split")
     p.add_argument(
         "--weights", default="toy_clip", help="registry name or file (default: toy_clip)"
     )
     p.add_argument("--split", default="debiased")
-    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--n", type=_positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     parser.set_defaults(_toy_parser=parser)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int) -> None:
+    p = toy.add_parser(f"train-{kind}", help=f"train the {what} on freshly rendered scenes")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT_DIR / f"{kind}.safetensors"),
+        help="weights file; manifest.json beside it is updated (default: "
+        f"{DEFAULT_OUT_DIR / kind}.safetensors). Never the package: install trained weights "
+        "with `ssrseg toy install-weights FILE`",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="number of steps (default: as many as --minutes allow)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=_positive_float,
+        default=minutes,
+        help=f"wall-clock budget in minutes (default: {minutes:g})",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=batch)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)"
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes rendering scenes (default: 1)"
+    )
+    p.add_argument("--width", type=_positive_int, default=128)
+    p.add_argument("--layers", type=_positive_int, default=4)
+    if kind == "clip":
+        p.add_argument(
+            "--init",
+            default=None,
+            help="continue from these weights (same shape), fresh schedule",
+        )
+    p.add_argument(
+        "--eval-images",
+        type=_positive_int,
+        default=500,
+        help="held-out scenes scored at the end (default: 500)",
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def check_out_path(out: str | Path) -> Path:
+    """The training output file; refuses any path inside the package's toy assets."""
+    path = Path(out)
+    if _inside(path, asset_dir()):
+        raise ToyCommandError(
+            f"--out {path}: training never writes into the package ({asset_dir()}); train into "
+            f"a run folder (default {DEFAULT_OUT_DIR}/) and install the result with "
+            "`ssrseg toy install-weights FILE`"
+        )
+    if path.is_dir():
+        raise ToyCommandError(f"--out {path}: is a folder; give the weights file to write")
+    return path
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ToyCommandError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise ToyCommandError(f"{path}: a manifest must be a JSON object")
+    return data
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    from ssrseg.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
 def _update_manifest(weights: Path, key: str, record: dict[str, Any], argv: list[str]) -> Path:
-    from ssrseg.config import atomic_write_text
     from ssrseg.toy.common import sha256_file
 
     path = weights.parent / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest = _read_manifest(path)
     entry = dict(record)
     entry["command"] = "ssrseg toy " + " ".join(shlex.quote(a) for a in argv)
     entry["file"] = weights.name
     entry["sha256"] = sha256_file(weights)
     entry["bytes"] = weights.stat().st_size
     manifest[key] = entry
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write_manifest(path, manifest)
     return path
+
+
+def _file_kind(path: Path) -> str:
+    """``clip`` / ``dino`` from a native weights file's metadata."""
+    from ssrseg.backbones.native import is_native
+    from ssrseg.backbones.weights import read_weights
+
+    raw = read_weights(path)
+    kind = raw.metadata.get("kind")
+    if not is_native(raw.metadata) or kind not in TRAINERS:
+        raise ToyCommandError(
+            f"{path}: not a native toy CLIP / DINO file (written by `ssrseg toy train-clip` "
+            "or `train-dino`)"
+        )
+    return str(kind)
+
+
+def install_weights(file: str | Path, kind: str = "auto") -> Path:
+    """Copy ``file`` into the package as ``toy_<kind>`` and its manifest entry into the package
+    manifest. The entry beside ``file`` must name it and match its sha256. Returns the new path."""
+    from ssrseg.atomic import atomic_copy_file
+    from ssrseg.toy.common import sha256_file
+
+    src = Path(file)
+    if not src.is_file():
+        raise ToyCommandError(f"{src}: no such file")
+    file_kind = _file_kind(src)
+    if kind != "auto" and kind != file_kind:
+        raise ToyCommandError(f"{src}: holds a {file_kind} backbone, not {kind}")
+    side = src.parent / "manifest.json"
+    entry = _read_manifest(side).get(file_kind)
+    digest = sha256_file(src)
+    if not isinstance(entry, dict) or entry.get("file") != src.name:
+        raise ToyCommandError(
+            f"{side}: has no '{file_kind}' entry for {src.name}; only weights trained by "
+            f"`ssrseg toy train-{file_kind}` (which records how they were made) can be installed"
+        )
+    if entry.get("sha256") != digest:
+        raise ToyCommandError(
+            f"{src}: its sha256 {digest[:12]}... differs from its manifest entry in {side}; "
+            "the file changed after training"
+        )
+    dest_dir = asset_dir()
+    dest = dest_dir / f"{file_kind}.safetensors"
+    atomic_copy_file(src, dest)
+    manifest_path = dest_dir / "manifest.json"
+    manifest = _read_manifest(manifest_path)
+    manifest[file_kind] = {**entry, "file": dest.name, "installed_from": str(src.resolve())}
+    _write_manifest(manifest_path, manifest)
+    return dest
+
+
+def _train_args(cls: type, args: argparse.Namespace, out: Path) -> Any:
+    """The trainer's argument dataclass from the command line (fields both have)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names and k != "out"}
+    return cls(out=str(out), **values)
+
+
+def _train(kind: str, args: argparse.Namespace, argv: list[str]) -> int:
+    try:
+        out = check_out_path(args.out)
+    except ToyCommandError as exc:
+        print(f"ssrseg toy train-{kind}: {exc}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "clip":
+        from ssrseg.toy.train_clip import ClipTrainArgs, train_clip
+
+        record = train_clip(_train_args(ClipTrainArgs, args, out))
+        if args.init is not None:
+            from ssrseg.toy.common import sha256_file
+
+            record["init_sha256"] = sha256_file(args.init)
+        summary = record["zero_shot_debiased"]
+    else:
+        from ssrseg.toy.train_dino import DinoTrainArgs, train_dino
+
+        record = train_dino(_train_args(DinoTrainArgs, args, out))
+        summary = record.get("attention", {})
+    manifest = _update_manifest(out, kind, record, argv)
+    print(json.dumps(summary), f"\nwrote {out}\nmanifest: {manifest}")
+    print(f"to use it as the packaged toy_{kind}: ssrseg toy install-weights {out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,52 +317,15 @@ def run(args: argparse.Namespace) -> int:
         scores = zero_shot_scores(clip, tokenizer, args.split, args.n, args.seed)  # type: ignore[arg-type]
         print(json.dumps(scores, indent=2))
         return 0
-    if action == "train-clip":
-        from ssrseg.toy.train_clip import ClipTrainArgs, train_clip
-
-        record = train_clip(
-            ClipTrainArgs(
-                out=args.out,
-                seed=args.seed,
-                steps=args.steps,
-                minutes=args.minutes,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                threads=args.threads,
-                workers=args.workers,
-                width=args.width,
-                layers=args.layers,
-                eval_images=args.eval_images,
-                init=args.init,
-            )
-        )
-        if args.init is not None:
-            from ssrseg.toy.common import sha256_file
-
-            record["init_sha256"] = sha256_file(args.init)
-        manifest = _update_manifest(Path(args.out), "clip", record, argv)
-        print(json.dumps(record["zero_shot_debiased"]), f"\nmanifest: {manifest}")
+    if action == "install-weights":
+        try:
+            dest = install_weights(args.file, args.kind)
+        except ToyCommandError as exc:
+            print(f"ssrseg toy install-weights: {exc}", file=sys.stderr)
+            return 2
+        print(f"installed {args.file} as {dest} (manifest: {dest.parent / 'manifest.json'})")
         return 0
-    if action == "train-dino":
-        from ssrseg.toy.train_dino import DinoTrainArgs, train_dino
-
-        record = train_dino(
-            DinoTrainArgs(
-                out=args.out,
-                seed=args.seed,
-                steps=args.steps,
-                minutes=args.minutes,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                threads=args.threads,
-                workers=args.workers,
-                width=args.width,
-                layers=args.layers,
-                eval_images=args.eval_images,
-            )
-        )
-        manifest = _update_manifest(Path(args.out), "dino", record, argv)
-        print(json.dumps(record.get("attention", {})), f"\nmanifest: {manifest}")
-        return 0
+    if action.startswith("train-") and action[len("train-") :] in TRAINERS:
+        return _train(action[len("train-") :], args, argv)
     print(f"ssrseg toy: unknown action '{action}'", file=sys.stderr)
     return 2
