@@ -607,6 +607,10 @@ def run_training(
         except BadInputError as exc:
             if ctx.is_main:
                 print(f"validation disabled: {exc}", file=sys.stderr)
+    # Seed before anything random is built (decoder / CMPA init), with the same seed on every
+    # rank so all ranks start from one model; fit() then reseeds per rank (or restores the
+    # checkpoint's generators) for data order and dropout.
+    seed_everything(cfg.train.seed)
     model = build_ssr_model(cfg, train_set.num_classes, ctx.device)
     trainer = Trainer(cfg, model, train_set, run_dir, ctx, val_set)
     step = trainer.fit(resume, stop_after)
