@@ -50,9 +50,15 @@ class PromptConfig:
 class CamConfig:
     """Initial CAM: Grad-CAM on CLIP (SSR_SPEC section 3)."""
 
-    logit_scale: float = 100.0  # [CLIP-ES] logits = 100 * cosine in the raw CLIP space
+    # [CLIP-ES] logits = scale * cosine in the raw CLIP space; None: the CLIP model's own
+    # exp(logit_scale) (CLIP-ES's; 100 for OpenAI ViT-B/16), a number overrides it
+    logit_scale: float | None = None
     projected: bool = False  # [paper] CAM in the CMPA-projected space once CMPA heads are trained
     batch_classes: bool = True  # [decision] all classes of an image in one batched backward
+    minmax_passes: int = 2  # [CLIP-ES] min-max each CAM twice (its scale_cam_image); 1: once
+    # [CLIP-ES] image to the work size: pil_bicubic (PIL bicubic on uint8, then / 255) |
+    # torch_bilinear (float bilinear, align_corners=False)
+    input_resize: str = "pil_bicubic"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ class AffinityConfig:
     square: bool = True  # [CLIP-ES] T <- T @ T once after symmetrising
     mask: str = "sgc"  # [paper] column mask: sgc | box | none (box is the CLIP-ES baseline)
     box_threshold: float = 0.4  # [CLIP-ES] 0.4 VOC, 0.7 COCO: boxes around CAM > t * max
+    # [CLIP-ES] threshold the 8-bit CAM: floor(255 cam) > int(t * max); false: cam > t * max
+    box_quantise: bool = True
+    # [CLIP-ES, WeCLIP] box ends clipped to w-1 / h-1, then sliced exclusively: the last patch
+    # row and column are never in a box; false: full bounding boxes
+    box_clip_last: bool = True
     mask_target: str = "transition"  # [decision] mask T (CLIP-ES order), not A (paper eq. 10)
     decoder_affinity: bool = False  # [WeCLIP] RFM: multiply T by the decoder's affinity; off
 
@@ -113,6 +124,13 @@ class PseudoLabelConfig:
     ignore_low: float | None = None
     ignore_high: float | None = None
     cam_size: int | None = None  # [decision] None: CAMs at the image size
+    # [CLIP-ES] refined CAMs of an image run at a work size: direct (one bilinear resize from
+    # the patch grid to the original size, labels there) | two_step (grid -> work size, labels,
+    # scores resized to the original)
+    output_resize: str = "direct"
+    # [decision] round refined CAMs and background to float16 before the argmax, as CLIP-ES's
+    # saved .npy files do (its labels come from them); off: float32
+    fp16_scores: bool = False
     par_downscale: int = 2  # [WeCLIP] PAR at 1/2 size (ToCo's down_scale=2), scores upsampled
 
 

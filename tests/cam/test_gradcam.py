@@ -8,14 +8,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
-from ssrseg.cam.gradcam import class_scores, gradcam, minmax, pad_labels
+from ssrseg.cam.gradcam import class_scores, gradcam, minmax, normalise_cams, pad_labels
 
 
 def reference_cam(
     clip: CLIP, image01: Tensor, classes: list[int], cls_emb: Tensor, bg: Tensor, scale: float,
-    c: int, proj=None,
+    c: int, proj=None, passes: int = 2,
 ) -> Tensor:  # fmt: skip
-    """Slow reference: one image, one class, one backward (CLIP-ES loop)."""
+    """Slow reference: one image, one class, one backward (CLIP-ES loop); min-max ``passes``
+    times (CLIP-ES: per target layer, then after averaging the one layer)."""
     vis = clip.visual
     x, grid = vis.embed(vis.normalize(image01[None]))
     with torch.no_grad():
@@ -32,8 +33,10 @@ def reference_cam(
     (g,) = torch.autograd.grad(probs[classes.index(c)], h)
     w = g[0, 1:].mean(dim=0)
     cam = torch.relu(h[0, 1:].detach() @ w).reshape(grid)
-    cam = cam - cam.min()
-    return cam / (cam.max() + 1e-7)
+    for _ in range(passes):
+        cam = cam - cam.min()
+        cam = cam / (1e-7 + cam.max())
+    return cam
 
 
 def _embs(seed: int, c: int = 5, g: int = 3, e: int = 16) -> tuple[Tensor, Tensor]:
@@ -121,3 +124,51 @@ def test_autocast_bf16_runs_and_stays_close(clip: CLIP) -> None:
     for a, b in zip(low.cams, ref.cams, strict=True):
         assert a.dtype == torch.float32
         assert float((a - b).abs().mean()) < 0.1
+
+
+def test_two_minmax_passes_differ_on_a_small_range() -> None:
+    """CLIP-ES min-max normalises twice; on a raw range of 1e-5 the second pass is not a
+    no-op: after one pass the maximum is 1e-5 / (1e-5 + 1e-7) = 0.990099."""
+    raw = torch.tensor([[[0.0, 0.5e-5], [1e-5, 0.25e-5]]])
+    once = normalise_cams(raw, 1)
+    twice = normalise_cams(raw, 2)
+    m1 = 1e-5 / (1e-5 + 1e-7)
+    torch.testing.assert_close(
+        once, torch.tensor([[[0.0, 0.5 * m1], [m1, 0.25 * m1]]]), atol=1e-6, rtol=0
+    )
+    m2 = m1 / (m1 + 1e-7)
+    torch.testing.assert_close(
+        twice, torch.tensor([[[0.0, 0.5 * m2], [m2, 0.25 * m2]]]), atol=1e-6, rtol=0
+    )
+    assert float((twice - once).abs().max()) > 9e-3  # ~1 % of the map, not rounding
+    torch.testing.assert_close(twice, minmax(minmax(raw)), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="minmax_passes"):
+        normalise_cams(raw, 0)
+
+
+def test_gradcam_minmax_passes_switch(clip: CLIP) -> None:
+    """passes=2 (CLIP-ES, the default) is passes=1 normalised once more; both come from the
+    same raw CAM, which the result also returns."""
+    cls_emb, bg = _embs(8)
+    images = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(9))
+    labels = [(0, 2), (1,)]
+    one = gradcam(clip.visual, images, labels, cls_emb, bg, 10.0, minmax_passes=1)
+    two = gradcam(clip.visual, images, labels, cls_emb, bg, 10.0)
+    for i in range(2):
+        torch.testing.assert_close(two.cams[i], minmax(one.cams[i]), atol=0, rtol=0)
+        torch.testing.assert_close(one.cams[i], minmax(one.raw[i]), atol=0, rtol=0)
+        assert torch.equal(one.raw[i], two.raw[i])
+        assert bool((two.raw[i] >= 0).all())
+    # The tiny model's raw ranges are small, so the two defaults differ visibly.
+    assert max(float((a - b).abs().max()) for a, b in zip(one.cams, two.cams, strict=True)) > 1e-4
+    with pytest.raises(ValueError, match="minmax_passes"):
+        gradcam(clip.visual, images, labels, cls_emb, bg, 10.0, minmax_passes=0)
+
+
+def test_result_scores_are_the_softmax_of_own_classes(clip: CLIP) -> None:
+    cls_emb, bg = _embs(10)
+    images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    res = gradcam(clip.visual, images, [(3, 1)], cls_emb, bg, 30.0)
+    img = F.normalize(clip.visual(clip.visual.normalize(images)).mean(dim=1), dim=-1)[0]
+    probs = (30.0 * torch.cat([cls_emb[[3, 1]], bg]) @ img).softmax(dim=0)
+    torch.testing.assert_close(res.scores[0], probs[:2], atol=1e-6, rtol=1e-5)

@@ -77,7 +77,8 @@ def test_clip_only_row_matches_manual_refinement(
     images = torch.rand(1, 3, 24, 24)
     out = labeler(images, [(0, 1)])
     vis = labeler.clip.visual
-    res = gradcam(vis, images, [(0, 1)], labeler.class_emb, labeler.bg_emb, 100.0, attn_last=2)
+    scale = labeler.raw_logit_scale
+    res = gradcam(vis, images, [(0, 1)], labeler.class_emb, labeler.bg_emb, scale, attn_last=2)
     attn = (res.vit.attentions[1] + res.vit.attentions[2]) / 2
     ref = refine_with_transition(transition_matrix(attn), res.cams[0][None])
     up = torch.nn.functional.interpolate(ref, size=(24, 24), mode="bilinear")[0]

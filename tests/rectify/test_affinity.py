@@ -7,6 +7,7 @@ import torch
 
 from ssrseg.rectify.affinity import (
     box_mask,
+    box_seeds,
     fuse_affinity,
     mean_attention,
     refine_with_masked_affinity,
@@ -119,10 +120,56 @@ def test_box_mask_boxes_each_component() -> None:
     cam[0, 4, 5:7] = 0.5  # component 2
     cam[0, 0, 7] = 0.3  # below 0.4 * max: ignored
     cam[1] = 0.2  # constant map: everything above 0.4 * 0.2
-    mask = box_mask(cam, 0.4)
     expected = torch.zeros(6, 8)
     expected[1:3, 1:3] = 1
     expected[4, 5:7] = 1
-    assert torch.equal(mask[0], expected)
-    assert torch.equal(mask[1], torch.ones(6, 8))
-    assert torch.equal(box_mask(torch.zeros(1, 3, 3), 0.4), torch.zeros(1, 3, 3))
+    for quantise in (True, False):
+        full = box_mask(cam, 0.4, quantise=quantise, clip_last=False)
+        assert torch.equal(full[0], expected)
+        assert torch.equal(full[1], torch.ones(6, 8))
+        # CLIP-ES: nothing here touches the last row/column except the constant map's box.
+        clipped = box_mask(cam, 0.4, quantise=quantise, clip_last=True)
+        assert torch.equal(clipped[0], expected)
+        edge = torch.ones(6, 8)
+        edge[5, :] = 0
+        edge[:, 7] = 0
+        assert torch.equal(clipped[1], edge)
+        assert torch.equal(box_mask(torch.zeros(1, 3, 3), 0.4, quantise), torch.zeros(1, 3, 3))
+
+
+def test_box_touching_last_row_and_column_is_clipped_as_clip_es() -> None:
+    """A box whose exclusive end is the grid size loses its last row / column (CLIP-ES and
+    WeCLIP clip x1 = min(x + w, width - 1) and slice [y0:y1, x0:x1]); a component lying only
+    in the last column gets an empty box."""
+    cam = torch.zeros(3, 5, 6)
+    cam[0, 2:5, 3:6] = 1.0  # rows 2-4, cols 3-5: touches the last row and column
+    cam[1, 0:2, 5] = 1.0  # only in the last column
+    cam[2, 1:3, 1:3] = 1.0  # inside: unaffected
+    clipped = box_mask(cam, 0.4)  # defaults: CLIP-ES
+    full = box_mask(cam, 0.4, clip_last=False)
+    exp0 = torch.zeros(5, 6)
+    exp0[2:4, 3:5] = 1  # rows 2-3, cols 3-4 only
+    assert torch.equal(clipped[0], exp0)
+    assert torch.equal(clipped[1], torch.zeros(5, 6))
+    assert torch.equal(clipped[2], cam[2])
+    assert torch.equal(full, cam)  # full boxes of rectangles are the rectangles
+
+
+def test_box_seeds_threshold_on_the_8_bit_map() -> None:
+    """CLIP-ES thresholds floor(255 cam) > int(t * max(floor(255 cam))), not cam > t * max."""
+    # max 0.9999 -> q_max = floor(254.97) = 254, int(0.7 * 254) = int(177.8) = 177: q >= 178.
+    # 0.699 -> q = floor(178.2) = 178 > 177: a seed, though 0.699 < 0.7 * 0.9999 = 0.69993.
+    # 0.6975 -> q = floor(177.86) = 177: no seed in either rule.
+    # max 1.0 -> q_max = 255, int(178.5) = 178: q >= 179; 0.701 -> q = floor(178.76) = 178: not
+    # a seed, though 0.701 > 0.7.
+    cam = torch.tensor([[[0.9999, 0.699, 0.6975]], [[1.0, 0.701, 0.0]]])
+    q = box_seeds(cam, 0.7)
+    f = box_seeds(cam, 0.7, quantise=False)
+    assert q.tolist() == [[[True, True, False]], [[True, False, False]]]
+    assert f.tolist() == [[[True, False, False]], [[True, True, False]]]
+    # VOC's 0.4 with q_max 254: int(101.6) = 101, q >= 102 <=> cam >= 0.4 exactly.
+    cam = torch.tensor([[[0.9999, 0.4, 0.3999]]])
+    assert box_seeds(cam, 0.4).tolist() == [[[True, True, False]]]
+    # A map below 1 / 255 quantises to 0 everywhere: no seeds (CLIP-ES: no contour, no box).
+    tiny = torch.tensor([[[0.003, 0.001]]])
+    assert not box_seeds(tiny, 0.4).any() and box_seeds(tiny, 0.4, quantise=False).any()

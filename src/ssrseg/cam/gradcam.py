@@ -9,7 +9,8 @@ For image i with present classes Y_i (K_i of them):
 3. logits = ``scale * cos(embedding, text)`` over [classes of Y_i] + [background words];
    softmax over that set;
 4. for each c in Y_i: gradient of the softmax score of c w.r.t. ``h`` (patch tokens);
-   channel weights = mean over patches; CAM = ReLU(sum_d weight_d * h_d); min-max to [0, 1].
+   channel weights = mean over patches; CAM = ReLU(sum_d weight_d * h_d); min-max to [0, 1],
+   ``minmax_passes`` times (CLIP-ES: twice, see :data:`CLIP_ES_MINMAX_PASSES`).
 
 Batching: images are independent (no op of the last block or the head mixes images), so the
 gradient of ``sum_i score(i, k-th class of i)`` w.r.t. ``h`` holds every image's gradient for
@@ -21,7 +22,7 @@ one-class-at-a-time definition (tested).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import torch
@@ -31,6 +32,11 @@ from torch import Tensor
 from ssrseg.backbones.vit import Block, VisionTransformer, ViTOutput
 
 MINMAX_EPS = 1e-7  # [CLIP-ES] cam = (cam - min) / (max - min + eps)
+# [CLIP-ES] its Grad-CAM class min-max normalises each target layer's CAM, then once more after
+# averaging the layers (one target layer: the same map twice). The second pass is not a no-op:
+# after the first the maximum is r / (r + eps) for a raw range r, so with the small ranges of
+# real CLIP CAMs (r ~ 1e-5) the second pass rescales the map by about 1 %.
+CLIP_ES_MINMAX_PASSES = 2
 
 
 @dataclass
@@ -38,11 +44,15 @@ class GradCamResult:
     """cams: per image ``K_i x h x w`` in [0, 1] (order of the image's labels).
     vit: the CLIP forward (tokens of every block, detached; attentions of the requested last
     blocks, ``B x N x N``). patch_emb: ``B x N x E`` raw ``proj(norm(patch tokens))``, detached.
+    raw: per image ``K_i x h x w`` CAMs after the ReLU, before any min-max.
+    scores: per image ``K_i`` softmax scores of its classes (over its classes + background).
     """
 
     cams: list[Tensor]
     vit: ViTOutput
     patch_emb: Tensor
+    raw: list[Tensor] = field(default_factory=list)
+    scores: list[Tensor] = field(default_factory=list)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -56,6 +66,15 @@ def minmax(cams: Tensor, eps: float = MINMAX_EPS) -> Tensor:
     flat = flat - lo
     hi = flat.amax(dim=-1, keepdim=True)
     return (flat / (hi + eps)).view_as(cams)
+
+
+def normalise_cams(cams: Tensor, passes: int = CLIP_ES_MINMAX_PASSES) -> Tensor:
+    """:func:`minmax` applied ``passes`` times (``... x h x w``; CLIP-ES: 2)."""
+    if passes < 1:
+        raise ValueError(f"minmax_passes must be >= 1, got {passes}")
+    for _ in range(passes):
+        cams = minmax(cams)
+    return cams
 
 
 def pad_labels(labels: Sequence[Sequence[int]], device: torch.device) -> tuple[Tensor, Tensor]:
@@ -96,6 +115,7 @@ def gradcam(
     image_proj: Callable[[Tensor], Tensor] | None = None,
     attn_last: int = 8,
     batch_classes: bool = True,
+    minmax_passes: int = CLIP_ES_MINMAX_PASSES,
 ) -> GradCamResult:
     """Grad-CAMs of every image's classes in one CLIP forward.
 
@@ -103,8 +123,11 @@ def gradcam(
     class_emb: ``C x E`` and bg_emb: ``G x E`` L2-normalised text embeddings (TSA-projected when
     ``image_proj`` is given); scale: logit scale (100 raw, 1/tau projected);
     image_proj: maps ``B x N x E`` patch embeddings to the projected space (CMPA's ISA);
-    attn_last: how many last blocks' attention to return (0: none).
+    attn_last: how many last blocks' attention to return (0: none);
+    minmax_passes: how many times each CAM is min-max normalised (>= 1; CLIP-ES: 2).
     """
+    if minmax_passes < 1:
+        raise ValueError(f"minmax_passes must be >= 1, got {minmax_passes}")
     if len(labels) != images01.shape[0]:
         raise ValueError(f"{len(labels)} label lists for {images01.shape[0]} images")
     n_layers = visual.cfg.layers
@@ -133,12 +156,19 @@ def gradcam(
         weights = grads[:, :, 1:].float().mean(dim=2)  # K_max x B x D
         cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
     gh, gw = out.grid
-    cams = minmax(cams.reshape(*cams.shape[:2], gh, gw))
+    raw = cams.reshape(*cams.shape[:2], gh, gw)
+    cams = normalise_cams(raw, minmax_passes)
     out.tokens.append(y.detach())
     if attn is not None:
         out.attentions[n_layers - 1] = attn[:, 1:, 1:].detach()
     per_image = [cams[i, : len(lab)] for i, lab in enumerate(labels)]
-    return GradCamResult(cams=per_image, vit=out, patch_emb=patch_emb.detach())
+    return GradCamResult(
+        cams=per_image,
+        vit=out,
+        patch_emb=patch_emb.detach(),
+        raw=[raw[i, : len(lab)] for i, lab in enumerate(labels)],
+        scores=[scores.detach()[i, : len(lab)] for i, lab in enumerate(labels)],
+    )
 
 
 def _score_grads(scores: Tensor, h: Tensor, batched: bool) -> Tensor:

@@ -160,27 +160,26 @@ def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int,
     return h, w
 
 
-def to_tensor(image: np.ndarray, size: tuple[int, int], device: torch.device) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``1 x 3 x h x w`` float in [0, 1], bilinearly resized."""
-    import torch
-    import torch.nn.functional as F
+def to_tensor(
+    image: np.ndarray, size: tuple[int, int], device: torch.device, mode: str = "pil_bicubic"
+) -> torch.Tensor:
+    """``H x W x 3`` uint8 -> ``1 x 3 x h x w`` float in [0, 1], resized by ``mode``
+    (``cam.input_resize``: pil_bicubic as CLIP-ES, or torch_bilinear)."""
+    from ssrseg.data.resize import resize_to_tensor01
 
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float()
-    x = x / 255.0
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
-    return x
+    return resize_to_tensor01(image, size, mode, device)
 
 
 def run_labeler(job: Job, sample: Sample) -> PseudoLabelOutput:
-    """One image through the labeller at its work size."""
+    """One image through the labeller at its work size; its refined CAMs, scores and labels
+    come back at the image's own size (``pseudo.output_resize``)."""
     import torch
 
     h, w = sample.image.shape[:2]
     size = work_size(h, w, job.labeler.patch_size, job.long_side)
-    images01 = to_tensor(sample.image, size, job.device)
+    images01 = to_tensor(sample.image, size, job.device, job.cfg.cam.input_resize)
     with torch.no_grad():
-        return job.labeler(images01, [sample.labels], cmpa=job.cmpa)
+        return job.labeler(images01, [sample.labels], cmpa=job.cmpa, out_size=(h, w))
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,9 @@ Per batch (SSR_SPEC sections 3-5, 7):
    the tokens of every block (reused by the decoder) and the last blocks' attentions;
 2. DINO forward (no gradients) for its last layer's attention;
 3. affinity (CLIP / DINO / fused), transition matrix, per-class column mask (none / box / SGC),
-   refinement ``T @ (M_c * cam_c)``, min-max, bilinear upsampling to the image;
+   refinement ``T @ (M_c * cam_c)``, min-max, bilinear upsampling to the image (with
+   ``out_size``, the original size the batch was resized from: in one resize from the patch
+   grid, as CLIP-ES, or via the batch size, ``pseudo.output_resize``);
 4. background ``(1 - max_c cam_c) ** power``, PAR, argmax (optional ignore band).
 
 The Table 3 rows are config switches: initial CAM only (both attentions off), + CLIP attention
@@ -34,6 +36,7 @@ from ssrseg.backbones.vit import VisionTransformer, ViTOutput
 from ssrseg.cam.gradcam import gradcam
 from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig
+from ssrseg.data.resize import RESIZE_MODES
 from ssrseg.rectify.affinity import (
     box_mask,
     fuse_affinity,
@@ -46,6 +49,8 @@ from ssrseg.rectify.affinity import (
 from ssrseg.rectify.labels import scores_to_labels, with_background
 from ssrseg.rectify.par import par_refine
 from ssrseg.rectify.sgc import colour_clusters, sgc_mask, slic_superpixels
+
+OUTPUT_RESIZE_MODES = ("direct", "two_step")
 
 
 class ProjectionHeads(Protocol):
@@ -69,10 +74,11 @@ class PseudoLabelOutput:
 
     cams: per image ``K_i x h x w`` initial CAMs in [0, 1] (order of the image's labels).
     refined: per image ``K_i x H x W`` refined CAMs in [0, 1] (the initial CAMs upsampled when
-        no attention is used).
+        no attention is used); ``H x W`` = ``out_size`` when given, else the batch's size.
     labels: ``B x H x W`` long: 0 background, c + 1, 255 ignore.
     scores: per image ``(1 + K_i) x H' x W'`` background + class scores after PAR
-        (``H' x W'`` = the label computation size, see ``pseudo.cam_size``).
+        (``H' x W'`` = the label computation size, see ``pseudo.cam_size``; ``H x W`` when
+        ``out_size`` is given with ``pseudo.output_resize=two_step``).
     masks: per image ``K_i x h x w`` column masks (ones when ``affinity.mask=none``).
     clip_out: the CLIP forward (tokens of every block, attentions of the last blocks).
     patch_emb: ``B x N x E`` raw CLIP patch embeddings ``proj(norm(.))``.
@@ -165,6 +171,17 @@ class PseudoLabeler(nn.Module):
             raise ConfigError(
                 f"affinity.mask_target must be transition | affinity, got {aff.mask_target!r}"
             )
+        if cfg.cam.input_resize not in RESIZE_MODES:
+            raise ConfigError(
+                f"cam.input_resize must be {' | '.join(RESIZE_MODES)}, got {cfg.cam.input_resize!r}"
+            )
+        if cfg.cam.minmax_passes < 1:
+            raise ConfigError(f"cam.minmax_passes must be >= 1, got {cfg.cam.minmax_passes}")
+        if cfg.pseudo.output_resize not in OUTPUT_RESIZE_MODES:
+            raise ConfigError(
+                f"pseudo.output_resize must be {' | '.join(OUTPUT_RESIZE_MODES)}, "
+                f"got {cfg.pseudo.output_resize!r}"
+            )
         if cfg.pseudo.par_downscale < 1:
             raise ConfigError(f"pseudo.par_downscale must be >= 1, got {cfg.pseudo.par_downscale}")
         if dino is not None and dino.cfg.patch_size != clip.visual.cfg.patch_size:
@@ -197,12 +214,20 @@ class PseudoLabeler(nn.Module):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @property
+    def raw_logit_scale(self) -> float:
+        """Logit scale of the raw CLIP space: ``cam.logit_scale``, or the model's own
+        ``exp(logit_scale)`` when that is None (CLIP-ES: ``model.logit_scale.exp()``)."""
+        if self.cfg.cam.logit_scale is not None:
+            return float(self.cfg.cam.logit_scale)
+        return float(self.clip.logit_scale.detach().float().exp())
+
     def _text_space(
         self, cmpa: ProjectionHeads | None
     ) -> tuple[Tensor, Tensor, float, Callable[[Tensor], Tensor] | None]:
         """(class_emb, bg_emb, scale, image_proj) of the raw or the CMPA-projected space."""
         if not self.cfg.cam.projected or cmpa is None:
-            return self.class_emb, self.bg_emb, float(self.cfg.cam.logit_scale), None
+            return self.class_emb, self.bg_emb, self.raw_logit_scale, None
         was_training = cmpa.training
         cmpa.train(False)
         try:
@@ -237,12 +262,15 @@ class PseudoLabeler(nn.Module):
         cmpa: ProjectionHeads | None = None,
         decoder_affinity: Tensor | None = None,
         timer: Timer | None = None,
+        out_size: tuple[int, int] | None = None,
     ) -> PseudoLabelOutput:
         """images01: ``B x 3 x H x W`` in [0, 1] (H, W multiples of the patch size);
         labels: per image its 0-based foreground classes; superpixels: ``B x H x W`` long
         (-1 = none) or None (SLIC per image); cmpa: CMPA heads (used with cam.projected);
         decoder_affinity: ``B x N x N`` (WeCLIP's RFM, used with affinity.decoder_affinity);
-        timer: optional :class:`Timer` receiving per-section seconds (benchmarks).
+        timer: optional :class:`Timer` receiving per-section seconds (benchmarks);
+        out_size: the original ``(H0, W0)`` the batch was resized from (all images): refined
+        CAMs, scores and labels are returned at that size (``pseudo.output_resize``).
         """
         cfg = self.cfg
         aff = cfg.affinity
@@ -269,6 +297,7 @@ class PseudoLabeler(nn.Module):
                 image_proj=image_proj,
                 attn_last=attn_last,
                 batch_classes=cfg.cam.batch_classes,
+                minmax_passes=cfg.cam.minmax_passes,
             )
         grid = res.grid
         n_layers = self.clip.visual.cfg.layers
@@ -309,13 +338,23 @@ class PseudoLabeler(nn.Module):
                     if aff.decoder_affinity and decoder_affinity is not None:
                         trans = trans * decoder_affinity.float()
                     refined_grid = refine_with_transition(trans, cams, use_mask)
-            refined = upsample(refined_grid, (height, width))
+            final = (height, width) if out_size is None else (int(out_size[0]), int(out_size[1]))
+            # direct [CLIP-ES]: one resize from the grid to the final size, labels there;
+            # two_step: labels at the batch size, scores resized to the final size at the end.
+            direct = cfg.pseudo.output_resize == "direct"
+            base = final if direct else (height, width)
+            refined = self._round(upsample(refined_grid, base))
 
         with _timed(timer, "labels", device):
-            size = label_size(height, width, cfg.pseudo.cam_size)
-            small = upsample(refined_grid, size) if size != (height, width) else refined
-            scores = with_background(small, cfg.pseudo.background_power)
+            size = label_size(*base, cfg.pseudo.cam_size)
+            small = refined if size == base else self._round(upsample(refined_grid, size))
+            scores = self._round(with_background(small, cfg.pseudo.background_power))
             scores = self._par(images01, scores)
+            if base != final:
+                # two_step with an out_size: bilinear scores to the final size, then the argmax
+                scores = F.interpolate(scores, size=final, mode="bilinear", align_corners=False)
+                refined = upsample(refined, final)
+                size = final
             per_image = [scores[i, : 1 + len(lab)] for i, lab in enumerate(labels)]
             label_maps = torch.stack(
                 [
@@ -323,10 +362,10 @@ class PseudoLabeler(nn.Module):
                     for s, lab in zip(per_image, labels, strict=True)
                 ]
             )
-            if size != (height, width):
-                label_maps = F.interpolate(
-                    label_maps[:, None].float(), size=(height, width), mode="nearest"
-                )[:, 0].long()
+            if size != final:
+                label_maps = F.interpolate(label_maps[:, None].float(), size=final, mode="nearest")[
+                    :, 0
+                ].long()
 
         return PseudoLabelOutput(
             cams=res.cams,
@@ -338,6 +377,10 @@ class PseudoLabeler(nn.Module):
             patch_emb=res.patch_emb,
             grid=grid,
         )
+
+    def _round(self, maps: Tensor) -> Tensor:
+        """float16-rounded copy (as float32) with ``pseudo.fp16_scores``, else ``maps``."""
+        return maps.half().float() if self.cfg.pseudo.fp16_scores else maps
 
     def _par(self, images01: Tensor, scores: Tensor) -> Tensor:
         """PAR on ``B x (1+K) x H' x W'`` scores; with ``pseudo.par_downscale`` d > 1 it runs at
@@ -362,7 +405,9 @@ class PseudoLabeler(nn.Module):
         if aff.mask == "none":
             return [torch.ones_like(c) for c in cams]
         if aff.mask == "box":
-            return [box_mask(c, aff.box_threshold) for c in cams]
+            return [
+                box_mask(c, aff.box_threshold, aff.box_quantise, aff.box_clip_last) for c in cams
+            ]
         device = images01.device
         if superpixels is None:
             with _timed(timer, "slic", device):

@@ -67,26 +67,56 @@ def transition_matrix(
     return t
 
 
-def box_mask(cam: Tensor, threshold: float) -> Tensor:
-    """CLIP-ES box mask on the patch grid: 1 inside the bounding boxes of the 8-connected
-    components of ``cam > threshold * max(cam)``.
+def box_seeds(cam: Tensor, threshold: float, quantise: bool = True) -> Tensor:
+    """Pixels of each map that seed a box: ``K x h x w`` -> ``K x h x w`` bool.
 
-    cam: ``K x h x w`` -> ``K x h x w`` float (0 / 1). CLIP-ES draws one box per external
-    contour (OpenCV); a component's bounding box is the box of its external contour.
+    quantise=True [CLIP-ES]: on the 8-bit map ``q = floor(255 * cam)`` (its ``astype(uint8)``),
+    ``q > int(threshold * max(q))`` (OpenCV's binary threshold on a truncated integer);
+    quantise=False: ``cam > threshold * max(cam)`` in floating point. A map whose maximum is
+    not positive (or quantises to 0) has no seeds. The two differ at the threshold: with
+    ``max(cam) ~ 1`` and t = 0.7 CLIP-ES keeps ``cam >= 178 / 255 = 0.698``.
+    """
+    x = cam.detach().float()
+    if quantise:
+        q = torch.floor(x.clamp(0, 1) * 255)  # cam in [0, 1]: truncation == astype(uint8)
+        peak = q.flatten(1).amax(dim=1) if q.numel() else q.new_zeros(q.shape[0])
+        # int(t * max) in double precision, as Python computes it, then a strict ">".
+        thr = torch.tensor([int(threshold * float(p)) for p in peak.tolist()], dtype=q.dtype)
+        return q > thr.to(q.device)[:, None, None]
+    peak = x.flatten(1).amax(dim=1) if x.numel() else x.new_zeros(x.shape[0])
+    return (x > threshold * peak[:, None, None]) & (peak > 0)[:, None, None]
+
+
+def box_mask(
+    cam: Tensor, threshold: float, quantise: bool = True, clip_last: bool = True
+) -> Tensor:
+    """CLIP-ES box mask on the patch grid: 1 inside the bounding boxes of the 8-connected
+    components of the seeds (:func:`box_seeds`).
+
+    cam: ``K x h x w`` -> ``K x h x w`` float (0 / 1). CLIP-ES draws one box per contour
+    (OpenCV, all contours); a component's bounding box is the box of its outer contour and
+    hole contours lie inside it. clip_last=True [CLIP-ES, WeCLIP]: each box's exclusive end
+    is clipped to ``w - 1`` / ``h - 1`` before slicing, so the last patch column and row are
+    never inside a box; False: the components' full bounding boxes.
     """
     from scipy import ndimage
 
-    arr = cam.detach().float().cpu().numpy()
-    out = np.zeros_like(arr, dtype=np.float32)
+    seeds = box_seeds(cam, threshold, quantise).cpu().numpy()
+    k, h, w = seeds.shape
+    out = np.zeros((k, h, w), dtype=np.float32)
     structure = np.ones((3, 3), dtype=bool)
-    for k in range(arr.shape[0]):
-        peak = arr[k].max()
-        if peak <= 0:
+    for i in range(k):
+        if not seeds[i].any():
             continue
-        comps, _ = ndimage.label(arr[k] > threshold * peak, structure=structure)
+        comps, _ = ndimage.label(seeds[i], structure=structure)
         for box in ndimage.find_objects(comps):
-            if box is not None:
-                out[k][box] = 1.0
+            if box is None:
+                continue
+            rows, cols = box
+            r1, c1 = rows.stop, cols.stop
+            if clip_last:
+                r1, c1 = min(r1, h - 1), min(c1, w - 1)
+            out[i, rows.start : r1, cols.start : c1] = 1.0
     return torch.from_numpy(out).to(cam.device)
 
 
