@@ -46,7 +46,12 @@ def fake_model(monkeypatch: pytest.MonkeyPatch) -> CountingNet:
         seg.config = SSRConfig()
         return seg
 
+    def describe(checkpoint: str) -> tuple[SSRConfig, dict[str, str]]:
+        assert checkpoint == "CKPT"
+        return SSRConfig(infer=InferConfig(long_side=40)), {"path": "CKPT"}
+
     monkeypatch.setattr(predict_cmd, "load_segmenter", load)
+    monkeypatch.setattr(predict_cmd, "describe_checkpoint", describe)
     return net
 
 
@@ -96,7 +101,7 @@ def test_files_folders_and_list_files(
         pal = np.asarray(png.getpalette(), dtype=np.uint8).reshape(-1, 3)
         assert tuple(pal[1]) == (128, 0, 0) and tuple(pal[15]) == (192, 128, 128)
         np.testing.assert_array_equal(np.asarray(png), reference_mask(image, (1.0, 0.75)))
-    saved = yaml.safe_load((out / "predict_config.yaml").read_text())
+    saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["infer"]["scales"] == [1.0, 0.75]
 
     # A second run with overlays/panels redoes everything (new outputs are missing) ...
@@ -109,7 +114,7 @@ def test_files_folders_and_list_files(
         assert (out2 / "panels" / f"{name}.png").is_file()
         mask = np.asarray(Image.open(out2 / f"{name}.png"))
         np.testing.assert_array_equal(mask, reference_mask(image, (1.0, 0.5)))
-    saved = yaml.safe_load((out2 / "predict_config.yaml").read_text())
+    saved = yaml.safe_load((out2 / "config.yaml").read_text())
     assert saved["infer"]["scales"] == [1.0, 0.5]
 
 
@@ -259,6 +264,11 @@ def test_evaluate_checkpoint_end_to_end(
     assert "without CRF" in captured.out and "mIoU" in captured.out
     result = json.loads(out.read_text())
     assert result["infer"]["long_side"] == 32 and result["infer"]["scales"] == [1.0, 0.75]
+    # issue 12 defect 3: the predictions folder and the JSON say what made them
+    saved = json.loads((preds / "run.json").read_text())
+    assert saved["options"]["split"] == "val" and saved["config"]["infer"]["long_side"] == 32
+    assert saved["options"]["checkpoint"]["step"] == 2
+    assert result["record"] == saved
     # Same numbers as scoring Segmenter.predict by hand.
     seg = Segmenter.from_checkpoint(tiny_checkpoint, infer=InferConfig(long_side=32))
     cm = ConfusionMatrix(21)
@@ -310,3 +320,24 @@ def test_evaluate_checkpoint_errors(
     bad = ["evaluate", "--checkpoint", str(tmp_path / "nope"), "--root", str(root)]
     assert main(bad) == 2
     assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_rerun_with_other_settings_is_refused(
+    tmp_path: Path,
+    fake_model: CountingNet,
+    inputs: dict[str, np.ndarray],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 12 defect 3: a folder's masks and config.yaml never describe different runs."""
+    out = tmp_path / "out"
+    folder = str(tmp_path / "folder")
+    assert predict(folder, "--out", str(out), "--scales", "1") == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["infer"]["scales"] == [1.0]
+    assert record["options"] == {"checkpoint": {"path": "CKPT"}, "command": "predict"}
+    capsys.readouterr()
+    assert predict(folder, "--out", str(out), "--scales", "0.5") == 2
+    assert "config.infer.scales: [1.0] -> [0.5]" in capsys.readouterr().err
+    assert yaml.safe_load((out / "config.yaml").read_text())["infer"]["scales"] == [1.0]
+    assert predict(folder, "--out", str(out), "--scales", "0.5", "--overwrite") == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["infer"]["scales"] == [0.5]

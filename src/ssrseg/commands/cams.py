@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.rectify.labels import scores_to_labels
 
     try:
-        job = setup_job(args)
+        job = setup_job(args, "cams", {"kind": args.kind})
     except (ConfigError, BadInputError, ValueError, KeyError, RuntimeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -172,6 +172,20 @@ def write_result_json(path: str | os.PathLike[str], result: dict[str, Any]) -> P
     return Path(path)
 
 
+def eval_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The command-line choices that shape the scores (for the result's run record)."""
+    options = {
+        "command": "evaluate",
+        "dataset": args.dataset,
+        "root": str(args.root),
+        "split": args.split,
+        "classes": args.classes,
+        "tag_file": args.tag_file,
+        "pred_ignore": args.pred_ignore,
+    }
+    return {**options, **extra}
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "checkpoint", None):
         return run_checkpoint(args)
@@ -191,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
     if result["images"] == 0:
         print("ssrseg evaluate: no image could be scored", file=sys.stderr)
         return 2
+    from ssrseg.runrecord import make_record
+
+    result["record"] = make_record(None, eval_options(args, pred=str(Path(args.pred).resolve())))
     print_result(result)
     out = Path(args.out) if args.out else Path(args.pred) / "metrics.json"
     write_result_json(out, result)
@@ -247,15 +264,24 @@ def crf_modes(choice: str) -> tuple[bool, ...]:
 
 def run_checkpoint(args: argparse.Namespace) -> int:
     """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export."""
-    from ssrseg.commands.predict import infer_overrides, load_segmenter, resolve_device
+    import dataclasses
+
+    from ssrseg.commands.predict import (
+        checkpoint_folder,
+        infer_overrides,
+        load_segmenter,
+        resolve_device,
+    )
     from ssrseg.config import ConfigError, config_to_dict
-    from ssrseg.engine.checkpoint import CheckpointError
+    from ssrseg.engine.checkpoint import CheckpointError, checkpoint_identity
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
     from ssrseg.engine.infer import evaluate_dataset
+    from ssrseg.runrecord import make_record, prepare_output
 
     skip_log = SkipLog()
     try:
-        seg = load_segmenter(args.checkpoint, resolve_device(args.device))
+        folder = checkpoint_folder(args.checkpoint)
+        seg = load_segmenter(folder, resolve_device(args.device))
         seg.infer = infer_overrides(args, seg.infer)
         modes = crf_modes(args.crf)
     except (CheckpointError, ConfigError, ValueError, KeyError, RuntimeError) as exc:
@@ -272,6 +298,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            options = eval_options(args, checkpoint=checkpoint_identity(folder))
+            run_cfg = dataclasses.replace(seg.config, infer=seg.infer) if seg.config else None
+            if args.save_pred:
+                # always rewritten in full: the record says what the PNGs come from
+                prepare_output(
+                    args.save_pred, run_cfg, options, overwrite=True, command="ssrseg evaluate"
+                )
             matrices = evaluate_dataset(
                 seg,
                 dataset,
@@ -281,6 +314,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
                 pred_dir=args.save_pred,
             )
             summary: dict[str, Any] = {
+                "record": make_record(run_cfg, options),
                 "checkpoint": str(args.checkpoint),
                 "dataset": dataset.name,
                 "split": dataset.split,

@@ -214,13 +214,28 @@ def infer_overrides(args: argparse.Namespace, base: Any) -> Any:
     return dataclasses.replace(base, **changes)
 
 
-def load_segmenter(checkpoint: str, device: str) -> Any:
-    """A Segmenter from a checkpoint/run folder, or from a released name if no such folder."""
-    from ssrseg.engine.infer import RELEASES, Segmenter
+def checkpoint_folder(checkpoint: str) -> str:
+    """A checkpoint / run folder as given, or the local folder of a released model name."""
+    from ssrseg.engine.infer import RELEASES, resolve_release
 
     if not Path(checkpoint).exists() and checkpoint in RELEASES:
-        return Segmenter.from_pretrained(checkpoint, device=device)
-    return Segmenter.from_checkpoint(checkpoint, device=device)
+        return resolve_release(checkpoint)
+    return checkpoint
+
+
+def describe_checkpoint(checkpoint: str) -> tuple[Any, dict[str, Any]]:
+    """(saved SSRConfig, identity for the run record) of a checkpoint, without loading it."""
+    from ssrseg.engine.checkpoint import checkpoint_identity, read_config, resolve_checkpoint
+
+    folder = checkpoint_folder(checkpoint)
+    return read_config(resolve_checkpoint(folder)), checkpoint_identity(folder)
+
+
+def load_segmenter(checkpoint: str, device: str) -> Any:
+    """A Segmenter from a checkpoint/run folder, or from a released name if no such folder."""
+    from ssrseg.engine.infer import Segmenter
+
+    return Segmenter.from_checkpoint(checkpoint_folder(checkpoint), device=device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,32 +243,43 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.config import ConfigError, save_config
+    from ssrseg.config import ConfigError
     from ssrseg.data.base import BadInputError, SkipLog, read_image
     from ssrseg.engine.checkpoint import CheckpointError
     from ssrseg.engine.infer import check_crf
+    from ssrseg.runrecord import RunMismatchError, check_output, prepare_output
 
     out = Path(args.out)
     try:
         items = collect_inputs(args.inputs)
+        if not items:
+            print(f"ssrseg predict: error: no images found in {args.inputs}", file=sys.stderr)
+            return EXIT_USAGE
+        # the record (checkpoint config with this command's inference settings) is checked
+        # before the model is loaded
+        saved, identity = describe_checkpoint(args.checkpoint)
+        cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
+        options = {"command": "predict", "checkpoint": identity}
+        name = "ssrseg predict"
+        check_output(out, cfg, options, overwrite=args.overwrite, command=name)
         segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
-        segmenter.infer = infer_overrides(args, segmenter.infer)
+        segmenter.infer = cfg.infer
         if segmenter.infer.crf:
             check_crf(segmenter.crf_cfg)  # fail now, not after the first batch
-    except (InputListError, CheckpointError, ConfigError, ValueError, KeyError) as exc:
+        prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    except (
+        InputListError,
+        CheckpointError,
+        ConfigError,
+        RunMismatchError,
+        ValueError,
+        KeyError,
+    ) as exc:
         print(f"ssrseg predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as exc:  # the CRF's "how to install" message
         print(f"ssrseg predict: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not items:
-        print(f"ssrseg predict: error: no images found in {args.inputs}", file=sys.stderr)
-        return EXIT_USAGE
-
-    out.mkdir(parents=True, exist_ok=True)
-    if segmenter.config is not None:
-        cfg = dataclasses.replace(segmenter.config, infer=segmenter.infer)
-        save_config(cfg, out, "predict_config.yaml")
 
     jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
     todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]

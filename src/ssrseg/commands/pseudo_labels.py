@@ -98,23 +98,35 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def setup_job(args: argparse.Namespace) -> Job:
-    """Config (+ overrides), dataset split, labeller and optional CMPA heads."""
+def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | None = None) -> Job:
+    """Config (+ overrides), dataset split, labeller and optional CMPA heads; checks the output
+    folder's run record (:mod:`ssrseg.runrecord`) before anything heavy is loaded.
+
+    ``command`` names the job in the record; ``options`` adds command-specific options that
+    shape the outputs (e.g. ``--crf``, ``--kind``).
+    """
     import dataclasses
 
     import torch
 
     from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.config import load_config, save_config
+    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.pseudo.labeler import build_pseudo_labeler
+    from ssrseg.runrecord import check_output, prepare_output
 
     cfg = load_config(args.config, list(args.overrides))
     device = torch.device(resolve_device(args.device))
-    cmpa = None
-    if args.checkpoint:
-        cmpa = load_cmpa(args.checkpoint, device)
-        cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=True))
+    # CAMs come from the CMPA-projected space only when a checkpoint gives trained heads;
+    # the record says what was actually used
+    projected = bool(args.checkpoint)
+    if cfg.cam.projected and not projected:
+        print(
+            "note: cam.projected is true but no --checkpoint gives CMPA heads: raw-CLIP CAMs "
+            "are used (recorded as cam.projected: false)",
+            file=sys.stderr,
+        )
+    cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
     split = args.split or cfg.data.train_split
     dataset = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file)
     p = cfg.prompts
@@ -127,22 +139,30 @@ def setup_job(args: argparse.Namespace) -> Job:
             f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
             "set prompts.dataset to match"
         )
-    labeler = build_pseudo_labeler(cfg, device)
+    record_options: dict[str, Any] = {
+        "command": command,
+        "split": split,
+        "long_side": args.long_side,
+        "checkpoint": None,
+        **(options or {}),
+    }
+    if args.checkpoint:
+        from ssrseg.engine.checkpoint import checkpoint_identity
+
+        record_options["checkpoint"] = checkpoint_identity(args.checkpoint)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    name = f"ssrseg {command}"
+    check_output(out, cfg, record_options, overwrite=args.overwrite, command=name)
+    cmpa = load_cmpa(args.checkpoint, device) if args.checkpoint else None
+    labeler = build_pseudo_labeler(cfg, device)
+    prepare_output(out, cfg, record_options, overwrite=args.overwrite, command=name)
     return Job(cfg, dataset, labeler, cmpa, device, out, args.long_side)
 
 
 def load_cmpa(path: str, device: torch.device) -> Any:
     """CMPA heads of a training checkpoint (eval mode)."""
-    try:
-        from ssrseg.engine.checkpoint import load_model
-    except ImportError as exc:
-        raise RuntimeError(
-            f"--checkpoint needs ssrseg.engine.checkpoint.load_model, which is not available "
-            f"({exc})"
-        ) from None
+    from ssrseg.engine.checkpoint import load_model
+
     model, _ = load_model(path, device)
     if getattr(model, "cmpa", None) is None:
         raise ValueError(f"{path}: the checkpoint has no CMPA heads (cmpa.enabled was false)")
@@ -260,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.viz import save_label_png
 
     try:
-        job = setup_job(args)
+        job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
         if args.crf:
             from ssrseg.engine.crf import dense_crf
     except (ConfigError, BadInputError, ValueError, KeyError, RuntimeError, OSError) as exc:

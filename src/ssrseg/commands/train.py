@@ -12,6 +12,11 @@ import argparse
 import sys
 from typing import Any
 
+RUN_HINT = (
+    "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
+    "(which uses the run's own config)."
+)
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -36,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.engine.checkpoint import CheckpointError, read_state, resolve_checkpoint
     from ssrseg.engine.distributed import cleanup, setup
     from ssrseg.engine.train import run_training
+    from ssrseg.runrecord import RunMismatchError, check_output, prepare_output
 
     try:
         if args.resume and not args.config:
@@ -53,8 +59,17 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.output_dir:
         resumed = Path(args.resume)
         run_dir = resumed if not resumed.name.startswith("ckpt_") else resumed.parent
+    # a run folder holds one configuration: refuse another before anything is built
+    options = {"command": "train"}
+    try:
+        check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
+    except RunMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ctx = setup(args.device)
     try:
+        if ctx.is_main:
+            prepare_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
         step = run_training(cfg, ctx, run_dir, args.resume, args.max_steps)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -174,6 +174,22 @@ def read_optimizer(ckpt: Path) -> dict[str, Any]:
     return state
 
 
+def read_config(ckpt: Path, state: TrainState | None = None) -> SSRConfig:
+    """The resolved config stored in a checkpoint's ``state.json``."""
+    state = state if state is not None else read_state(ckpt)
+    try:
+        return config_from_dict(state.config)
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt / STATE_FILE}: bad config ({exc})") from None
+
+
+def checkpoint_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a run record stores about a checkpoint a job reads: its resolved folder and step
+    (a run folder that trained on since points at another checkpoint, so it differs)."""
+    ckpt = resolve_checkpoint(path)
+    return {"path": str(ckpt.resolve()), "step": read_state(ckpt).step}
+
+
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[Any, SSRConfig]:
@@ -186,10 +202,7 @@ def load_model(
 
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
-    try:
-        cfg = config_from_dict(state.config)
-    except ValueError as exc:
-        raise CheckpointError(f"{ckpt / STATE_FILE}: bad config ({exc})") from None
+    cfg = read_config(ckpt, state)
     model = build_ssr_model(cfg, state.num_classes, device)
     try:
         model.load_trainable_state_dict(read_weights(ckpt, device))

@@ -1,0 +1,160 @@
+"""What made an output folder: the effective configuration plus the command-line options.
+
+Every command that writes into an output folder records, in ``OUT/run.json``, the resolved
+config (as a plain dict) together with the options that shape its outputs (``--long-side``,
+``--crf``, the checkpoint it read ...). Before resuming into an existing folder the command
+compares the new record with the stored one and refuses when they differ, naming the keys, so a
+``config.yaml`` beside an output always describes that output.
+
+Pure helpers (:func:`make_record`, :func:`record_hash`, :func:`diff_records`) and one function
+that touches the disk (:func:`prepare_output`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
+
+RECORD_NAME = "run.json"
+RECORD_VERSION = 1
+# Recorded but not compared: settings that change how a job runs, not what it writes.
+NOT_COMPARED: tuple[str, ...] = (
+    "config.data.num_workers",
+    "config.data.allow_skipped",
+    "config.train.output_dir",
+    "config.train.tensorboard",
+    "config.train.log_every",
+)
+DEFAULT_HINT = (
+    "Use another --out, rerun with the same settings to resume, or pass --overwrite to redo "
+    "everything with the new settings."
+)
+
+
+class RunMismatchError(RuntimeError):
+    """An output folder was made with a different configuration than the one asked for now."""
+
+
+def make_record(cfg: SSRConfig | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-able description of what shapes a job's outputs.
+
+    ``cfg`` is the *effective* config (after any adjustment the command made, e.g. turning
+    ``cam.projected`` off when no checkpoint gives CMPA heads); ``options`` holds command-line
+    values that are not config fields (paths as strings, numbers, booleans).
+    """
+    return {
+        "version": RECORD_VERSION,
+        "config": config_to_dict(cfg) if cfg is not None else {},
+        "options": {k: _plain(v) for k, v in sorted((options or {}).items())},
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    """Short, stable hash of a record (sorted JSON, sha256, first 12 hex digits)."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def diff_records(
+    old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Lines ``key: old -> new`` for every leaf that differs (``config.`` / ``options.`` keys),
+    leaving out the keys in ``ignore``."""
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    lines = []
+    for key in sorted(set(flat_old) | set(flat_new)):
+        if key in ignore:
+            continue
+        a, b = flat_old.get(key, "<absent>"), flat_new.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def read_record(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The stored record of ``out_dir``, or None when the folder has none."""
+    path = Path(out_dir) / RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunMismatchError(f"{path}: unreadable run record ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunMismatchError(f"{path}: not a run record")
+    return data
+
+
+def check_output(
+    out_dir: str | os.PathLike[str],
+    cfg: SSRConfig | None,
+    options: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    command: str = "this command",
+    hint: str = DEFAULT_HINT,
+) -> dict[str, Any]:
+    """The read-only half of :func:`prepare_output`: build the record and compare it with the
+    one stored in ``out_dir`` (raises :class:`RunMismatchError`); writes nothing."""
+    out = Path(out_dir)
+    record = make_record(cfg, options)
+    old = read_record(out)
+    if old is not None and not overwrite:
+        changes = diff_records(old, record, NOT_COMPARED)
+        if changes:
+            shown = "\n  ".join(changes[:20])
+            more = f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else ""
+            raise RunMismatchError(
+                f"{out} was made by {command} with a different configuration:\n  {shown}{more}\n"
+                + hint
+            )
+    return record
+
+
+def prepare_output(
+    out_dir: str | os.PathLike[str],
+    cfg: SSRConfig | None,
+    options: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    command: str = "this command",
+    hint: str = DEFAULT_HINT,
+) -> dict[str, Any]:
+    """Check ``out_dir`` against the new record, then write ``run.json`` and ``config.yaml``.
+
+    A folder without a record (new, or made by an older ssrseg) is adopted. A folder whose
+    record differs raises :class:`RunMismatchError` listing the differing keys and ``hint``
+    (how to proceed), unless ``overwrite`` (the caller then redoes every output). Returns the
+    new record.
+    """
+    out = Path(out_dir)
+    record = check_output(out, cfg, options, overwrite=overwrite, command=command, hint=hint)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RECORD_NAME, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    if cfg is not None:
+        save_config(cfg, out)
+    return record
