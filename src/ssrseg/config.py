@@ -131,7 +131,9 @@ class PseudoLabelConfig:
     # [decision] round refined CAMs and background to float16 before the argmax, as CLIP-ES's
     # saved .npy files do (its labels come from them); off: float32
     fp16_scores: bool = False
-    par_downscale: int = 2  # [WeCLIP] PAR at 1/2 size (ToCo's down_scale=2), scores upsampled
+    # [WeCLIP] 1: WeCLIP's training runs PAR at the full label size; d > 1 runs it at 1/d and
+    # upsamples the scores (ToCo's down_scale=2, a WeCLIP routine not called in training)
+    par_downscale: int = 1
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,11 @@ class DecoderConfig:
     num_heads: int = 8  # [WeCLIP]
     dropout: float = 0.1  # [WeCLIP] Dropout2d after fusion
     use_layers: int = 11  # [WeCLIP] CLIP layers 1..11 feed the decoder
-    ffn_ratio: float = 4.0  # [decision] transformer feed-forward width / embed_dim
+    ffn_ratio: float = 4.0  # [WeCLIP] transformer feed-forward width / embed_dim
+    activation: str = "quick_gelu"  # [WeCLIP] transformer MLP: quick_gelu | gelu (exact erf)
+    # [WeCLIP] train-mode affinity features: true = the fused map after Dropout2d (WeCLIP);
+    # false = before it (no dropout noise in L_aff)
+    affinity_after_dropout: bool = True
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,10 @@ class DataConfig:
     allow_skipped: bool = False  # [decision] exit 0 even if bad inputs were skipped
     superpixels: str = "image"  # [decision] image: SLIC once on the whole image, carried through
     # the crop (training loader) | crop: SLIC per crop inside the pseudo labeller
+    # [WeCLIP] mean/std of the images CLIP sees in training and inference (the SSR model):
+    # imagenet (WeCLIP's loader) | clip (CLIP's own; the CAM stage always uses CLIP's, CLIP-ES)
+    clip_normalisation: str = "imagenet"
+    scale_rounding: str = "floor"  # [WeCLIP] rescaled size int(s * side): floor | round
 
 
 @dataclass(frozen=True)
@@ -219,6 +229,8 @@ class TrainConfig:
     warmup_iters: int = 50  # [WeCLIP]
     warmup_ratio: float = 1e-6  # [WeCLIP] lr starts at ratio * lr
     poly_power: float = 1.0  # [WeCLIP]
+    # [WeCLIP] false: during warm-up the factor is the ramp alone; true: ramp x poly factor
+    warmup_poly: bool = False
     seed: int = 0  # [decision]
     amp: str = "auto"  # [decision] auto (bf16 on GPU, off on CPU) | bf16 | fp16 | off
     val_every: int = 2000  # [decision]
@@ -228,6 +240,8 @@ class TrainConfig:
     output_dir: str = "runs/ssr"  # [decision]
     tensorboard: bool = False  # [decision]
     keep_last: int = 3  # [decision] checkpoints kept on disk (older ones are deleted)
+    # [decision] pseudo labels of crop padding set to 255 (WeCLIP trains on them: false)
+    ignore_crop_padding: bool = True
     supervision: str = "pseudo"  # [decision] pseudo (SSR) | gt: decoder on ground-truth masks
     # (fully supervised bound of Table 6; needs cmpa.enabled=false)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssrseg.config import load_config
 from ssrseg.data.base import Sample, Skipped
 from ssrseg.data.transforms import (
     CLIP_MEAN,
@@ -15,7 +16,11 @@ from ssrseg.data.transforms import (
     clip_normalize,
     collate_train,
     imagenet_normalize,
+    input_stats,
+    normalize,
     resize_nearest,
+    scaled_size,
+    to_tensor,
 )
 
 
@@ -118,3 +123,39 @@ def test_normalisation_constants() -> None:
     assert torch.allclose(
         z.flatten(), -torch.tensor(IMAGENET_MEAN) / torch.tensor([0.229, 0.224, 0.225])
     )
+
+
+def test_scaled_size_floor_is_weclips_int() -> None:
+    # WeCLIP: new size = (int(s * w), int(s * h)); 37 x 50 at 0.75 -> 27.75 x 37.5
+    assert scaled_size(37, 50, 0.75, "floor") == (27, 37)
+    assert scaled_size(37, 50, 0.75, "round") == (28, 38)
+    assert scaled_size(3, 3, 0.1, "floor") == (1, 1)  # never empty
+    assert load_config(None).data.scale_rounding == "floor"
+    with pytest.raises(ValueError, match="scale_rounding"):
+        scaled_size(3, 3, 1.0, "ceil")
+    with pytest.raises(ValueError, match="scale_rounding"):
+        TrainTransform(16, scale_rounding="ceil")
+
+
+@pytest.mark.parametrize(("rounding", "side"), [("floor", (27, 37)), ("round", (28, 38))])
+def test_transform_uses_the_rounding(rounding: str, side: tuple[int, int]) -> None:
+    sample, sp = _sample(37, 50)
+    t = TrainTransform(64, scale_range=(0.75, 0.75), hflip=False, seed=0, scale_rounding=rounding)
+    out = t(sample, sp)
+    assert int(out.valid.sum()) == side[0] * side[1]  # the whole rescaled image fits the crop
+    rows = np.flatnonzero(out.valid.any(axis=1))
+    cols = np.flatnonzero(out.valid.any(axis=0))
+    assert (rows.size, cols.size) == side
+
+
+def test_imagenet_input_equals_weclips_loader() -> None:
+    # WeCLIP: (x - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375] on 0..255 values
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    ref = (img.astype(np.float32) - [123.675, 116.28, 103.53]) / [58.395, 57.12, 57.375]
+    ours = normalize(to_tensor(img)[None], *input_stats("imagenet"))[0].permute(1, 2, 0)
+    np.testing.assert_allclose(ours.numpy(), ref, atol=2e-6, rtol=0)
+    assert load_config(None).data.clip_normalisation == "imagenet"
+    assert input_stats("clip") == (CLIP_MEAN, CLIP_STD)
+    with pytest.raises(ValueError, match="normalisation"):
+        input_stats("laion")

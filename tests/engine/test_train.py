@@ -51,7 +51,8 @@ def _model(cfg: SSRConfig, seed: int) -> SSRModel:
 
 def test_lr_factor_warmup_then_poly() -> None:
     assert lr_factor(0, 100, 10, 0.1, 1.0) == pytest.approx(0.1)
-    assert lr_factor(5, 100, 10, 0.1, 1.0) == pytest.approx(0.95 * 0.55)
+    assert lr_factor(5, 100, 10, 0.1, 1.0) == pytest.approx(0.55)  # WeCLIP: the ramp alone
+    assert lr_factor(5, 100, 10, 0.1, 1.0, warmup_poly=True) == pytest.approx(0.95 * 0.55)
     assert lr_factor(10, 100, 10, 0.1, 1.0) == pytest.approx(0.9)
     assert lr_factor(50, 100, 10, 0.1, 2.0) == pytest.approx(0.25)
     assert lr_factor(100, 100, 10, 0.1, 1.0) == 0.0

@@ -3,6 +3,10 @@
 :class:`TrainTransform` applies random rescale, random crop (padding with ignore) and horizontal
 flip to an image and any number of per-pixel maps (ground truth, superpixel labels). Maps are
 resampled with nearest neighbour so labels never blend.
+
+WeCLIP's loader flips before it pads and crops; here the flip comes last. With uniform pad and
+crop offsets the two orders give the same distribution of crops (a flipped crop at x is the crop
+at ``W - c - x`` of the flipped image), so only the random draws differ.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+# Names of ``data.clip_normalisation``: WeCLIP's training images reach CLIP normalised with the
+# ImageNet statistics; CLIP-ES (and CLIP itself) use CLIP's.
+INPUT_STATS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "clip": (CLIP_MEAN, CLIP_STD),
+}
+
 SUPERPIXEL_PAD = -1
 
 
@@ -40,6 +51,23 @@ def clip_normalize(images01: torch.Tensor) -> torch.Tensor:
 def imagenet_normalize(images01: torch.Tensor) -> torch.Tensor:
     """ImageNet mean/std normalisation (DINO) of B x 3 x H x W images in [0, 1]."""
     return normalize(images01, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def input_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) of a normalisation name (``imagenet`` | ``clip``), RGB, for [0, 1] images."""
+    if name not in INPUT_STATS:
+        raise ValueError(f"normalisation must be one of {sorted(INPUT_STATS)}, got {name!r}")
+    return INPUT_STATS[name]
+
+
+def scaled_size(height: int, width: int, scale: float, rounding: str) -> tuple[int, int]:
+    """Side lengths after rescaling by ``scale``: ``floor`` truncates ``scale * side`` as
+    WeCLIP's ``int(scale * w)``; ``round`` rounds to the nearest. Never below 1."""
+    if rounding == "floor":
+        return max(1, int(height * scale)), max(1, int(width * scale))
+    if rounding == "round":
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    raise ValueError(f"data.scale_rounding must be floor | round, got {rounding!r}")
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -87,6 +115,7 @@ class TrainTransform:
         scale_range: (min, max) rescale factor of both sides.
         hflip: flip with probability 0.5.
         seed / rng: a seed or a ``numpy.random.Generator`` (rng wins) for reproducible crops.
+        scale_rounding: ``floor`` (WeCLIP) or ``round``, see :func:`scaled_size`.
     """
 
     def __init__(
@@ -96,7 +125,9 @@ class TrainTransform:
         hflip: bool = True,
         seed: int | None = None,
         rng: np.random.Generator | None = None,
+        scale_rounding: str = "floor",
     ) -> None:
+        scaled_size(1, 1, 1.0, scale_rounding)  # validates the name
         if crop_size <= 0:
             raise ValueError(f"crop_size must be positive, got {crop_size}")
         if not 0 < scale_range[0] <= scale_range[1]:
@@ -104,6 +135,7 @@ class TrainTransform:
         self.crop_size = int(crop_size)
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.hflip = hflip
+        self.scale_rounding = scale_rounding
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
     def apply(
@@ -119,7 +151,7 @@ class TrainTransform:
             if m is not None and m.shape[:2] != (h, w):
                 raise ValueError(f"{name} is {m.shape[:2]} but the image is {(h, w)}")
         scale = float(self.rng.uniform(*self.scale_range))
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        nh, nw = scaled_size(h, w, scale, self.scale_rounding)
         image = resize_image(image, nh, nw)
         mask = resize_nearest(mask, nh, nw) if mask is not None else None
         superpixels = resize_nearest(superpixels, nh, nw) if superpixels is not None else None

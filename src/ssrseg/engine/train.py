@@ -84,7 +84,11 @@ class TrainItems(Dataset[Any]):
             sp = slic_superpixels(sample.image, sgc.n_segments, sgc.compactness).numpy()
         d = self.cfg.data
         transform = TrainTransform(
-            d.crop_size, d.scale_range, d.hflip, rng=np.random.default_rng(seed)
+            d.crop_size,
+            d.scale_range,
+            d.hflip,
+            rng=np.random.default_rng(seed),
+            scale_rounding=d.scale_rounding,
         )
         return transform(sample, sp)
 
@@ -367,8 +371,9 @@ class Trainer:
             out = model.labeler(images, labels, **kwargs)
             tokens, grid = [t.detach() for t in out.clip_out.tokens], out.grid
             targets = out.labels
-            if valid is not None:
-                # crop padding is not image: ignore it, as WeCLIP does with its image box
+            if valid is not None and cfg.train.ignore_crop_padding:
+                # crop padding is not image: ignore it (our decision; WeCLIP's training keeps
+                # the labels the labeller gives the padding)
                 targets = targets.masked_fill(~valid.to(self.device), IGNORE)
             proto_inputs = None
             if use_proto:
@@ -386,6 +391,7 @@ class Trainer:
             cfg.train.warmup_iters,
             cfg.train.warmup_ratio,
             cfg.train.poly_power,
+            cfg.train.warmup_poly,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor

@@ -4,17 +4,35 @@ Per CLIP layer 1..L an MLP ``D -> E -> E`` (ReLU between) maps patch tokens to E
 maps are concatenated, fused by a 1x1 convolution to E, passed through channel dropout
 (Dropout2d) and a small transformer over the patch grid, and classified by a 1x1 convolution
 at patch resolution.
-The fused features before the transformer feed the affinity loss.
+The fused features feed the affinity loss: in train mode after Dropout2d, as WeCLIP's code does
+(``decoder.affinity_after_dropout``), or before it; in eval mode both are the same.
+
+The transformer layers are WeCLIP's: pre-norm (LayerNorm eps 1e-5), 8-head attention with
+biases and no dropout, an MLP ``E -> 4E -> E`` with QuickGELU ``x * sigmoid(1.702 x)``
+(``decoder.activation``; ``gelu`` gives the exact erf GELU), no final norm, no position
+embedding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ssrseg.config import DecoderConfig
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """QuickGELU ``x * sigmoid(1.702 x)`` (OpenAI CLIP's and WeCLIP's decoder activation)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# "gelu" stays a string so torch keeps its own (exact erf) GELU path
+_ACTIVATIONS: dict[str, str | Callable[[Tensor], Tensor]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": "gelu",
+}
 
 
 def decoder_layers(use_layers: int, clip_layers: int) -> int:
@@ -39,8 +57,13 @@ class SegDecoder(nn.Module):
         self, cfg: DecoderConfig, in_width: int, num_layers_in: int, num_classes: int
     ) -> None:
         super().__init__()
+        if cfg.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"decoder.activation must be one of {sorted(_ACTIVATIONS)}, got {cfg.activation!r}"
+            )
         e = cfg.embed_dim
         self.num_layers_in = num_layers_in
+        self.affinity_after_dropout = cfg.affinity_after_dropout
         self.mlps = nn.ModuleList(
             [
                 nn.Sequential(nn.Linear(in_width, e), nn.ReLU(inplace=True), nn.Linear(e, e))
@@ -56,7 +79,7 @@ class SegDecoder(nn.Module):
             nhead=cfg.num_heads,
             dim_feedforward=int(e * cfg.ffn_ratio),
             dropout=0.0,
-            activation="gelu",
+            activation=_ACTIVATIONS[cfg.activation],
             batch_first=True,
             norm_first=True,
         )
@@ -70,8 +93,9 @@ class SegDecoder(nn.Module):
         """tokens: per CLIP block ``B x (1+N) x D`` (at least ``num_layers_in`` of them; block 1
         first, CLS first); grid: (h, w) with N = h * w.
 
-        Returns (logits ``B x K x h x w``, fused features ``B x E x h x w`` before dropout and
-        the transformer); both are channels-last views.
+        Returns (logits ``B x K x h x w``, affinity features ``B x E x h x w``: the fused map
+        before the transformer, after Dropout2d in train mode when
+        ``decoder.affinity_after_dropout``, else before it); both are channels-last views.
         """
         if len(tokens) < self.num_layers_in:
             raise ValueError(f"decoder needs {self.num_layers_in} layers, got {len(tokens)}")
@@ -82,9 +106,10 @@ class SegDecoder(nn.Module):
             for mlp, t in zip(self.mlps, tokens[: self.num_layers_in], strict=True)
         ]
         fused = self.fuse(torch.cat(maps, dim=-1))  # B x N x E
-        x = self.transformer(channel_dropout(fused, self.dropout_p, self.training))
-        logits = self.classifier(x)  # B x N x K
-        return _to_map(logits, h, w), _to_map(fused, h, w)
+        dropped = channel_dropout(fused, self.dropout_p, self.training)
+        logits = self.classifier(self.transformer(dropped))  # B x N x K
+        affinity = dropped if self.affinity_after_dropout else fused
+        return _to_map(logits, h, w), _to_map(affinity, h, w)
 
 
 def channel_dropout(x: Tensor, p: float, training: bool) -> Tensor:

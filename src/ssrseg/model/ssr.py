@@ -6,6 +6,7 @@ which CAMs feed the pseudo labels) is the trainer's (``ssrseg.engine.train``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.config import ConfigError, SSRConfig
+from ssrseg.data.transforms import input_stats
 from ssrseg.model.decoder import SegDecoder, decoder_layers
 from ssrseg.model.losses import (
     affinity_loss,
@@ -97,6 +99,7 @@ class SSRModel(nn.Module):
         for p in self.labeler.parameters():
             p.requires_grad_(False)
         clip = cast(CLIP, labeler.clip)
+        set_input_normalisation(clip.visual, cfg.data.clip_normalisation)
         vcfg = clip.visual.cfg
         self.patch_size: int = vcfg.patch_size
         n_in = decoder_layers(cfg.decoder.use_layers, vcfg.layers)
@@ -158,6 +161,20 @@ class SSRModel(nn.Module):
             prefix = f"{name}."
             sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             mod.load_state_dict(sub, strict=True)
+
+
+def set_input_normalisation(visual: VisionTransformer, name: str) -> None:
+    """Make ``visual.normalize`` use the named statistics (``data.clip_normalisation``).
+
+    WeCLIP's loader normalises its crops with the ImageNet mean/std and CLIP reads them as they
+    are, so ``imagenet`` reproduces WeCLIP's CLIP inputs; ``clip`` gives CLIP's own. Set on the
+    labeller's CLIP, it covers every CLIP pass of the model: the labeller's Grad-CAM in training
+    and validation, and :meth:`SSRModel.segment` at inference. The CLIP module is changed in
+    place: a labeller shared with other code sees the same normalisation.
+    """
+    mean, std = input_stats(name)
+    if (visual.cfg.mean, visual.cfg.std) != (mean, std):
+        visual.cfg = dataclasses.replace(visual.cfg, mean=mean, std=std)
 
 
 def build_ssr_model(
