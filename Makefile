@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,crf]'
+# open_clip_torch only for its files (OpenAI's vocabulary and tokenizer, a test reference);
+# without --no-deps it would pull torchvision, which the tests never import.
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt open_clip_torch
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -28,6 +28,24 @@ def test_byte_table_is_a_bijection_onto_printable_characters():
     assert all(not c.isspace() for c in table.values())
 
 
+def test_byte_symbols_are_numbered_in_openai_order():
+    # ids 0..187: the printable bytes '!'..'~', '¡'..'¬', '®'..'ÿ'; then the other 68 bytes
+    # (0x00.., space is the 33rd) as chr(256 + n); ids 256..511 the same with </w>
+    tok = BPETokenizer.from_merges([])
+    printable = [chr(c) for c in [*range(33, 127), *range(161, 173), *range(174, 256)]]
+    assert tok.vocab[:188] == printable
+    assert tok.vocab[188:256] == [chr(256 + n) for n in range(68)]
+    assert tok.vocab[256:512] == [c + "</w>" for c in tok.vocab[:256]]
+    assert tok.encode("a") == [256 + 64]
+    # é is UTF-8 C3 A9: 'Ã' (the 22nd of '®'..'ÿ', after 94 + 12) and '©</w>' (9th of '¡'..'¬')
+    assert tok.encode("é") == [94 + 12 + 0xC3 - 0xAE, 256 + 94 + 0xA9 - 0xA1]
+    table = bytes_to_unicode()
+    assert list(table.values()) == tok.vocab[:256]  # iteration order is the id order
+    old = dict(tok.to_dict(), vocab=[*(table[b] for b in range(256)), *tok.vocab[256:]])
+    with pytest.raises(ValueError, match="byte-value order"):
+        BPETokenizer.from_dict(old)
+
+
 def test_pre_tokenizer_follows_clips_pattern():
     assert pre_tokenize("a dog's photo!!'s 123 <|endoftext|>x") == [
         "a",

@@ -1,29 +1,33 @@
 """CLIP's byte-level BPE tokenizer, written from the published description of the format.
 
-Steps (as OpenAI CLIP tokenises): clean the text (HTML unescape, collapse whitespace, lower-case),
-split it into pre-tokens (special tokens, English contractions, runs of letters, single digits,
-runs of other non-space characters), map each pre-token's UTF-8 bytes to printable unicode
-characters, mark the last character with ``</w>`` and apply the ranked merges. Ids come from
-the vocabulary; each row is ``[SOT, ids..., EOT, 0...]`` of length ``context_length``.
+Steps (as OpenAI CLIP tokenises, see :func:`clip_clean` and :func:`pre_tokenize`): clean the
+text (``ftfy`` repair when installed, HTML unescape, collapse whitespace, lower-case), split it
+into pre-tokens (special tokens, English contractions, runs of letters, single number
+characters, runs of other non-space characters), map each pre-token's UTF-8 bytes to printable
+unicode characters, mark the last character with ``</w>`` and apply the ranked merges. Ids come
+from the vocabulary; each row is ``[SOT, ids..., EOT, 0...]`` of length ``context_length``.
 
 The vocabulary is an asset of the pretrained model: either Hugging Face's ``vocab.json`` +
 ``merges.txt`` or OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (merges only; the vocabulary is
-derived from them). ``ftfy`` mojibake repair, which OpenAI runs first, is not applied (no extra
-dependency); it only changes text with broken encodings.
+derived from them in OpenAI's order: the 256 byte symbols, printable bytes first, see
+:func:`byte_symbols`; the same with ``</w>``; one token per merge; SOT; EOT).
 """
 
 from __future__ import annotations
 
 import gzip
+import html
 import json
+import re
 import unicodedata
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 from torch import Tensor
 
-from ssrseg.backbones.tokenizer import clean_text, pack_ids
+from ssrseg.backbones.tokenizer import pack_ids
 
 SOT = "<|startoftext|>"
 EOT = "<|endoftext|>"
@@ -32,25 +36,78 @@ CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 # OpenAI keeps the first 49152 - 256 - 2 merges of bpe_simple_vocab_16e6.txt.gz (vocab 49408).
 OPENAI_NUM_MERGES = 49152 - 256 - 2
 
+# The printable Latin-1 bytes, which stand for themselves; OpenAI lists them first.
+_PRINTABLE_BYTES = (
+    *range(ord("!"), ord("~") + 1),
+    *range(ord("¡"), ord("¬") + 1),
+    *range(ord("®"), ord("ÿ") + 1),
+)
+# Unicode White_Space: what OpenAI's ``\s`` (the ``regex`` package) matches. Python's
+# str.isspace() also counts U+001C..U+001F, which ``regex`` does not.
+WHITESPACE = frozenset(
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_WHITESPACE_RUN = re.compile("[" + "".join(sorted(WHITESPACE)) + "]+")
+# Matched by no alternative of OpenAI's case-insensitive pattern, so skipped like a space:
+# COMBINING GREEK YPOGEGRAMMENI case-folds to a letter, which excludes it from [^\s\p{L}\p{N}].
+_SKIPPED = frozenset("\u0345")
+# The only non-ASCII character that the case-insensitive pattern matches in place of a letter of
+# a contraction or special token (long s folds to s; upper case is gone after lower-casing).
+_FOLD = str.maketrans({"ſ": "s"})
+
+
+@lru_cache(maxsize=1)
+def byte_symbols() -> tuple[str, ...]:
+    """The 256 byte symbols in OpenAI's order, which is the order of token ids 0..255.
+
+    Printable bytes (``!``..``~``, ``¡``..``¬``, ``®``..``ÿ``) come first and stand for
+    themselves; the 68 other bytes follow in byte order as ``chr(256 + n)``, n = 0..67.
+    """
+    others = [b for b in range(256) if b not in _PRINTABLE_BYTES]
+    return (*(chr(b) for b in _PRINTABLE_BYTES), *(chr(256 + n) for n in range(len(others))))
+
 
 @lru_cache(maxsize=1)
 def bytes_to_unicode() -> dict[int, str]:
-    """Byte value -> a printable unicode character (printable Latin-1 bytes map to themselves,
-    the others to code points from 256 upward, in byte order)."""
-    keep = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    table: dict[int, str] = {}
-    extra = 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    """Byte value -> its printable symbol; iteration order is OpenAI's (see byte_symbols)."""
+    others = [b for b in range(256) if b not in _PRINTABLE_BYTES]
+    return dict(zip((*_PRINTABLE_BYTES, *others), byte_symbols(), strict=True))
+
+
+def _ftfy_fix() -> Callable[[str], str] | None:
+    try:
+        import ftfy
+    except ImportError:
+        return None
+    fix: Callable[[str], str] = ftfy.fix_text
+    return fix
+
+
+_FTFY_FIX = _ftfy_fix()
+_FTFY_NEUTRAL = frozenset(chr(c) for c in range(0x20, 0x7F) if chr(c) != "&") | set("\t\n\r\x0c")
+_warned_no_ftfy = False
+
+
+def clip_clean(text: str, fix_text: Callable[[str], str] | None = _FTFY_FIX) -> str:
+    """OpenAI's clean-up before BPE: ``ftfy.fix_text`` (when installed), HTML unescape twice,
+    strip, collapse runs of Unicode white space to one space, strip, lower-case.
+
+    Without ``ftfy`` the repair step is skipped; that changes only text with characters outside
+    printable ASCII, ``&`` or control characters (a warning says so once).
+    """
+    global _warned_no_ftfy
+    if fix_text is not None:
+        text = fix_text(text)
+    elif not _warned_no_ftfy and not set(text) <= _FTFY_NEUTRAL:
+        _warned_no_ftfy = True
+        warnings.warn(
+            "ftfy is not installed: CLIP text is not repaired with ftfy.fix_text as OpenAI's "
+            "tokenizer does, so non-ASCII text may get other token ids (pip install ftfy)",
+            stacklevel=2,
+        )
+    text = html.unescape(html.unescape(text)).strip()
+    return _WHITESPACE_RUN.sub(" ", text).strip().lower()
 
 
 def _is_letter(ch: str) -> bool:
@@ -61,32 +118,41 @@ def _is_number(ch: str) -> bool:
     return unicodedata.category(ch).startswith("N")
 
 
+def _is_other(ch: str) -> bool:
+    """In OpenAI's ``[^\\s\\p{L}\\p{N}]`` class."""
+    return not (ch in WHITESPACE or ch in _SKIPPED or _is_letter(ch) or _is_number(ch))
+
+
 def pre_tokenize(text: str) -> list[str]:
-    """Split cleaned text like CLIP's pattern: special tokens | contractions | letters+ |
-    one number character | runs of characters that are neither space, letter nor number."""
+    """Split cleaned text as OpenAI's pattern does (``regex``, case-insensitive):
+    ``SOT|EOT|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``.
+
+    text: cleaned and lower-cased (:func:`clip_clean`); the case-insensitive pattern is only
+    emulated for lower-case text. At each position the first alternative that matches wins; a character no alternative
+    matches (white space) is skipped. Letter and number classes come from Python's Unicode
+    database; they agree with the ``regex`` package on every character assigned there.
+    """
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
         ch = text[i]
-        if ch.isspace():
+        if ch in WHITESPACE or ch in _SKIPPED:
             i += 1
             continue
-        special = next((s for s in (SOT, EOT) if text.startswith(s, i)), None)
-        if special is not None:
-            out.append(special)
-            i += len(special)
-            continue
-        contraction = next((c for c in CONTRACTIONS if text.startswith(c, i)), None)
-        if contraction is not None:
-            out.append(contraction)
-            i += len(contraction)
+        fixed = next(
+            (s for s in (SOT, EOT, *CONTRACTIONS) if text[i : i + len(s)].translate(_FOLD) == s),
+            None,
+        )
+        if fixed is not None:
+            out.append(text[i : i + len(fixed)])
+            i += len(fixed)
             continue
         j = i + 1
         if _is_letter(ch):
             while j < n and _is_letter(text[j]):
                 j += 1
         elif not _is_number(ch):
-            while j < n and not (text[j].isspace() or _is_letter(text[j]) or _is_number(text[j])):
+            while j < n and _is_other(text[j]):
                 j += 1
         out.append(text[i:j])
         i = j
@@ -125,9 +191,9 @@ class BPETokenizer:
     def from_merges(
         cls, merges: Sequence[tuple[str, str]], context_length: int = 77
     ) -> BPETokenizer:
-        """OpenAI's convention: vocab = 256 byte chars, the same with ``</w>``, one token per
-        merge, then SOT and EOT."""
-        base = list(bytes_to_unicode().values())
+        """OpenAI's convention: vocab = the 256 byte symbols in :func:`byte_symbols` order, the
+        same with ``</w>``, one token per merge, then SOT and EOT."""
+        base = byte_symbols()
         vocab = [*base, *(c + END_OF_WORD for c in base), *("".join(m) for m in merges), SOT, EOT]
         return cls(vocab, merges, context_length)
 
@@ -170,6 +236,12 @@ class BPETokenizer:
         ctx = data.get("context_length", 77)
         if not isinstance(vocab, list) or not isinstance(merges, list) or not isinstance(ctx, int):
             raise ValueError("a BPE tokenizer dict needs lists 'vocab', 'merges' and an int")
+        if [str(t) for t in vocab[:256]] == _byte_value_order():
+            raise ValueError(
+                "this BPE vocabulary numbers the 256 byte symbols in byte-value order (as ssrseg's "
+                "native format 1 stored it), not in OpenAI's order, so its token ids are wrong: "
+                "re-convert the original weights with `ssrseg weights convert`"
+            )
         pairs = [(a, b) for a, b in (str(m).split(" ", 1) for m in merges)]
         return cls([str(t) for t in vocab], pairs, ctx)
 
@@ -208,7 +280,7 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` without SOT/EOT."""
         ids: list[int] = []
-        for piece in pre_tokenize(clean_text(text)):
+        for piece in pre_tokenize(clip_clean(text)):
             if piece in (SOT, EOT):
                 ids.append(self.encoder[piece])
                 continue
@@ -237,6 +309,12 @@ class BPETokenizer:
         """texts -> ``B x context_length`` LongTensor (SOT, ids, EOT, zeros)."""
         rows = [self.encode(t) for t in texts]
         return pack_ids(rows, self.context_length, self.sot_token_id, self.eot_token_id, truncate)
+
+
+def _byte_value_order() -> list[str]:
+    """The byte symbols in byte-value order: how native format 1 wrongly numbered them."""
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 def _parse_merges(lines: Sequence[str], path: Path) -> list[tuple[str, str]]:
