@@ -94,3 +94,75 @@ def test_unknown_name_lists_available_names():
         load_clip("clip_vit_l14")
     for name in ("clip_vit_b16.openai", "dino_vit_s16", "toy_clip", "toy_dino"):
         assert name in str(err.value)
+
+
+def _rewrite_metadata(path, **changes: str | None) -> None:
+    """Change a safetensors file's header metadata (None deletes a key), keeping its tensors."""
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    save_file(load_file(str(path)), str(path), metadata=meta)
+
+
+def _tiny_bpe_clip(tmp_path, name: str = "clip.safetensors"):
+    from backbone_fakes import tiny_bpe
+
+    from ssrseg.backbones.bpe import BPETokenizer
+
+    cfg = tiny_clip_config()
+    vocab, merges = tiny_bpe(100)
+    tok = BPETokenizer(vocab, merges, context_length=cfg.text.context_length)
+    extra = {"converted_from": "clip_vit_b16.openai"}
+    return save_native(tmp_path / name, CLIP(cfg), "clip", cfg, tok, extra), tok
+
+
+def test_native_files_carry_format_version_2(tmp_path):
+    path, tok = _tiny_bpe_clip(tmp_path)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["format_version"] == "2"
+    _, loaded = load_clip(str(path))
+    assert loaded(["a cat"]).tolist() == tok(["a cat"]).tolist()
+
+
+def test_format_1_clip_with_bpe_is_refused_with_the_reconvert_command(tmp_path):
+    path, _ = _tiny_bpe_clip(tmp_path)
+    _rewrite_metadata(path, format_version="1")
+    with pytest.raises(WeightsError) as err:
+        load_clip(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "native format 1" in msg and "byte order" in msg
+    assert f"ssrseg weights convert clip_vit_b16.openai {path}" in msg
+    with pytest.raises(WeightsError, match="ssrseg weights convert"):
+        weights.load_clip_model(str(path))  # the model alone is refused as well
+    # without provenance the command names a placeholder for the original weights
+    _rewrite_metadata(path, extra="{}")
+    with pytest.raises(WeightsError, match=f"ssrseg weights convert ORIGINAL_WEIGHTS {path}"):
+        load_clip(str(path))
+
+
+def test_format_1_without_bpe_still_loads(tmp_path):
+    cfg = tiny_clip_config()
+    tok = WordTokenizer([f"w{i}" for i in range(96)], context_length=cfg.text.context_length)
+    clip_path = save_native(tmp_path / "toy.safetensors", CLIP(cfg), "clip", cfg, tok)
+    dcfg = tiny_dino_config()
+    dino_path = save_native(tmp_path / "d.safetensors", VisionTransformer(dcfg), "dino", dcfg)
+    for path in (clip_path, dino_path):
+        _rewrite_metadata(path, format_version="1")
+    _, tok2 = load_clip(str(clip_path))
+    assert isinstance(tok2, WordTokenizer) and tok2.words == tok.words
+    assert load_dino(str(dino_path)).cfg == dcfg
+
+
+@pytest.mark.parametrize("version", [None, "0", "3"])
+def test_missing_or_unknown_version_is_refused(tmp_path, version):
+    path, _ = _tiny_bpe_clip(tmp_path)
+    _rewrite_metadata(path, format_version=version)
+    with pytest.raises(WeightsError, match=r"version .* is not supported.*re-convert") as err:
+        load_clip(str(path))
+    assert f"ssrseg weights convert clip_vit_b16.openai {path}" in str(err.value)

@@ -22,7 +22,12 @@ from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.vit import ViTConfig
 
 FORMAT_NAME = "ssrseg-native"
-FORMAT_VERSION = "1"
+# Version history: "1" stored CLIP BPE vocabularies with the 256 byte symbols numbered in byte
+# order instead of OpenAI's, so every single-character token had a wrong id. "2" stores them in
+# OpenAI's order. Version 1 files with a BPE tokenizer are refused (re-convert); those without
+# one (DINO, toy word tokenizer) are read unchanged.
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")
 KINDS = ("clip", "dino")
 
 
@@ -107,13 +112,12 @@ def is_native(metadata: dict[str, str] | None) -> bool:
 
 
 def native_info(path: Path, metadata: dict[str, str]) -> tuple[str, dict[str, Any], Any, Any]:
-    """Parse a native header: (kind, config dict, tokenizer dict or None, extra dict)."""
+    """Parse a native header: (kind, config dict, tokenizer dict or None, extra dict).
+
+    Refuses versions this code does not read, and version 1 files holding a BPE tokenizer
+    (wrong byte-token ids), naming the file and the command that rewrites it.
+    """
     version = metadata.get("format_version")
-    if version != FORMAT_VERSION:
-        raise WeightsError(
-            f"{path}: native format version {version!r} is not supported "
-            f"(this ssrseg reads version {FORMAT_VERSION})"
-        )
     try:
         kind = metadata["kind"]
         config = json.loads(metadata["config"])
@@ -121,6 +125,21 @@ def native_info(path: Path, metadata: dict[str, str]) -> tuple[str, dict[str, An
         extra = json.loads(metadata.get("extra", "{}"))
     except (KeyError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path}: broken ssrseg metadata ({err})") from err
+    source = extra.get("converted_from") if isinstance(extra, dict) else None
+    redo = f"ssrseg weights convert {source or 'ORIGINAL_WEIGHTS'} {path}"
+    if version not in READABLE_VERSIONS:
+        raise WeightsError(
+            f"{path}: native format version {version!r} is not supported (this ssrseg reads "
+            f"versions {', '.join(READABLE_VERSIONS)}); re-convert the original weights:\n"
+            f"    {redo}"
+        )
+    if version == "1" and isinstance(tokenizer, dict) and tokenizer.get("kind") == "bpe":
+        raise WeightsError(
+            f"{path}: written by an older ssrseg (native format 1) whose CLIP BPE vocabulary "
+            "numbers the single-byte tokens in byte order instead of OpenAI's, so its token ids "
+            "and text embeddings are wrong. Re-convert the original weights (e.g. "
+            f"clip_vit_b16.openai) to rewrite it:\n    {redo}"
+        )
     if kind not in KINDS:
         raise WeightsError(f"{path}: unknown kind {kind!r} in the metadata")
     return kind, config, tokenizer, extra
