@@ -13,6 +13,15 @@ Pure functions: a ``{name: tensor}`` dict in, ``(our state dict, config)`` out. 
 - ``hf_vit``: ``transformers`` ViTModel (DINO on the hub, ``facebook/dino-vits16``), both the
   classic names (``encoder.layer.N.attention.attention.query``) and transformers 5's
   (``layers.N.attention.q_proj``).
+- ``hf_dinov2``: ``transformers`` Dinov2Model / Dinov2WithRegistersModel
+  (``facebook/dinov2-small``, ``facebook/dinov2-with-registers-small``...): ``layer_scale1``,
+  ``embeddings.register_tokens``, both attention namings.
+
+DINOv2 in the ``timm`` layout: the official ``*_pretrain.pth`` files (``blocks.N.ls1.gamma``,
+``register_tokens``, ``mask_token``) and timm's ``vit_*_patch14_dinov2`` /
+``vit_*_patch14_reg4_dinov2`` (``reg_token``; timm folds the class position into ``cls_token``
+and stores only the patch positions, which converts back exactly with a zero class position).
+``mask_token`` (used only by DINOv2's masked training) is read and dropped.
 
 Shapes (widths, depths, patch, grid, context, vocabulary) are read from the tensors, so tiny
 test models and the real ones take the same path. Head counts cannot be read from weights: they
@@ -34,7 +43,7 @@ from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.native import WeightsError
 from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
 
-LAYOUTS = ("openai", "hf_clip", "timm", "hf_vit")
+LAYOUTS = ("openai", "hf_clip", "timm", "hf_vit", "hf_dinov2")
 CLIP_MEAN_STD = (ViTConfig().mean, ViTConfig().std)
 IMAGENET_MEAN_STD = (dino_vit_s16_config().mean, dino_vit_s16_config().std)
 
@@ -64,12 +73,15 @@ def detect_layout(sd: dict[str, Tensor]) -> str:
         return "hf_clip"
     if "patch_embed.proj.weight" in keys:
         return "timm"
-    if {"embeddings.patch_embeddings.projection.weight"} & {re.sub(r"^vit\.", "", k) for k in keys}:
-        return "hf_vit"
+    bare = {re.sub(r"^(vit|dinov2)\.", "", k) for k in keys}
+    if "embeddings.patch_embeddings.projection.weight" in bare:
+        # DINOv2 is the ViT with LayerScale
+        return "hf_dinov2" if any(".layer_scale1." in k for k in bare) else "hf_vit"
     sample = sorted(keys)[:6]
     raise WeightsError(
         f"unknown weight layout (first keys {sample}); supported: OpenAI / open_clip CLIP, "
-        "transformers CLIPModel / ViTModel, timm ViT, official DINO, ssrseg native"
+        "transformers CLIPModel / ViTModel / Dinov2Model, timm ViT, official DINO / DINOv2, "
+        "ssrseg native"
     )
 
 
@@ -219,6 +231,48 @@ def _hf_vit_block(r: _Reader, base: str, classic: bool) -> BlockMap:
     return one
 
 
+def _hf_dinov2_block(r: _Reader, base: str, classic: bool) -> BlockMap:
+    def one(i: int) -> dict[str, Tensor]:
+        p = f"{base}{i}."
+        if classic:
+            q, k, v = (p + f"attention.attention.{x}" for x in ("query", "key", "value"))
+            o = p + "attention.output.dense"
+        else:
+            q, k, v = (p + f"attention.{x}_proj" for x in "qkv")
+            o = p + "attention.o_proj"
+        out = {
+            "attn.qkv.weight": torch.cat([r(x + ".weight") for x in (q, k, v)]),
+            "attn.qkv.bias": torch.cat([r(x + ".bias") for x in (q, k, v)]),
+            "attn.proj.weight": r(o + ".weight"),
+            "attn.proj.bias": r(o + ".bias"),
+            "ls1.gamma": r(p + "layer_scale1.lambda1"),
+            "ls2.gamma": r(p + "layer_scale2.lambda1"),
+        }
+        for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+            out[name + ".weight"] = r(f"{p}{name}.weight")
+            out[name + ".bias"] = r(f"{p}{name}.bias")
+        return out
+
+    return one
+
+
+def _layer_scales(r: _Reader, n: int) -> dict[str, Tensor]:
+    """DINOv2's LayerScale gammas in the official / timm names (``blocks.N.ls1.gamma``)."""
+    return {
+        f"blocks.{i}.{ls}.gamma": r(f"blocks.{i}.{ls}.gamma")
+        for i in range(n)
+        for ls in ("ls1", "ls2")
+    }
+
+
+def _refuse_swiglu(keys: Any, hf: dict[str, Any], source: str) -> None:
+    """DINOv2 ViT-g/14 uses a SwiGLU MLP, which this ViT does not implement."""
+    if hf.get("use_swiglu_ffn") or any(".mlp.w12." in k or ".weights_in." in k for k in keys):
+        raise WeightsError(
+            f"{source}: SwiGLU MLP (DINOv2 ViT-g/14) is not supported; use ViT-S/B/L"
+        )
+
+
 def _vision_config(
     sd: dict[str, Tensor], heads: int | None, clip_style: bool, hf: dict[str, Any]
 ) -> ViTConfig:
@@ -229,6 +283,7 @@ def _vision_config(
     layers = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     mean, std = CLIP_MEAN_STD if clip_style else IMAGENET_MEAN_STD
     proj = sd.get("proj")
+    registers = sd["register_tokens"].shape[0] if "register_tokens" in sd else 0
     return ViTConfig(
         image_size=grid * patch,
         patch_size=patch,
@@ -243,6 +298,10 @@ def _vision_config(
         output_dim=None if proj is None else proj.shape[1],
         mean=mean,
         std=std,
+        layer_scale="blocks.0.ls1.gamma" in sd,
+        num_registers=registers,
+        # DINOv2's reference and transformers antialias the resize for the register models only
+        pos_antialias=registers > 0,
     )
 
 
@@ -252,23 +311,34 @@ def convert_vit(
     heads: int | None = None,
     hf_config: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Tensor], ViTConfig]:
-    """A stand-alone ViT (timm CLIP tower, timm / official DINO, transformers ViTModel) ->
-    (state dict for :class:`VisionTransformer`, its config)."""
+    """A stand-alone ViT (timm CLIP tower, timm / official DINO and DINOv2, transformers
+    ViTModel / Dinov2Model) -> (state dict for :class:`VisionTransformer`, its config)."""
     sd = _strip_prefix(sd)
     layout = detect_layout(sd)
     hf = hf_config or {}
-    if layout == "hf_vit":
-        sd = {re.sub(r"^vit\.", "", k): v for k, v in sd.items()}
+    _refuse_swiglu(sd, hf, source)
+    if layout in ("hf_vit", "hf_dinov2"):
+        sd = {re.sub(r"^(vit|dinov2)\.", "", k): v for k, v in sd.items()}
     r = _Reader(sd, source)
     out: dict[str, Tensor]
     if layout == "timm":
+        pos = r("pos_embed").flatten(0, -2)
+        if math.isqrt(pos.shape[0]) ** 2 == pos.shape[0]:
+            # timm's no_embed_class (DINOv2 with registers): the class position is already
+            # added to cls_token, so a zero class position reproduces it exactly
+            pos = torch.cat([pos.new_zeros(1, pos.shape[1]), pos])
         out = {
             "patch_embed.weight": r("patch_embed.proj.weight"),
             "cls_token": r("cls_token").reshape(-1),
-            "pos_embed": r("pos_embed").flatten(0, -2),
+            "pos_embed": pos,
             "norm.weight": r("norm.weight"),
             "norm.bias": r("norm.bias"),
         }
+        for reg in ("register_tokens", "reg_token"):  # official / timm name
+            if r.has(reg):
+                out["register_tokens"] = r(reg).flatten(0, -2)
+        if r.has("mask_token"):
+            r("mask_token")  # DINOv2's masked-training token: not part of inference
         if r.has("patch_embed.proj.bias"):
             out["patch_embed.bias"] = r("patch_embed.proj.bias")
         if r.has("norm_pre.weight"):
@@ -279,6 +349,8 @@ def convert_vit(
                 raise WeightsError(f"{source}: a non-zero head.bias has no place in CLIP's proj")
         n = r.count(r"^blocks\.(\d+)\.")
         out.update(_blocks("blocks.", n, _same_block(r, "blocks.")))
+        if r.has("blocks.0.ls1.gamma"):
+            out.update(_layer_scales(r, n))
         clip_style = "ln_pre.weight" in out
     elif layout == "hf_vit":
         classic = r.has("encoder.layer.0.layernorm_before.weight")
@@ -293,6 +365,24 @@ def convert_vit(
         }
         n = r.count("^" + re.escape(base) + r"(\d+)\.")
         out.update(_blocks("blocks.", n, _hf_vit_block(r, base, classic)))
+        clip_style = False
+    elif layout == "hf_dinov2":
+        base = "encoder.layer." if r.has("encoder.layer.0.norm1.weight") else "layers."
+        classic = r.has(base + "0.attention.attention.query.weight")
+        out = {
+            "patch_embed.weight": r("embeddings.patch_embeddings.projection.weight"),
+            "patch_embed.bias": r("embeddings.patch_embeddings.projection.bias"),
+            "cls_token": r("embeddings.cls_token").reshape(-1),
+            "pos_embed": r("embeddings.position_embeddings").flatten(0, -2),
+            "norm.weight": r("layernorm.weight"),
+            "norm.bias": r("layernorm.bias"),
+        }
+        if r.has("embeddings.register_tokens"):
+            out["register_tokens"] = r("embeddings.register_tokens").flatten(0, -2)
+        if r.has("embeddings.mask_token"):
+            r("embeddings.mask_token")  # masked-training token: not part of inference
+        n = r.count("^" + re.escape(base) + r"(\d+)\.")
+        out.update(_blocks("blocks.", n, _hf_dinov2_block(r, base, classic)))
         clip_style = False
     else:
         raise WeightsError(

@@ -1,4 +1,4 @@
-"""One Vision Transformer for CLIP's image tower and for DINO.
+"""One Vision Transformer for CLIP's image tower, DINO and DINOv2.
 
 The method needs more than a classifier's forward: every layer's patch tokens (decoder input),
 head-averaged attention matrices (affinity), and a way to run the last block on its own with
@@ -37,25 +37,38 @@ class ViTConfig:
     output_dim: int | None = 512  # CLIP's projection width; None for DINO
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    # DINOv2 (ssrseg.backbones.dinov2); the defaults leave CLIP and DINO v1 unchanged.
+    layer_scale: bool = False  # learned per-channel scale on both residual branches (ls1, ls2)
+    num_registers: int = 0  # register tokens, inserted between CLS and the patches
+    pos_antialias: bool = False  # antialiased bicubic position resize (DINOv2 with registers)
 
     @property
     def pretrained_grid(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the patches: CLS and the registers."""
+        return 1 + self.num_registers
 
 
 @dataclass
 class ViTOutput:
     """What one forward pass yields.
 
-    tokens: per block, its output, ``B x (1+N) x D`` (index 0 is block 1; CLS first).
+    tokens: per block, its output, ``B x (P+N) x D`` (index 0 is block 1; CLS first, then the
+        registers: P = 1 + registers, 1 for CLIP and DINO v1).
     attentions: block index (0-based) -> head-averaged softmax attention restricted to
-        patch-to-patch pairs (CLS row and column dropped), ``B x N x N``, float32.
+        patch-to-patch pairs (CLS and register rows and columns dropped), ``B x N x N``,
+        float32.
     grid: (h, w) patch grid, N = h * w.
+    prefix: P, the number of tokens before the patches.
     """
 
     tokens: list[Tensor]
     attentions: dict[int, Tensor] = field(default_factory=dict)
     grid: tuple[int, int] = (0, 0)
+    prefix: int = 1
 
     @property
     def last(self) -> Tensor:
@@ -117,8 +130,21 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """DINOv2's LayerScale: a residual branch times a learned per-channel ``gamma``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma.to(x.dtype)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + ls1(attn(norm1(x))); x + ls2(mlp(norm2(x))).
+
+    ``ls1`` / ``ls2`` are LayerScale for DINOv2 (``cfg.layer_scale``), identities otherwise."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -126,6 +152,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg.width, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.mlp = MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.act)
+        self.ls1: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
+        self.ls2: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
 
     def forward(
         self, x: Tensor, need_attn: bool = False, causal: bool = False
@@ -137,15 +165,19 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Finish the block given ``h = norm1(x)``; Grad-CAM differentiates w.r.t. ``h``."""
         a, attn = self.attn(h, need_attn, causal)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.ls1(a)
+        x = x + self.ls2(self.mlp(self.norm2(x)))
         return x, attn
 
 
-def interpolate_pos_embed(pos: Tensor, grid: tuple[int, int], src_grid: int) -> Tensor:
-    """Resize a position embedding table to a new patch grid (bicubic).
+def interpolate_pos_embed(
+    pos: Tensor, grid: tuple[int, int], src_grid: int, antialias: bool = False
+) -> Tensor:
+    """Resize a position embedding table to a new patch grid (bicubic, in float32).
 
     pos: ``(1 + S*S) x D`` with the class position first; returns ``(1 + h*w) x D``.
+    antialias: torch's antialiased bicubic (DINOv2 with registers, as its reference and
+        transformers do); note it uses a different cubic kernel even when upsampling.
     """
     h, w = grid
     if (h, w) == (src_grid, src_grid):
@@ -153,13 +185,16 @@ def interpolate_pos_embed(pos: Tensor, grid: tuple[int, int], src_grid: int) -> 
     cls_pos, patch_pos = pos[:1], pos[1:]
     d = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, src_grid, src_grid, d).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False)
+    patch_pos = F.interpolate(
+        patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=antialias
+    )
     patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(h * w, d)
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
 class VisionTransformer(nn.Module):
-    """ViT with a class token; CLIP's image tower or DINO depending on :class:`ViTConfig`."""
+    """ViT with a class token; CLIP's image tower, DINO or DINOv2 (LayerScale, registers)
+    depending on :class:`ViTConfig`."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -168,6 +203,10 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_size, bias=cfg.patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(d))
         self.pos_embed = nn.Parameter(torch.zeros(1 + cfg.pretrained_grid**2, d))
+        # DINOv2's registers: learned tokens without a position, placed after CLS
+        self.register_tokens: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(cfg.num_registers, d)) if cfg.num_registers else None
+        )
         self.ln_pre: nn.Module = nn.LayerNorm(d, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
         self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
@@ -181,6 +220,8 @@ class VisionTransformer(nn.Module):
         std = self.cfg.width**-0.5
         nn.init.normal_(self.cls_token, std=std)
         nn.init.normal_(self.pos_embed, std=0.01)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=std)
         if self.proj is not None:
             nn.init.normal_(self.proj, std=std)
 
@@ -194,13 +235,20 @@ class VisionTransformer(nn.Module):
         return height // p, width // p
 
     def embed(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """images: ``B x 3 x H x W`` (normalised) -> tokens ``B x (1+N) x D`` and the grid."""
+        """images: ``B x 3 x H x W`` (normalised) -> tokens ``B x (P+N) x D`` and the grid
+        (P = 1 + registers: CLS, the registers, then the patches)."""
         grid = self.grid_for(images.shape[-2], images.shape[-1])
         x = self.patch_embed(images.to(self.patch_embed.weight.dtype))
         x = x.flatten(2).transpose(1, 2)  # B x N x D
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + interpolate_pos_embed(self.pos_embed, grid, self.cfg.pretrained_grid).to(x.dtype)
+        pos = interpolate_pos_embed(
+            self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias
+        )
+        x = x + pos.to(x.dtype)
+        if self.register_tokens is not None:
+            reg = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], reg, x[:, 1:]], dim=1)
         return self.ln_pre(x), grid
 
     def forward_intermediates(
@@ -218,12 +266,13 @@ class VisionTransformer(nn.Module):
         n = self.cfg.layers if n_blocks is None else n_blocks
         wanted = {i % self.cfg.layers for i in attn_layers}
         x, grid = self.embed(images)
-        out = ViTOutput(tokens=[], grid=grid)
+        p = self.cfg.num_prefix
+        out = ViTOutput(tokens=[], grid=grid, prefix=p)
         for i, block in enumerate(self.blocks[:n]):
             x, attn = block(x, need_attn=i in wanted)
             out.tokens.append(x)
             if attn is not None:
-                out.attentions[i] = attn[:, 1:, 1:]
+                out.attentions[i] = attn[:, p:, p:]
         return out
 
     def head(self, tokens: Tensor) -> Tensor:
@@ -233,7 +282,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """Patch embeddings ``proj(norm(patch tokens))``: ``B x N x E``."""
-        return self.head(self.forward_intermediates(images).last[:, 1:])
+        return self.head(self.forward_intermediates(images).last[:, self.cfg.num_prefix :])
 
     def normalize(self, images01: Tensor) -> Tensor:
         """``B x 3 x H x W`` in [0, 1] -> normalised with this backbone's mean/std."""

@@ -2,8 +2,9 @@
 
 A *spec* is one of:
 
-- a registry name (:data:`REGISTRY`): ``clip_vit_b16.openai``, ``dino_vit_s16``, ``toy_clip``,
-  ``toy_dino``;
+- a registry name (:data:`REGISTRY`): ``clip_vit_b16.openai``, ``dino_vit_s16``, the DINOv2
+  backbones ``dinov2_vits14`` / ``dinov2_vitb14`` / ``dinov2_vitl14`` (``_reg``: with 4
+  registers), ``toy_clip``, ``toy_dino``;
 - a local file (safetensors, ``.pt``/``.pth``/``.bin`` state dicts, OpenAI's TorchScript archive)
   or a folder holding one (e.g. a transformers model folder with ``config.json``);
 - a Hugging Face hub id (``openai/clip-vit-base-patch16``, optionally ``hf-hub:`` prefixed).
@@ -86,6 +87,30 @@ class Pretrained:
     how_to_make: str = ""  # for package files that a command creates
 
 
+DINOV2_URL = "https://dl.fbaipublicfiles.com/dinov2"
+
+
+def _dinov2_entry(size: str, registers: bool) -> Pretrained:
+    """Registry entry of an official DINOv2 backbone checkpoint (Meta publishes no hashes)."""
+    base = f"dinov2_vit{size}14"
+    file_stem = base + ("_reg4" if registers else "")
+    word = {"s": "small", "b": "base", "l": "large"}[size]
+    hub = f"facebook/dinov2-{'with-registers-' if registers else ''}{word}"
+    return Pretrained(
+        name=base + ("_reg" if registers else ""),
+        kind="dino",
+        description=f"DINOv2 ViT-{size.upper()}/14"
+        + (" with 4 registers" if registers else "")
+        + " backbone (official checkpoint)",
+        asset=Asset(
+            filename=f"{file_stem}_pretrain.pth",
+            url=f"{DINOV2_URL}/{base}/{file_stem}_pretrain.pth",
+            where="Meta (github.com/facebookresearch/dinov2, dinov2/hub/backbones.py); the "
+            f"Hugging Face hub id {hub} (transformers layout) loads the same weights",
+        ),
+    )
+
+
 OPENAI_BPE = Asset(
     filename="bpe_simple_vocab_16e6.txt.gz",
     url="https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz",
@@ -121,6 +146,7 @@ REGISTRY: dict[str, Pretrained] = {
                 where="Meta (github.com/facebookresearch/dino, 'ViT-S/16 backbone only')",
             ),
         ),
+        *(_dinov2_entry(size, reg) for size in ("s", "b", "l") for reg in (False, True)),
         Pretrained(
             name="toy_clip",
             kind="clip",
@@ -570,7 +596,8 @@ def load_dino(
     *,
     heads: int | None = None,
 ) -> VisionTransformer:
-    """Load a frozen DINO-style ViT (native, official DINO ``.pth``, timm, transformers ViT)."""
+    """Load a frozen DINO-style ViT: DINO v1 or DINOv2 (native, official ``.pth``, timm,
+    transformers ViTModel / Dinov2Model / Dinov2WithRegistersModel)."""
     path, entry = resolve(spec)
     if entry is not None and entry.kind != "dino":
         raise WeightsError(f"{spec} is a {entry.kind} backbone, not DINO")
