@@ -409,7 +409,7 @@ def load_config(
         values = _read_yaml(Path(path))
     if overrides:
         values = _deep_update(values, parse_overrides(overrides))
-    return _build(SSRConfig, values)
+    return validate_config(_build(SSRConfig, values))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -441,8 +441,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any]) -> SSRConfig:
-    """Inverse of :func:`config_to_dict` (strict: unknown keys are an error)."""
-    return _build(SSRConfig, values)
+    """Inverse of :func:`config_to_dict` (strict: unknown keys and invalid values are an
+    error)."""
+    return validate_config(_build(SSRConfig, values))
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -465,3 +466,225 @@ def save_config(cfg: SSRConfig, out_dir: str | os.PathLike[str], name: str = "co
     path = Path(out_dir) / name
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Valid values. Every field that is not a plain bool has a rule in FIELD_RULES (a test checks
+# this), so a new field gets one line here. Rules are checked when a config is built
+# (load_config, config_from_dict); None passes for fields whose type allows None.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Allowed values of one field: ``ok(value)`` decides, ``allowed`` says it in words."""
+
+    ok: typing.Callable[[Any], bool]
+    allowed: str
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def at_least(lo: float) -> Rule:
+    """``value >= lo`` (NaN fails: comparisons with NaN are false)."""
+    return Rule(lambda v: _number(v) and v >= lo, f">= {lo:g}")
+
+
+def above(lo: float) -> Rule:
+    """``value > lo`` and finite."""
+    return Rule(lambda v: _number(v) and lo < v < float("inf"), f"> {lo:g}")
+
+
+def between(lo: float, hi: float, hi_open: bool = False) -> Rule:
+    """``lo <= value <= hi`` (``< hi`` with ``hi_open``)."""
+    if hi_open:
+        return Rule(lambda v: _number(v) and lo <= v < hi, f"in [{lo:g}, {hi:g})")
+    return Rule(lambda v: _number(v) and lo <= v <= hi, f"in [{lo:g}, {hi:g}]")
+
+
+def one_of(*choices: str, fold_case: bool = False) -> Rule:
+    """One of ``choices`` (case-insensitively with ``fold_case``)."""
+
+    def ok(v: Any) -> bool:
+        return isinstance(v, str) and (v.lower() if fold_case else v) in choices
+
+    return Rule(ok, "one of " + " | ".join(choices))
+
+
+def each(rule: Rule) -> Rule:
+    """A non-empty list whose every item passes ``rule``."""
+    return Rule(
+        lambda v: isinstance(v, tuple | list) and len(v) > 0 and all(rule.ok(x) for x in v),
+        f"a non-empty list of values each {rule.allowed}",
+    )
+
+
+NON_EMPTY = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+ANY_TEXT = Rule(lambda v: isinstance(v, str), "a string")
+PROBABILITY = between(0.0, 1.0)
+
+FIELD_RULES: dict[str, Rule] = {
+    "backbone.clip": NON_EMPTY,
+    "backbone.dino": NON_EMPTY,
+    "prompts.dataset": NON_EMPTY,
+    "prompts.template": Rule(
+        lambda v: isinstance(v, str) and v.count("{}") == 1,
+        "text with exactly one {} (where the class name goes)",
+    ),
+    "prompts.background_words": each(NON_EMPTY),
+    "cam.logit_scale": above(0.0),
+    "cam.minmax_passes": at_least(1),
+    "cam.input_resize": one_of("pil_bicubic", "torch_bilinear"),
+    "affinity.clip_layers": at_least(1),
+    "affinity.dino_layers": at_least(1),
+    "affinity.clip_weight": at_least(0.0),
+    "affinity.dino_weight": at_least(0.0),
+    "affinity.sinkhorn_rounds": at_least(0),
+    "affinity.mask": one_of("sgc", "box", "none"),
+    "affinity.box_threshold": PROBABILITY,
+    "affinity.mask_target": one_of("transition", "affinity"),
+    "sgc.n_segments": at_least(1),
+    "sgc.compactness": above(0.0),
+    "sgc.n_clusters": at_least(1),
+    "sgc.colour_space": one_of("lab", "rgb"),
+    "sgc.tau_hi": PROBABILITY,
+    "sgc.theta": PROBABILITY,
+    "sgc.patch_majority": PROBABILITY,
+    "sgc.kmeans_iters": at_least(1),
+    "sgc.seed": at_least(0),
+    "par.dilations": each(at_least(1)),
+    "par.iterations": at_least(0),
+    "par.colour_temperature": above(0.0),
+    "par.position_weight": at_least(0.0),
+    "pseudo.background_power": above(0.0),
+    "pseudo.ignore_low": PROBABILITY,
+    "pseudo.ignore_high": PROBABILITY,
+    "pseudo.cam_size": at_least(1),
+    "pseudo.output_resize": one_of("direct", "two_step"),
+    "pseudo.par_downscale": at_least(1),
+    "crf.iterations": at_least(1),
+    "crf.gaussian_sxy": above(0.0),
+    "crf.gaussian_compat": at_least(0.0),
+    "crf.bilateral_sxy": above(0.0),
+    "crf.bilateral_srgb": above(0.0),
+    "crf.bilateral_compat": at_least(0.0),
+    "cmpa.in_dim": at_least(1),
+    "cmpa.out_dim": at_least(1),
+    "cmpa.hidden_dim": at_least(1),
+    "cmpa.num_layers": at_least(1),
+    "cmpa.tau_init": above(0.0),
+    "cmpa.tau_min": above(0.0),
+    "cmpa.prototypes": one_of("class_mean", "kmeans"),
+    "cmpa.refresh_every": at_least(1),
+    "cmpa.kmeans_iters": at_least(1),
+    "cmpa.kmeans_max_features": at_least(1),
+    "cmpa.start_iter": at_least(0),
+    "cmpa.projected_cam_from": at_least(0),
+    "decoder.embed_dim": at_least(1),
+    "decoder.num_layers": at_least(1),
+    "decoder.num_heads": at_least(1),
+    "decoder.dropout": between(0.0, 1.0, hi_open=True),
+    "decoder.use_layers": at_least(1),
+    "decoder.ffn_ratio": above(0.0),
+    "decoder.activation": one_of("quick_gelu", "gelu"),
+    "loss.w_proto": at_least(0.0),
+    "loss.w_seg": at_least(0.0),
+    "loss.w_aff": at_least(0.0),
+    "loss.aff_radius": at_least(1),
+    "data.dataset": one_of("voc", "coco", "folder", "toy"),
+    "data.root": NON_EMPTY,
+    "data.train_split": NON_EMPTY,
+    "data.val_split": ANY_TEXT,  # empty: no validation split
+    "data.tag_file": NON_EMPTY,
+    "data.crop_size": at_least(1),
+    "data.scale_range": Rule(
+        lambda v: (
+            isinstance(v, tuple | list)
+            and len(v) == 2
+            and all(above(0.0).ok(x) for x in v)
+            and v[0] <= v[1]
+        ),
+        "two numbers 0 < low <= high",
+    ),
+    "data.num_workers": at_least(0),
+    "data.superpixels": one_of("image", "crop"),
+    "data.clip_normalisation": one_of("imagenet", "clip"),
+    "data.scale_rounding": one_of("floor", "round"),
+    "train.iterations": at_least(1),
+    "train.batch_size": at_least(1),
+    "train.lr": above(0.0),
+    "train.decoder_lr_mult": above(0.0),
+    "train.weight_decay": at_least(0.0),
+    "train.warmup_iters": at_least(0),
+    "train.warmup_ratio": PROBABILITY,
+    "train.poly_power": at_least(0.0),
+    "train.seed": at_least(0),
+    # YAML reads a bare ``off`` as false, which becomes the string "False"
+    "train.amp": one_of("auto", "bf16", "fp16", "off", "false", "no", fold_case=True),
+    "train.val_every": at_least(0),  # 0: no periodic validation
+    "train.val_images": at_least(1),
+    "train.ckpt_every": at_least(1),
+    "train.log_every": at_least(1),
+    "train.output_dir": NON_EMPTY,
+    "train.keep_last": at_least(0),  # 0: keep every checkpoint
+    "train.supervision": one_of("pseudo", "gt"),
+    "infer.scales": each(above(0.0)),
+    "infer.long_side": at_least(0),  # 0: keep the image size
+    "infer.batch_size": at_least(1),
+    "infer.pad_mode": one_of("replicate", "zeros"),
+}
+
+# Rules over several fields: (keys named in the message, test, what is allowed).
+CROSS_RULES: tuple[tuple[tuple[str, ...], typing.Callable[[SSRConfig], bool], str], ...] = (
+    (
+        ("pseudo.ignore_low", "pseudo.ignore_high"),
+        lambda c: (
+            c.pseudo.ignore_low is None
+            or c.pseudo.ignore_high is None
+            or c.pseudo.ignore_low <= c.pseudo.ignore_high
+        ),
+        "allowed: ignore_low <= ignore_high",
+    ),
+    (
+        ("cmpa.tau_min", "cmpa.tau_init"),
+        lambda c: c.cmpa.tau_min <= c.cmpa.tau_init,
+        "allowed: tau_min <= tau_init",
+    ),
+    (
+        ("decoder.embed_dim", "decoder.num_heads"),
+        lambda c: c.decoder.embed_dim % c.decoder.num_heads == 0,
+        "allowed: embed_dim a multiple of num_heads",
+    ),
+)
+
+
+def _lookup(cfg: Any, key: str) -> Any:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate_config(cfg: SSRConfig) -> SSRConfig:
+    """Check every field against :data:`FIELD_RULES` and :data:`CROSS_RULES`; returns ``cfg``.
+
+    Raises :class:`ConfigError` naming the key, the value and what is allowed.
+    """
+    for key, rule in FIELD_RULES.items():
+        section, name = key.split(".")
+        if not hasattr(getattr(cfg, section, None), name):
+            continue  # a rule for a field this version lacks (the rules test reports it)
+        value = _lookup(cfg, key)
+        if value is None:
+            hint = _field_types(type(getattr(cfg, section)))[name]
+            if type(None) in typing.get_args(hint):
+                continue
+        if not rule.ok(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{key}: {shown!r} is not allowed (allowed: {rule.allowed})")
+    for keys, test, allowed in CROSS_RULES:
+        if not test(cfg):
+            values = ", ".join(f"{k}={_lookup(cfg, k)!r}" for k in keys)
+            raise ConfigError(f"{values} is not allowed ({allowed})")
+    return cfg

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ssrseg.commands.common import non_negative_int, positive_float
 from ssrseg.data import DATASETS, BadInputError, SegDataset, SkipLog, build_dataset
 
 
@@ -231,9 +232,13 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
         help="score without / with dense CRF / both from one forward (auto: both when "
         "pydensecrf2 is installed, else off)",
     )
-    g.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.75)")
+    g.add_argument(
+        "--scales", type=positive_float, nargs="+", help="inference scales (default 1.0 0.75)"
+    )
     g.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
-    g.add_argument("--long-side", type=int, help="resize the long side first (0: keep size)")
+    g.add_argument(
+        "--long-side", type=non_negative_int, help="resize the long side first (0: keep size)"
+    )
     g.add_argument("--device", default="auto", help="cpu, cuda, ... (default: auto)")
     g.add_argument("--save-pred", default=None, help="also write the predicted PNGs here")
     g.add_argument(

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ssrseg.commands.common import non_negative_int, positive_float, positive_int
+
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
 
@@ -61,10 +63,16 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default=None,
         help="dense CRF post-processing (default: the checkpoint's infer.crf)",
     )
-    p.add_argument("--scales", type=float, nargs="+", help="inference scales (default 1.0 0.75)")
+    p.add_argument(
+        "--scales", type=positive_float, nargs="+", help="inference scales (default 1.0 0.75)"
+    )
     p.add_argument("--no-flip", action="store_true", help="no horizontal-flip averaging")
-    p.add_argument("--long-side", type=int, help="resize the long side first (0: keep size)")
-    p.add_argument("--batch-size", type=int, help="images per forward (same-size images only)")
+    p.add_argument(
+        "--long-side", type=non_negative_int, help="resize the long side first (0: keep size)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, help="images per forward (same-size images only)"
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument(

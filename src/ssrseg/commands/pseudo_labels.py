@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ssrseg.commands.common import non_negative_int, positive_int
+
 if TYPE_CHECKING:
     import torch
 
@@ -38,19 +40,21 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="dataset split (default: data.train_split)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--eval", action="store_true", help="print metrics against the GT masks")
-    p.add_argument("--overlays", type=int, default=0, metavar="N", help="figures for N images")
+    p.add_argument(
+        "--overlays", type=non_negative_int, default=0, metavar="N", help="figures for N images"
+    )
     p.add_argument(
         "--checkpoint",
         help="training checkpoint whose CMPA heads give projected-space CAMs (cam.projected)",
     )
     p.add_argument(
         "--long-side",
-        type=int,
+        type=non_negative_int,
         default=1024,
         help="shrink images whose long side exceeds this first (0: never; default 1024; VOC and "
         "COCO images are smaller, so they run at their own size)",
     )
-    p.add_argument("--limit", type=int, help="only the first N images of the split")
+    p.add_argument("--limit", type=positive_int, help="only the first N images of the split")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     p.add_argument(

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ssrseg.commands.common import positive_float, positive_int
+
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
 TRAINERS: dict[str, tuple[str, float, int]] = {
@@ -61,10 +63,10 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="train | val | debiased (held-out, no "
         "context or pair bias) | any name (default: train)",
     )
-    p.add_argument("--n", type=_positive_int, default=1000, help="number of scenes (default: 1000)")
+    p.add_argument("--n", type=positive_int, default=1000, help="number of scenes (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p.add_argument(
-        "--image-size", type=_positive_int, default=128, help="side in pixels (default: 128)"
+        "--image-size", type=positive_int, default=128, help="side in pixels (default: 128)"
     )
 
     for kind, (what, minutes, batch) in TRAINERS.items():
@@ -90,24 +92,10 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--weights", default="toy_clip", help="registry name or file (default: toy_clip)"
     )
     p.add_argument("--split", default="debiased")
-    p.add_argument("--n", type=_positive_int, default=500)
+    p.add_argument("--n", type=positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     parser.set_defaults(_toy_parser=parser)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int) -> None:
@@ -122,26 +110,24 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="number of steps (default: as many as --minutes allow)",
     )
     p.add_argument(
         "--minutes",
-        type=_positive_float,
+        type=positive_float,
         default=minutes,
         help=f"wall-clock budget in minutes (default: {minutes:g})",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=batch)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--batch-size", type=positive_int, default=batch)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument(
-        "--threads", type=_positive_int, default=1, help="torch CPU threads (default: 1)"
+        "--workers", type=positive_int, default=1, help="processes rendering scenes (default: 1)"
     )
-    p.add_argument(
-        "--workers", type=_positive_int, default=1, help="processes rendering scenes (default: 1)"
-    )
-    p.add_argument("--width", type=_positive_int, default=128)
-    p.add_argument("--layers", type=_positive_int, default=4)
+    p.add_argument("--width", type=positive_int, default=128)
+    p.add_argument("--layers", type=positive_int, default=4)
     if kind == "clip":
         p.add_argument(
             "--init",
@@ -150,7 +136,7 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
         )
     p.add_argument(
         "--eval-images",
-        type=_positive_int,
+        type=positive_int,
         default=500,
         help="held-out scenes scored at the end (default: 500)",
     )

@@ -12,6 +12,8 @@ import argparse
 import sys
 from typing import Any
 
+from ssrseg.commands.common import positive_int
+
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
     "(which uses the run's own config)."
@@ -30,7 +32,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--resume", help="run folder or checkpoint folder to continue from")
     p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--output-dir", help="run folder (default: train.output_dir)")
-    p.add_argument("--max-steps", type=int, help="stop after this step (schedule unchanged)")
+    p.add_argument(
+        "--max-steps", type=positive_int, help="stop after this step (schedule unchanged)"
+    )
     return p
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ssrseg.commands.common import positive_int
+
 DESCRIPTION = """\
 Backbone weights.
 
@@ -18,6 +20,7 @@ Backbone weights.
 Cache: $SSRSEG_CACHE, else $XDG_CACHE_HOME/ssrseg, else ~/.cache/ssrseg.
 Offline (HF_HUB_OFFLINE=1 or no network), a missing file fails at once with the URL to get it
 from and the path to put it at.
+from ssrseg.commands.common import positive_int
 """
 
 
@@ -46,8 +49,10 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default="auto",
         help="what SRC holds (auto: registry kind, else CLIP when a text tower is present)",
     )
-    conv.add_argument("--heads", type=int, default=None, help="image-tower heads override")
-    conv.add_argument("--text-heads", type=int, default=None, help="text-tower heads override")
+    conv.add_argument("--heads", type=positive_int, default=None, help="image-tower heads override")
+    conv.add_argument(
+        "--text-heads", type=positive_int, default=None, help="text-tower heads override"
+    )
     conv.add_argument(
         "--trust-torchscript",
         action="store_true",
