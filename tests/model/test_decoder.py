@@ -3,12 +3,10 @@ equality with a functional re-implementation of WeCLIP's decoder (eval and train
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from weclip_reference import weclip_decoder
 
 from ssrseg.config import load_config
 from ssrseg.model.decoder import SegDecoder, channel_dropout, decoder_layers, quick_gelu
@@ -74,71 +72,6 @@ def test_channel_dropout_drops_whole_channels_per_sample() -> None:
     assert channel_dropout(x, 0.5, training=False) is x
 
 
-# ----------------------------------------------------------------------------------------------
-# WeCLIP's decoder written out as its code is structured (our own code): per-layer MLPs on
-# N x C x h x w maps, concatenation, 1x1 conv fusion, Dropout2d, a sequence-first (L x N x D)
-# pre-norm transformer whose attention scales q by 1 / sqrt(head_dim) before q k^T and whose MLP
-# uses QuickGELU, then a 1x1 conv classifier. The affinity reads the fused map after Dropout2d.
-
-
-def _ln(x: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
-    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, eps=1e-5)
-
-
-def _weclip_block(
-    x: Tensor, layer: torch.nn.TransformerEncoderLayer, heads: int, act: str
-) -> Tensor:
-    """One residual attention block on L x N x D tokens, parameters read from ``layer``."""
-    length, n, d = x.shape
-    hd = d // heads
-    attn = layer.self_attn
-    q, k, v = F.linear(_ln(x, layer.norm1), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
-
-    def heads_first(t: Tensor) -> Tensor:  # L x N x D -> (N * heads) x L x hd
-        return t.contiguous().view(length, n * heads, hd).transpose(0, 1)
-
-    q, k, v = heads_first(q) / math.sqrt(hd), heads_first(k), heads_first(v)
-    weights = torch.softmax(torch.bmm(q, k.transpose(-2, -1)), dim=-1)
-    out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(length, n, d)
-    x = x + F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
-    hidden = F.linear(_ln(x, layer.norm2), layer.linear1.weight, layer.linear1.bias)
-    if act == "quick_gelu":
-        hidden = hidden * torch.sigmoid(1.702 * hidden)
-    else:
-        hidden = 0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2)))
-    return x + F.linear(hidden, layer.linear2.weight, layer.linear2.bias)
-
-
-def _weclip_decoder(
-    dec: SegDecoder,
-    tokens: list[Tensor],
-    grid: tuple[int, int],
-    keep: Tensor | None = None,
-    p: float = 0.1,
-    act: str = "quick_gelu",
-) -> tuple[Tensor, Tensor]:
-    """(logits N x K x h x w, attn_pred N x hw x hw); ``keep`` N x E channel mask or None."""
-    h, w = grid
-    maps = []
-    for mlp, t in zip(dec.mlps, tokens, strict=False):
-        x = t[:, 1:].transpose(1, 2).reshape(t.shape[0], -1, h, w)  # N x C x h x w
-        x = x.flatten(2).transpose(1, 2)
-        x = F.linear(F.relu(F.linear(x, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
-        maps.append(x.permute(0, 2, 1).reshape(x.shape[0], -1, h, w))
-    cat = torch.cat(maps, dim=1)
-    fts = F.conv2d(cat, dec.fuse.weight[:, :, None, None], dec.fuse.bias)
-    if keep is not None:
-        fts = fts * keep[:, :, None, None] / (1 - p)
-    b, c = fts.shape[:2]
-    x = fts.reshape(b, c, h * w).permute(2, 0, 1)
-    for layer in dec.transformer.layers:
-        x = _weclip_block(x, layer, layer.self_attn.num_heads, act)
-    x = x.permute(1, 2, 0).reshape(b, c, h, w)
-    logits = F.conv2d(x, dec.classifier.weight[:, :, None, None], dec.classifier.bias)
-    flat = fts.reshape(b, c, h * w)
-    return logits, torch.sigmoid(flat.transpose(2, 1).bmm(flat))
-
-
 def _tokens(seed: int, b: int = 2, grid: tuple[int, int] = (3, 4), n: int = 3) -> list[Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, 1 + grid[0] * grid[1], 12, generator=g) for _ in range(n)]
@@ -157,11 +90,11 @@ def test_default_decoder_equals_weclip_quick_gelu() -> None:
     tokens = _tokens(1)
     with torch.no_grad():
         logits, fused = dec(tokens, (3, 4))
-        ref_logits, ref_attn = _weclip_decoder(dec, tokens, (3, 4))
+        ref_logits, ref_attn = weclip_decoder(dec, tokens, (3, 4))
         torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(feature_affinity(fused), ref_attn, rtol=1e-5, atol=1e-6)
         # the same weights with exact GELU give other logits: the switch matters
-        gelu_ref, _ = _weclip_decoder(dec, tokens, (3, 4), act="gelu")
+        gelu_ref, _ = weclip_decoder(dec, tokens, (3, 4), act="gelu")
         assert (gelu_ref - ref_logits).abs().max() > 1e-3
 
 
@@ -170,7 +103,7 @@ def test_gelu_switch_equals_exact_gelu() -> None:
     tokens = _tokens(2)
     with torch.no_grad():
         logits, _ = dec(tokens, (3, 4))
-        ref, _ = _weclip_decoder(dec, tokens, (3, 4), act="gelu")
+        ref, _ = weclip_decoder(dec, tokens, (3, 4), act="gelu")
     torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=r"decoder\.activation"):
         _decoder(3, 5, "decoder.activation=relu6")
@@ -200,7 +133,7 @@ def test_train_mode_affinity_and_logits_equal_weclip(after: bool) -> None:
     b, e = clean.shape[:2]
     keep = channel_dropout(torch.ones(b, 1, e), p, training=True)[:, 0] != 0  # B x E
     assert 0 < int(keep.sum()) < keep.numel()  # some channels dropped, some kept
-    ref_logits, ref_attn = _weclip_decoder(dec, tokens, (3, 4), keep.float(), p)
+    ref_logits, ref_attn = weclip_decoder(dec, tokens, (3, 4), keep.float(), p)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     if after:
         # WeCLIP: the affinity reflects the dropped channels (zero) and the 1 / (1 - p) scale

@@ -1,77 +1,23 @@
-"""PAR and the pseudo-label step against a functional re-implementation of WeCLIP's PAR.
-
-``weclip_par`` below follows the structure of WeCLIP's ``PAR`` module (our own code): one-hot
-3 x 3 kernels applied with ``conv2d`` at each dilation to replicate-padded maps, the position
-table ``[sqrt2, 1, sqrt2, 1, 1, sqrt2, 1, sqrt2] * d``, ``torch.std`` over the neighbour axis,
-softmax over it, and the image resized to the score size with ``align_corners=True``. WeCLIP's
-training calls it at the full label size on [background, refined CAMs] of each crop.
-"""
+"""PAR and the pseudo-label step against a functional re-implementation of WeCLIP's PAR
+(``tests/model/weclip_reference.py``). WeCLIP's training calls its PAR at the full label size on
+[background, refined CAMs] of each crop, with the image resized with ``align_corners=True``."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+from weclip_reference import DILATIONS, weclip_labels, weclip_par
 
 from ssrseg.config import PARConfig, PseudoLabelConfig, load_config
 from ssrseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ssrseg.rectify.labels import scores_to_labels, with_background
 from ssrseg.rectify.par import par_refine
-
-DILATIONS = (1, 2, 4, 8, 12, 24)
-
-
-def _one_hot_kernels() -> torch.Tensor:
-    """8 x 1 x 3 x 3: one kernel per neighbour of the 3 x 3 window, row-major, centre skipped."""
-    k = torch.zeros(8, 1, 3, 3)
-    cells = [(r, c) for r in range(3) for c in range(3) if (r, c) != (1, 1)]
-    for i, (r, c) in enumerate(cells):
-        k[i, 0, r, c] = 1.0
-    return k
-
-
-def _neighbours(x: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
-    """B x C x H x W -> B x C x (8 * len(dilations)) x H x W via dilated one-hot convolutions."""
-    b, c, h, w = x.shape
-    kernel = _one_hot_kernels().to(x.dtype)
-    out = []
-    for d in dilations:
-        padded = F.pad(x, [d] * 4, mode="replicate").reshape(b * c, 1, h + 2 * d, w + 2 * d)
-        out.append(F.conv2d(padded, kernel, dilation=d).view(b, c, 8, h, w))
-    return torch.cat(out, dim=2)
-
-
-def weclip_par(
-    images: torch.Tensor, masks: torch.Tensor, dilations: tuple[int, ...], iterations: int
-) -> torch.Tensor:
-    """WeCLIP's PAR forward, written out: images B x 3 x H' x W', masks B x K x H x W."""
-    images = F.interpolate(images, size=masks.shape[-2:], mode="bilinear", align_corners=True)
-    b, _, h, w = images.shape
-    nb = _neighbours(images, dilations)  # B x 3 x M x H x W
-    ring = torch.tensor([math.sqrt(2), 1, math.sqrt(2), 1, 1, math.sqrt(2), 1, math.sqrt(2)])
-    pos = torch.cat([ring * d for d in dilations]).view(1, 1, -1, 1, 1).repeat(b, 1, 1, h, w)
-    diff = (nb - images.unsqueeze(2)).abs()
-    aff = -((diff / (nb.std(dim=2, keepdim=True) + 1e-8) / 0.3) ** 2)
-    aff = aff.mean(dim=1, keepdim=True)  # B x 1 x M x H x W
-    pos_aff = -((pos / (pos.std(dim=2, keepdim=True) + 1e-8) / 0.3) ** 2)
-    aff = F.softmax(aff, dim=2) + 0.01 * F.softmax(pos_aff, dim=2)
-    for _ in range(iterations):
-        masks = (_neighbours(masks, dilations) * aff).sum(2)
-    return masks
-
-
-def weclip_labels(images: torch.Tensor, cams: torch.Tensor, keys: list[int]) -> torch.Tensor:
-    """WeCLIP's label step of one crop: background ``(1 - max) ** 1``, PAR, argmax, class ids.
-
-    images: 3 x H x W as PAR receives it; cams: K x H x W refined CAMs; keys: 0-based classes.
-    """
-    bg = torch.pow(1 - cams.max(dim=0, keepdim=True)[0], 1)
-    scores = torch.cat([bg, cams], dim=0)
-    refined = weclip_par(images[None].float(), scores[None].float(), DILATIONS, 20)
-    valid_key = torch.tensor([0] + [k + 1 for k in keys])
-    return valid_key[refined.argmax(dim=1)][0]
 
 
 def _crop(seed: int, h: int = 40, w: int = 48, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
