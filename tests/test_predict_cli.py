@@ -177,7 +177,9 @@ def test_usage_errors(
     empty.mkdir()
     assert predict(str(empty), "--out", out) == 2
     assert "no images found" in capsys.readouterr().err
-    assert predict(str(empty), "--out", out, "--scales", "0") == 2
+    with pytest.raises(SystemExit) as exc:  # argparse checks the number
+        predict(str(empty), "--out", out, "--scales", "0")
+    assert exc.value.code == 2 and "--scales: must be > 0" in capsys.readouterr().err
     # CRF requested without pydensecrf2: stop before any work, say how to install.
     for name in ("pydensecrf", "pydensecrf.densecrf"):
         monkeypatch.setitem(sys.modules, name, None)

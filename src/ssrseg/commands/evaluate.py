@@ -278,24 +278,34 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from ssrseg.config import ConfigError, config_to_dict
-    from ssrseg.engine.checkpoint import CheckpointError, checkpoint_identity
+    from ssrseg.engine.checkpoint import (
+        CheckpointError,
+        check_compatible,
+        checkpoint_identity,
+    )
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
     from ssrseg.engine.infer import evaluate_dataset
     from ssrseg.runrecord import make_record, prepare_output
 
     skip_log = SkipLog()
+    export_only = args.export_voc_test is not None and args.split == "test"
     try:
         folder = checkpoint_folder(args.checkpoint)
+        dataset = None if export_only else open_eval_dataset(args)
+        if Path(folder).exists():
+            # before the model is loaded: the checkpoint must predict the dataset's classes
+            check_compatible(folder, None, dataset.num_classes if dataset else None)
         seg = load_segmenter(folder, resolve_device(args.device))
         seg.infer = infer_overrides(args, seg.infer)
         modes = crf_modes(args.crf)
     except (CheckpointError, ConfigError, ValueError, KeyError, RuntimeError) as exc:
         print(f"ssrseg evaluate: error: {exc}", file=sys.stderr)
         return 2
-    export_only = args.export_voc_test is not None and args.split == "test"
+    except BadInputError as exc:
+        print(f"ssrseg evaluate: {exc}", file=sys.stderr)
+        return 2
     try:
-        if not export_only:
-            dataset = open_eval_dataset(args)
+        if dataset is not None:
             if dataset.num_classes != seg.num_classes:
                 print(
                     f"ssrseg evaluate: the checkpoint predicts {seg.num_classes} classes but "

@@ -151,8 +151,10 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
         **(options or {}),
     }
     if args.checkpoint:
-        from ssrseg.engine.checkpoint import checkpoint_identity
+        from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
 
+        # before anything heavy: the heads must come from this CLIP and these classes
+        check_compatible(args.checkpoint, cfg, dataset.num_classes, need_cmpa=True)
         record_options["checkpoint"] = checkpoint_identity(args.checkpoint)
     out = Path(args.out)
     name = f"ssrseg {command}"
@@ -164,13 +166,10 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
 
 
 def load_cmpa(path: str, device: torch.device) -> Any:
-    """CMPA heads of a training checkpoint (eval mode)."""
-    from ssrseg.engine.checkpoint import load_model
+    """CMPA heads of a training checkpoint (eval mode; no backbones are loaded)."""
+    from ssrseg.engine.checkpoint import load_cmpa_heads
 
-    model, _ = load_model(path, device)
-    if getattr(model, "cmpa", None) is None:
-        raise ValueError(f"{path}: the checkpoint has no CMPA heads (cmpa.enabled was false)")
-    return model.cmpa.eval()
+    return load_cmpa_heads(path, device)
 
 
 def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int, int]:

@@ -38,24 +38,46 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     return p
 
 
+RESUME_SECTIONS = ("config.train.", "config.cmpa.", "config.decoder.")
+
+
+def resume_conflicts(saved: Any, cfg: Any) -> list[str]:
+    """Settings a resumed run cannot change: its schedule (``train``) and the shapes and
+    behaviour of what it trains (``cmpa``, ``decoder``); lines ``key: saved -> new``."""
+    from ssrseg.runrecord import diff_records, make_record
+
+    lines = diff_records(make_record(saved), make_record(cfg))
+    return [line for line in lines if line.startswith(RESUME_SECTIONS)]
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ssrseg.config import ConfigError, config_from_dict, load_config
-    from ssrseg.engine.checkpoint import CheckpointError, read_state, resolve_checkpoint
+    from ssrseg.config import ConfigError, load_config
+    from ssrseg.engine.checkpoint import CheckpointError, check_compatible, read_config
     from ssrseg.engine.distributed import cleanup, setup
     from ssrseg.engine.train import run_training
     from ssrseg.runrecord import RunMismatchError, check_output, prepare_output
 
     try:
         if args.resume and not args.config:
-            saved = read_state(resolve_checkpoint(args.resume)).config
-            cfg = config_from_dict(saved)
             if args.overrides:
                 print("error: overrides cannot change a resumed run's config", file=sys.stderr)
                 return 2
+            cfg = read_config(check_compatible(args.resume))
         else:
             cfg = load_config(args.config, args.overrides)
+        if args.resume and args.config:
+            # before anything is built: the checkpoint must fit the config given
+            ckpt = check_compatible(args.resume, cfg)
+            conflicts = resume_conflicts(read_config(ckpt), cfg)
+            if conflicts:
+                raise CheckpointError(
+                    f"{ckpt}: --config changes settings a resumed run keeps:\n  "
+                    + "\n  ".join(conflicts[:20])
+                    + "\nResume without --config (the run's own config) to continue the same "
+                    "schedule, or train a new run into another --output-dir."
+                )
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

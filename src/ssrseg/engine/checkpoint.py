@@ -190,6 +190,68 @@ def checkpoint_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(ckpt.resolve()), "step": read_state(ckpt).step}
 
 
+def _same_backbone(a: str, b: str) -> bool:
+    """Registry names compare as text; two paths to one file are the same backbone."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_compatible(
+    path: str | os.PathLike[str],
+    cfg: SSRConfig | None = None,
+    num_classes: int | None = None,
+    *,
+    need_cmpa: bool = False,
+) -> Path:
+    """Cheap checks (``state.json`` only, nothing is built) that a checkpoint fits a job.
+
+    cfg: the job's config; its CLIP must be the one the checkpoint was trained on (the heads
+    read that CLIP's features). num_classes: the job's classes, background included.
+    need_cmpa: the job needs the checkpoint's CMPA heads. Raises :class:`CheckpointError`
+    listing every mismatch; returns the checkpoint folder.
+    """
+    ckpt = resolve_checkpoint(path)
+    state = read_state(ckpt)
+    saved = read_config(ckpt, state)
+    problems = []
+    if cfg is not None and not _same_backbone(saved.backbone.clip, cfg.backbone.clip):
+        problems.append(
+            f"it was trained on CLIP {saved.backbone.clip!r} but this job uses "
+            f"backbone.clip={cfg.backbone.clip!r}"
+        )
+    if num_classes is not None and state.num_classes != num_classes:
+        problems.append(
+            f"it has {state.num_classes} classes (background included) but the dataset has "
+            f"{num_classes}"
+        )
+    if need_cmpa and not saved.cmpa.enabled:
+        problems.append("it has no CMPA heads (trained with cmpa.enabled=false)")
+    if problems:
+        raise CheckpointError(f"{ckpt}: checkpoint does not fit this job: " + "; ".join(problems))
+    return ckpt
+
+
+def load_cmpa_heads(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """The CMPA heads of a checkpoint alone (no backbones are loaded), eval mode."""
+    from ssrseg.rectify.cmpa import CMPA
+
+    ckpt = check_compatible(path, need_cmpa=True)
+    state = read_state(ckpt)
+    cfg = read_config(ckpt, state)
+    heads = CMPA(cfg.cmpa, state.num_classes - 1)
+    prefix = "cmpa."
+    weights = {k[len(prefix) :]: v for k, v in read_weights(ckpt).items() if k.startswith(prefix)}
+    try:
+        heads.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: CMPA heads do not fit ({exc})") from None
+    return heads.to(device).eval()
+
+
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> tuple[Any, SSRConfig]:
