@@ -1,8 +1,8 @@
 """Configuration: frozen dataclasses holding the spec's defaults; YAML presets only override.
 
-Every field carries a comment naming its source: [paper] (the SSR paper), [WeCLIP], [CLIP-ES],
-or [decision] (this project's choice where the paper is silent; each is explained in
-``docs/reproduction.md``).
+Every field carries a comment naming its source: [paper] (the SSR paper), [WeCLIP], [WeCLIP+]
+(its DINOv2 version, ``docs/dinov2.md``), [CLIP-ES], or [decision] (this project's choice where
+the paper is silent; each is explained in ``docs/reproduction.md``).
 
 Use :func:`load_config` to read a YAML preset and ``key.path=value`` overrides; unknown keys are
 an error naming the key and the nearest valid one. :func:`save_config` writes the resolved config
@@ -31,7 +31,9 @@ class BackboneConfig:
     clip: str = (
         "clip_vit_b16.openai"  # [paper] CLIP ViT-B/16; a registry name, local path or hub id
     )
-    dino: str = "dino_vit_s16"  # [paper] DINO ViT-S/16 for the fused affinity
+    # [paper] DINO ViT-S/16 for the fused affinity; a DINOv2 name (dinov2_vits14 ...) puts
+    # DINOv2 in the slot, run on CLIP's patch grid (docs/dinov2.md)
+    dino: str = "dino_vit_s16"
     use_dino: bool = True  # [paper] needed for the "+DINO attention" rows; off saves its forward
     half_precision: bool = True  # [decision] frozen backbones in bf16/fp16 on GPU (ignored on CPU)
 
@@ -183,6 +185,17 @@ class DecoderConfig:
     # [WeCLIP] train-mode affinity features: true = the fused map after Dropout2d (WeCLIP);
     # false = before it (no dropout noise in L_aff)
     affinity_after_dropout: bool = True
+    # [WeCLIP+] DINO decoder branch (docs/dinov2.md): DINO patch features through their own
+    # fusion head and the shared transformer; logits fused; affinity from both fused maps
+    dino_branch: bool = False
+    dino_layers: int = 1  # [WeCLIP+] last DINO blocks (after DINO's final norm) fed to the branch
+    dino_weight: float = 0.5  # [WeCLIP+] logits = (1 - w) * CLIP branch + w * DINO branch
+    # [WeCLIP+] fused prediction weights the CAMs, concatenated-feature affinity multiplies the
+    # attention affinity before refinement (needs dino_branch)
+    dino_feedback: bool = True
+    # [WeCLIP+] under feedback, average only the CLIP attention layers whose patch-to-patch
+    # mass is >= the mean (WeCLIP+'s layer choice); false: all affinity.clip_layers
+    dino_layer_select: bool = False
 
 
 @dataclass(frozen=True)

@@ -99,13 +99,19 @@ class SegDecoder(nn.Module):
         """
         if len(tokens) < self.num_layers_in:
             raise ValueError(f"decoder needs {self.num_layers_in} layers, got {len(tokens)}")
-        h, w = grid
         dtype = self.fuse.weight.dtype
         maps = [
             mlp(t[:, 1:].to(dtype))
             for mlp, t in zip(self.mlps, tokens[: self.num_layers_in], strict=True)
         ]
         fused = self.fuse(torch.cat(maps, dim=-1))  # B x N x E
+        return self.decode(fused, grid)
+
+    def decode(self, fused: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Dropout2d, transformer and classifier on fused tokens ``B x N x E``; returns
+        (logits, affinity features) as :meth:`forward`. WeCLIP+'s DINO branch
+        (``ssrseg.model.dino_branch``) sends its own fused tokens through here."""
+        h, w = grid
         dropped = channel_dropout(fused, self.dropout_p, self.training)
         logits = self.classifier(self.transformer(dropped))  # B x N x K
         affinity = dropped if self.affinity_after_dropout else fused

@@ -19,6 +19,7 @@ from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.config import ConfigError, SSRConfig
 from ssrseg.data.transforms import input_stats
 from ssrseg.model.decoder import SegDecoder, decoder_layers
+from ssrseg.model.dino_branch import DinoBranchHook, attach_dino_branch
 from ssrseg.model.losses import (
     affinity_loss,
     affinity_targets,
@@ -42,6 +43,8 @@ class SSRLosses(nn.Module):
         self.cmpa = cmpa
         self.cfg = cfg
         self.patch_size = patch
+        # WeCLIP+'s DINO branch (decoder.dino_branch), set by SSRModel; a plain object
+        self.dino_hook: DinoBranchHook | None = None
 
     def forward(
         self,
@@ -59,7 +62,11 @@ class SSRLosses(nn.Module):
         Returns {"loss", "seg", "aff", and with CMPA "proto", "proto_sym", "feats", "classes"}.
         """
         w = self.cfg.loss
-        logits, fused = self.decoder(tokens, grid)
+        if self.dino_hook is not None:
+            both = self.dino_hook.train_outputs(tokens, grid)
+            logits, fused = both.logits, both.features
+        else:
+            logits, fused = self.decoder(tokens, grid)
         up = F.interpolate(logits, size=pseudo.shape[-2:], mode="bilinear", align_corners=False)
         seg = balanced_seg_loss(up, pseudo)
         targets = affinity_targets(pseudo, self.patch_size, grid, w.aff_radius)
@@ -113,6 +120,10 @@ class SSRModel(nn.Module):
                 )
             self.cmpa = CMPA(cfg.cmpa, num_classes - 1)
         self.losses = SSRLosses(self.decoder, self.cmpa, cfg, self.patch_size)
+        self.dino_hook: DinoBranchHook | None = None
+        if cfg.decoder.dino_branch:
+            self.dino_hook = attach_dino_branch(self, cfg)
+            self.losses.dino_hook = self.dino_hook
 
     @property
     def visual(self) -> VisionTransformer:
@@ -129,11 +140,13 @@ class SSRModel(nn.Module):
     def segment(self, images01: Tensor) -> Tensor:
         """images01: ``B x 3 x H x W`` in [0, 1], H and W multiples of the patch size ->
         logits ``B x K x h x w`` (float32) at patch resolution. Runs only the CLIP blocks the
-        decoder reads."""
+        decoder reads (and DINO with ``decoder.dino_branch``: the fused logits)."""
         visual = self.visual
         out = visual.forward_intermediates(
             visual.normalize(images01), n_blocks=self.decoder.num_layers_in
         )
+        if self.dino_hook is not None:
+            return self.dino_hook.segment(out.tokens, out.grid, images01).float()
         logits, _ = self.decoder(out.tokens, out.grid)
         return logits.float()
 

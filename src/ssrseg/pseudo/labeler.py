@@ -31,12 +31,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssrseg.backbones.clip import CLIP
+from ssrseg.backbones.dino import run_on_grid
 from ssrseg.backbones.tokenizer import Tokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTOutput
 from ssrseg.cam.gradcam import gradcam
 from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig
 from ssrseg.data.resize import RESIZE_MODES
+from ssrseg.model.dino_branch import select_attention_layers, weight_cams
 from ssrseg.rectify.affinity import (
     box_mask,
     fuse_affinity,
@@ -150,6 +152,8 @@ class PseudoLabeler(nn.Module):
 
     class_emb: Tensor
     bg_emb: Tensor
+    # WeCLIP+'s DINO decoder branch (ssrseg.model.dino_branch.DinoBranchHook), set by SSRModel
+    branch_hook: Any = None
 
     def __init__(
         self,
@@ -184,11 +188,7 @@ class PseudoLabeler(nn.Module):
             )
         if cfg.pseudo.par_downscale < 1:
             raise ConfigError(f"pseudo.par_downscale must be >= 1, got {cfg.pseudo.par_downscale}")
-        if dino is not None and dino.cfg.patch_size != clip.visual.cfg.patch_size:
-            raise ConfigError(
-                f"CLIP patch {clip.visual.cfg.patch_size} and DINO patch {dino.cfg.patch_size} "
-                "differ: their attention grids would not match"
-            )
+        # a DINO whose patch differs from CLIP's (DINOv2) runs on CLIP's grid (run_on_grid)
         self.cfg = cfg
         self.clip = clip
         self.dino = dino
@@ -301,24 +301,32 @@ class PseudoLabeler(nn.Module):
             )
         grid = res.grid
         n_layers = self.clip.visual.cfg.layers
-        a_clip = None
-        if aff.use_clip_attention:
-            layers = range(max(0, n_layers - aff.clip_layers), n_layers)
-            a_clip = mean_attention(res.vit.attentions, list(layers))
-        a_dino = None
-        if aff.use_dino_attention:
+        hook = self.branch_hook
+        a_dino, feedback = None, None
+        if aff.use_dino_attention or hook is not None:
             assert self.dino is not None
             with _timed(timer, "dino", device), torch.no_grad(), self._autocast(device):
-                d_layers = [-(i + 1) for i in range(aff.dino_layers)]
-                d_out = self.dino.forward_intermediates(
-                    self.dino.normalize(images01), attn_layers=d_layers
+                n_attn = aff.dino_layers if aff.use_dino_attention else 0
+                # on CLIP's patch grid: a DINO with another patch (DINOv2) sees a resized image
+                d_out = run_on_grid(
+                    self.dino, images01, grid, attn_layers=[-(i + 1) for i in range(n_attn)]
                 )
-            if d_out.grid != grid:
-                raise ValueError(f"DINO patch grid {d_out.grid} differs from CLIP's {grid}")
-            a_dino = mean_attention(d_out.attentions, sorted(d_out.attentions))
+            if aff.use_dino_attention:
+                a_dino = mean_attention(d_out.attentions, sorted(d_out.attentions))
+            if hook is not None:  # WeCLIP+: the decoder's fused prediction and affinity
+                feedback = hook(res.vit.tokens, grid, d_out)
+        a_clip = None
+        if aff.use_clip_attention:
+            layers = list(range(max(0, n_layers - aff.clip_layers), n_layers))
+            if feedback is not None and cfg.decoder.dino_layer_select:
+                a_clip = select_attention_layers([res.vit.attentions[i] for i in layers])
+            else:
+                a_clip = mean_attention(res.vit.attentions, layers)
 
         k_max = max((len(lab) for lab in labels), default=0)
         cams = pad_stack(res.cams, k_max).float()
+        if feedback is not None:  # WeCLIP+: each CAM times its class's predicted probability
+            cams = weight_cams(cams, feedback.prob, labels)
         with _timed(timer, "masks", device):
             masks = self._masks(images01, res.cams, superpixels, timer)
         masks_t = pad_stack(masks, k_max)
@@ -328,6 +336,8 @@ class PseudoLabeler(nn.Module):
                 refined_grid = cams
             else:
                 affinity = fuse_affinity(a_clip, a_dino, aff.clip_weight, aff.dino_weight)
+                if feedback is not None:
+                    affinity = affinity * feedback.affinity
                 use_mask = None if aff.mask == "none" else masks_t
                 if aff.mask_target == "affinity" and use_mask is not None:
                     refined_grid = refine_with_masked_affinity(
@@ -444,7 +454,7 @@ def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> 
 
     clip, tokenizer = load_clip(cfg.backbone.clip, device=device)
     dino = None
-    if cfg.backbone.use_dino and cfg.affinity.use_dino_attention:
+    if cfg.backbone.use_dino and (cfg.affinity.use_dino_attention or cfg.decoder.dino_branch):
         dino = load_dino(cfg.backbone.dino, device=device)
     p = cfg.prompts
     prompts = prompts_from_config(
