@@ -6,6 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from weclip_reference import (
+    weclip_aff_loss,
+    weclip_affinity_label,
+    weclip_radius_mask,
+    weclip_seg_loss,
+)
 
 from ssrseg.model.losses import (
     affinity_loss,
@@ -78,3 +85,36 @@ def test_feature_affinity_is_sigmoid_of_gram() -> None:
     p = feature_affinity(f)
     expected = torch.sigmoid(torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
     assert torch.allclose(p[0], expected)
+
+
+def _weclip_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 2-image batch of 64 x 80 labels (patch 16: a 4 x 5 grid) with blobs of 3 classes and
+    matching logits; a few 255 pixels, one of them on a patch's sampled (top-left) pixel."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randint(0, 4, (2, 1, 8, 10), generator=g).float()
+    labels = F.interpolate(small, size=(64, 80), mode="nearest")[:, 0].long()
+    labels[0, 16, 32] = 255
+    labels[1, 5:9, 70:75] = 255
+    logits = torch.randn(2, 4, 64, 80, generator=g)
+    return logits, labels
+
+
+def test_seg_loss_equals_weclips_get_seg_loss() -> None:
+    for seed in range(3):
+        logits, labels = _weclip_batch(seed)
+        ours = balanced_seg_loss(logits, labels)
+        torch.testing.assert_close(ours, weclip_seg_loss(logits, labels), rtol=1e-6, atol=1e-7)
+
+
+def test_affinity_targets_and_loss_equal_weclips() -> None:
+    # WeCLIP at crop 320: a 20 x 20 grid and radius 8; here a 4 x 5 grid and radius 2
+    mask = weclip_radius_mask(4, 5, 2)
+    g = torch.Generator().manual_seed(0)
+    for seed in range(3):
+        _, labels = _weclip_batch(seed)
+        ref = weclip_affinity_label(labels, mask, 16)
+        ours = affinity_targets(labels, 16, (4, 5), radius=2)
+        assert torch.equal(ours, ref)
+        p = torch.rand(2, 20, 20, generator=g)
+        torch.testing.assert_close(affinity_loss(p, ours), weclip_aff_loss(p, ref))
+    assert bool((ref == 255).any()) and bool((ref == 0).any()) and bool((ref == 1).any())

@@ -12,7 +12,10 @@ They follow the structure of WeCLIP's code (zbf1991/WeCLIP: ``segformer_head.py`
   neighbour axis, softmax over it; the image resized to the score size with
   ``align_corners=True``;
 - labels: background ``(1 - max_c cam_c) ** 1``, PAR on [background, CAMs] at the full crop
-  size, argmax, class ids.
+  size, argmax, class ids;
+- losses (``scripts/dist_clip_voc.py``, ``utils/camutils.py``, its ToCo-style ``get_aff_loss``):
+  the two-term CE, affinity labels from a nearest resize to the patch grid with the radius mask,
+  the affinity loss with int16 label maps and counts + 1.
 
 Parameters are read from an ssrseg ``SegDecoder``, so both run the same weights.
 """
@@ -138,3 +141,56 @@ def weclip_labels(images: torch.Tensor, cams: torch.Tensor, keys: list[int]) -> 
     refined = weclip_par(images[None].float(), scores[None].float(), DILATIONS, 20)
     valid_key = torch.tensor([0] + [k + 1 for k in keys])
     return valid_key[refined.argmax(dim=1)][0]
+
+
+def weclip_seg_loss(pred: Tensor, label: Tensor, ignore_index: int = 255) -> Tensor:
+    """WeCLIP's ``get_seg_loss``: mean CE over background pixels and over foreground pixels."""
+    bg_label = label.clone()
+    bg_label[label != 0] = ignore_index
+    bg_loss = F.cross_entropy(pred, bg_label.long(), ignore_index=ignore_index)
+    fg_label = label.clone()
+    fg_label[label == 0] = ignore_index
+    fg_loss = F.cross_entropy(pred, fg_label.long(), ignore_index=ignore_index)
+    return (bg_loss + fg_loss) * 0.5
+
+
+def weclip_radius_mask(h: int, w: int, radius: int) -> Tensor:
+    """WeCLIP's ``get_mask_by_radius``: 1 where two grid cells are within ``radius`` per axis."""
+    mask = torch.zeros(h * w, h * w)
+    for i in range(h * w):
+        r, c = divmod(i, w)
+        for r2 in range(max(0, r - radius), min(h, r + radius + 1)):
+            for c2 in range(max(0, c - radius), min(w, c + radius + 1)):
+                mask[i, r2 * w + c2] = 1
+                mask[r2 * w + c2, i] = 1
+    return mask
+
+
+def weclip_affinity_label(
+    cam_label: Tensor, mask: Tensor, patch: int, ignore_index: int = 255
+) -> Tensor:
+    """WeCLIP's ``cams_to_affinity_label``: labels sampled by nearest resize to the patch grid,
+    pairs equal -> 1 else 0, outside ``mask`` or touching an ignored cell -> ignore."""
+    b, h, w = cam_label.shape
+    small = F.interpolate(
+        cam_label.unsqueeze(1).float(), size=[h // patch, w // patch], mode="nearest"
+    )
+    flat = small.reshape(b, 1, -1)
+    rep = flat.repeat([1, flat.shape[-1], 1])
+    aff = (rep == rep.permute(0, 2, 1)).long()
+    for i in range(b):
+        aff[i, mask == 0] = ignore_index
+        aff[i, :, rep[i, 0, :] == ignore_index] = ignore_index
+        aff[i, rep[i, 0, :] == ignore_index, :] = ignore_index
+    return aff
+
+
+def weclip_aff_loss(inputs: Tensor, targets: Tensor) -> Tensor:
+    """WeCLIP's ``get_aff_loss`` (int16 label maps, counts + 1)."""
+    pos_label = (targets == 1).type(torch.int16)
+    pos_count = pos_label.sum() + 1
+    neg_label = (targets == 0).type(torch.int16)
+    neg_count = neg_label.sum() + 1
+    pos_loss = torch.sum(pos_label * (1 - inputs)) / pos_count
+    neg_loss = torch.sum(neg_label * inputs) / neg_count
+    return 0.5 * pos_loss + 0.5 * neg_loss
