@@ -41,6 +41,15 @@ def default_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~current_umask()
 
 
+def _reraise_naming(exc: OSError, dest: Path) -> None:
+    """Raise ``exc`` again with the destination as its file name when it has none (a full disk
+    while a library writes to an open handle says ``[Errno 28]`` without a file); returns
+    when ``exc`` already names one."""
+    if exc.filename is None and exc.errno is not None:
+        named = type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(dest))
+        raise named from exc
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success give it normal permissions and rename
@@ -57,6 +66,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         yield tmp
         os.chmod(tmp, default_mode())
         os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _reraise_naming(exc, dest)
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -72,6 +85,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
     try:
         yield tmp
+        for item in tmp.rglob("*"):  # writers such as safetensors create files 0600
+            os.chmod(item, default_mode(folder=item.is_dir()))
         os.chmod(tmp, default_mode(folder=True))
         if dest.exists():
             old = dest.parent / f".{dest.name}.old"
@@ -82,6 +97,10 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _reraise_naming(exc, dest)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -5,6 +5,7 @@ imported only when their command runs so ``ssrseg --help`` stays fast."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("train", "train", "train SSR (CMPA heads + decoder) from image-level tags"),
     ("evaluate", "evaluate", "score predictions or a checkpoint against ground-truth masks"),
     ("predict", "predict", "segment images with a trained checkpoint"),
+    (
+        "reproduce",
+        "reproduce",
+        "run the paper's whole protocol (seeds, train, eval, export) and report vs its numbers",
+    ),
     ("demo", "demo", "run the whole SSR pipeline on the toy world and print the paper's tables"),
     ("weights", "weights", "list, fetch or convert pretrained backbone weights"),
     ("toy", "toy", "toy world: render data, train the tiny CLIP and DINO"),
@@ -57,6 +63,46 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     return parser.parse_args(argv)
 
 
+# Errors that are the user's to fix: (module, class name). Each becomes one line on stderr and
+# exit status 2; anything else keeps its traceback (a bug to report). Looked up only in modules
+# already imported: an error of a class can only exist once its module is loaded.
+KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
+    ("ssrseg.config", "ConfigError"),
+    ("ssrseg.runrecord", "RunMismatchError"),
+    ("ssrseg.engine.checkpoint", "CheckpointError"),
+    ("ssrseg.backbones.native", "WeightsError"),
+    ("ssrseg.data.base", "BadInputError"),
+    ("ssrseg.commands.common", "DeviceError"),
+    ("ssrseg.commands.common", "DependencyError"),
+    ("ssrseg.cam.prompts", "PromptError"),
+    ("ssrseg.commands.toy", "ToyCommandError"),
+    ("ssrseg.commands.predict", "InputListError"),
+)
+EXIT_ERROR = 2
+
+
+def known_error(exc: BaseException) -> bool:
+    """Is ``exc`` one of :data:`KNOWN_ERRORS` or a file-system error (``OSError``)?"""
+    if isinstance(exc, OSError):
+        return True
+    for module, name in KNOWN_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return True
+    return False
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line (or few-line, for lists) message of a known error; an ``OSError`` names
+    its file (``[Errno 28] No space left on device: 'out/x.png'``)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        advice = " (free some space, then rerun: finished outputs are kept)"
+        extra = advice if exc.errno == errno.ENOSPC else ""
+        return f"{exc.strerror}{where}{extra}"
+    return str(exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
@@ -64,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     mod = importlib.import_module(f"ssrseg.commands.{args._module}")
-    return int(mod.run(args) or 0)
+    try:
+        return int(mod.run(args) or 0)
+    except Exception as exc:
+        if not known_error(exc):
+            raise
+        print(f"ssrseg {args.command}: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

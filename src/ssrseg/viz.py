@@ -7,7 +7,6 @@ in the same folder, then rename).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,18 +105,11 @@ def _as_rgb(item: np.ndarray, pal: PaletteLike) -> np.ndarray:
 
 
 def _atomic_save(img: Image.Image, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from ssrseg.atomic import atomic_path
+
+    with atomic_path(path, suffix=".tmp") as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def make_panel(

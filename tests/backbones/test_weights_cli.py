@@ -39,7 +39,7 @@ def test_list_shows_names_files_and_presence(capsys, tmp_path):
 
 
 def test_fetch_offline_fails_with_guidance(capsys):
-    assert main(["weights", "fetch", "clip_vit_b16.openai"]) == 1
+    assert main(["weights", "fetch", "clip_vit_b16.openai"]) == 2
     err = capsys.readouterr().err
     assert "ViT-B-16.pt" in err and "put it at" in err
 
@@ -69,5 +69,5 @@ def test_convert_clip_and_dino_to_native(tmp_path, capsys):
 
 
 def test_convert_reports_errors(capsys, tmp_path):
-    assert main(["weights", "convert", "nope_name", str(tmp_path / "o.safetensors")]) == 1
+    assert main(["weights", "convert", "nope_name", str(tmp_path / "o.safetensors")]) == 2
     assert "neither a registry name" in capsys.readouterr().err

@@ -99,11 +99,11 @@ def save_native(
         "tokenizer": json.dumps(tokenizer.to_dict() if tokenizer is not None else None),
         "extra": json.dumps(extra or {}),
     }
+    from ssrseg.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ssrseg.commands.pseudo_labels import (
-    EXIT_USAGE,
     add_common_arguments,
     atomic_save_npz,
     iterate,
@@ -49,16 +48,11 @@ def read_cams(path: Any) -> tuple[np.ndarray, tuple[int, ...]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ssrseg.config import ConfigError
-    from ssrseg.data.base import BadInputError, SkipLog
+    from ssrseg.data.base import SkipLog
     from ssrseg.metrics import ConfusionMatrix
     from ssrseg.rectify.labels import scores_to_labels
 
-    try:
-        job = setup_job(args, "cams", {"kind": args.kind})
-    except (ConfigError, BadInputError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    job = setup_job(args, "cams", {"kind": args.kind})
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays

@@ -194,14 +194,10 @@ def run(args: argparse.Namespace) -> int:
         print("ssrseg evaluate: --pred DIR or --checkpoint CKPT is required", file=sys.stderr)
         return 2
     skip_log = SkipLog()
-    try:
-        dataset = open_eval_dataset(args)
-        result = evaluate_predictions(
-            args.pred, dataset, skip_log, args.pred_ignore, progress=not args.quiet
-        )
-    except BadInputError as exc:
-        print(f"ssrseg evaluate: {exc}", file=sys.stderr)
-        return 2
+    dataset = open_eval_dataset(args)
+    result = evaluate_predictions(
+        args.pred, dataset, skip_log, args.pred_ignore, progress=not args.quiet
+    )
     skip_log.report()
     if result["images"] == 0:
         print("ssrseg evaluate: no image could be scored", file=sys.stderr)
@@ -252,6 +248,7 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 def crf_modes(choice: str) -> tuple[bool, ...]:
     """CRF settings to score; 'on'/'both' raise the install hint when pydensecrf2 is missing."""
+    from ssrseg.commands.common import require_crf
     from ssrseg.engine.infer import check_crf
 
     if choice == "off":
@@ -263,7 +260,7 @@ def crf_modes(choice: str) -> tuple[bool, ...]:
             print(f"note: scoring without CRF only ({exc})", file=sys.stderr)
             return (False,)
         return (False, True)
-    check_crf()
+    require_crf()
     return (True,) if choice == "on" else (False, True)
 
 
@@ -271,112 +268,93 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export."""
     import dataclasses
 
-    from ssrseg.commands.predict import (
-        checkpoint_folder,
-        infer_overrides,
-        load_segmenter,
-        resolve_device,
-    )
-    from ssrseg.config import ConfigError, config_to_dict
-    from ssrseg.engine.checkpoint import (
-        CheckpointError,
-        check_compatible,
-        checkpoint_identity,
-    )
+    from ssrseg.commands.common import resolve_device
+    from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
+    from ssrseg.config import config_to_dict
+    from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
     from ssrseg.engine.infer import evaluate_dataset
     from ssrseg.runrecord import make_record, prepare_output
 
     skip_log = SkipLog()
     export_only = args.export_voc_test is not None and args.split == "test"
-    try:
-        folder = checkpoint_folder(args.checkpoint)
-        dataset = None if export_only else open_eval_dataset(args)
-        if Path(folder).exists():
-            # before the model is loaded: the checkpoint must predict the dataset's classes
-            check_compatible(folder, None, dataset.num_classes if dataset else None)
-        seg = load_segmenter(folder, resolve_device(args.device))
-        seg.infer = infer_overrides(args, seg.infer)
-        modes = crf_modes(args.crf)
-    except (CheckpointError, ConfigError, ValueError, KeyError, RuntimeError) as exc:
-        print(f"ssrseg evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    except BadInputError as exc:
-        print(f"ssrseg evaluate: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if dataset is not None:
-            if dataset.num_classes != seg.num_classes:
-                print(
-                    f"ssrseg evaluate: the checkpoint predicts {seg.num_classes} classes but "
-                    f"{dataset.name} has {dataset.num_classes}",
-                    file=sys.stderr,
-                )
-                return 2
-            options = eval_options(args, checkpoint=checkpoint_identity(folder))
-            run_cfg = dataclasses.replace(seg.config, infer=seg.infer) if seg.config else None
-            if args.save_pred:
-                # always rewritten in full: the record says what the PNGs come from
-                prepare_output(
-                    args.save_pred, run_cfg, options, overwrite=True, command="ssrseg evaluate"
-                )
-            matrices = evaluate_dataset(
-                seg,
-                dataset,
-                modes,
-                skip_log=skip_log,
-                progress=not args.quiet,
-                pred_dir=args.save_pred,
+    folder = checkpoint_folder(args.checkpoint)
+    dataset = None if export_only else open_eval_dataset(args)
+    if Path(folder).exists():
+        # before the model is loaded: the checkpoint must predict the dataset's classes
+        check_compatible(folder, None, dataset.num_classes if dataset else None)
+    modes = crf_modes(args.crf)
+    seg = load_segmenter(folder, resolve_device(args.device))
+    seg.infer = infer_overrides(args, seg.infer)
+    if dataset is not None:
+        if dataset.num_classes != seg.num_classes:
+            print(
+                f"ssrseg evaluate: the checkpoint predicts {seg.num_classes} classes but "
+                f"{dataset.name} has {dataset.num_classes}",
+                file=sys.stderr,
             )
-            summary: dict[str, Any] = {
-                "record": make_record(run_cfg, options),
-                "checkpoint": str(args.checkpoint),
-                "dataset": dataset.name,
-                "split": dataset.split,
-                "root": str(dataset.root),
-                "infer": config_to_dict(seg.infer),
-                "crf_params": config_to_dict(seg.crf_cfg),
-            }
-            for mode, cm in matrices.items():
-                result = cm.compute()
-                result["class_names"] = ["background", *dataset.class_names]
-                key = "crf" if mode else "no_crf"
-                print(f"== {dataset.name} {dataset.split}, {'with' if mode else 'without'} CRF ==")
-                print_result(result)
-                summary[key] = result
-            summary["skipped"] = [{"id": i, "error": m} for i, m in skip_log.skipped]
-            if args.out:
-                out = Path(args.out)
-            else:
-                base = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
-                out = base / f"metrics_{dataset.name}_{dataset.split}.json"
-            write_result_json(out, summary)
-            print(f"wrote {out}")
-        if args.export_voc_test is not None:
-            test = build_dataset(
-                args.dataset,
-                args.root,
-                "test",
-                class_names=args.classes,
-                with_masks=False,
-                require_labels=False,
+            return 2
+        options = eval_options(args, checkpoint=checkpoint_identity(folder))
+        run_cfg = dataclasses.replace(seg.config, infer=seg.infer) if seg.config else None
+        if args.save_pred:
+            # always rewritten in full: the record says what the PNGs come from
+            prepare_output(
+                args.save_pred, run_cfg, options, overwrite=True, command="ssrseg evaluate"
             )
-            export_voc_test(
-                seg,
-                test.ids,
-                test.image_path,
-                args.export_voc_test,
-                crf=True in modes,
-                skip_log=skip_log,
-                progress=not args.quiet,
-            )
-            missing = missing_voc_test(args.export_voc_test, test.ids)
-            if missing:
-                print(f"VOC test export is missing {len(missing)} image(s)", file=sys.stderr)
-            else:
-                print(f"wrote {archive_voc_results(args.export_voc_test)} (upload this file)")
-    except BadInputError as exc:
-        print(f"ssrseg evaluate: {exc}", file=sys.stderr)
-        return 2
+        matrices = evaluate_dataset(
+            seg,
+            dataset,
+            modes,
+            skip_log=skip_log,
+            progress=not args.quiet,
+            pred_dir=args.save_pred,
+        )
+        summary: dict[str, Any] = {
+            "record": make_record(run_cfg, options),
+            "checkpoint": str(args.checkpoint),
+            "dataset": dataset.name,
+            "split": dataset.split,
+            "root": str(dataset.root),
+            "infer": config_to_dict(seg.infer),
+            "crf_params": config_to_dict(seg.crf_cfg),
+        }
+        for mode, cm in matrices.items():
+            result = cm.compute()
+            result["class_names"] = ["background", *dataset.class_names]
+            key = "crf" if mode else "no_crf"
+            print(f"== {dataset.name} {dataset.split}, {'with' if mode else 'without'} CRF ==")
+            print_result(result)
+            summary[key] = result
+        summary["skipped"] = [{"id": i, "error": m} for i, m in skip_log.skipped]
+        if args.out:
+            out = Path(args.out)
+        else:
+            base = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
+            out = base / f"metrics_{dataset.name}_{dataset.split}.json"
+        write_result_json(out, summary)
+        print(f"wrote {out}")
+    if args.export_voc_test is not None:
+        test = build_dataset(
+            args.dataset,
+            args.root,
+            "test",
+            class_names=args.classes,
+            with_masks=False,
+            require_labels=False,
+        )
+        export_voc_test(
+            seg,
+            test.ids,
+            test.image_path,
+            args.export_voc_test,
+            crf=True in modes,
+            skip_log=skip_log,
+            progress=not args.quiet,
+        )
+        missing = missing_voc_test(args.export_voc_test, test.ids)
+        if missing:
+            print(f"VOC test export is missing {len(missing)} image(s)", file=sys.stderr)
+        else:
+            print(f"wrote {archive_voc_results(args.export_voc_test)} (upload this file)")
     skip_log.report()
     return skip_log.exit_code(args.allow_skipped)

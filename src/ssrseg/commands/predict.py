@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ssrseg.commands.common import non_negative_int, positive_float, positive_int
+from ssrseg.commands.common import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_crf,
+    resolve_device,
+)
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
@@ -190,23 +195,17 @@ def write_outputs(
 # ------------------------------------------------------------------------------- run
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def infer_overrides(args: argparse.Namespace, base: Any) -> Any:
     """The checkpoint's InferConfig with the command-line choices applied."""
     import dataclasses
+
+    from ssrseg.config import ConfigError
 
     changes: dict[str, Any] = {}
     scales = getattr(args, "scales", None)
     if scales:
         if any(s <= 0 for s in scales):
-            raise ValueError(f"--scales must be positive, got {scales}")
+            raise ConfigError(f"--scales must be positive, got {scales}")
         changes["scales"] = tuple(scales)
     if getattr(args, "no_flip", False):
         changes["flip"] = False
@@ -215,7 +214,7 @@ def infer_overrides(args: argparse.Namespace, base: Any) -> Any:
     batch_size = getattr(args, "batch_size", None)
     if batch_size is not None:
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         changes["batch_size"] = batch_size
     if isinstance(getattr(args, "crf", None), bool):
         changes["crf"] = args.crf
@@ -251,43 +250,25 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.config import ConfigError
     from ssrseg.data.base import BadInputError, SkipLog, read_image
-    from ssrseg.engine.checkpoint import CheckpointError
-    from ssrseg.engine.infer import check_crf
-    from ssrseg.runrecord import RunMismatchError, check_output, prepare_output
+    from ssrseg.runrecord import check_output, prepare_output
 
     out = Path(args.out)
-    try:
-        items = collect_inputs(args.inputs)
-        if not items:
-            print(f"ssrseg predict: error: no images found in {args.inputs}", file=sys.stderr)
-            return EXIT_USAGE
-        # the record (checkpoint config with this command's inference settings) is checked
-        # before the model is loaded
-        saved, identity = describe_checkpoint(args.checkpoint)
-        cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
-        options = {"command": "predict", "checkpoint": identity}
-        name = "ssrseg predict"
-        check_output(out, cfg, options, overwrite=args.overwrite, command=name)
-        segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
-        segmenter.infer = cfg.infer
-        if segmenter.infer.crf:
-            check_crf(segmenter.crf_cfg)  # fail now, not after the first batch
-        prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
-    except (
-        InputListError,
-        CheckpointError,
-        ConfigError,
-        RunMismatchError,
-        ValueError,
-        KeyError,
-    ) as exc:
-        print(f"ssrseg predict: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except RuntimeError as exc:  # the CRF's "how to install" message
-        print(f"ssrseg predict: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    items = collect_inputs(args.inputs)
+    if not items:
+        raise InputListError(f"no images found in {' '.join(args.inputs)}")
+    # the record (checkpoint config with this command's inference settings) is checked
+    # before the model is loaded
+    saved, identity = describe_checkpoint(args.checkpoint)
+    cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
+    if cfg.infer.crf:
+        require_crf(cfg.crf)  # fail now, not after the first batch
+    options = {"command": "predict", "checkpoint": identity}
+    name = "ssrseg predict"
+    check_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
+    segmenter.infer = cfg.infer
+    prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
 
     jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
     todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ssrseg.commands.common import non_negative_int, positive_int
+from ssrseg.commands.common import (
+    non_negative_int,
+    positive_int,
+    require_crf,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -94,14 +99,6 @@ class Job:
     long_side: int
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | None = None) -> Job:
     """Config (+ overrides), dataset split, labeller and optional CMPA heads; checks the output
     folder's run record (:mod:`ssrseg.runrecord`) before anything heavy is loaded.
@@ -114,7 +111,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     import torch
 
     from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.config import load_config
+    from ssrseg.config import ConfigError, load_config
     from ssrseg.data import build_dataset
     from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.runrecord import check_output, prepare_output
@@ -138,7 +135,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
     if prompts.num_classes != len(dataset.class_names):
-        raise ValueError(
+        raise ConfigError(
             f"prompts '{p.dataset}' have {prompts.num_classes} classes but dataset "
             f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
             "set prompts.dataset to match"
@@ -276,19 +273,15 @@ def read_label_png(path: Path) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ssrseg.config import ConfigError
-    from ssrseg.data.base import BadInputError, SkipLog
+    from ssrseg.data.base import SkipLog
+    from ssrseg.engine.crf import dense_crf
     from ssrseg.metrics import ConfusionMatrix
     from ssrseg.rectify.labels import scores_to_labels
     from ssrseg.viz import save_label_png
 
-    try:
-        job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
-        if args.crf:
-            from ssrseg.engine.crf import dense_crf
-    except (ConfigError, BadInputError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.crf:
+        require_crf()  # before anything is loaded
+    job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays

@@ -255,11 +255,7 @@ def _train_args(cls: type, args: argparse.Namespace, out: Path) -> Any:
 
 
 def _train(kind: str, args: argparse.Namespace, argv: list[str]) -> int:
-    try:
-        out = check_out_path(args.out)
-    except ToyCommandError as exc:
-        print(f"ssrseg toy train-{kind}: {exc}", file=sys.stderr)
-        return 2
+    out = check_out_path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "clip":
         from ssrseg.toy.train_clip import ClipTrainArgs, train_clip
@@ -304,11 +300,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(scores, indent=2))
         return 0
     if action == "install-weights":
-        try:
-            dest = install_weights(args.file, args.kind)
-        except ToyCommandError as exc:
-            print(f"ssrseg toy install-weights: {exc}", file=sys.stderr)
-            return 2
+        dest = install_weights(args.file, args.kind)
         print(f"installed {args.file} as {dest} (manifest: {dest.parent / 'manifest.json'})")
         return 0
     if action.startswith("train-") and action[len("train-") :] in TRAINERS:

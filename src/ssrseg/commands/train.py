@@ -53,53 +53,44 @@ def resume_conflicts(saved: Any, cfg: Any) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ssrseg.config import ConfigError, load_config
+    from ssrseg.commands.common import resolve_device
+    from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import CheckpointError, check_compatible, read_config
     from ssrseg.engine.distributed import cleanup, setup
     from ssrseg.engine.train import run_training
-    from ssrseg.runrecord import RunMismatchError, check_output, prepare_output
+    from ssrseg.runrecord import check_output, prepare_output
 
-    try:
-        if args.resume and not args.config:
-            if args.overrides:
-                print("error: overrides cannot change a resumed run's config", file=sys.stderr)
-                return 2
-            cfg = read_config(check_compatible(args.resume))
-        else:
-            cfg = load_config(args.config, args.overrides)
-        if args.resume and args.config:
-            # before anything is built: the checkpoint must fit the config given
-            ckpt = check_compatible(args.resume, cfg)
-            conflicts = resume_conflicts(read_config(ckpt), cfg)
-            if conflicts:
-                raise CheckpointError(
-                    f"{ckpt}: --config changes settings a resumed run keeps:\n  "
-                    + "\n  ".join(conflicts[:20])
-                    + "\nResume without --config (the run's own config) to continue the same "
-                    "schedule, or train a new run into another --output-dir."
-                )
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.resume and not args.config:
+        if args.overrides:
+            print("error: overrides cannot change a resumed run's config", file=sys.stderr)
+            return 2
+        cfg = read_config(check_compatible(args.resume))
+    else:
+        cfg = load_config(args.config, args.overrides)
+    if args.resume and args.config:
+        # before anything is built: the checkpoint must fit the config given
+        ckpt = check_compatible(args.resume, cfg)
+        conflicts = resume_conflicts(read_config(ckpt), cfg)
+        if conflicts:
+            raise CheckpointError(
+                f"{ckpt}: --config changes settings a resumed run keeps:\n  "
+                + "\n  ".join(conflicts[:20])
+                + "\nResume without --config (the run's own config) to continue the same "
+                "schedule, or train a new run into another --output-dir."
+            )
     run_dir = Path(args.output_dir or cfg.train.output_dir)
     if args.resume and not args.output_dir:
         resumed = Path(args.resume)
         run_dir = resumed if not resumed.name.startswith("ckpt_") else resumed.parent
     # a run folder holds one configuration: refuse another before anything is built
     options = {"command": "train"}
-    try:
-        check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
-    except RunMismatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    ctx = setup(args.device)
+    check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
+    device = resolve_device(args.device) if args.device else None
+    ctx = setup(device)
     try:
         if ctx.is_main:
             prepare_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
         step = run_training(cfg, ctx, run_dir, args.resume, args.max_steps)
-    except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         cleanup(ctx)
     if step < 0:

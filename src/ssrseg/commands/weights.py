@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from ssrseg.commands.common import positive_int
@@ -130,14 +129,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssrseg.backbones.native import WeightsError
-
-    try:
-        if args.action == "list":
-            return _list()
-        if args.action == "fetch":
-            return _fetch(args.names)
-        return _convert(args)
-    except WeightsError as err:
-        print(f"ssrseg weights {args.action}: {err}", file=sys.stderr)
-        return 1
+    if args.action == "list":
+        return _list()
+    if args.action == "fetch":
+        return _fetch(args.names)
+    return _convert(args)

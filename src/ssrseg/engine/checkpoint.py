@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -91,14 +92,18 @@ def save_checkpoint(
     run.mkdir(parents=True, exist_ok=True)
     final = run / f"ckpt_{step}"
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".ckpt_{step}.", suffix=".tmp"))
+    writing = tmp / MODEL_FILE
     try:
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in weights.items()},
-            str(tmp / MODEL_FILE),
+            str(writing),
             metadata={"format": "ssrseg-trainable", "step": str(step)},
         )
-        torch.save(optimizer_state, tmp / OPTIM_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state.__dict__))
+        writing = tmp / OPTIM_FILE
+        torch.save(optimizer_state, writing)
+        writing = tmp / STATE_FILE
+        writing.write_text(json.dumps(state.__dict__))
+        writing = final
         if final.exists():
             old = run / f".ckpt_{step}.old"
             if old.exists():
@@ -108,6 +113,21 @@ def save_checkpoint(
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        # a full disk shows as "unexpected pos ..." from torch.save: say which file and that
+        # nothing was lost
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = run / LAST_FILE
+        previous = kept.read_text().strip() if kept.is_file() else None
+        state_of = (
+            f"the last complete checkpoint, {run / previous}, is kept"
+            if previous
+            else ("no earlier checkpoint exists")
+        )
+        raise CheckpointError(
+            f"{writing}: cannot write checkpoint step {step} ({_one_line(exc)}; is the disk "
+            f"full?); {state_of}"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -118,6 +138,11 @@ def save_checkpoint(
             if old_ckpt != final:
                 shutil.rmtree(old_ckpt)
     return final
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (torch's enforce messages span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -167,6 +192,13 @@ def read_optimizer(ckpt: Path) -> dict[str, Any]:
     path = ckpt / OPTIM_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than tensors and "
+            "plain containers, so reading it could run code from it. "
+            "Optimizer states written by ssrseg never do: this file was replaced or crafted. "
+            "Restore it from a trusted copy, or resume from another checkpoint."
+        ) from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated optimizer state ({exc})") from None
     if not isinstance(state, dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,14 +100,8 @@ def archive_voc_results(out_root: str | os.PathLike[str]) -> Path:
     if not (root / "results").is_dir():
         raise FileNotFoundError(f"{root / 'results'}: nothing to archive")
     target = root / "results.tar.gz"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".results.", suffix=".tar.gz.tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(root / "results", arcname="results")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ssrseg.atomic import atomic_path
+
+    with atomic_path(target, suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
+        tar.add(root / "results", arcname="results")
     return target
