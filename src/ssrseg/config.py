@@ -601,6 +601,8 @@ FIELD_RULES: dict[str, Rule] = {
     "decoder.use_layers": at_least(1),
     "decoder.ffn_ratio": above(0.0),
     "decoder.activation": one_of("quick_gelu", "gelu"),
+    "decoder.dino_layers": at_least(1),
+    "decoder.dino_weight": PROBABILITY,
     "loss.w_proto": at_least(0.0),
     "loss.w_seg": at_least(0.0),
     "loss.w_aff": at_least(0.0),
