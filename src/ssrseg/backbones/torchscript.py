@@ -143,11 +143,15 @@ def read_torchscript(path: Path, trust: bool = False) -> dict[str, Tensor]:
             tree = unpickler.load()
     except (pickle.UnpicklingError, TypeError, ValueError, AttributeError) as err:
         if not trust:
+            from ssrseg.pickles import found_phrase
+
             raise WeightsError(
-                f"{path}: the tensor-only TorchScript reader failed ({err}). Loading it with "
-                "torch.jit.load would execute code from the file: only do that for a file you "
-                "trust, with trust_torchscript=True (CLI: --trust-torchscript)"
-            ) from err
+                f"{path}: refused to load: the TorchScript archive holds {found_phrase(err)}, "
+                "which the tensor-only reader does not accept, and torch.jit.load would run "
+                "code from the file. If you trust the file, convert it once: `ssrseg weights "
+                f"convert {path} OUT.safetensors --trust-torchscript` (in Python: "
+                "trust_torchscript=True), then use OUT.safetensors everywhere."
+            ) from None
         module = torch.jit.load(str(path), map_location="cpu")
         return {k: v.detach().clone() for k, v in module.state_dict().items()}
     except (zipfile.BadZipFile, EOFError, OSError) as err:

@@ -432,6 +432,13 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     return {str(k): v for k, v in obj.items()}
 
 
+UNSAFE_PICKLE_WAY = (
+    "Use the publisher's safetensors or tensor-only file (docs/weights.md lists where to get "
+    "each); for a file you made yourself and trust, save its tensors alone (a state dict of "
+    "tensors, or safetensors) and pass that file."
+)
+
+
 def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
     """Read any supported file into tensors without executing code from it."""
     if not path.is_file():
@@ -451,7 +458,13 @@ def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
         raise WeightsError(f"{path}: file is empty or truncated")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except pickle.UnpicklingError as err:
+        from ssrseg.pickles import refusal_message, refused_global
+
+        if refused_global(err) or "weights only" in str(err).lower():
+            raise WeightsError(refusal_message(path, err, UNSAFE_PICKLE_WAY)) from None
+        raise WeightsError(f"{path}: cannot read: a truncated or damaged pickle ({err})") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
         hint = "" if path.suffix != ".pt" else " (a truncated or non-PyTorch file)"
         raise WeightsError(f"{path}: cannot read as a PyTorch state dict{hint}: {err}") from err
     return RawWeights(path, _unwrap(obj, path), {})

@@ -192,12 +192,17 @@ def read_optimizer(ckpt: Path) -> dict[str, Any]:
     path = ckpt / OPTIM_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        from ssrseg.pickles import refusal_message
+
         raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects other than tensors and "
-            "plain containers, so reading it could run code from it. "
-            "Optimizer states written by ssrseg never do: this file was replaced or crafted. "
-            "Restore it from a trusted copy, or resume from another checkpoint."
+            refusal_message(
+                path,
+                exc,
+                "Optimizer states written by ssrseg hold only tensors and numbers, so this file "
+                "was replaced or crafted: restore it from a trusted copy, or resume from "
+                "another checkpoint of the run.",
+            )
         ) from None
     except (OSError, RuntimeError, EOFError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated optimizer state ({exc})") from None
