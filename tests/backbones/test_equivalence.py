@@ -238,8 +238,10 @@ def _save_openai(sd: dict[str, torch.Tensor], tmp_path) -> str:
 def test_torchscript_fallback_needs_explicit_trust(hf_clip, tmp_path, monkeypatch):
     from ssrseg.backbones import torchscript
 
-    sd = hf_to_openai(hf_clip.state_dict())
-    torch.jit.trace(_module_from_state(sd), torch.ones(1)).save(str(tmp_path / "ts.pt"))
+    # fp16 as OpenAI's archive (an archive's fp32 Linear weights would be rounded to fp16)
+    sd = {k: v.half() for k, v in hf_to_openai(hf_clip.state_dict()).items()}
+    example = torch.ones(1, dtype=torch.half)
+    torch.jit.trace(_module_from_state(sd), example).save(str(tmp_path / "ts.pt"))
 
     def refuse(self, module, name):
         raise torchscript.pickle.UnpicklingError(f"refusing to load {module}.{name}")

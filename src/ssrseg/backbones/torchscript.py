@@ -8,6 +8,14 @@ unpickles ``data.pkl`` with an unpickler that allows only tensor rebuilding, sto
 placeholder objects, then walks the tree to a flat ``{dotted.name: tensor}`` dict. Names match
 ``module.state_dict()`` of the original model, plus non-weight tensor attributes (e.g. OpenAI's
 ``attn_mask``), which the layout converter ignores by name.
+
+Precision: OpenAI's loader (``clip.load``, which CLIP-ES uses) rebuilds the model, rounds the
+weights of its Conv / Linear / multi-head-attention layers and the two projections to fp16
+(``convert_weights``) and, on CPU, computes in float32 with those rounded values; embeddings,
+LayerNorms and the logit scale keep the file's precision. :func:`read_torchscript` applies the
+same rounding (:func:`round_like_openai_loader`), so an archive gives the numbers CLIP-ES computes
+with whatever precision it stores (OpenAI's ``ViT-B-16.pt`` stores these weights in fp16 already:
+a no-op there). The model loader then casts everything to float32.
 """
 
 from __future__ import annotations
@@ -127,8 +135,36 @@ def _walk(obj: Any, prefix: str, out: dict[str, Tensor]) -> None:
             _walk(value, name + ".", out)
 
 
+# Parameters of OpenAI CLIP's Conv / Linear / MultiheadAttention modules and its projections.
+_FP16_NAMES = ("visual.conv1.weight", "visual.proj", "text_projection")
+_FP16_SUFFIXES = (
+    ".attn.in_proj_weight",
+    ".attn.in_proj_bias",
+    ".attn.out_proj.weight",
+    ".attn.out_proj.bias",
+    ".mlp.c_fc.weight",
+    ".mlp.c_fc.bias",
+    ".mlp.c_proj.weight",
+    ".mlp.c_proj.bias",
+)
+
+
+def rounded_by_openai_loader(name: str) -> bool:
+    """Whether OpenAI's ``convert_weights`` stores the OpenAI-named tensor ``name`` in fp16."""
+    return name in _FP16_NAMES or name.endswith(_FP16_SUFFIXES)
+
+
+def round_like_openai_loader(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Floating tensors that OpenAI's loader keeps in fp16 become fp16; the rest is unchanged."""
+    return {
+        k: v.half() if v.is_floating_point() and rounded_by_openai_loader(k) else v
+        for k, v in tensors.items()
+    }
+
+
 def read_torchscript(path: Path, trust: bool = False) -> dict[str, Tensor]:
-    """Tensors of a TorchScript archive, ``{dotted.name: tensor}``.
+    """Tensors of a TorchScript archive, ``{dotted.name: tensor}``, with OpenAI CLIP's fp16
+    weights rounded as OpenAI's loader rounds them (see the module docstring).
 
     Falls back to ``torch.jit.load`` (which executes the archive's code) only when ``trust`` is
     True and the tensor-only reader cannot handle the file.
@@ -153,11 +189,12 @@ def read_torchscript(path: Path, trust: bool = False) -> dict[str, Tensor]:
                 "trust_torchscript=True), then use OUT.safetensors everywhere."
             ) from None
         module = torch.jit.load(str(path), map_location="cpu")
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        return round_like_openai_loader(state)
     except (zipfile.BadZipFile, EOFError, OSError) as err:
         raise WeightsError(f"{path}: broken or truncated zip archive ({err})") from err
     out: dict[str, Tensor] = {}
     _walk(tree, "", out)
     if not out:
         raise WeightsError(f"{path}: the TorchScript archive holds no tensors")
-    return out
+    return round_like_openai_loader(out)
