@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
 
 from ssrseg.config import PARConfig
+from ssrseg.rectify import par_native
 from ssrseg.rectify.par import neighbour_offsets, par_refine, par_weights, position_weights
 
 
@@ -171,3 +173,92 @@ def test_shape_errors() -> None:
         par_refine(torch.rand(2, 3, 4, 4), torch.rand(1, 2, 4, 4), PARConfig())
     with pytest.raises(ValueError, match="B x K x H x W"):
         par_refine(torch.rand(3, 4, 4), torch.rand(2, 4, 4), PARConfig())
+
+
+# ---------------------------------------------------------------- compiled CPU kernels
+needs_compiler = pytest.mark.skipif(
+    par_native._compiler() is None, reason="no C compiler: PAR runs in its torch form"
+)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 2e-5)], ids=["f64", "f32"]
+)
+def test_native_kernels_match_reference(dtype: torch.dtype, tol: float) -> None:
+    assert par_native.load() is not None  # the fast path is what this test exercises
+    gen = torch.Generator().manual_seed(6)
+    # 2 images; width 37 = one 32-column tile + a 5-column tail; height 13 < largest dilation
+    images = torch.rand(2, 3, 13, 37, generator=gen, dtype=dtype)
+    scores = torch.rand(2, 4, 13, 37, generator=gen, dtype=dtype)
+    cfg = PARConfig(iterations=7)
+    out = par_refine(images, scores, cfg)
+    ref = reference_par(images.double(), scores.double(), cfg.dilations, 7, 0.3, 0.01)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+@needs_compiler
+def test_native_kernels_equal_torch_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(7)
+    images = torch.rand(1, 3, 40, 70, generator=gen)
+    scores = torch.rand(1, 3, 40, 70, generator=gen)
+    cfg = PARConfig()
+    fast_w, _ = par_weights(images, cfg)
+    fast = par_refine(images, scores, cfg)
+    monkeypatch.setenv(par_native.ENV_SWITCH, "0")
+    assert par_native.load() is None
+    slow_w, _ = par_weights(images, cfg)
+    slow = par_refine(images, scores, cfg)
+    # float32 rounding only: the same arithmetic in the same order, fused multiply-adds aside
+    torch.testing.assert_close(fast_w, slow_w, rtol=0, atol=2e-6)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=5e-6)
+
+
+@needs_compiler
+def test_native_threads_give_identical_results() -> None:
+    lib = par_native.load()
+    assert lib is not None
+    gen = torch.Generator().manual_seed(8)
+    images = torch.rand(2, 3, 64, 80, generator=gen)
+    scores = torch.rand(2, 3, 64, 80, generator=gen)
+    cfg = PARConfig(iterations=5)
+    weights, offsets = par_weights(images, cfg)
+    # each output value is computed by one thread in a fixed order: any split gives the
+    # same bits; 3 threads on 128 rows also exercises uneven chunks and the barrier
+    one = par_native.propagate(lib, scores, weights, offsets, 5, threads=1)
+    three = par_native.propagate(lib, scores, weights, offsets, 5, threads=3)
+    assert torch.equal(one, three)
+    logits1 = par_native.colour_logits(lib, images, offsets, 1e-8, 0.3, threads=1)
+    logits3 = par_native.colour_logits(lib, images, offsets, 1e-8, 0.3, threads=3)
+    assert torch.equal(logits1, logits3)
+
+
+def test_without_compiler_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("SSRSEG_CACHE", "/nonexistent-cache-dir")
+    par_native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="torch form"):
+            assert par_native.load() is None
+        gen = torch.Generator().manual_seed(9)
+        images = torch.rand(1, 3, 9, 11, generator=gen, dtype=torch.float64)
+        scores = torch.rand(1, 2, 9, 11, generator=gen, dtype=torch.float64)
+        cfg = PARConfig(dilations=(1, 2), iterations=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning: the failure is remembered
+            out = par_refine(images, scores, cfg)
+        ref = reference_par(images, scores, cfg.dilations, 3, 0.3, 0.01)
+        torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    finally:
+        par_native.reset()
+
+
+def test_native_not_used_where_unsupported() -> None:
+    x = torch.rand(1, 3, 4, 4)
+    assert par_native.supported(x, x.double()) is False  # mixed dtypes
+    assert par_native.supported(x.bfloat16()) is False
+    leaf = x.clone().requires_grad_(True)
+    assert par_native.supported(leaf) is False  # autograd needs the torch graph
+    with torch.no_grad():
+        assert par_native.supported(leaf) is True

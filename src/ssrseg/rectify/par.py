@@ -21,7 +21,11 @@ Definitions (WeCLIP's PAR; see ``docs/par_crf.md``):
 Implementation: the weights are computed once per image; each iteration replicate-pads the
 scores once by the largest dilation and adds the M shifted views (slices, no copies) with
 in-place ``addcmul_``. Replicate padding is index clamping, so one padding by the largest
-dilation serves every smaller dilation too.
+dilation serves every smaller dilation too. On the CPU, for float32 / float64 inputs that need
+no autograd graph, the colour logits and the propagation run in compiled kernels
+(:mod:`ssrseg.rectify.par_native`: the same arithmetic in the same order, one pass over the
+pixels per iteration, threads synchronised once per iteration instead of once per neighbour);
+the torch form is the fallback and the reference (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ssrseg.config import PARConfig
+from ssrseg.rectify import par_native
 
 _EPS = 1e-8  # [WeCLIP] added to the std before dividing
 
@@ -77,6 +82,33 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _colour_logits(
+    img: torch.Tensor, offsets: Sequence[tuple[int, int]], temperature: float
+) -> torch.Tensor:
+    """Colour-affinity logits, torch form: B x C x H x W -> B x M x H x W (module docstring)."""
+    b, _, h, w = img.shape
+    m = len(offsets)
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = F.pad(img, [pad] * 4, mode="replicate")
+    # two passes (mean, then squared deviations) instead of a B x C x M x H x W stack: the
+    # streaming sums need M times less memory and the centred second pass stays accurate
+    mean = torch.zeros_like(img)
+    for dy, dx in offsets:
+        mean += _shifted(padded, pad, dy, dx, h, w)
+    mean /= m
+    var = torch.zeros_like(img)
+    for dy, dx in offsets:
+        var += (_shifted(padded, pad, dy, dx, h, w) - mean) ** 2
+    var /= max(m - 1, 1)  # unbiased, as torch.std over the neighbour dimension
+    inv = 1.0 / ((var.sqrt() + _EPS) * temperature)  # B x C x H x W
+
+    logits = img.new_empty(b, m, h, w)
+    for i, (dy, dx) in enumerate(offsets):
+        diff = (_shifted(padded, pad, dy, dx, h, w) - img) * inv
+        logits[:, i] = -(diff * diff).mean(dim=1)
+    return logits
+
+
 def par_weights(
     images01: torch.Tensor, cfg: PARConfig
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -95,26 +127,12 @@ def par_weights(
     offsets = neighbour_offsets(cfg.dilations)
     m = len(offsets)
     img = images01.to(_work_dtype(images01.dtype))
-    b, _, h, w = img.shape
-    pad = max(cfg.dilations)
-    padded = F.pad(img, [pad] * 4, mode="replicate")
-
-    # two passes (mean, then squared deviations) instead of a B x C x M x H x W stack: the
-    # streaming sums need M times less memory and the centred second pass stays accurate
-    mean = torch.zeros_like(img)
-    for dy, dx in offsets:
-        mean += _shifted(padded, pad, dy, dx, h, w)
-    mean /= m
-    var = torch.zeros_like(img)
-    for dy, dx in offsets:
-        var += (_shifted(padded, pad, dy, dx, h, w) - mean) ** 2
-    var /= max(m - 1, 1)  # unbiased, as torch.std over the neighbour dimension
-    inv = 1.0 / ((var.sqrt() + _EPS) * cfg.colour_temperature)  # B x C x H x W
-
-    logits = img.new_empty(b, m, h, w)
-    for i, (dy, dx) in enumerate(offsets):
-        diff = (_shifted(padded, pad, dy, dx, h, w) - img) * inv
-        logits[:, i] = -(diff * diff).mean(dim=1)
+    lib = par_native.load() if par_native.supported(img) else None
+    if lib is not None:
+        # the same arithmetic in one compiled pass over the pixels (par_native)
+        logits = par_native.colour_logits(lib, img, offsets, _EPS, cfg.colour_temperature)
+    else:
+        logits = _colour_logits(img, offsets, cfg.colour_temperature)
     pos = position_weights(cfg.dilations, cfg.colour_temperature, img.device, img.dtype)
     # out of place: softmax's backward needs its output unmodified (PAR stays differentiable)
     weights = torch.softmax(logits, dim=1) + cfg.position_weight * pos.view(1, m, 1, 1)
@@ -148,9 +166,13 @@ def par_propagate(
         )
     if k == 0 or iterations <= 0 or not offsets:
         return scores.to(weights.dtype)
+    cur = scores.to(weights.dtype)
+    lib = par_native.load() if par_native.supported(cur, weights) else None
+    if lib is not None:
+        # all iterations in one compiled call, one thread synchronisation per iteration
+        return par_native.propagate(lib, cur, weights, list(offsets), iterations)
     pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     w_maps = weights.unsqueeze(2)  # B x M x 1 x H x W, broadcast over the K score channels
-    cur = scores.to(weights.dtype)
     for _ in range(iterations):
         padded = F.pad(cur, [pad] * 4, mode="replicate")
         nxt = torch.zeros_like(cur)
