@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -460,18 +459,11 @@ def config_from_dict(values: dict[str, Any]) -> SSRConfig:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, with
+    the permissions a plain write gives (see :mod:`ssrseg.atomic`)."""
+    from ssrseg.atomic import atomic_write_text as write
+
+    write(path, text)
 
 
 def save_config(cfg: SSRConfig, out_dir: str | os.PathLike[str], name: str = "config.yaml") -> Path:

@@ -8,8 +8,6 @@ skipped (resumable); unreadable images are skipped and listed at the end.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,19 +157,13 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
     """Write an RGB image atomically (format from the suffix)."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        options = {"quality": 92} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    from ssrseg.atomic import atomic_path
+
+    options = {"quality": 92} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    with atomic_path(path) as tmp:
         Image.fromarray(image).save(
             tmp, format=Image.registered_extensions()[path.suffix], **options
         )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_outputs(

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,16 +246,10 @@ def print_metrics(conf: Any, class_names: list[str], title: str) -> None:
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` to a temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ssrseg.atomic import atomic_path
+
+    with atomic_path(path, suffix=".npz.tmp") as tmp, tmp.open("wb") as handle:
+        np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
 
 
 def read_label_png(path: Path) -> np.ndarray:

@@ -14,7 +14,6 @@ import os
 import pickle
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ssrseg.config import SSRConfig, atomic_write_text, config_from_dict, config_to_dict
+from ssrseg.atomic import atomic_dir, atomic_write_text
+from ssrseg.config import SSRConfig, config_from_dict, config_to_dict
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -91,46 +91,35 @@ def save_checkpoint(
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     final = run / f"ckpt_{step}"
-    tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".ckpt_{step}.", suffix=".tmp"))
-    writing = tmp / MODEL_FILE
+    writing = final
     try:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in weights.items()},
-            str(writing),
-            metadata={"format": "ssrseg-trainable", "step": str(step)},
-        )
-        writing = tmp / OPTIM_FILE
-        torch.save(optimizer_state, writing)
-        writing = tmp / STATE_FILE
-        writing.write_text(json.dumps(state.__dict__))
-        writing = final
-        if final.exists():
-            old = run / f".ckpt_{step}.old"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        # a temporary folder renamed into place, with the permissions of a plain mkdir
+        with atomic_dir(final) as tmp:
+            writing = final / MODEL_FILE
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                str(tmp / MODEL_FILE),
+                metadata={"format": "ssrseg-trainable", "step": str(step)},
+            )
+            writing = final / OPTIM_FILE
+            torch.save(optimizer_state, tmp / OPTIM_FILE)
+            writing = final / STATE_FILE
+            (tmp / STATE_FILE).write_text(json.dumps(state.__dict__))
+            writing = final
     except (OSError, RuntimeError, SafetensorError) as exc:
         # a full disk shows as "unexpected pos ..." from torch.save: say which file and that
         # nothing was lost
-        shutil.rmtree(tmp, ignore_errors=True)
         kept = run / LAST_FILE
         previous = kept.read_text().strip() if kept.is_file() else None
         state_of = (
             f"the last complete checkpoint, {run / previous}, is kept"
             if previous
-            else ("no earlier checkpoint exists")
+            else "no earlier checkpoint exists"
         )
         raise CheckpointError(
             f"{writing}: cannot write checkpoint step {step} ({_one_line(exc)}; is the disk "
             f"full?); {state_of}"
         ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     atomic_write_text(run / LAST_FILE, final.name + "\n")
     if keep_last is not None and keep_last > 0:
         ckpts = sorted(list_checkpoints(run), key=lambda p: int(p.name.split("_")[1]))
