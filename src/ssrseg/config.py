@@ -695,3 +695,7 @@ def validate_config(cfg: SSRConfig) -> SSRConfig:
             values = ", ".join(f"{k}={_lookup(cfg, k)!r}" for k in keys)
             raise ConfigError(f"{values} is not allowed ({allowed})")
     return cfg
+    kmeans_iters: int = 50  # [decision] Lloyd iterations of a K-means refresh (kmeans mode)
+    # [decision] kmeans mode: f_ic kept between refreshes (the newest; 5000 it. x batch 4 x
+    # ~1.5 classes = 30k on VOC)
+    kmeans_max_features: int = 50000

@@ -42,7 +42,7 @@ from ssrseg.engine.distributed import (
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
 from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
-from ssrseg.rectify.cmpa import PrototypeAccumulator
+from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
 
 LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym")
 
@@ -239,10 +239,9 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         cmpa = model.cmpa
-        self.acc = (
-            PrototypeAccumulator(cmpa.num_classes, cmpa.cfg.out_dim, self.device)
-            if cmpa is not None
-            else None
+        # class_mean: per-class sums; kmeans: a bank of f_ic (both checkpointed)
+        self.acc: PrototypeAccumulator | FeatureBank | None = (
+            prototype_store(cmpa, self.device) if cmpa is not None else None
         )
         self.losses: nn.Module = model.losses
         if self.ctx.distributed:
@@ -411,9 +410,14 @@ class Trainer:
             self.acc.add(res["feats"], res["classes"])
         self.step += 1
         if cmpa is not None and self.acc is not None and self.step % cfg.cmpa.refresh_every == 0:
-            all_reduce_sum_(self.acc.sum, self.ctx)
-            all_reduce_sum_(self.acc.count, self.ctx)
-            cmpa.refresh(self.acc)
+            if isinstance(self.acc, FeatureBank):
+                # K-means sees every rank's features, in rank order
+                self.acc.extend(all_gather_objects(self.acc.state_dict(), self.ctx))
+                cmpa.refresh(self.acc, model.labeler.class_emb)
+            else:
+                all_reduce_sum_(self.acc.sum, self.ctx)
+                all_reduce_sum_(self.acc.count, self.ctx)
+                cmpa.refresh(self.acc)
             self.acc.reset()
         values = {k: float(res[k].detach()) for k in LOSS_KEYS if k in res}
         if cmpa is not None:

@@ -8,6 +8,15 @@ all text prototypes ``P_T = TSA(text)`` at a learnable temperature ``tau``. An o
 term pulls each text prototype towards its class's visual prototype ``P_I`` (per-class means of
 ``f_ic`` gathered over the data and refreshed on the trainer's schedule).
 
+``cmpa.prototypes=kmeans`` is the paper's variant (docs/training.md, "CMPA prototypes"):
+K-means (K = number of foreground classes) over the image features ``f_ic`` gathered since the
+last refresh gives P_I; K-means over the text features of the same image-text pairs (each pair's
+text is its class prompt, so with K = C every class text is its own cluster) gives the text
+clusters, whose live TSA means are P_T; image clusters are matched one-to-one to text clusters
+by the Hungarian method on the pairs' co-occurrence counts, and a sample's positive is the text
+cluster matched to the image cluster nearest to its ``f_ic``. Before the first refresh each
+class is its own cluster on both sides (the positive is the image-level class).
+
 Pure maths are module-level functions; :class:`CMPA` holds the heads, ``tau`` and the visual
 prototype buffers. The schedule (when the loss starts, when prototypes refresh) is the trainer's.
 """
@@ -22,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssrseg.config import CMPAConfig
+
+PROTOTYPE_MODES = ("class_mean", "kmeans")
 
 
 def projection_head(
@@ -100,24 +111,84 @@ def symmetric_prototype_loss(
     return F.cross_entropy(logits.float(), torch.arange(idx.numel(), device=idx.device))
 
 
+def kmeans(points: Tensor, k: int, iters: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """K-means of SGC (:func:`ssrseg.rectify.sgc.kmeans`: k-means++ seeding from ``seed``,
+    Lloyd iterations) plus its centroids.
+
+    points: ``M x d`` (M >= k). Returns (centroids ``k x d``, labels ``M`` long, filled ``k``
+    bool); a cluster left without points has a zero centroid and ``filled`` False.
+    """
+    from ssrseg.rectify.sgc import kmeans as lloyd
+
+    m = points.shape[0]
+    if m < k:
+        raise ValueError(f"K-means needs at least k={k} points, got {m}")
+    labels = lloyd(points, k, iters, seed).cpu()
+    x = points.detach().double().cpu()
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, labels, x)
+    counts = torch.bincount(labels, minlength=k).double()
+    centroids = sums / counts.clamp_min(1.0)[:, None]
+    return centroids.to(points.dtype), labels, counts > 0
+
+
+def match_clusters(counts: Tensor) -> Tensor:
+    """One-to-one matching of rows (image clusters) to columns (text clusters) maximising the
+    matched co-occurrence counts (Hungarian method). counts: ``K x K``; returns ``K`` long,
+    the column matched to each row."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(counts.detach().double().cpu().numpy(), maximize=True)
+    out = torch.empty(counts.shape[0], dtype=torch.long)
+    out[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return out
+
+
+def cluster_prototypes(protos: Tensor, assign: Tensor, k: int) -> Tensor:
+    """Mean of the L2-normalised ``protos`` (``C x d``) of each cluster (``assign`` ``C`` long):
+    ``k x d`` (zero rows for empty clusters). Differentiable in ``protos``."""
+    onehot = F.one_hot(assign, k).to(protos.dtype)  # C x k
+    mass = onehot.sum(dim=0).clamp_min(1.0)
+    return (onehot.t() @ F.normalize(protos, dim=-1)) / mass[:, None]
+
+
+def nearest_centroid(feats: Tensor, centroids: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Index of the nearest centroid (Euclidean, as in K-means) of each feature: ``M`` long.
+
+    feats: ``M x d``; centroids: ``K x d``; valid: ``K`` bool (None: all), others never chosen.
+    """
+    if feats.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=feats.device)
+    dist = torch.cdist(feats.float(), centroids.float().to(feats.device))
+    if valid is not None:
+        dist = dist.masked_fill(~valid.to(dist.device), float("inf"))
+    return dist.argmin(dim=1)
+
+
 class CMPA(nn.Module):
     """ISA / TSA heads, learnable temperature and visual prototypes for ``num_classes`` (C,
     foreground only) classes.
 
     Buffers (saved with the trainable weights so a resumed run continues exactly):
-    ``visual_protos`` ``C x d2`` and ``proto_valid`` ``C`` (bool as uint8). The running sums
-    between refreshes live in a :class:`PrototypeAccumulator` held by the trainer.
+    ``visual_protos`` ``C x d2`` and ``proto_valid`` ``C`` (bool as uint8); with
+    ``cmpa.prototypes=kmeans`` the visual prototypes are the image K-means centroids (K = C) and
+    three more buffers hold the clustering: ``text_cluster`` ``C`` (class -> text cluster),
+    ``cluster_positive`` ``K`` (image cluster -> matched text cluster) and ``refreshes`` (how many
+    K-means refreshes ran; 0 = each class is its own cluster). What is gathered between
+    refreshes lives in the trainer's store (:func:`prototype_store`).
     """
 
     visual_protos: Tensor
     proto_valid: Tensor
+    text_cluster: Tensor
+    cluster_positive: Tensor
+    refreshes: Tensor
 
     def __init__(self, cfg: CMPAConfig, num_classes: int) -> None:
         super().__init__()
-        if cfg.prototypes != "class_mean":
+        if cfg.prototypes not in PROTOTYPE_MODES:
             raise ValueError(
-                f"cmpa.prototypes={cfg.prototypes!r} is not supported; only 'class_mean' "
-                "(see docs/training.md, Decisions)"
+                f"cmpa.prototypes={cfg.prototypes!r}: use one of {', '.join(PROTOTYPE_MODES)} "
+                "(see docs/training.md, CMPA prototypes)"
             )
         self.cfg = cfg
         self.num_classes = num_classes
@@ -128,6 +199,16 @@ class CMPA(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(cfg.tau_init)))
         self.register_buffer("visual_protos", torch.zeros(num_classes, cfg.out_dim))
         self.register_buffer("proto_valid", torch.zeros(num_classes, dtype=torch.uint8))
+        if self.kmeans:
+            # before the first refresh every class is its own cluster on both sides
+            self.register_buffer("text_cluster", torch.arange(num_classes))
+            self.register_buffer("cluster_positive", torch.arange(num_classes))
+            self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+
+    @property
+    def kmeans(self) -> bool:
+        """The paper's K-means prototypes (``cmpa.prototypes=kmeans``)."""
+        return self.cfg.prototypes == "kmeans"
 
     @property
     def tau(self) -> Tensor:
@@ -184,27 +265,171 @@ class CMPA(nn.Module):
         feats, classes = self.class_features(patch_emb, cams, labels, grid)
         text_protos = self.project_text(text_emb)
         tau = self.tau
-        main = prototype_loss(feats, classes, text_protos, tau)
+        visual, valid = self.visual_protos, self.proto_valid.bool()
+        targets = classes
+        if self.kmeans:
+            # P_T: live TSA means of the text clusters; positive: the text cluster matched to
+            # the image cluster nearest to f_ic (the image-level class before the first refresh)
+            k = self.num_classes
+            text_protos = cluster_prototypes(text_protos, self.text_cluster, k)
+            targets = self.kmeans_positives(F.normalize(feats.detach().float(), dim=-1), classes)
+            # visual prototype of text cluster t: the centroid of the image cluster matched to t
+            visual = torch.zeros_like(self.visual_protos)
+            visual[self.cluster_positive] = self.visual_protos
+            valid = torch.zeros_like(valid)
+            valid[self.cluster_positive] = self.proto_valid.bool()
+        main = prototype_loss(feats, targets, text_protos, tau)
         parts = {"proto": main.detach()}
         total = main
         if self.cfg.symmetric:
-            sym = symmetric_prototype_loss(
-                text_protos, self.visual_protos, self.proto_valid.bool(), tau
-            )
+            sym = symmetric_prototype_loss(text_protos, visual, valid, tau)
             parts["proto_sym"] = sym.detach()
             total = total + sym
         return total, parts, F.normalize(feats.detach().float(), dim=-1), classes
 
+    def kmeans_positives(self, feats: Tensor, classes: Tensor) -> Tensor:
+        """Positive text cluster of each normalised ``f_ic`` (``M x d2``, classes ``M``): the
+        text cluster matched to its nearest image centroid; before the first refresh the text
+        cluster of its class (= the class)."""
+        if int(self.refreshes) == 0:
+            return self.text_cluster[classes]
+        nearest = nearest_centroid(feats, self.visual_protos, self.proto_valid.bool())
+        return self.cluster_positive[nearest]
+
     @torch.no_grad()
-    def refresh(self, acc: PrototypeAccumulator) -> int:
+    def refresh(
+        self, acc: PrototypeAccumulator | FeatureBank, text_emb: Tensor | None = None
+    ) -> int:
         """Visual prototypes <- per-class mean of the features accumulated since the last
         refresh (classes not seen keep their previous prototype). Returns the number of classes
-        refreshed. In data-parallel runs the trainer sums the accumulators over ranks first."""
+        refreshed. In data-parallel runs the trainer sums the accumulators over ranks first.
+
+        K-means mode: ``acc`` is a :class:`FeatureBank` (every rank's features, gathered by the
+        trainer) and ``text_emb`` (``C x E``) the class text embeddings; see
+        :meth:`refresh_kmeans`."""
+        if isinstance(acc, FeatureBank):
+            if text_emb is None:
+                raise ValueError("a K-means refresh needs the class text embeddings")
+            return self.refresh_kmeans(acc, text_emb)
+        if self.kmeans:
+            raise TypeError("cmpa.prototypes=kmeans refreshes from a FeatureBank")
         seen: Tensor = acc.count > 0
         means = acc.sum[seen] / acc.count[seen, None]
         self.visual_protos[seen.to(self.visual_protos.device)] = means.to(self.visual_protos)
         self.proto_valid[seen.to(self.proto_valid.device)] = 1
         return int(seen.sum())
+
+    @torch.no_grad()
+    def refresh_kmeans(self, bank: FeatureBank, text_emb: Tensor) -> int:
+        """The paper's refresh: K-means (K = C) over the banked image features -> P_I; K-means
+        over the pairs' text features (TSA of each pair's class text, eval-mode BatchNorm) ->
+        text clusters; Hungarian matching of image to text clusters on the pairs' co-occurrence
+        counts. Seeded by the refresh count, so a resumed run clusters identically. Returns the
+        number of non-empty image clusters, or 0 (state kept) when fewer than K features were
+        gathered."""
+        feats, classes = bank.features()
+        k = self.num_classes
+        if feats.shape[0] < k:
+            return 0
+        seed = 1000 + int(self.refreshes)
+        centroids, img_labels, filled = kmeans(feats, k, self.cfg.kmeans_iters, seed)
+        was_training = self.tsa.training
+        self.tsa.eval()
+        try:
+            text = F.normalize(self.project_text(text_emb).float(), dim=-1).cpu()
+        finally:
+            self.tsa.train(was_training)
+        # Each pair's text is its class prompt, so the pairs' text features are the C class
+        # texts repeated; K-means with K = C gives distinct texts their own clusters whatever
+        # the repetitions, so the C texts are clustered once each.
+        _, text_of_class, _ = kmeans(text, k, self.cfg.kmeans_iters, seed)
+        cooc = torch.zeros(k, k, dtype=torch.float64)
+        pair_text = text_of_class[classes.cpu()]
+        cooc.index_put_(
+            (img_labels, pair_text),
+            torch.ones(len(pair_text), dtype=torch.float64),
+            accumulate=True,
+        )
+        dev = self.visual_protos.device
+        self.visual_protos.copy_(centroids.to(self.visual_protos))
+        self.proto_valid.copy_(filled.to(self.proto_valid))
+        self.text_cluster.copy_(text_of_class.to(dev))
+        self.cluster_positive.copy_(match_clusters(cooc).to(dev))
+        self.refreshes += 1
+        return int(filled.sum())
+
+
+class FeatureBank:
+    """The normalised ``f_ic`` and their classes gathered between K-means refreshes.
+
+    A ring buffer of ``capacity`` rows (the newest kept); kept outside the module for the
+    reason given at :class:`PrototypeAccumulator`, and checkpointed by the trainer.
+    """
+
+    def __init__(self, dim: int, capacity: int, device: torch.device | str = "cpu") -> None:
+        if capacity < 1:
+            raise ValueError(f"cmpa.kmeans_max_features must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.feats = torch.zeros(0, dim, device=device)
+        self.classes = torch.zeros(0, dtype=torch.long, device=device)
+        self.total = 0  # features added since the last reset (write position = total % cap)
+
+    @torch.no_grad()
+    def add(self, feats: Tensor, classes: Tensor) -> None:
+        """Add features ``M x d2`` of classes ``M``."""
+        feats = feats.detach().float().to(self.feats.device)
+        classes = classes.to(self.classes.device)
+        for f, c in zip(feats.split(self.capacity), classes.split(self.capacity), strict=True):
+            n = f.shape[0]
+            if self.feats.shape[0] < self.capacity:
+                room = self.capacity - self.feats.shape[0]
+                self.feats = torch.cat([self.feats, f[:room]])
+                self.classes = torch.cat([self.classes, c[:room]])
+                self.total += min(n, room)
+                f, c, n = f[room:], c[room:], max(0, n - room)
+            if n:
+                pos = (self.total + torch.arange(n, device=f.device)) % self.capacity
+                self.feats[pos] = f
+                self.classes[pos] = c
+                self.total += n
+
+    def features(self) -> tuple[Tensor, Tensor]:
+        """(features ``M x d2``, classes ``M``) currently held."""
+        return self.feats, self.classes
+
+    def extend(self, others: list[dict[str, Tensor]]) -> None:
+        """Replace the content with the concatenation of ``state_dict()`` s (every rank's bank,
+        in rank order) before a refresh."""
+        self.reset()
+        for st in others:
+            self.add(st["feats"], st["classes"])
+
+    def reset(self) -> None:
+        self.feats = self.feats[:0]
+        self.classes = self.classes[:0]
+        self.total = 0
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "feats": self.feats.cpu().clone(),
+            "classes": self.classes.cpu().clone(),
+            "total": torch.tensor(self.total),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.feats = state["feats"].to(self.feats.device, torch.float32).clone()
+        self.classes = state["classes"].to(self.classes.device, torch.long).clone()
+        self.total = int(state["total"])
+
+
+def prototype_store(
+    cmpa: CMPA, device: torch.device | str = "cpu"
+) -> PrototypeAccumulator | FeatureBank:
+    """What the trainer gathers between refreshes: per-class sums (class_mean) or a bank of
+    features (kmeans)."""
+    if cmpa.kmeans:
+        return FeatureBank(cmpa.cfg.out_dim, cmpa.cfg.kmeans_max_features, device)
+    return PrototypeAccumulator(cmpa.num_classes, cmpa.cfg.out_dim, device)
 
 
 class PrototypeAccumulator:
