@@ -35,6 +35,9 @@ class BackboneConfig:
     dino: str = "dino_vit_s16"
     use_dino: bool = True  # [paper] needed for the "+DINO attention" rows; off saves its forward
     half_precision: bool = True  # [decision] frozen backbones in bf16/fp16 on GPU (ignored on CPU)
+    # [CLIP-ES] CLIP's position table to the input grid: bilinear_fp16 (CLIP-ES / WeCLIP: bilinear,
+    # table rounded to fp16) | bicubic (ssrseg before; transformers). DINO keeps bicubic.
+    pos_embed_resize: str = "bilinear_fp16"
 
 
 @dataclass(frozen=True)
@@ -532,6 +535,7 @@ PROBABILITY = between(0.0, 1.0)
 FIELD_RULES: dict[str, Rule] = {
     "backbone.clip": NON_EMPTY,
     "backbone.dino": NON_EMPTY,
+    "backbone.pos_embed_resize": one_of("bilinear_fp16", "bicubic"),
     "prompts.dataset": NON_EMPTY,
     "prompts.template": Rule(
         lambda v: isinstance(v, str) and v.count("{}") == 1,

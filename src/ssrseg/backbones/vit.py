@@ -192,9 +192,41 @@ def interpolate_pos_embed(
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
+# How the pretrained position table is resized to an input's grid (VisionTransformer attribute
+# ``pos_embed_resize``): "bicubic" (interpolate_pos_embed) or "bilinear_fp16" (CLIP-ES / WeCLIP).
+POS_EMBED_RESIZE = ("bicubic", "bilinear_fp16")
+
+
+def interpolate_pos_embed_bilinear_fp16(
+    pos: Tensor, grid: tuple[int, int], src_grid: int
+) -> Tensor:
+    """CLIP-ES's / WeCLIP's resize (their ``upsample_pos_emb``): the patch positions bilinearly
+    (``align_corners=False``, in float32), then the whole table, class position included,
+    rounded to fp16. Both do it at every input size, also at the pretrained grid, where the
+    resize is the identity but the rounding still applies.
+
+    pos: ``(1 + S*S) x D`` with the class position first; returns ``(1 + h*w) x D`` in
+    ``pos.dtype`` holding fp16 values.
+    """
+    h, w = grid
+    cls_pos, patch_pos = pos[:1].float(), pos[1:].float()
+    d = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, src_grid, src_grid, d).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bilinear", align_corners=False)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(h * w, d)
+    return torch.cat([cls_pos, patch_pos], dim=0).half().to(pos.dtype)
+
+
 class VisionTransformer(nn.Module):
     """ViT with a class token; CLIP's image tower, DINO or DINOv2 (LayerScale, registers)
-    depending on :class:`ViTConfig`."""
+    depending on :class:`ViTConfig`.
+
+    ``pos_embed_resize`` (one of :data:`POS_EMBED_RESIZE`, default ``"bicubic"``) picks the
+    position-table resize; it is a run-time choice (``backbone.pos_embed_resize`` for CLIP),
+    not part of the stored config.
+    """
+
+    pos_embed_resize: str = "bicubic"
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
@@ -242,9 +274,18 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # B x N x D
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
-        pos = interpolate_pos_embed(
-            self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias
-        )
+        if self.pos_embed_resize == "bilinear_fp16":
+            pos = interpolate_pos_embed_bilinear_fp16(
+                self.pos_embed, grid, self.cfg.pretrained_grid
+            )
+        elif self.pos_embed_resize == "bicubic":
+            pos = interpolate_pos_embed(
+                self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias
+            )
+        else:
+            raise ValueError(
+                f"pos_embed_resize {self.pos_embed_resize!r} is not one of {POS_EMBED_RESIZE}"
+            )
         x = x + pos.to(x.dtype)
         if self.register_tokens is not None:
             reg = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)

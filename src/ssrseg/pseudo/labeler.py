@@ -453,6 +453,7 @@ def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> 
     from ssrseg.backbones.weights import load_clip, load_dino
 
     clip, tokenizer = load_clip(cfg.backbone.clip, device=device)
+    clip.visual.pos_embed_resize = cfg.backbone.pos_embed_resize  # CLIP-ES: bilinear, fp16
     dino = None
     if cfg.backbone.use_dino and (cfg.affinity.use_dino_attention or cfg.decoder.dino_branch):
         dino = load_dino(cfg.backbone.dino, device=device)
