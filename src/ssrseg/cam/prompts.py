@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import Tokenizer
+from ssrseg.data.classes import background_header_length
 
 DEFAULT_TEMPLATE = "a clean origami {}."  # [CLIP-ES]
 
@@ -155,6 +156,7 @@ class ClassPrompts:
         """A toy-world root: ``classes.txt`` (required) and ``backgrounds.txt`` (optional)."""
         root = Path(root)
         classes = _read_lines(root / "classes.txt")
+        classes = classes[background_header_length(classes) :]
         bg_path = root / "backgrounds.txt"
         background = tuple(_read_lines(bg_path)) if bg_path.is_file() else ()
         return cls(names=tuple(classes), prompts=tuple(classes), background=background)
@@ -185,6 +187,9 @@ class ClassPrompts:
                 raise PromptError(f"{path}: line {number} {line!r} is not 'name' or 'name: prompt'")
             names.append(name)
             prompts.append(prompt or name)
+        # the same header rule as dataset class files (``_background_`` first, labelme)
+        skip = background_header_length(names)
+        names, prompts = names[skip:], prompts[skip:]
         if len(set(names)) != len(names):
             raise PromptError(f"{path}: duplicate class names")
         bg = tuple(background) if in_background else COCO_BACKGROUND

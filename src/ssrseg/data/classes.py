@@ -5,6 +5,8 @@ A foreground class ``c`` (0-based) appears in masks as ``c + 1``; ``255`` is ign
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # PASCAL VOC 2012, in the order of the official devkit (mask value = index + 1).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -131,10 +133,32 @@ def normalize_class_name(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 
 
+# labelme's labels.txt begins with this line (then ``_background_``): not a class
+IGNORE_LINE = "__ignore__"
+
+
+def is_background_name(name: str) -> bool:
+    """``background``, ``_background_`` (labelme), ``Background`` ...: the name of index 0."""
+    return normalize_class_name(name) == BACKGROUND
+
+
+def background_header_length(names: Sequence[str]) -> int:
+    """How many leading entries of a class list are not foreground classes: any
+    ``__ignore__`` lines, then one background entry. Every reader of class files (datasets,
+    prompts) drops them, so one file counts the same classes everywhere."""
+    k = 0
+    while k < len(names) and names[k].strip() == IGNORE_LINE:
+        k += 1
+    if k < len(names) and is_background_name(names[k]):
+        k += 1
+    return k
+
+
 def read_class_file(path: str) -> tuple[str, ...]:
     """Read foreground class names, one per line (blank lines and ``#`` comments skipped).
 
-    A first line ``background`` is dropped (index 0 is always background).
+    Leading ``__ignore__`` lines and a first background entry (``background``,
+    ``_background_``) are dropped: index 0 is always background.
     """
     from ssrseg.data.base import BadInputError
 
@@ -144,8 +168,7 @@ def read_class_file(path: str) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(path, f"cannot read class-name file: {exc}") from None
     names = [line for line in lines if line]
-    if names and normalize_class_name(names[0]) == BACKGROUND:
-        names = names[1:]
+    names = names[background_header_length(names) :]
     if not names:
         raise BadInputError(path, "class-name file lists no classes")
     canon = [normalize_class_name(n) for n in names]
