@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ssrseg.backbones.dino import run_on_grid
 from ssrseg.backbones.vit import VisionTransformer, ViTOutput
 from ssrseg.config import ConfigError, DecoderConfig, SSRConfig
+from ssrseg.model.decoder import SegDecoder
 from ssrseg.model.losses import feature_affinity
 
 
@@ -107,15 +108,14 @@ class BranchOutput:
 
 
 def branch_forward(
-    decoder: nn.Module,
+    decoder: SegDecoder,
     branch: DinoBranch,
     tokens: Sequence[Tensor],
     grid: tuple[int, int],
     dino_feats: Sequence[Tensor],
     dino_grid: tuple[int, int],
 ) -> BranchOutput:
-    """Both branches through the shared decoder (``decoder`` is a
-    :class:`~ssrseg.model.decoder.SegDecoder`; its ``decode`` runs Dropout2d, the transformer
+    """Both branches through the shared decoder (its ``decode`` runs Dropout2d, the transformer
     and the classifier on fused tokens)."""
     logits_clip, feats_clip = decoder(tokens, grid)
     logits_dino, feats_dino = decoder.decode(branch(dino_feats, dino_grid, grid), grid)
@@ -175,7 +175,7 @@ class DinoBranchHook:
     """
 
     def __init__(
-        self, decoder: nn.Module, branch: DinoBranch, dino: VisionTransformer, cfg: DecoderConfig
+        self, decoder: SegDecoder, branch: DinoBranch, dino: VisionTransformer, cfg: DecoderConfig
     ) -> None:
         self.decoder = decoder
         self.branch = branch
