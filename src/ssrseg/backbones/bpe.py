@@ -128,9 +128,10 @@ def pre_tokenize(text: str) -> list[str]:
     ``SOT|EOT|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``.
 
     text: cleaned and lower-cased (:func:`clip_clean`); the case-insensitive pattern is only
-    emulated for lower-case text. At each position the first alternative that matches wins; a character no alternative
-    matches (white space) is skipped. Letter and number classes come from Python's Unicode
-    database; they agree with the ``regex`` package on every character assigned there.
+    emulated for lower-case text. At each position the first alternative that matches wins; a
+    character no alternative matches (white space) is skipped. Letter and number classes come
+    from Python's Unicode database; they agree with the ``regex`` package on every character
+    assigned there.
     """
     out: list[str] = []
     i, n = 0, len(text)

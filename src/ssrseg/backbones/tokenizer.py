@@ -31,7 +31,8 @@ class Tokenizer(Protocol):
 
 
 def clean_text(text: str) -> str:
-    """CLIP's clean-up: unescape HTML twice, collapse whitespace, strip, lower-case."""
+    """The word tokenizer's clean-up: unescape HTML twice, collapse whitespace, strip,
+    lower-case (the BPE tokenizer follows OpenAI's exactly: ``bpe.clip_clean``)."""
     text = html.unescape(html.unescape(text))
     return re.sub(r"\s+", " ", text).strip().lower()
 
