@@ -104,7 +104,11 @@ def test_pseudo_labels_writes_resumes_and_evaluates(
     assert main([*args, "--eval", *setup]) == 0
     assert (out / "img1.png").stat().st_mtime_ns == stamp
     assert (out / "img2.png").is_file()
-    assert capsys.readouterr().out.count("mIoU") == 1
+    printed = capsys.readouterr().out
+    assert printed.count("mIoU") == 1
+    assert "2 of 3 images already done; wrote 1" in printed
+    assert main([*args, *setup]) == 0  # issue 12 defect 10: say so when nothing is left
+    assert f"3 of 3 images already done in {out}: nothing left to do" in capsys.readouterr().out
     assert not list(out.glob(".*tmp"))  # no temporary files left behind
 
 

@@ -15,10 +15,19 @@ def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -
     assert f"ssrseg {name}" in capsys.readouterr().out
 
 
-def test_no_command_prints_the_command_list(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 0
+def test_no_command_prints_the_command_list_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2  # issue 12 defect 10: a missing command is a usage error
+    err = capsys.readouterr().err
+    assert all(name in err for name, _, _ in COMMANDS)
+
+
+@pytest.mark.parametrize("name", [c[0] for c in COMMANDS])
+def test_help_has_no_markup(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12 defect 10: module docstrings shown by --help lose their reStructuredText."""
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
     out = capsys.readouterr().out
-    assert all(name in out for name, _, _ in COMMANDS)
+    assert "``" not in out and ":class:" not in out and ":func:" not in out
 
 
 def test_overrides_may_stand_between_options() -> None:

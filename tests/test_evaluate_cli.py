@@ -105,6 +105,16 @@ def test_prediction_with_unknown_class_value(voc: Path, tmp_path: Path, capsys) 
     assert "a1.png: mask holds values [42]" in capsys.readouterr().err
 
 
+def test_scoring_nothing_removes_an_older_result(voc: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Issue 12 defect 10: an older metrics.json must not stand for a run that scored nothing."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "metrics.json").write_text('{"miou": 0.9}')
+    assert main(["evaluate", "--pred", str(pred), "--root", str(voc), "--quiet"]) == 2
+    assert not (pred / "metrics.json").exists()
+    assert "no image could be scored; removed the older" in capsys.readouterr().err
+
+
 def test_missing_prediction_folder(voc: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--root", str(voc)]) == 2
     assert "prediction folder not found" in capsys.readouterr().err

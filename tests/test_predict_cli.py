@@ -324,6 +324,19 @@ def test_evaluate_checkpoint_errors(
     assert str(tmp_path / "nope") in capsys.readouterr().err
 
 
+def test_image_conversions_are_listed(
+    tmp_path: Path, fake_model: CountingNet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12 defect 10: predict lists conversions made while reading, as other jobs do."""
+    gray = tmp_path / "in" / "gray.png"
+    gray.parent.mkdir()
+    Image.fromarray(np.full((16, 24), 90, np.uint8), mode="L").save(gray)
+    assert predict(str(gray), "--out", str(tmp_path / "out")) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) were converted while reading" in err
+    assert f"{gray}: converted grayscale image to RGB" in err
+
+
 def test_rerun_with_other_settings_is_refused(
     tmp_path: Path,
     fake_model: CountingNet,

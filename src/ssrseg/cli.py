@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from ssrseg import __version__
+from ssrseg.commands.common import plain_doc
 
 # (command name, module under ssrseg.commands, one-line help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, help_text in COMMANDS:
         mod = importlib.import_module(f"ssrseg.commands.{module}")
         p = mod.add_parser(sub, name, help_text)
+        p.description = plain_doc(p.description)  # docstrings shown as help: no RST markup
         p.set_defaults(_module=module)
     return parser
 
@@ -107,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "command", None):
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)  # no command is a usage error, like a wrong one
+        return EXIT_ERROR
     mod = importlib.import_module(f"ssrseg.commands.{args._module}")
     try:
         return int(mod.run(args) or 0)

@@ -198,3 +198,15 @@ def test_rendered_toy_world_loads_and_evaluates(tmp_path: Path) -> None:
     ev = build_dataset("toy", tmp_path / "toy", "val", with_masks=True, require_labels=False)
     result = evaluate_predictions(tmp_path / "pred", ev, SkipLog(), progress=False)
     assert result["miou"] == 1.0 and result["images"] == 3
+
+
+def test_missing_image_is_reported_as_missing_not_as_untagged(tmp_path: Path) -> None:
+    """Issue 12 defect 10: an id in the list whose image (and XML) is gone."""
+    voc = make_voc(tmp_path, {"train": {"a1": [0], "a2": [1]}}, VOC_CLASSES)
+    (voc / "JPEGImages" / "a2.png").unlink()
+    (voc / "Annotations" / "a2.xml").unlink()
+    ds = build_dataset("voc", voc, "train")
+    with pytest.raises(BadInputError) as err:
+        ds[1]
+    assert err.value.reason == "image file not found" and err.value.image_id == "a2"
+    assert err.value.path.endswith("a2.jpg") and "tags" not in str(err.value)

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ssrseg.commands.common import plain_doc
 from ssrseg.commands.pseudo_labels import (
+    Tally,
     add_common_arguments,
     atomic_save_npz,
     iterate,
@@ -28,7 +30,9 @@ from ssrseg.commands.pseudo_labels import (
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=__doc__)
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=plain_doc(__doc__)
+    )
     add_common_arguments(p)
     p.add_argument(
         "--kind",
@@ -56,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays
+    tally = Tally()
     for sample in iterate(job, skip_log, args.limit, not args.no_progress):
         dest = job.out / f"{sample.image_id}.npz"
-        if dest.is_file() and not args.overwrite:
+        if tally.count(dest.is_file() and not args.overwrite):
             cams, classes = read_cams(dest)
         else:
             out = run_labeler(job, sample)
@@ -84,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 torch.from_numpy(cams.astype(np.float32)), classes, job.cfg.pseudo
             )
             conf.update(labels.numpy(), sample.mask)
+    tally.report(job.out)
     skip_log.report()
     if args.eval:
         if conf.compute()["pixels"]:

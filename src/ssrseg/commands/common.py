@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 
 
@@ -88,3 +89,19 @@ def require_crf(cfg: object | None = None) -> None:
         check_crf(cfg)  # type: ignore[arg-type]
     except (RuntimeError, ImportError) as exc:
         raise DependencyError(str(exc)) from None
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj):`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_doc(text: str | None) -> str:
+    """A module docstring as ``--help`` text: reStructuredText roles and literals become plain
+    words (``:class:`~a.b.Name``` -> ``Name``, double back-quoted ``x`` -> ``x``)."""
+    if not text:
+        return ""
+
+    def role(match: re.Match[str]) -> str:
+        return match.group(1).rsplit(".", 1)[-1]
+
+    return _LITERAL.sub(r"\1", _ROLE.sub(role, text))

@@ -199,14 +199,21 @@ def run(args: argparse.Namespace) -> int:
         args.pred, dataset, skip_log, args.pred_ignore, progress=not args.quiet
     )
     skip_log.report()
+    out = Path(args.out) if args.out else Path(args.pred) / "metrics.json"
     if result["images"] == 0:
-        print("ssrseg evaluate: no image could be scored", file=sys.stderr)
+        # an older result must not stand for this run
+        stale = out.is_file()
+        out.unlink(missing_ok=True)
+        print(
+            "ssrseg evaluate: no image could be scored"
+            + (f"; removed the older {out}" if stale else ""),
+            file=sys.stderr,
+        )
         return 2
     from ssrseg.runrecord import make_record
 
     result["record"] = make_record(None, eval_options(args, pred=str(Path(args.pred).resolve())))
     print_result(result)
-    out = Path(args.out) if args.out else Path(args.pred) / "metrics.json"
     write_result_json(out, result)
     print(f"wrote {out}")
     return skip_log.exit_code(args.allow_skipped)

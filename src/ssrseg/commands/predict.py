@@ -276,11 +276,14 @@ def run(args: argparse.Namespace) -> int:
         batch.clear()
 
     for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
+        notes: list[str] = []
         try:
-            image = read_image(item.path)
+            image = read_image(item.path, notes)
         except BadInputError as exc:
             skip_log.skip(str(item.path), exc)
             continue
+        for note in notes:  # listed at the end with the skipped files
+            skip_log.note(str(item.path), note)
         batch.append((image, paths))
         if len(batch) >= segmenter.infer.batch_size:
             flush()

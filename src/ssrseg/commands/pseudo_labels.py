@@ -22,6 +22,7 @@ import numpy as np
 
 from ssrseg.commands.common import (
     non_negative_int,
+    plain_doc,
     positive_int,
     require_crf,
     resolve_device,
@@ -70,7 +71,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=__doc__)
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=plain_doc(__doc__)
+    )
     add_common_arguments(p)
     p.add_argument(
         "--crf",
@@ -252,6 +255,32 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
 
 
+@dataclass
+class Tally:
+    """How many images a resumable job found done and how many it wrote."""
+
+    done: int = 0
+    written: int = 0
+
+    def count(self, already_done: bool) -> bool:
+        """Count one image; returns ``already_done``."""
+        if already_done:
+            self.done += 1
+        else:
+            self.written += 1
+        return already_done
+
+    def report(self, out: Path) -> None:
+        total = self.done + self.written
+        if total and self.done == total:
+            print(f"{total} of {total} images already done in {out}: nothing left to do "
+                  "(--overwrite redoes them)")  # fmt: skip
+        elif self.done:
+            print(f"{self.done} of {total} images already done; wrote {self.written} to {out}")
+        else:
+            print(f"wrote {self.written} of {total} images to {out}")
+
+
 def read_label_png(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -277,9 +306,10 @@ def run(args: argparse.Namespace) -> int:
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays
+    tally = Tally()
     for sample in iterate(job, skip_log, args.limit, not args.no_progress):
         dest = job.out / f"{sample.image_id}.png"
-        if dest.is_file() and not args.overwrite:
+        if tally.count(dest.is_file() and not args.overwrite):
             labels = read_label_png(dest)
         else:
             out = run_labeler(job, sample)
@@ -303,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
                 )
         if args.eval and sample.mask is not None:
             conf.update(labels, sample.mask)
+    tally.report(job.out)
     skip_log.report()
     if args.eval:
         if conf.compute()["pixels"]:

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssrseg.commands.common import positive_float, positive_int
+from ssrseg.commands.common import plain_doc, positive_float, positive_int
 
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
@@ -46,7 +46,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help_text,
-        description=__doc__,
+        description=plain_doc(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     toy = parser.add_subparsers(dest="toy_command", metavar="ACTION")

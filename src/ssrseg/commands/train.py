@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from ssrseg.commands.common import positive_int
+from ssrseg.commands.common import plain_doc, positive_int
 
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
@@ -24,7 +24,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         name,
         help=help_text,
-        description=__doc__,
+        description=plain_doc(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML preset (configs/voc.yaml, coco.yaml, toy.yaml)")

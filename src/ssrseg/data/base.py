@@ -387,6 +387,8 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         path = self.image_path(image_id)
         notes: list[str] = []
         try:
+            if not path.is_file():  # before the tags: a missing image is not a tag problem
+                raise BadInputError(path, "image file not found")
             labels = self.labels(index)
             image = read_image(path, notes)
             h, w = image.shape[:2]
