@@ -38,6 +38,9 @@ class BackboneConfig:
     # [CLIP-ES] CLIP's position table to the input grid: bilinear_fp16 (CLIP-ES / WeCLIP: bilinear,
     # table rounded to fp16) | bicubic (ssrseg before; transformers). DINO keeps bicubic.
     pos_embed_resize: str = "bilinear_fp16"
+    # [decision] DINO's position table: bicubic (transformers, the tested reference) |
+    # bicubic_offset (official DINO / DINOv2 code: +0.1 scale factor; WeCLIP+ loads DINOv2 so)
+    dino_pos_embed_resize: str = "bicubic"
 
 
 @dataclass(frozen=True)
@@ -536,6 +539,7 @@ FIELD_RULES: dict[str, Rule] = {
     "backbone.clip": NON_EMPTY,
     "backbone.dino": NON_EMPTY,
     "backbone.pos_embed_resize": one_of("bilinear_fp16", "bicubic"),
+    "backbone.dino_pos_embed_resize": one_of("bicubic", "bicubic_offset"),
     "prompts.dataset": NON_EMPTY,
     "prompts.template": Rule(
         lambda v: isinstance(v, str) and v.count("{}") == 1,

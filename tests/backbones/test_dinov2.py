@@ -11,9 +11,11 @@ need position interpolation (non-square included).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssrseg.backbones.convert import convert_vit, detect_layout
 from ssrseg.backbones.dinov2 import DINOV2_SIZES, dinov2_config
@@ -301,3 +303,43 @@ def test_swiglu_giant_and_unknown_names_are_refused(hf_plain, tmp_path):
         load_dino(str(tmp_path / "g.pth"), heads=4)
     with pytest.raises(WeightsError, match="dinov2_vits14_reg"):
         load_dino("dinov2_vits16")
+
+
+def official_interpolation(pos: torch.Tensor, h: int, w: int, offset: float, antialias: bool):
+    """facebookresearch/dinov2 ``interpolate_pos_encoding`` for an ``h x w`` patch grid:
+    ``pos`` is ``1 x (1 + M*M) x D``; scale factor ``(grid + offset) / M`` when ``offset``."""
+    m = int(math.sqrt(pos.shape[1] - 1))
+    patch = pos[:, 1:].float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    kwargs: dict = (
+        {"scale_factor": ((h + offset) / m, (w + offset) / m)} if offset else {"size": (h, w)}
+    )
+    patch = F.interpolate(patch, mode="bicubic", antialias=antialias, **kwargs)
+    assert patch.shape[-2:] == (h, w)
+    return torch.cat([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_official_offset_resize_is_available(registers, hf_plain, hf_reg, tmp_path):
+    """pos_embed_resize="bicubic_offset" reproduces the official code: +0.1 scale factor without
+    registers; the register models use the explicit size there, so nothing changes for them."""
+    hf = hf_reg if registers else hf_plain
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_dino(str(tmp_path / "hf"))
+    x = torch.randn(1, 3, 35, 49)
+    with torch.no_grad():
+        plain, _ = ours.embed(x)
+        ours.pos_embed_resize = "bicubic_offset"
+        offset, _ = ours.embed(x)
+        patches = ours.patch_embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([ours.cls_token.expand(1, 1, -1), patches], dim=1)
+        pos = official_interpolation(
+            ours.pos_embed[None], 5, 7, 0.0 if registers else 0.1, bool(registers)
+        )
+        ref = tokens + pos
+        if registers:
+            ref = torch.cat([ref[:, :1], ours.register_tokens[None], ref[:, 1:]], dim=1)
+    _close(offset, ref)
+    if registers:
+        assert torch.equal(offset, plain)
+    else:
+        assert (offset - plain).abs().max() > 1e-3

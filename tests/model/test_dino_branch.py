@@ -290,3 +290,56 @@ def test_features_fed_back_match_the_decoder_affinity() -> None:
     torch.testing.assert_close(fb.prob, ref.logits.softmax(1))
     torch.testing.assert_close(fb.affinity, feature_affinity(ref.features))
     assert fb.prob.shape == (1, 4, 3, 3) and fb.affinity.shape == (1, 9, 9)
+
+
+def test_toy_preset_with_the_branch_builds_from_package_weights(tmp_path: Path) -> None:
+    """configs/toy.yaml + decoder.dino_branch=true: the toy CLIP and toy DINO (both patch 8)
+    load by name and the branch runs without any resize (the toy-world demo's setting)."""
+    from ssrseg.model.ssr import build_ssr_model
+
+    toy = Path(__file__).resolve().parents[2] / "configs" / "toy.yaml"
+    cfg = load_config(toy, ["decoder.dino_branch=true", f"data.root={tmp_path}"])
+    model = build_ssr_model(cfg, num_classes=len(model_classes(cfg)) + 1)
+    dino = model.labeler.dino
+    assert dino is not None and dino.cfg.patch_size == model.patch_size
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(4))
+    out = model.labeler(images, [(0,), (1, 2)])
+    res = model.losses([t.detach() for t in out.clip_out.tokens], out.grid, out.labels)
+    assert torch.isfinite(res["loss"])
+    assert model.eval().segment(images).shape == (2, len(model_classes(cfg)) + 1, 8, 6)
+
+
+def model_classes(cfg: SSRConfig) -> tuple[str, ...]:
+    from ssrseg.cam.prompts import prompts_from_config
+
+    p = cfg.prompts
+    return prompts_from_config(p.dataset, p.template, data_root=cfg.data.root).names
+
+
+def test_build_loads_a_dinov2_file_for_the_branch_with_the_chosen_position_resize(
+    tmp_path: Path,
+) -> None:
+    """build_pseudo_labeler loads DINO for the branch alone (no DINO attention) and applies
+    backbone.dino_pos_embed_resize."""
+    from ssrseg.backbones.native import save_native
+    from ssrseg.model.ssr import build_ssr_model
+
+    _, _, dino = _backbones("v2")
+    save_native(tmp_path / "dinov2.safetensors", dino, "dino", dino.cfg)
+    toy = Path(__file__).resolve().parents[2] / "configs" / "toy.yaml"
+    cfg = load_config(
+        toy,
+        [
+            "decoder.dino_branch=true",
+            "affinity.use_dino_attention=false",
+            f"backbone.dino={tmp_path / 'dinov2.safetensors'}",
+            "backbone.dino_pos_embed_resize=bicubic_offset",
+            f"data.root={tmp_path}",
+        ],
+    )
+    model = build_ssr_model(cfg, num_classes=len(model_classes(cfg)) + 1)
+    loaded = model.labeler.dino
+    assert loaded is not None and loaded.cfg.num_registers == 4
+    assert loaded.pos_embed_resize == "bicubic_offset"
+    out = model.labeler(torch.rand(1, 3, 32, 40), [(0,)])
+    assert out.grid == (4, 5) and model.dino_hook is not None

@@ -171,13 +171,20 @@ class Block(nn.Module):
 
 
 def interpolate_pos_embed(
-    pos: Tensor, grid: tuple[int, int], src_grid: int, antialias: bool = False
+    pos: Tensor,
+    grid: tuple[int, int],
+    src_grid: int,
+    antialias: bool = False,
+    offset: float = 0.0,
 ) -> Tensor:
     """Resize a position embedding table to a new patch grid (bicubic, in float32).
 
     pos: ``(1 + S*S) x D`` with the class position first; returns ``(1 + h*w) x D``.
     antialias: torch's antialiased bicubic (DINOv2 with registers, as its reference and
         transformers do); note it uses a different cubic kernel even when upsampling.
+    offset: 0 resizes to the explicit size (transformers). The official DINO / DINOv2 code
+        passes ``scale_factor=((h + 0.1) / S, (w + 0.1) / S)`` instead (same output size, but
+        torch then maps coordinates with that factor): ``offset=0.1`` reproduces it.
     """
     h, w = grid
     if (h, w) == (src_grid, src_grid):
@@ -185,16 +192,24 @@ def interpolate_pos_embed(
     cls_pos, patch_pos = pos[:1], pos[1:]
     d = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, src_grid, src_grid, d).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(
-        patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=antialias
-    )
+    if offset:
+        scale = ((h + offset) / src_grid, (w + offset) / src_grid)
+        patch_pos = F.interpolate(
+            patch_pos.float(), scale_factor=scale, mode="bicubic", antialias=antialias
+        )
+    else:
+        patch_pos = F.interpolate(
+            patch_pos.float(), size=(h, w), mode="bicubic", align_corners=False, antialias=antialias
+        )
     patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(h * w, d)
     return torch.cat([cls_pos, patch_pos], dim=0)
 
 
 # How the pretrained position table is resized to an input's grid (VisionTransformer attribute
-# ``pos_embed_resize``): "bicubic" (interpolate_pos_embed) or "bilinear_fp16" (CLIP-ES / WeCLIP).
-POS_EMBED_RESIZE = ("bicubic", "bilinear_fp16")
+# ``pos_embed_resize``): "bicubic" (interpolate_pos_embed) or "bilinear_fp16" (CLIP-ES / WeCLIP);
+# "bicubic_offset": the official DINO / DINOv2 repositories' +0.1 scale factor (models without
+# registers; the register models resize to the explicit size there, as "bicubic").
+POS_EMBED_RESIZE = ("bicubic", "bilinear_fp16", "bicubic_offset")
 
 
 def interpolate_pos_embed_bilinear_fp16(
@@ -278,9 +293,14 @@ class VisionTransformer(nn.Module):
             pos = interpolate_pos_embed_bilinear_fp16(
                 self.pos_embed, grid, self.cfg.pretrained_grid
             )
-        elif self.pos_embed_resize == "bicubic":
+        elif self.pos_embed_resize in ("bicubic", "bicubic_offset"):
+            offset = (
+                0.1
+                if self.pos_embed_resize == "bicubic_offset" and not self.cfg.num_registers
+                else 0.0
+            )
             pos = interpolate_pos_embed(
-                self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias
+                self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias, offset
             )
         else:
             raise ValueError(

@@ -457,6 +457,7 @@ def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> 
     dino = None
     if cfg.backbone.use_dino and (cfg.affinity.use_dino_attention or cfg.decoder.dino_branch):
         dino = load_dino(cfg.backbone.dino, device=device)
+        dino.pos_embed_resize = cfg.backbone.dino_pos_embed_resize  # transformers' or official
     p = cfg.prompts
     prompts = prompts_from_config(
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
