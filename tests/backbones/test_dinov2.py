@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from ssrseg.backbones.convert import convert_vit, detect_layout
-from ssrseg.backbones.dinov2 import DINOV2_SIZES, dinov2_config
+from ssrseg.backbones.dinov2 import (
+    DINOV2_NAMES,
+    DINOV2_SIZES,
+    dinov2_config,
+    write_random_dinov2,
+)
 from ssrseg.backbones.native import save_native
 from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.backbones.weights import REGISTRY, WeightsError, load_dino
@@ -343,3 +348,26 @@ def test_official_offset_resize_is_available(registers, hf_plain, hf_reg, tmp_pa
         assert torch.equal(offset, plain)
     else:
         assert (offset - plain).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(DINOV2_NAMES))
+def test_random_official_layout_files_load(name, tmp_path):
+    """Random weights in the official file layout (tiny width, real depth) load by the same
+    path as Meta's files and give the registry name's shape."""
+    size, registers = DINOV2_NAMES[name]
+    (path,) = write_random_dinov2(name, tmp_path / f"{name}.pth", tiny=True, seed=3)
+    ours = load_dino(str(path))
+    expected = dataclasses.replace(dinov2_config(size, registers), width=64, heads=1)
+    assert ours.cfg == expected
+    with torch.no_grad():
+        out = ours(torch.rand(1, 3, 28, 42))
+    assert out.shape == (1, 6, 64) and bool(torch.isfinite(out).all())
+
+
+def test_random_full_size_vits14_file_has_the_real_shape(tmp_path):
+    (path,) = write_random_dinov2("dinov2_vits14_reg", tmp_path / "r.pth")
+    official = torch.load(path, weights_only=True)
+    assert official["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    assert official["register_tokens"].shape == (1, 4, 384)
+    assert official["mask_token"].shape == (1, 384)
+    assert load_dino(str(path)).cfg == dinov2_config("s", registers=True)
