@@ -26,7 +26,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "run the paper's whole protocol (seeds, train, eval, export) and report vs its numbers",
     ),
     ("demo", "demo", "run the whole SSR pipeline on the toy world and print the paper's tables"),
-    ("weights", "weights", "list, fetch or convert pretrained backbone weights"),
+    ("weights", "weights", "list, fetch, convert or fake (random) backbone weights"),
     ("toy", "toy", "toy world: render data, train the tiny CLIP and DINO"),
     ("tags", "tags", "write an image-level tag file from dataset annotations"),
 )

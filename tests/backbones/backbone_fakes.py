@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
+from ssrseg.backbones.random_weights import TINY_WORDS, synthetic_bpe, write_hf_bpe  # noqa: F401 (re-exported)
 from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
 
 
@@ -186,40 +187,5 @@ def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-TINY_WORDS = ("a", "photo", "of", "the", "cat", "dog", "bird", "clean", "origami", "sky", "s")
-
-
-def tiny_bpe(size: int = 100):  # -> (vocab list, merges list)
-    """A tiny CLIP-style BPE: the 256 byte characters (+ ``</w>``) are replaced by lower-case
-    letters and a few symbols, merges spell out :data:`TINY_WORDS`, padded with letter-pair
-    merges up to ``size`` tokens, SOT and EOT last (ids size-2, size-1)."""
-    base = [*"abcdefghijklmnopqrstuvwxyz", ".", ",", "!", "'", "1", "2"]
-    vocab = [*base, *(c + "</w>" for c in base)]
-    merges: list[tuple[str, str]] = []
-    for word in TINY_WORDS:
-        parts = [*word[:-1], word[-1] + "</w>"]
-        while len(parts) > 1:
-            pair = (parts[0], parts[1])
-            if pair not in merges:
-                merges.append(pair)
-            parts = [parts[0] + parts[1], *parts[2:]]
-    letters = "etaoinshrdlu"
-    extra = ((a, b) for a in letters for b in letters)
-    while len(vocab) + len(merges) + 2 < size:
-        pair = next(extra)
-        if pair not in merges:
-            merges.append(pair)
-    vocab += ["".join(m) for m in merges]
-    vocab = list(dict.fromkeys(vocab))
-    assert len(vocab) + 2 == size, len(vocab)
-    return [*vocab, "<|startoftext|>", "<|endoftext|>"], merges
-
-
-def write_hf_bpe(folder, size: int = 100) -> None:
-    """vocab.json + merges.txt in Hugging Face's format."""
-    import json
-
-    vocab, merges = tiny_bpe(size)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+# The synthetic BPE vocabulary lives in the package (``ssrseg weights random`` writes it too).
+tiny_bpe = synthetic_bpe

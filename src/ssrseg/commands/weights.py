@@ -1,4 +1,5 @@
-"""``ssrseg weights list|fetch|convert``: see, download and convert backbone weights."""
+"""``ssrseg weights list|fetch|convert|random``: see, download, convert or fake backbone
+weights."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ Backbone weights.
   convert SRC DST      any supported CLIP / DINO file (OpenAI TorchScript or state dict,
                        open_clip, transformers CLIPModel / ViTModel, timm, official DINO,
                        registry name, hub id) -> ssrseg native safetensors
+  random NAME --out F  random weights in the exact file layout of registry NAME (plus the
+                       tokenizer files a CLIP needs beside F): run the real-size pipeline
+                       with no download (the results mean nothing)
 
 Cache: $SSRSEG_CACHE, else $XDG_CACHE_HOME/ssrseg, else ~/.cache/ssrseg.
 Offline (HF_HUB_OFFLINE=1 or no network), a missing file fails at once with the URL to get it
@@ -58,7 +62,37 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="allow torch.jit.load (executes code from the file) if the tensor-only "
         "TorchScript reader fails; only for files you trust",
     )
+    rnd = actions.add_parser(
+        "random",
+        help="write random weights in the exact layout of a registry name",
+        description="Write random weights in the exact file layout of a registry name (same "
+        "keys, shapes, dtypes and format as the real download, read by the same loader), and "
+        "for a CLIP the tokenizer files beside them: OpenAI's real vocabulary when one is on "
+        "this machine (--vocab, the weights cache, an installed open_clip_torch), else a "
+        "synthetic one of the real size. Point a config at the file "
+        "(backbone.clip=FILE) or put it in $SSRSEG_CACHE under the real file name.",
+    )
+    rnd.add_argument("name", help="registry name (see `ssrseg weights list`)")
+    rnd.add_argument("--out", required=True, help="weights file to write")
+    rnd.add_argument(
+        "--size",
+        choices=("full", "tiny"),
+        default="full",
+        help="full: the real shapes; tiny: the same layout, blocks, vocabulary and patch size, "
+        "narrow widths (seconds on a CPU)",
+    )
+    rnd.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    rnd.add_argument("--vocab", default=None, help="OpenAI BPE vocabulary file to put beside")
     return p
+
+
+def _random(args: argparse.Namespace) -> int:
+    from ssrseg.backbones.random_weights import write_random_weights
+
+    files = write_random_weights(args.name, args.out, args.size, args.seed, args.vocab)
+    for path in files:
+        print(f"wrote {path}")
+    return 0
 
 
 def _list() -> int:
@@ -133,4 +167,6 @@ def run(args: argparse.Namespace) -> int:
         return _list()
     if args.action == "fetch":
         return _fetch(args.names)
+    if args.action == "random":
+        return _random(args)
     return _convert(args)
