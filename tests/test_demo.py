@@ -1,4 +1,5 @@
-"""The toy-world demo end to end (shortened plan): every stage runs, the report is coherent."""
+"""The toy-world demo end to end (shortened plan): every stage runs, the report is coherent,
+and a second run reuses every stage."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 
 from ssrseg.cli import main
 from ssrseg.data import build_dataset
-from ssrseg.engine.demo import QUICK_PLAN, TABLE3_ROWS, run_demo
+from ssrseg.engine.cam_rows import TABLE3_ROWS
+from ssrseg.engine.demo import QUICK_PLAN, run_demo
+from ssrseg.engine.report import measured
 from ssrseg.metrics import ConfusionMatrix
 
 
@@ -22,11 +25,14 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
 
     # Every Table 3 row was scored in both spaces, and Table 4 reuses the initial-CAM rows.
     names = [name for name, _ in TABLE3_ROWS]
-    assert list(report["table3_raw"])[: len(names)] == names
-    assert list(report["table3_cmpa"]) == names
-    assert report["table4"]["raw CLIP CAM"] == report["table3_raw"]["initial CAM"]
-    assert report["table4"]["CMPA CAM"] == report["table3_cmpa"]["initial CAM"]
-    for row in (*report["table3_raw"].values(), *report["table3_cmpa"].values()):
+    raw, cmpa = measured(report, "table3_raw"), measured(report, "table3_cmpa")
+    assert list(raw)[: len(names)] == names
+    assert list(cmpa) == names
+    table4 = measured(report, "table4")
+    assert table4["raw CLIP CAM"] == raw["initial CAM"]
+    assert table4["CMPA CAM"] == cmpa["initial CAM"]
+    for row in (*raw.values(), *cmpa.values()):
+        assert row is not None
         assert all(0.0 <= row[k] <= 100.0 for k in ("precision", "recall", "miou"))
 
     # The all-background baseline recomputed independently from the rendered masks.
@@ -36,21 +42,30 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
         mask = data[i].mask
         conf.update(np.zeros_like(mask), mask)
     expected = 100 * conf.compute()["miou"]
-    assert report["baselines"]["all background"]["miou"] == pytest.approx(expected)
+    assert measured(report, "baselines")["all background"]["miou"] == pytest.approx(expected)
 
     # SSR's share of the fully supervised decoder is the ratio of the two mIoUs.
-    seg = report["segmentation"]
-    ssr, gt = seg["ssr"]["without CRF"]["miou"], seg["fully_supervised"]["without CRF"]["miou"]
-    assert seg["share_percent"]["without CRF"] == pytest.approx(100 * ssr / gt)
+    seg = measured(report, "segmentation")
+    ssr, gt = seg["SSR without CRF"]["miou"], seg["fully supervised without CRF"]["miou"]
+    share = {r["name"]: r for r in report["summary"]}["share of fully supervised (without CRF)"]
+    assert share["measured"] == pytest.approx(100 * ssr / gt)
+    assert share["diff"] is None  # the paper's 97.4 is VOC's: shown, not subtracted
 
     # Report folder: JSON, Markdown with the tables, config and one panel per requested image.
-    assert json.loads((tmp_path / "report.json").read_text())["plan"]["n_score"] == plan.n_score
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk["options"]["seed_images"] == plan.n_score
     md = (tmp_path / "report.md").read_text()
-    for title in ("Table 3, raw CLIP space", "Table 4", "fully supervised"):
+    for title in ("Table 3, raw CLIP space", "Table 4", "fully supervised", "home context"):
         assert title in md
     assert (tmp_path / "config.yaml").is_file()
     assert len(list((tmp_path / "panels").glob("*.png"))) == plan.panels
-    assert (tmp_path / "ssr" / "last").exists()
+    assert (tmp_path / "train" / "last").exists()
+
+    # A second run reuses every stage and gives the same report.
+    again = run_demo(tmp_path, plan)
+    assert again["summary"] == report["summary"]
+    assert all(s["status"].startswith(("reused", "ran")) for s in again["stages"].values())
+    assert again["stages"]["train"]["status"].startswith("reused")
 
 
 def test_demo_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,312 @@
+"""The Table 3 rows as pseudo-labeller configurations, and their scoring against ground truth.
+
+A *row* is a name plus config overrides of the labeller (which attentions refine the CAM, which
+column mask, PAR on or off). :func:`score_rows` runs each row over a dataset split and scores
+its labels with one confusion matrix per row (P / R / mIoU, class means); finished rows are
+cached as JSON so a killed run resumes row by row.
+
+Images whose size is already the labeller's working size (a multiple of the patch, within the
+long-side limit: the toy world) run in batches; others (VOC, COCO) run one at a time at the
+working size of ``ssrseg pseudo-labels`` and their scores are resized back to the image before
+the argmax, as that command does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssrseg.config import SSRConfig, atomic_write_text
+
+# The spec's Table 3 rows as config overrides of the pseudo labeller. CAM-seed rows are scored
+# before PAR (a [decision]: the paper does not say); "+ PAR" is the full pseudo label.
+TABLE3_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "initial CAM",
+        {
+            "affinity": {"use_clip_attention": False, "use_dino_attention": False, "mask": "none"},
+            "par": {"enabled": False},
+        },
+    ),
+    (
+        "+ CLIP attention (box mask)",
+        {
+            "affinity": {"use_clip_attention": True, "use_dino_attention": False, "mask": "box"},
+            "par": {"enabled": False},
+        },
+    ),
+    (
+        "+ DINO attention (box mask)",
+        {
+            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "box"},
+            "par": {"enabled": False},
+        },
+    ),
+    (
+        "+ SGC mask",
+        {
+            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
+            "par": {"enabled": False},
+        },
+    ),
+    (
+        "+ PAR (pseudo labels)",
+        {
+            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
+            "par": {"enabled": True},
+        },
+    ),
+)
+
+# The first three seed rows again after PAR (the fourth after PAR is "+ PAR (pseudo labels)").
+AFTER_PAR_ROWS: tuple[tuple[str, dict[str, Any]], ...] = tuple(
+    (f"{name}, after PAR", {**ov, "par": {"enabled": True}}) for name, ov in TABLE3_ROWS[:3]
+)
+
+# Diagnostic row: attention refinement without any column mask, to show what the masks fix.
+EXTRA_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "CLIP+DINO attention, no mask",
+        {
+            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "none"},
+            "par": {"enabled": False},
+        },
+    ),
+)
+
+# A row's hook sees (row name, dataset, scored indices, {image id: H x W label map}) and returns
+# extra JSON-able numbers stored with the row (e.g. the toy world's context-leak shares).
+RowHook = Callable[[str, Any, Sequence[int], dict[str, np.ndarray]], dict[str, Any] | None]
+
+
+def merge_config(base: SSRConfig, overrides: dict[str, Any]) -> SSRConfig:
+    """``base`` with ``{section: {field: value}}`` replaced (no validation beyond the fields)."""
+    changes = {}
+    for section, values in overrides.items():
+        changes[section] = dataclasses.replace(getattr(base, section), **values)
+    return dataclasses.replace(base, **changes)
+
+
+def slug(name: str) -> str:
+    """A file-name form of a row name: ``"+ SGC mask"`` -> ``"sgc_mask"``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
+
+
+def needs_dino(overrides: dict[str, Any]) -> bool:
+    return bool(overrides.get("affinity", {}).get("use_dino_attention", False))
+
+
+def _chunks(indices: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def images01(samples: Sequence[Any], device: torch.device) -> torch.Tensor:
+    """Same-size ``H x W x 3`` uint8 images -> ``B x 3 x H x W`` float in [0, 1]."""
+    arr = np.stack([s.image for s in samples])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255).to(device)
+
+
+def label_samples(
+    labeler: Any,
+    samples: Sequence[Any],
+    cmpa: Any = None,
+    long_side: int = 1024,
+) -> list[tuple[np.ndarray, Any, int]]:
+    """Pseudo labels (``H x W`` uint8 at each image's size) of ``samples``.
+
+    Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
+    are at the working size. Same-size samples already at the working size share one call.
+    """
+    from ssrseg.commands.pseudo_labels import resize_maps, to_tensor, work_size
+    from ssrseg.rectify.labels import scores_to_labels
+
+    device = next(iter(labeler.buffers())).device
+    patch = labeler.patch_size
+    h, w = samples[0].image.shape[:2]
+    same = all(s.image.shape[:2] == (h, w) for s in samples)
+    if same and work_size(h, w, patch, long_side) == (h, w):
+        out = labeler(images01(samples, device), [s.labels for s in samples], cmpa=cmpa)
+        labels = out.labels.cpu().numpy().astype(np.uint8)
+        return [(labels[j], out, j) for j in range(len(samples))]
+    results = []
+    for s in samples:
+        hs, ws = s.image.shape[:2]
+        size = work_size(hs, ws, patch, long_side)
+        out = labeler(to_tensor(s.image, size, device), [s.labels], cmpa=cmpa)
+        scores = resize_maps(out.scores[0], (hs, ws))
+        lab = scores_to_labels(scores, s.labels, labeler.cfg.pseudo)
+        results.append((lab.cpu().numpy().astype(np.uint8), out, 0))
+    return results
+
+
+def score_labeler(
+    labeler: Any,
+    dataset: Any,
+    indices: Sequence[int],
+    batch: int,
+    cmpa: Any = None,
+    desc: str = "score",
+    keep: Callable[[Any, np.ndarray], None] | None = None,
+    long_side: int = 1024,
+    progress: bool = True,
+) -> Any:
+    """Run ``labeler`` over ``dataset[indices]`` and score its labels against the masks.
+
+    Returns a ``ConfusionMatrix``; ``keep(sample, labels)`` sees every image's labels.
+    Unreadable images are skipped (reported by :class:`~ssrseg.data.base.SkipLog`).
+    """
+    from tqdm import tqdm
+
+    from ssrseg.data.base import BadInputError
+    from ssrseg.metrics import ConfusionMatrix
+
+    conf = ConfusionMatrix(dataset.num_classes)
+    bar = tqdm(total=len(indices), desc=desc, leave=False, disable=not progress)
+    for chunk in _chunks(indices, max(1, batch)):
+        samples = []
+        for i in chunk:
+            try:
+                samples.append(dataset[i])
+            except BadInputError as exc:
+                print(f"skipped: {exc}")
+        groups: list[list[Any]] = []
+        for s in samples:  # consecutive same-size images share a call
+            if groups and groups[-1][0].image.shape == s.image.shape:
+                groups[-1].append(s)
+            else:
+                groups.append([s])
+        for group in groups:
+            for sample, (labels, _, _) in zip(
+                group, label_samples(labeler, group, cmpa, long_side), strict=True
+            ):
+                if sample.mask is not None:
+                    conf.update(labels, sample.mask)
+                if keep is not None:
+                    keep(sample, labels)
+        bar.update(len(chunk))
+    bar.close()
+    return conf
+
+
+def row_labeler(base: Any, cfg: SSRConfig, overrides: dict[str, Any]) -> Any:
+    """A labeller sharing ``base``'s backbones and prompts, configured for one row."""
+    from ssrseg.pseudo.labeler import PseudoLabeler
+
+    device = next(iter(base.buffers())).device
+    return PseudoLabeler(
+        base.clip, base.tokenizer, base.dino, base.prompts, merge_config(cfg, overrides)
+    ).to(device)
+
+
+def score_rows(
+    base: Any,
+    cfg: SSRConfig,
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    dataset: Any,
+    indices: Sequence[int],
+    cache_dir: Path,
+    *,
+    batch: int = 16,
+    cmpa: Any = None,
+    long_side: int = 1024,
+    hook: RowHook | None = None,
+    hook_rows: Sequence[str] = (),
+    label_dir: Path | None = None,
+    label_row: str | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Score every row; returns ``{row name: {"result": metrics dict, "extra": ...}}``.
+
+    Rows already in ``cache_dir/<slug>.json`` are read back, not recomputed. Rows that need
+    DINO are left out when ``base`` has none (``backbone.use_dino=false``). ``hook`` runs on
+    the rows named in ``hook_rows``; ``label_row``'s labels are written to ``label_dir`` as
+    palette PNGs (``<id>.png``).
+    """
+    from ssrseg.metrics import json_safe
+    from ssrseg.viz import save_label_png
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, overrides in rows:
+        path = cache_dir / f"{slug(name)}.json"
+        if path.is_file():
+            out[name] = json.loads(path.read_text())
+            print(f"  {name}: reused {path}")
+            continue
+        if needs_dino(overrides) and base.dino is None:
+            print(f"  {name}: left out (no DINO: backbone.use_dino is false)")
+            continue
+        preds: dict[str, np.ndarray] = {}
+        want_preds = hook is not None and name in hook_rows
+        write = label_dir is not None and name == label_row
+
+        def keep(
+            sample: Any,
+            labels: np.ndarray,
+            _w: bool = write,
+            _p: bool = want_preds,
+            _store: dict[str, np.ndarray] = preds,
+        ) -> None:
+            if _p:
+                _store[sample.image_id] = labels
+            if _w:
+                assert label_dir is not None
+                save_label_png(label_dir / f"{sample.image_id}.png", labels, dataset.palette_name)
+
+        labeler = row_labeler(base, cfg, overrides)
+        conf = score_labeler(
+            labeler, dataset, indices, batch, cmpa, name, keep, long_side, progress
+        )
+        extra = hook(name, dataset, indices, preds) if want_preds and hook is not None else None
+        entry = {"name": name, "overrides": overrides, "result": conf.compute(), "extra": extra}
+        entry = json_safe(entry)
+        atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+        out[name] = entry
+    return out
+
+
+def write_panels(
+    folder: Path,
+    dataset: Any,
+    indices: Sequence[int],
+    labeler: Any,
+    segmenter: Any,
+    cmpa: Any = None,
+    long_side: int = 1024,
+) -> list[Path]:
+    """image | initial CAM | refined CAM | pseudo label | prediction | truth, one PNG each."""
+    import torch.nn.functional as F
+
+    from ssrseg.viz import colorize, overlay_cam, save_panel
+
+    written = []
+    for i in indices:
+        s = dataset[i]
+        labels, out, j = label_samples(labeler, [s], cmpa, long_side)[0]
+        h, w = s.image.shape[:2]
+
+        def peak(maps: torch.Tensor, size: tuple[int, int] = (h, w)) -> np.ndarray:
+            if maps.shape[0] == 0:
+                return np.zeros(size, np.float32)
+            up = F.interpolate(maps[None].float(), size=size, mode="bilinear")
+            return up[0].max(0).values.cpu().numpy()
+
+        pred = segmenter.predict(s.image, crf=False)
+        items = [
+            ("image", s.image),
+            ("initial CAM", overlay_cam(s.image, peak(out.cams[j]))),
+            ("refined CAM", overlay_cam(s.image, peak(out.refined[j]))),
+            ("pseudo label", colorize(labels, dataset.palette_name)),
+            ("prediction", colorize(pred, dataset.palette_name)),
+        ]
+        if s.mask is not None:
+            items.append(("ground truth", colorize(s.mask, dataset.palette_name)))
+        written.append(save_panel(folder / f"{s.image_id}.png", items, dataset.palette_name))
+    return written

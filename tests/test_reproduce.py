@@ -1,0 +1,290 @@
+"""``ssrseg reproduce`` end to end on a tiny fake VOC in the real layout (random-weight
+backbones, a few images per split, four iterations): every stage's outputs, the report against
+the paper, resume without redoing finished stages, and a changed configuration redoing exactly
+the stages it affects."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
+from ssrseg.cli import main
+from ssrseg.config import load_config
+from ssrseg.engine import reproduce as rp
+from ssrseg.engine.report import measured, table
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("repro")
+    make_fake_voc(base / "data")
+    clip, dino = write_weights(base)
+    return {"base": base, "overrides": tiny_overrides(clip, dino, base / "data")}
+
+
+def voc_cfg(world: dict[str, Any], *extra: str) -> Any:
+    return load_config(REPO / "configs" / "voc.yaml", [*world["overrides"], *extra])
+
+
+PLAN = rp.ReproducePlan(device="cpu", progress=False, panels=1, crf="on")
+
+
+@pytest.fixture(scope="module")
+def full_run(world: dict[str, Any]) -> dict[str, Any]:
+    """One complete run (every stage), shared by the tests that read or copy it."""
+    out = world["base"] / "run"
+    report = rp.run_reproduce(voc_cfg(world), out, PLAN)
+    return {"out": out, "report": report}
+
+
+def _state(out: Path, stage: str) -> dict[str, Any]:
+    return json.loads((out / stage / "stage.json").read_text())
+
+
+def test_every_stage_writes_usable_outputs(full_run: dict[str, Any], world: dict) -> None:
+    out, report = full_run["out"], full_run["report"]
+    for stage in ("seeds", "train", "cmpa", "eval", "export"):
+        state = _state(out, stage)
+        assert state["status"] == "done" and state["wall_s"] >= 0
+        assert state["peak_memory"]["cpu_rss_mb"] > 0
+    # checkpoint folder, label PNGs and metrics JSON usable on their own
+    assert (out / "train" / "last").read_text().strip() == "ckpt_4"
+    assert sorted(p.name for p in (out / "seeds" / "labels").glob("*.png")) == [
+        "2007_000001.png",
+        "2007_000002.png",
+        "2007_000003.png",
+    ]
+    # the seed row "+ PAR" rescored from its PNGs with `ssrseg evaluate`
+    pred = out / "seeds" / "labels"
+    args = ["evaluate", "--pred", str(pred), "--root", str(world["base"] / "data"), "--quiet"]
+    assert main([*args, "--split", "train", "--out", str(out / "rescored.json")]) == 0
+    rescored = json.loads((out / "rescored.json").read_text())
+    seeds = measured(report, "table3_raw")
+    assert seeds["+ PAR (pseudo labels)"]["miou"] == pytest.approx(100 * rescored["miou"])
+    # val predictions of both CRF modes rescored the same way
+    for key, row in (("no_crf", "SSR without CRF"), ("crf", "SSR with CRF")):
+        dest = out / f"val_{key}.json"
+        assert main([*args, "--pred", str(out / "eval" / "pred" / key), "--out", str(dest)]) == 0
+        score = 100 * json.loads(dest.read_text())["miou"]
+        assert measured(report, "segmentation")[row]["miou"] == pytest.approx(score)
+    # the VOC test export: both archives hold one PNG per test id in the server's layout
+    for key in ("no_crf", "crf"):
+        with tarfile.open(out / "export" / key / "results.tar.gz") as tar:
+            names = sorted(tar.getnames())
+        prefix = "results/VOC2012/Segmentation/comp6_test_cls/"
+        assert [n for n in names if n.endswith(".png")] == [
+            prefix + "2009_000001.png",
+            prefix + "2009_000002.png",
+        ]
+
+
+def test_report_sets_every_number_beside_the_papers(full_run: dict[str, Any]) -> None:
+    out, report = full_run["out"], full_run["report"]
+    t3 = table(report, "table3_cmpa")
+    assert t3 is not None
+    sgc = next(r for r in t3["rows"] if r["name"] == "+ SGC mask")
+    assert sgc["paper"] == {"precision": 87.9, "recall": 89.1, "miou": 78.7}
+    assert sgc["diff"]["miou"] == pytest.approx(sgc["measured"]["miou"] - 78.7)
+    t4 = measured(report, "table4")
+    assert t4["raw CLIP CAM"] == measured(report, "table3_raw")["initial CAM"]
+    assert t4["CMPA CAM"] == measured(report, "table3_cmpa")["initial CAM"]
+    summary = {r["name"]: r for r in report["summary"]}
+    val = summary["val mIoU, with CRF"]
+    assert val["paper"] == 79.5 and val["diff"] == pytest.approx(val["measured"] - 79.5)
+    assert summary["val mIoU, without CRF"]["paper"] == 78.2
+    assert summary["test mIoU, with CRF"]["paper"] == 79.6
+    assert "export/crf/results.tar.gz" in summary["test mIoU, with CRF"]["note"]
+    share = summary["share of fully supervised (with CRF)"]
+    assert share["measured"] == pytest.approx(100 * val["measured"] / 81.6)
+    # split sizes compared with the paper's, as warnings (fake data)
+    warning = "train_aug has 5 images where the paper uses 10,582"
+    assert any(warning in w for w in report["warnings"])
+    assert report["check"]["splits"]["training"]["size"] == 5
+    md = (out / "report.md").read_text()
+    for text in ("Table 3, CMPA-projected space", "| + SGC mask |", "78.7", "79.5", "Stages"):
+        assert text in md
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["config_hash"] == report["config_hash"] and len(report["config_hash"]) == 12
+    assert on_disk["environment"]["versions"]["torch"]
+    for fig in report["figures"]:
+        assert (out / fig).is_file()
+    assert "figures/rows_vs_paper.png" in report["figures"]
+
+
+def test_rerun_reuses_every_finished_stage(
+    full_run: dict[str, Any], world: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(run: Any, resumed: bool) -> dict:
+        raise AssertionError("a finished stage ran again")
+
+    for stage in rp.STAGE_FUNCTIONS:
+        monkeypatch.setitem(rp.STAGE_FUNCTIONS, stage, refuse)
+    report = rp.run_reproduce(voc_cfg(world), full_run["out"], PLAN)
+    assert report["summary"] == full_run["report"]["summary"]
+    assert report["stages"]["train"]["status"].startswith("reused")
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.iterations=5", {"train", "cmpa", "eval", "export"}),
+        ("sgc.theta=0.6", {"seeds", "train", "cmpa", "eval", "export"}),
+        ("infer.flip=false", {"eval", "export"}),
+        ("crf.bilateral_srgb=6", {"eval", "export"}),
+        ("data.num_workers=2", set()),
+    ],
+)
+def test_changed_config_redoes_exactly_the_affected_stages(
+    full_run: dict[str, Any], world: dict, override: str, expected: set[str]
+) -> None:
+    run = rp.Run(voc_cfg(world, override), full_run["out"], PLAN, rp.resolve_device("cpu"),
+                 (False, True))  # fmt: skip
+    status = rp.plan_work(run)
+    assert {s for s, v in status.items() if v == "run"} == expected
+
+
+def test_changed_inference_reruns_eval_only(
+    full_run: dict[str, Any], world: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(full_run["out"], out)
+    before = {s: _state(out, s)["token"] for s in ("seeds", "train", "cmpa", "eval", "export")}
+    rp.run_reproduce(voc_cfg(world, "infer.flip=false"), out, PLAN)
+    after = {s: _state(out, s)["token"] for s in before}
+    assert [s for s in before if before[s] != after[s]] == ["eval", "export"]
+    assert _state(out, "eval")["record"]["config"]["infer"]["flip"] is False
+
+
+def test_stages_option_needs_finished_inputs(full_run: dict[str, Any], world: dict) -> None:
+    out = full_run["out"]
+    # eval alone on a new training configuration: train is stale, so eval cannot run
+    plan = rp.ReproducePlan(device="cpu", progress=False, stages=("eval",))
+    with pytest.raises(rp.ReproduceError, match="add train to --stages"):
+        rp.run_reproduce(voc_cfg(world, "train.iterations=6"), out, plan)
+    with pytest.raises(rp.ReproduceError, match="unknown stage"):
+        rp.run_reproduce(voc_cfg(world), out, rp.ReproducePlan(stages=("evaluate",)))
+
+
+def test_kill_inside_training_resumes_without_redoing_seeds(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssrseg.engine.train import Trainer
+
+    out = tmp_path / "run"
+    plan = rp.ReproducePlan(device="cpu", progress=False, panels=0, crf="off",
+                            stages=("seeds", "train"))  # fmt: skip
+    real_step = Trainer.train_step
+
+    def dies_at_step_3(self: Trainer, batch: dict) -> dict:
+        if self.step == 2:  # the checkpoint of step 2 is written; the process dies
+            raise KeyboardInterrupt("killed")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        rp.run_reproduce(voc_cfg(world), out, plan)
+    assert _state(out, "seeds")["status"] == "done"
+    assert _state(out, "train")["status"] == "running"
+    assert (out / "train" / "last").read_text().strip() == "ckpt_2"
+    seeds_token = _state(out, "seeds")["token"]
+
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.setitem(rp.STAGE_FUNCTIONS, "seeds", lambda run, resumed: 1 / 0)
+    rp.run_reproduce(voc_cfg(world), out, plan)
+    train = _state(out, "train")
+    assert train["status"] == "done" and train["resumed"] is True
+    assert _state(out, "seeds")["token"] == seeds_token
+    steps = [
+        json.loads(x)["step"] for x in (out / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first attempt, 3-4 after the resume
+
+
+def test_missing_weights_stop_before_any_work(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSRSEG_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    cfg = voc_cfg(world, "backbone.clip=clip_vit_b16.openai", f"backbone.dino={tmp_path}/no.pth")
+    with pytest.raises(rp.ReproduceError) as exc:
+        rp.run_reproduce(cfg, out, PLAN)
+    text = str(exc.value)
+    assert "ViT-B-16.pt" in text and "openaipublic.azureedge.net" in text
+    assert str(tmp_path / "cache" / "ViT-B-16.pt") in text
+    assert "ssrseg weights fetch clip_vit_b16.openai" in text
+    assert f"{tmp_path}/no.pth: no such file" in text
+    assert not any((out / s).exists() for s in rp.WORK_STAGES)
+
+
+def test_missing_dataset_parts_stop_before_any_work(world: dict, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(world["base"] / "data", data)
+    voc = data / "VOCdevkit" / "VOC2012"
+    (voc / "JPEGImages" / "2007_000002.png").unlink()
+    (voc / "Annotations" / "2010_000001.xml").unlink()
+    (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
+    out = tmp_path / "run"
+    with pytest.raises(rp.ReproduceError) as exc:
+        rp.run_reproduce(voc_cfg(world, f"data.root={data}"), out, PLAN)
+    text = str(exc.value)
+    assert str(voc / "JPEGImages" / "2007_000002.jpg") in text  # VOC's own extension
+    assert str(voc / "Annotations" / "2010_000001.xml") in text
+    assert str(voc / "ImageSets" / "Segmentation" / "val.txt") in text
+    assert "split list file not found" in text and "docs/datasets.md" in text
+    assert not any((out / s).exists() for s in rp.WORK_STAGES)
+
+
+def test_cli_reports_the_problem(world: dict, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    args = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"),
+            "--root", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu",
+            *world["overrides"][:2]]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ssrseg reproduce: error: cannot start" in err
+    assert f"{tmp_path / 'nothing'}: no JPEGImages folder" in err
+
+
+def test_torchrun_launch_and_resume(
+    full_run: dict[str, Any], world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--gpus 2 trains through `torchrun -m ssrseg.cli train`, resuming an existing run."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run["out"] / "train", out / "train")
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: Any) -> Any:
+        calls.append(cmd)
+        return type("P", (), {"returncode": 0})()
+
+    monkeypatch.setattr(rp.subprocess, "run", fake_run)
+    cfg = voc_cfg(world)
+    plan = rp.ReproducePlan(device="cpu", gpus=2)
+    run = rp.Run(cfg, out, plan, rp.resolve_device("cpu"), (False,))
+    result = rp.train_into(run, cfg, out / "train", gpus=2)
+    assert result["effective_batch"] == 4 and result["checkpoint"] == "train/ckpt_4"
+    cmd = calls[0]
+    assert cmd[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m"]  # fmt: skip
+    assert cmd[7:9] == ["ssrseg.cli", "train"]
+    assert cmd[cmd.index("--resume") + 1] == str(out / "train")
+    written = load_config(cmd[cmd.index("--config") + 1])
+    assert written == cfg
+
+
+def test_config_subset_is_the_stage_view() -> None:
+    cfg = load_config(REPO / "configs" / "voc.yaml")
+    seeds = rp.config_subset(cfg, *rp.STAGE_CONFIG["seeds"])
+    assert "projected" not in seeds["cam"] and "logit_scale" in seeds["cam"]
+    assert {"dataset", "root", "tag_file"} <= set(seeds["data"])
+    assert not {"train_split", "crop_size", "num_workers"} & set(seeds["data"])
+    assert "train" not in seeds and seeds["sgc"]["theta"] == cfg.sgc.theta
+    ev = rp.config_subset(cfg, *rp.STAGE_CONFIG["eval"])
+    assert ev["data"] == {"dataset": "voc", "root": cfg.data.root, "val_split": "val"}
+    assert np.isclose(ev["crf"]["bilateral_srgb"], 5.0)
