@@ -7,6 +7,8 @@ import argparse
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 def _int_at_least(lo: int) -> Callable[[str], int]:
@@ -105,3 +107,78 @@ def plain_doc(text: str | None) -> str:
         return match.group(1).rsplit(".", 1)[-1]
 
     return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
+
+
+# ----------------------------------------------------------------------------- datasets
+# ssrseg.data.DATASETS, repeated so that building the parser does not import torch
+DATASETS = ("voc", "coco", "folder", "toy")
+DATASET_GROUP = "dataset (the same options in every command; each equals a data.* override)"
+
+
+def add_dataset_args(
+    parser: argparse.ArgumentParser,
+    split_help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    with_classes: bool = True,
+) -> None:
+    """``--dataset --root --split --tag-file --classes``: every command chooses its data the
+    same way. Unset options keep the config's ``data.*`` values."""
+    g = parser.add_argument_group(DATASET_GROUP)
+    g.add_argument(
+        "--dataset", choices=choices or DATASETS, default=None, help="dataset kind (data.dataset)"
+    )
+    g.add_argument("--root", default=None, help="dataset root, see docs/datasets.md (data.root)")
+    g.add_argument("--split", default=None, help=split_help)
+    g.add_argument(
+        "--tag-file",
+        default=None,
+        help="image_id -> class names, JSON / CSV / npy, e.g. from `ssrseg tags` (data.tag_file; "
+        "default: the dataset's own annotations)",
+    )
+    if with_classes:
+        g.add_argument(
+            "--classes",
+            default=None,
+            help="class-name file of a folder dataset (default: ROOT/classes.txt)",
+        )
+
+
+def apply_dataset_args(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` with the dataset options applied to ``data.*`` (checked like any config).
+
+    When the command line picks the dataset and ``prompts.dataset`` was left at its default,
+    the prompts follow the dataset (voc, coco, toy; a folder dataset's class file)."""
+    import dataclasses
+
+    from ssrseg.config import PromptConfig, validate_config
+
+    changes = {
+        key: getattr(args, opt)
+        for opt, key in (("dataset", "dataset"), ("root", "root"), ("tag_file", "tag_file"))
+        if getattr(args, opt, None) is not None
+    }
+    if not changes:
+        return cfg
+    data = dataclasses.replace(cfg.data, **changes)
+    cfg = dataclasses.replace(cfg, data=data)
+    if "dataset" in changes and cfg.prompts.dataset == PromptConfig().dataset:
+        prompts = data.dataset
+        if data.dataset == "folder":
+            prompts = getattr(args, "classes", None) or str(Path(data.root) / "classes.txt")
+        cfg = dataclasses.replace(cfg, prompts=dataclasses.replace(cfg.prompts, dataset=prompts))
+    return validate_config(cfg)
+
+
+def resolve_split(split: str | None, cfg: Any, role: str = "train") -> str:
+    """The split a command reads: ``--split``, else the config's ``data.train_split`` /
+    ``data.val_split``; a folder dataset whose config keeps the VOC default reads ``all``."""
+    from ssrseg.config import DataConfig
+
+    if split:
+        return split
+    key = "train_split" if role == "train" else "val_split"
+    configured = str(getattr(cfg.data, key))
+    if cfg.data.dataset == "folder" and configured == getattr(DataConfig(), key):
+        return "all"
+    return configured

@@ -21,26 +21,59 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ssrseg.commands.common import add_dataset_args as common_dataset_args
 from ssrseg.commands.common import non_negative_int, positive_float
-from ssrseg.data import DATASETS, BadInputError, SegDataset, SkipLog, build_dataset
+from ssrseg.data import BadInputError, SegDataset, SkipLog, build_dataset
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    """--dataset / --root / --split / --classes / --tag-file / --allow-skipped."""
-    parser.add_argument("--dataset", default="voc", choices=DATASETS, help="dataset kind")
-    parser.add_argument("--root", required=True, help="dataset root (see docs/datasets.md)")
-    parser.add_argument("--split", default="val", help="split name (default: val)")
-    parser.add_argument(
-        "--classes",
-        default=None,
-        help="class-name file (folder datasets; default ROOT/classes.txt)",
+    """The shared dataset options (:func:`ssrseg.commands.common.add_dataset_args`),
+    ``--config`` to take them from a preset, and ``--allow-skipped``."""
+    common_dataset_args(
+        parser,
+        "split to score (default: the prediction folder's own split, else data.val_split; "
+        "folder datasets: all)",
     )
-    parser.add_argument("--tag-file", default=None, help="image_id -> class names (JSON/CSV/npy)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML preset whose data.* choose the dataset (default: the checkpoint's config, "
+        "or the config recorded in PRED/run.json, else VOC at data/VOCdevkit/VOC2012)",
+    )
     parser.add_argument(
         "--allow-skipped",
         action="store_true",
         help="exit 0 even if some images were skipped as bad input",
     )
+
+
+def resolve_eval_args(args: argparse.Namespace) -> None:
+    """Fill the dataset options left unset, from (first found) ``--config``, the checkpoint's
+    config (checkpoint mode), the prediction folder's run record (its config and split), or
+    the defaults. Tags are never needed to score, so ``--tag-file`` is not taken from them."""
+    from ssrseg.commands.common import apply_dataset_args, resolve_split
+    from ssrseg.config import SSRConfig, config_from_dict, load_config
+    from ssrseg.runrecord import read_record
+
+    cfg, split = SSRConfig(), None
+    checkpoint = getattr(args, "checkpoint", None)
+    if getattr(args, "config", None):
+        cfg = load_config(args.config)
+    elif checkpoint:
+        from ssrseg.commands.predict import checkpoint_folder
+        from ssrseg.engine.checkpoint import read_config, resolve_checkpoint
+
+        if Path(checkpoint_folder(checkpoint)).exists():
+            cfg = read_config(resolve_checkpoint(checkpoint_folder(checkpoint)))
+    elif args.pred and Path(args.pred).is_dir():
+        record = read_record(args.pred)
+        if record and record.get("config"):
+            cfg = config_from_dict(record["config"])
+            split = record.get("options", {}).get("split")
+    tag_file = args.tag_file
+    cfg = apply_dataset_args(cfg, args)
+    args.dataset, args.root, args.tag_file = cfg.data.dataset, cfg.data.root, tag_file
+    args.split = args.split or split or resolve_split(None, cfg, "val")
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -60,7 +93,10 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def open_eval_dataset(args: argparse.Namespace) -> SegDataset:
-    """The split to score, with masks required and tags not needed."""
+    """The split to score, with masks required and tags not needed (dataset options left
+    unset are filled by :func:`resolve_eval_args`)."""
+    if args.dataset is None or args.root is None or args.split is None:
+        resolve_eval_args(args)
     return build_dataset(
         args.dataset,
         args.root,
@@ -188,6 +224,7 @@ def eval_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_eval_args(args)
     if getattr(args, "checkpoint", None):
         return run_checkpoint(args)
     if args.pred is None:

@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ssrseg.commands.common import (
+    add_dataset_args,
+    apply_dataset_args,
     non_negative_int,
     plain_doc,
     positive_int,
     require_crf,
     resolve_device,
+    resolve_split,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +44,6 @@ EXIT_USAGE = 2
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``cams`` and ``pseudo-labels``."""
     p.add_argument("--config", help="YAML preset (configs/voc.yaml ...); defaults if omitted")
-    p.add_argument("--split", help="dataset split (default: data.train_split)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--eval", action="store_true", help="print metrics against the GT masks")
     p.add_argument(
@@ -68,6 +70,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sgc.theta=0.6"
     )
+    add_dataset_args(p, "split to process (default: data.train_split; folder datasets: all)")
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -117,7 +120,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.runrecord import check_output, prepare_output
 
-    cfg = load_config(args.config, list(args.overrides))
+    cfg = apply_dataset_args(load_config(args.config, list(args.overrides)), args)
     device = torch.device(resolve_device(args.device))
     # CAMs come from the CMPA-projected space only when a checkpoint gives trained heads;
     # the record says what was actually used
@@ -129,8 +132,10 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
             file=sys.stderr,
         )
     cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
-    split = args.split or cfg.data.train_split
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file)
+    split = resolve_split(args.split, cfg, "train")
+    dataset = build_dataset(
+        cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file, class_names=args.classes
+    )
     p = cfg.prompts
     prompts = prompts_from_config(
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
@@ -144,6 +149,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     record_options: dict[str, Any] = {
         "command": command,
         "split": split,
+        "classes": args.classes,
         "long_side": args.long_side,
         "checkpoint": None,
         **(options or {}),

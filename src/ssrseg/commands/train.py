@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from ssrseg.commands.common import plain_doc, positive_int
+from ssrseg.commands.common import add_dataset_args, plain_doc, positive_int
 
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
@@ -35,6 +35,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-steps", type=positive_int, help="stop after this step (schedule unchanged)"
     )
+    add_dataset_args(
+        p, "training split (data.train_split; folder datasets: all)", with_classes=False
+    )
     return p
 
 
@@ -51,9 +54,10 @@ def resume_conflicts(saved: Any, cfg: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
-    from ssrseg.commands.common import resolve_device
+    from ssrseg.commands.common import apply_dataset_args, resolve_device, resolve_split
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import CheckpointError, check_compatible, read_config
     from ssrseg.engine.distributed import cleanup, setup
@@ -67,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
         cfg = read_config(check_compatible(args.resume))
     else:
         cfg = load_config(args.config, args.overrides)
+    cfg = apply_dataset_args(cfg, args)
+    split = resolve_split(args.split, cfg, "train")
+    if split != cfg.data.train_split:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train_split=split))
     if args.resume and args.config:
         # before anything is built: the checkpoint must fit the config given
         ckpt = check_compatible(args.resume, cfg)

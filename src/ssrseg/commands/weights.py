@@ -23,7 +23,6 @@ Backbone weights.
 Cache: $SSRSEG_CACHE, else $XDG_CACHE_HOME/ssrseg, else ~/.cache/ssrseg.
 Offline (HF_HUB_OFFLINE=1 or no network), a missing file fails at once with the URL to get it
 from and the path to put it at.
-from ssrseg.commands.common import positive_int
 """
 
 
