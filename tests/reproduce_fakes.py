@@ -1,10 +1,9 @@
-"""Fakes for the ``ssrseg reproduce`` tests: tiny random-weight backbones (native format, a word
-tokenizer covering the VOC and COCO prompts) and tiny VOC / COCO folders in the real layouts
-(tests/data/data_fakes.py), with a config that runs every stage in seconds on a CPU."""
+"""Fakes for the ``ssrseg reproduce`` tests: random-weight backbones in the real files' layouts
+(``ssrseg.backbones.random_weights``, tiny widths) and tiny VOC / COCO folders in the real
+layouts (tests/data/data_fakes.py), with a config that runs every stage in seconds on a CPU."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,42 +12,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from data_fakes import make_coco, make_voc
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
-from ssrseg.backbones.native import save_native
-from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
-from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.data.classes import VOC_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def prompt_words() -> list[str]:
-    """Every word of the VOC and COCO class and background sentences."""
-    tok = WordTokenizer([], 8)
-    words: list[str] = []
-    for prompts in (ClassPrompts.voc(), ClassPrompts.coco()):
-        for text in (*prompts.class_texts(), *prompts.background_texts()):
-            words += tok.split(text)
-    return list(dict.fromkeys(words))
-
-
 def write_weights(folder: Path) -> tuple[Path, Path]:
-    """Random CLIP (ViT patch 8, 2 blocks, embed 16) and DINO (patch 8) in the native format."""
-    torch.manual_seed(0)
-    tok = WordTokenizer(prompt_words(), context_length=24)
-    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=24, width=16, layers=1, heads=2,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
-    ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
-    clip = save_native(folder / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
-    dcfg = dataclasses.replace(
-        vision, width=24, heads=2, output_dim=None, act="gelu", ln_pre=False, patch_bias=True
-    )
-    dino = save_native(folder / "dino.safetensors", VisionTransformer(dcfg), "dino", dcfg)
-    return clip, dino
+    """Random CLIP ViT-B/16 and DINO ViT-S/16 in their real files' layouts (OpenAI state dict
+    with its BPE vocabulary beside it, official DINO ``.pth``), tiny widths, patch 16."""
+    from ssrseg.backbones.random_weights import write_random_weights
+
+    clip = write_random_weights("clip_vit_b16.openai", folder / "clip" / "ViT-B-16.pt", "tiny")
+    dino = folder / "dino" / "dino_deitsmall16_pretrain.pth"
+    write_random_weights("dino_vit_s16", dino, "tiny")
+    return clip[0], dino
+
+
+def embed_dim(clip: Path) -> int:
+    """CLIP's joint embedding width, read from the OpenAI state dict (sizes ``cmpa.in_dim``)."""
+    state = torch.load(clip, map_location="cpu", weights_only=True)
+    return int(state["text_projection"].shape[1])
 
 
 def tiny_overrides(clip: Path, dino: Path, root: Path) -> list[str]:
@@ -58,12 +41,11 @@ def tiny_overrides(clip: Path, dino: Path, root: Path) -> list[str]:
         f"backbone.dino={dino}",
         f"data.root={root}",
         "backbone.half_precision=false",
-        "affinity.clip_layers=1",
         "sgc.n_segments=6",
         "sgc.n_clusters=3",
         "par.iterations=2",
         "par.dilations=[1,2]",
-        "cmpa.in_dim=16",
+        f"cmpa.in_dim={embed_dim(clip)}",
         "cmpa.hidden_dim=16",
         "cmpa.out_dim=8",
         "cmpa.refresh_every=2",
@@ -71,7 +53,6 @@ def tiny_overrides(clip: Path, dino: Path, root: Path) -> list[str]:
         "decoder.embed_dim=16",
         "decoder.num_layers=1",
         "decoder.num_heads=2",
-        "decoder.use_layers=1",
         "loss.aff_radius=2",
         "data.crop_size=32",
         "data.num_workers=0",

@@ -446,6 +446,11 @@ def _prepare_folder(run: Run, stage: str, record: dict[str, Any]) -> bool:
             print(f"[{stage}] resuming the unfinished run in {folder}")
             return True
         changes = diff_records(state.get("record", {}), record)
+        after = "options.after."
+        inputs = sorted({c[len(after) :].split(":")[0] for c in changes if c.startswith(after)})
+        changes = [c for c in changes if not c.startswith(after)]
+        if inputs:
+            print(f"[{stage}] redoing: {', '.join(inputs)} ran again")
         if changes:
             shown = "\n    ".join(changes[:12])
             more = f"\n    ... and {len(changes) - 12} more" if len(changes) > 12 else ""
@@ -883,6 +888,7 @@ def check_roles(run: Run) -> dict[str, tuple[str, bool, bool, bool]]:
 def stage_check(run: Run) -> dict[str, Any]:
     from ssrseg.engine.reproduce_check import CheckError, run_check
 
+    t0 = time.perf_counter()
     runs = {s for s, v in run.status.items() if v == "run"}
     try:
         res = run_check(
@@ -897,7 +903,14 @@ def stage_check(run: Run) -> dict[str, Any]:
         print(f"  warning: {w}")
     run.check = res.as_dict()
     folder = run.folder("check")
-    write_state(folder, {"stage": "check", "status": "done", "result": run.check})
+    state = {
+        "stage": "check",
+        "status": "done",
+        "result": run.check,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    write_state(folder, state)
+    run.states["check"] = state
     return run.check
 
 
