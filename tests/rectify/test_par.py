@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,9 +236,30 @@ def test_native_threads_give_identical_results() -> None:
     assert torch.equal(logits1, logits3)
 
 
+@needs_compiler
+def test_fresh_build_when_the_cache_is_not_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SSRSEG_CACHE", str(blocked))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    par_native.reset()
+    try:
+        lib = par_native.load()  # compiled from scratch into the per-user temporary folder
+        assert lib is not None
+        assert list((tmp_path / "tmp").glob("ssrseg-kernels-*/par_kernels_*"))
+        x = torch.rand(1, 3, 6, 7, dtype=torch.float64)
+        offsets = neighbour_offsets((1,))
+        logits = par_native.colour_logits(lib, x, offsets, 1e-8, 0.3)
+        assert logits.shape == (1, 8, 6, 7) and bool((logits <= 0).all())
+    finally:
+        par_native.reset()
+
+
 def test_without_compiler_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CC", "/nonexistent/cc")
-    monkeypatch.setenv("SSRSEG_CACHE", "/nonexistent-cache-dir")
     par_native.reset()
     try:
         with pytest.warns(RuntimeWarning, match="torch form"):

@@ -396,10 +396,13 @@ def _cpu_signature() -> str:
     return "\n".join(parts)
 
 
-def _kernel_dir() -> Path:
+def _kernel_dirs() -> list[Path]:
+    """Where built libraries live: the ssrseg cache, else (read-only home) a per-user folder
+    in the temporary directory."""
     from ssrseg.backbones.weights import cache_dir
 
-    return cache_dir() / "kernels"
+    user = getattr(os, "getuid", lambda: "user")()
+    return [cache_dir() / "kernels", Path(tempfile.gettempdir()) / f"ssrseg-kernels-{user}"]
 
 
 def _build(compiler: str) -> Path:
@@ -410,24 +413,31 @@ def _build(compiler: str) -> Path:
         key = hashlib.sha256(
             "\0".join([_SOURCE, compiler, *flags, _cpu_signature()]).encode()
         ).hexdigest()[:16]
-        target = _kernel_dir() / f"par_kernels_{key}{suffix}"
-        if target.is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src = Path(tmp) / "par_kernels.c"
-            src.write_text(_SOURCE)
-            out = Path(tmp) / target.name
-            proc = subprocess.run(
-                [compiler, *flags, "-o", str(out), str(src), "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if proc.returncode == 0 and out.is_file():
-                os.replace(out, target)  # atomic: concurrent builders race harmlessly
+        name = f"par_kernels_{key}{suffix}"
+        for folder in _kernel_dirs():
+            target = folder / name
+            if target.is_file():
                 return target
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=folder) as tmp:
+                    src = Path(tmp) / "par_kernels.c"
+                    src.write_text(_SOURCE)
+                    out = Path(tmp) / name
+                    proc = subprocess.run(
+                        [compiler, *flags, "-o", str(out), str(src), "-lm"],
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                    )
+                    if proc.returncode == 0 and out.is_file():
+                        os.replace(out, target)  # atomic: concurrent builders race harmlessly
+                        return target
+            except OSError as exc:  # folder not writable: try the next one
+                errors.append(f"{folder}: {exc}")
+                continue
             errors.append(f"{' '.join(flags)}: {proc.stderr.strip()[-500:]}")
+            break  # the compiler refused these flags: another folder will not help
     raise RuntimeError("; ".join(errors))
 
 
