@@ -99,7 +99,8 @@ class PseudoLabelOutput:
 
 class Timer(dict[str, float]):
     """Seconds per stage section (benchmarks); ``clock`` is ``time.perf_counter`` (wall) by
-    default, ``time.process_time`` gives CPU time (steadier on a shared machine)."""
+    default, ``time.process_time`` gives CPU time (steadier on a shared machine). ``slic`` and
+    ``par`` are parts of ``masks`` and ``labels``."""
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         super().__init__()
@@ -359,7 +360,8 @@ class PseudoLabeler(nn.Module):
             size = label_size(*base, cfg.pseudo.cam_size)
             small = refined if size == base else self._round(upsample(refined_grid, size))
             scores = self._round(with_background(small, cfg.pseudo.background_power))
-            scores = self._par(images01, scores)
+            with _timed(timer, "par", device):  # part of "labels"
+                scores = self._par(images01, scores)
             if base != final:
                 # two_step with an out_size: bilinear scores to the final size, then the argmax
                 scores = F.interpolate(scores, size=final, mode="bilinear", align_corners=False)
