@@ -160,6 +160,9 @@ def test_changed_inference_reruns_eval_only(
     after = {s: _state(out, s)["token"] for s in before}
     assert [s for s in before if before[s] != after[s]] == ["eval", "export"]
     assert _state(out, "eval")["record"]["config"]["infer"]["flip"] is False
+    # the new setting reached the segmenter (not the one saved with the checkpoint)
+    assert json.loads((out / "eval" / "metrics.json").read_text())["infer"]["flip"] is False
+    assert json.loads((full_run["out"] / "eval" / "metrics.json").read_text())["infer"]["flip"]
 
 
 def test_stages_option_needs_finished_inputs(full_run: dict[str, Any], world: dict) -> None:

@@ -768,7 +768,8 @@ def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
     from ssrseg.engine.report import row_summary
 
     cfg, plan = run.cfg, run.plan
-    seg = Segmenter.from_checkpoint(ckpt_dir, run.device)
+    # this run's inference and CRF settings, not the ones saved with the checkpoint
+    seg = Segmenter.from_checkpoint(ckpt_dir, run.device, infer=cfg.infer, crf=cfg.crf)
     dataset = open_dataset(cfg, cfg.data.val_split, labels=False)
     n = len(dataset) if plan.val_images is None else min(plan.val_images, len(dataset))
     matrices = evaluate_into(
@@ -779,7 +780,8 @@ def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
         res = cm.compute()
         res["class_names"] = ["background", *dataset.class_names]
         results[_mode_name(m)] = res
-    _write_metrics(folder / "metrics.json", {"split": dataset.split, **results})
+    settings = {"infer": config_to_dict(seg.infer), "crf_params": config_to_dict(seg.crf_cfg)}
+    _write_metrics(folder / "metrics.json", {"split": dataset.split, **settings, **results})
     return {
         "split": dataset.split,
         "images": n,
@@ -807,8 +809,9 @@ def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
 
     if not run.check.get("has_test"):
         return {"skipped": "no VOC test split"}
-    seg = Segmenter.from_checkpoint(run.folder("train"), run.device)
-    test = open_dataset(run.cfg, "test", labels=False, masks=False)
+    cfg = run.cfg
+    seg = Segmenter.from_checkpoint(run.folder("train"), run.device, infer=cfg.infer, crf=cfg.crf)
+    test = open_dataset(cfg, "test", labels=False, masks=False)
     roots = {m: run.folder("export") / _mode_name(m) for m in run.crf_modes}
     from tqdm import tqdm
 
