@@ -78,6 +78,8 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 }
 # (config keys that shape a stage's outputs, keys left out). A key is a section or
 # "section.field". The pseudo-label rows set the attention / mask / PAR switches themselves.
+# Training keeps its whole section (even train.output_dir and the logging keys): a checkpoint
+# resumes only under the identical train / cmpa config, so any change there starts it afresh.
 STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "render": ((), ()),
     "seeds": (
@@ -114,7 +116,7 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "data",
             "train",
         ),
-        ("data.num_workers", "data.allow_skipped", "train.output_dir"),
+        ("data.num_workers", "data.allow_skipped"),
     ),
     # cmpa reads the checkpoint (train's token) and scores with the train config's labeller
     "cmpa": ((), ()),
@@ -132,7 +134,7 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "infer",
             "crf",
         ),
-        ("data.num_workers", "data.allow_skipped", "train.output_dir"),
+        ("data.num_workers", "data.allow_skipped"),
     ),
 }
 # Pseudo-label evaluation split and default number of images per dataset: VOC train (1,464)
