@@ -20,7 +20,7 @@ from ssrseg.engine.checkpoint import load_model
 
 
 @pytest.mark.slow
-def test_train_resume_and_load_back(tmp_path: Path) -> None:
+def test_train_resume_and_load_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_tiny_world(tmp_path / "world")
     run = tmp_path / "run"
     args = ["train", "--config", str(cfg), "--device", "cpu", "--output-dir", str(run)]
@@ -28,6 +28,9 @@ def test_train_resume_and_load_back(tmp_path: Path) -> None:
     assert (run / "last").read_text().strip() == "ckpt_2"
     assert main(["train", "--resume", str(run), "--device", "cpu"]) == 0
     assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_2", "ckpt_4"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--device", "cpu"]) == 0  # already there
+    assert "is at step 4 of 4: nothing left to do" in capsys.readouterr().out
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     val = next(r for r in records if "val_miou" in r)

@@ -6,8 +6,9 @@ random values, plus the tokenizer files a CLIP needs beside it. The real-size pi
 run end to end without any download; the numbers it produces mean nothing.
 
 Shapes: ``full`` is the real model; ``tiny`` keeps the layout, the key names, the vocabulary,
-the context length, the image size, the patch size and the number of vision blocks (presets
-address blocks by index) but shrinks the widths, so a CPU runs it in seconds.
+the context length, the image size, the patch size, the embedding width and the number of
+vision blocks (presets address blocks by index and size the CMPA heads by the embedding) but
+shrinks the tower widths, so a CPU runs it in seconds.
 
 Tokenizers: a CLIP gets OpenAI's real BPE vocabulary when one is on this machine (``--vocab``,
 the weights cache, or the copy inside an installed ``open_clip_torch`` wheel), else a
@@ -264,7 +265,8 @@ class RandomSpec:
 def _clip_openai(out: Path, size: str, seed: int, vocab: Path | None) -> list[Path]:
     shape = ClipShape()
     if size == "tiny":
-        shape = ClipShape(width=64, embed_dim=32, text_width=64, text_layers=2)
+        # the real embedding width stays: presets size the CMPA heads by it (cmpa.in_dim)
+        shape = ClipShape(width=64, text_width=64, text_layers=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     from ssrseg.atomic import atomic_path
 

@@ -59,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ssrseg.commands.common import apply_dataset_args, resolve_device, resolve_split
     from ssrseg.config import load_config
-    from ssrseg.engine.checkpoint import CheckpointError, check_compatible, read_config
+    from ssrseg.engine.checkpoint import (
+        CheckpointError,
+        check_compatible,
+        read_config,
+        read_state,
+    )
     from ssrseg.engine.distributed import cleanup, setup
     from ssrseg.engine.train import run_training
     from ssrseg.runrecord import check_output, prepare_output
@@ -94,6 +99,15 @@ def run(args: argparse.Namespace) -> int:
     options = {"command": "train"}
     check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
     device = resolve_device(args.device) if args.device else None
+    if args.resume:
+        ckpt = check_compatible(args.resume)
+        done = read_state(ckpt).step
+        target = cfg.train.iterations
+        if args.max_steps is not None:
+            target = min(target, args.max_steps)
+        if done >= target:  # nothing is built for a run that is already there
+            print(f"{ckpt} is at step {done} of {cfg.train.iterations}: nothing left to do")
+            return 0
     ctx = setup(device)
     try:
         if ctx.is_main:
