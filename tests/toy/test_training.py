@@ -7,9 +7,18 @@ import math
 import pytest
 import torch
 
-from ssrseg.toy.common import Budget, cosine_lr
+from ssrseg.backbones.vit import VisionTransformer
+from ssrseg.toy.common import Budget, cosine_lr, toy_dino_config
 from ssrseg.toy.train_clip import ClipTrainArgs, contrastive_loss, train_clip
-from ssrseg.toy.train_dino import dino_loss, random_crops
+from ssrseg.toy.train_dino import (
+    DinoHead,
+    DinoNet,
+    block_masks,
+    dino_loss,
+    masked_patch_loss,
+    masked_tokens,
+    random_crops,
+)
 
 
 def test_contrastive_loss_hand_values() -> None:
@@ -72,3 +81,116 @@ def test_train_clip_smoke_writes_loadable_weights(tmp_path) -> None:  # type: ig
     clip, tokenizer = load_clip(str(out))
     assert clip.cfg.vision.patch_size == 8 and clip.cfg.embed_dim == 32
     assert tokenizer(["a photo of a boat."]).shape[1] == tokenizer.context_length
+
+
+def _tiny_vit() -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(toy_dino_config(image_size=32, width=16, layers=2, heads=2))
+
+
+def test_masked_tokens_without_mask_is_the_plain_forward() -> None:
+    vit = _tiny_vit()
+    x = torch.rand(2, 3, 32, 32)
+    plain = vit.head(vit.forward_intermediates(vit.normalize(x)).last)
+    assert torch.allclose(masked_tokens(vit, x, None, torch.zeros(16)), plain, atol=1e-6)
+    # a masked patch sees the mask token instead of its pixels: changing those pixels changes
+    # nothing, changing an unmasked patch does
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 0] = True
+    token = torch.randn(16)
+    y = x.clone()
+    y[:, :, :8, :8] = torch.rand(2, 3, 8, 8)  # patch 0
+    assert torch.allclose(masked_tokens(vit, x, mask, token), masked_tokens(vit, y, mask, token))
+    y[:, :, 8:16, 8:16] = 0.0  # patch 5, unmasked
+    assert not torch.allclose(
+        masked_tokens(vit, x, mask, token), masked_tokens(vit, y, mask, token)
+    )
+
+
+def test_block_masks_cover_the_drawn_share_in_blocks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    masks = block_masks(64, (12, 12), 1.0, (0.3, 0.3), gen)
+    share = masks.float().mean(dim=1)
+    # every image reaches 30% of 144 patches (43), overshooting by at most one block
+    assert bool((share >= 43 / 144).all()) and float(share.mean()) < 0.5
+    none = block_masks(8, (12, 12), 0.0, (0.3, 0.5), gen)
+    assert not none.any()
+    half = block_masks(400, (4, 4), 0.5, (0.5, 0.5), gen).any(dim=1).float().mean()
+    assert 0.4 < float(half) < 0.6
+
+
+def test_masked_patch_loss_hand_values() -> None:
+    # teacher == student with equal temperatures: the loss is the teacher's entropy over the
+    # masked patches only (image 1 has none and does not count)
+    teacher = torch.tensor([[[2.0, 0.0], [0.0, 0.0]], [[5.0, 0.0], [1.0, 1.0]]])
+    mask = torch.tensor([[True, False], [False, False]])
+    loss = masked_patch_loss(teacher, teacher, torch.zeros(1, 1, 2), mask, 1.0, 1.0)
+    p = torch.tensor([2.0, 0.0]).softmax(0)
+    assert loss.item() == pytest.approx(float(-(p * p.log()).sum()), rel=1e-6)
+    empty = masked_patch_loss(teacher, teacher, torch.zeros(1, 1, 2), mask & False, 1.0, 1.0)
+    assert empty.item() == 0.0
+
+
+def test_dino_net_pools_class_token_or_patch_mean() -> None:
+    vit = _tiny_vit()
+    x = torch.rand(2, 3, 32, 32)
+    tokens = masked_tokens(vit, x, None, torch.zeros(16))
+    for pool, feat in (("cls", tokens[:, 0]), ("mean", tokens[:, 1:].mean(dim=1))):
+        net = DinoNet(vit, DinoHead(16, 8, hidden=8, bottleneck=4), pool)
+        image, patches, final = net.forward_tokens(x, None)
+        assert torch.allclose(image, net.head(feat), atol=1e-6) and torch.equal(final, tokens)
+        assert patches is not None and patches.shape == (2, 16, 8)
+    with pytest.raises(ValueError, match="pool"):
+        DinoNet(vit, DinoHead(16, 8), "max")
+
+
+def test_attention_grouping_wrapper_matches_the_pure_function() -> None:
+    from ssrseg.toy.diagnostics import (
+        attention_grouping_by_layer,
+        patch_labels,
+        same_label_attention,
+    )
+
+    vit = _tiny_vit()
+    images = torch.rand(3, 3, 32, 32)
+    masks = torch.zeros(3, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 8:16] = 2
+    by_layer = attention_grouping_by_layer(vit, images, masks, batch_size=2)
+    out = vit.forward_intermediates(vit.normalize(images), attn_layers=[1])
+    expected = same_label_attention(out.attentions[1], patch_labels(masks, out.grid))
+    assert set(by_layer) == {0, 1} and by_layer[1] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_train_dino_smoke_with_masked_patches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ssrseg.backbones.weights import load_dino
+    from ssrseg.toy.train_dino import DinoTrainArgs, train_dino
+
+    out = tmp_path / "dino.safetensors"
+    args = DinoTrainArgs(
+        out=str(out), steps=2, minutes=None, batch_size=2, width=16, layers=2, heads=2,
+        global_size=32, local_size=16, local_crops=1, out_dim=16, workers=0, eval_images=2,
+        grouping_images=2, eval_every=1, pool="mean", mim_weight=1.0,
+    )  # fmt: skip
+    record = train_dino(args)
+    assert record["steps"] == 2 and len(record["grouping_history"]) == 2
+    assert set(record["attention"]["same_label_mass_by_block"]) == {"0", "1"}
+    assert load_dino(str(out)).cfg.width == 16
+
+
+def test_patch_colour_noise_is_constant_per_patch_and_patch_pixels_order() -> None:
+    from ssrseg.toy.train_dino import patch_colour_noise, patch_pixels
+
+    images = torch.full((1, 3, 16, 16), 0.5)
+    noisy = patch_colour_noise(images, 8, 0.1, torch.Generator().manual_seed(0))
+    diff = noisy - images
+    for r in (0, 8):
+        for c in (0, 8):
+            cell = diff[0, :, r : r + 8, c : c + 8]
+            assert torch.allclose(cell, cell[:, :1, :1].expand_as(cell))  # one offset per cell
+    assert not torch.allclose(diff[0, :, 0, 0], diff[0, :, 0, 8])
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    pix = patch_pixels(x, 2)
+    # token 1 = top-right 2x2 cell; channels first, then rows, then columns
+    assert pix.shape == (2, 4, 12)
+    assert pix[0, 1, :4].tolist() == [2.0, 3.0, 6.0, 7.0]

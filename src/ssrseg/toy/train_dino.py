@@ -4,6 +4,14 @@ Student and teacher share the architecture; the teacher is an exponential moving
 student and sees only the two global crops, the student sees global and local crops
 (multi-crop). Teacher outputs are centred (running mean) and sharpened (low temperature);
 the student learns to match them across crops with a cross-entropy.
+
+With ``mim_weight > 0`` an iBOT-style masked-patch term is added: blocks of the student's
+global-crop patches are replaced by a learned mask token, and each masked patch's output must
+match the teacher's output for the same patch of the unmasked crop (its own centre, the same
+head). Why: with the class-token loss alone the last block's patch queries get no gradient at
+all (the class token's output does not depend on them), so its patch-to-patch attention, the
+attention SSR's affinity uses, is never trained; filling a masked patch from its object's
+other patches asks attention to group patches by object.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssrseg.backbones.vit import Block, VisionTransformer
+from ssrseg.backbones.vit import Block, VisionTransformer, interpolate_pos_embed
 from ssrseg.toy.common import Budget, RenderedImages, batches, cosine_lr, toy_dino_config
 
 
@@ -47,9 +55,26 @@ class DinoTrainArgs:
     teacher_temp: float = 0.04
     center_momentum: float = 0.9
     ema_start: float = 0.97
+    # iBOT-style masked-patch distillation (0 disables it): weight, share of the global crops
+    # that are masked, and the range of the masked share of a masked crop's patches
+    mim_weight: float = 0.0
+    mim_prob: float = 0.5
+    mim_ratio: tuple[float, float] = (0.1, 0.5)
+    # what feeds the DINO head: "cls" (DINO) or "mean" (mean of the final patch tokens, as the
+    # toy CLIP's image embedding: every patch then carries the crop-level objective)
+    pool: str = "cls"
+    # patch denoising (0 disables it): the student's global crops get an independent colour
+    # offset per patch (N(0, sigma^2) per channel) and a linear head must return each patch's
+    # clean pixels from its final token
+    denoise_weight: float = 1.0
+    denoise_sigma: float = 0.5
     threads: int = 1
     workers: int = 1
     eval_images: int = 200
+    # same-label attention of every block on this many val scenes, every eval_every steps
+    # (0: only at the end)
+    grouping_images: int = 48
+    eval_every: int = 0
     save_every_min: float = 5.0
 
 
@@ -72,21 +97,133 @@ class DinoHead(nn.Module):
         return x @ F.normalize(self.prototypes, dim=-1).t()
 
 
-class DinoNet(nn.Module):
-    """Backbone + head; the class token after the final norm feeds the head."""
+def masked_tokens(
+    backbone: VisionTransformer, images01: Tensor, mask: Tensor | None, mask_token: Tensor
+) -> Tensor:
+    """All blocks and the final norm, with masked patch embeddings replaced by ``mask_token``.
 
-    def __init__(self, backbone: VisionTransformer, head: DinoHead) -> None:
+    images01: ``B x 3 x s x s``; mask: ``B x N`` bool or None; returns ``B x (1+N) x D``. Same
+    maths as ``backbone.forward_intermediates`` when nothing is masked (the mask is inserted
+    before the position embedding, as in iBOT).
+    """
+    x = backbone.normalize(images01)
+    grid = backbone.grid_for(x.shape[-2], x.shape[-1])
+    patches = backbone.patch_embed(x).flatten(2).transpose(1, 2)  # B x N x D
+    if mask is not None:
+        patches = torch.where(mask[..., None], mask_token.to(patches.dtype), patches)
+    cls = backbone.cls_token.expand(patches.shape[0], 1, -1)
+    tokens = torch.cat([cls, patches], dim=1)
+    tokens = tokens + interpolate_pos_embed(backbone.pos_embed, grid, backbone.cfg.pretrained_grid)
+    tokens = backbone.ln_pre(tokens)
+    for block in backbone.blocks:
+        tokens, _ = block(tokens)
+    return backbone.norm(tokens)
+
+
+class DinoNet(nn.Module):
+    """Backbone + head (shared by the class token and, for iBOT, the patch tokens), mask token
+    and the denoising pixel head (final patch token -> the patch's ``3 x p x p`` pixels)."""
+
+    def __init__(self, backbone: VisionTransformer, head: DinoHead, pool: str = "cls") -> None:
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be cls | mean, got {pool!r}")
         self.backbone = backbone
         self.head = head
+        self.pool = pool
+        self.mask_token = nn.Parameter(torch.zeros(backbone.cfg.width))
+        p = backbone.cfg.patch_size
+        self.pixel_head = nn.Linear(backbone.cfg.width, 3 * p * p)
+
+    def _image_token(self, tokens: Tensor) -> Tensor:
+        """``B x (1+N) x D`` -> the head's input ``B x D`` (class token or patch mean)."""
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
 
     def forward(self, crops01: list[Tensor]) -> Tensor:
         """crops01: groups of same-size crops ``B x 3 x s x s`` -> ``(sum B) x K``."""
-        outs = []
-        for crops in crops01:
-            tokens = self.backbone.forward_intermediates(self.backbone.normalize(crops)).last
-            outs.append(self.head(self.backbone.head(tokens[:, 0])))
-        return torch.cat(outs)
+        return torch.cat([self.forward_tokens(c, None, patches=False)[0] for c in crops01])
+
+    def forward_tokens(
+        self, crops01: Tensor, mask: Tensor | None, patches: bool = True
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Head outputs of the image ``B x K``, (with ``patches``) of every patch ``B x N x K``,
+        and the final tokens ``B x (1+N) x D``; ``mask`` (``B x N`` bool) hides patches."""
+        tokens = masked_tokens(self.backbone, crops01, mask, self.mask_token)
+        image = self.head(self._image_token(tokens))
+        return image, (self.head(tokens[:, 1:]) if patches else None), tokens
+
+
+def patch_colour_noise(images01: Tensor, patch: int, sigma: float, gen: torch.Generator) -> Tensor:
+    """Shift each ``patch x patch`` cell's colour by its own ``N(0, sigma^2)`` offset per
+    channel, clamped to [0, 1]: ``B x 3 x H x W`` -> same. A patch alone cannot undo its offset;
+    averaging with the other patches of its object (same colour, independent offsets) can."""
+    b, c, h, w = images01.shape
+    offsets = torch.randn(b, c, h // patch, w // patch, generator=gen) * sigma
+    return (images01 + F.interpolate(offsets, scale_factor=patch, mode="nearest")).clamp(0, 1)
+
+
+def patch_pixels(images: Tensor, patch: int) -> Tensor:
+    """``B x 3 x H x W`` -> each patch's pixels ``B x N x (3 * patch * patch)`` (row-major
+    patches, the ViT's token order)."""
+    return F.unfold(images, patch, stride=patch).transpose(1, 2)
+
+
+def block_masks(
+    batch: int,
+    grid: tuple[int, int],
+    prob: float,
+    ratio: tuple[float, float],
+    gen: torch.Generator,
+    min_block: int = 4,
+) -> Tensor:
+    """iBOT-style block-wise masks ``B x (h*w)`` bool.
+
+    Each image is masked with probability ``prob``; a masked image gets rectangles (at least
+    ``min_block`` patches, aspect ratio 0.3-3.3) until a share drawn from ``ratio`` of its
+    patches is covered. Blocks rather than single patches: a lone masked patch can be filled
+    in from its neighbours' colour, a block needs the rest of its object.
+    """
+    h, w = grid
+    out = torch.zeros(batch, h, w, dtype=torch.bool)
+    for b in range(batch):
+        if float(torch.rand((), generator=gen)) >= prob:
+            continue
+        lo, hi = ratio
+        target = round((lo + (hi - lo) * float(torch.rand((), generator=gen))) * h * w)
+        for _ in range(100):
+            if int(out[b].sum()) >= target:
+                break
+            left = target - int(out[b].sum())
+            area = min_block + float(torch.rand((), generator=gen)) * max(0, left - min_block)
+            aspect = math.exp(
+                float(torch.empty(()).uniform_(math.log(0.3), -math.log(0.3), generator=gen))
+            )
+            bh = max(1, min(h, round(math.sqrt(area * aspect))))
+            bw = max(1, min(w, round(math.sqrt(area / aspect))))
+            top = int(torch.randint(0, h - bh + 1, (), generator=gen))
+            lft = int(torch.randint(0, w - bw + 1, (), generator=gen))
+            out[b, top : top + bh, lft : lft + bw] = True
+    return out.reshape(batch, h * w)
+
+
+def masked_patch_loss(
+    student: Tensor, teacher: Tensor, center: Tensor, mask: Tensor, s_temp: float, t_temp: float
+) -> Tensor:
+    """iBOT's patch term: cross-entropy of the centred, sharpened teacher patch distribution
+    against the student's, over masked patches only, averaged per image then over the images
+    that have a masked patch (zero, in the graph, when none has).
+
+    student / teacher: ``B x N x K`` head outputs of the same crop (student masked, teacher
+    not); center: ``1 x K``; mask: ``B x N`` bool.
+    """
+    t = ((teacher - center) / t_temp).softmax(dim=-1).detach()
+    ce = -(t * (student / s_temp).log_softmax(dim=-1)).sum(dim=-1)  # B x N
+    m = mask.float()
+    per_image = (ce * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    has = mask.any(dim=1)
+    if not bool(has.any()):
+        return student.sum() * 0.0
+    return per_image[has].mean()
 
 
 def random_crops(
@@ -177,6 +314,23 @@ def attention_foreground_auc(
     return {"cls_attention_fg_auc": float(np.mean(aucs)) if aucs else float("nan"), "n": len(aucs)}
 
 
+def grouping_scenes(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The scenes the training run scores attention grouping on: the first ``n`` of the biased
+    ``val`` split (never scored by the demo; the debiased split stays held out)."""
+    from ssrseg.toy.diagnostics import toy_scenes
+
+    return toy_scenes("val", n, seed)
+
+
+def grouping(backbone: VisionTransformer, scenes: tuple[Tensor, Tensor]) -> dict[str, float]:
+    """Same-label attention mass / chance of every block (``ssrseg.toy.diagnostics``),
+    keyed by the 0-based block index as a string (JSON)."""
+    from ssrseg.toy.diagnostics import attention_grouping_by_layer
+
+    by_layer = attention_grouping_by_layer(backbone, *scenes)
+    return {str(k): round(v, 3) for k, v in by_layer.items()}
+
+
 def save_dino(backbone: VisionTransformer, path: Path, extra: dict[str, Any]) -> None:
     from ssrseg.backbones.native import save_native
 
@@ -191,10 +345,16 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1)
     cfg = toy_dino_config(args.global_size, args.patch_size, args.width, args.layers, args.heads)
-    student = DinoNet(VisionTransformer(cfg), DinoHead(args.width, args.out_dim))
+    student = DinoNet(VisionTransformer(cfg), DinoHead(args.width, args.out_dim), args.pool)
     teacher = copy.deepcopy(student)
     teacher.requires_grad_(False)
     center = torch.zeros(1, args.out_dim)
+    center_patch = torch.zeros(1, 1, args.out_dim)
+    use_mim = args.mim_weight > 0
+    use_denoise = args.denoise_weight > 0
+    g = args.global_size // args.patch_size
+    eval_images = grouping_scenes(args.grouping_images, args.seed)
+    history: list[dict[str, Any]] = []
     decay = [p for n, p in student.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [
         p for n, p in student.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)
@@ -229,10 +389,35 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
         for group in opt.param_groups:
             group["lr"] = lr
         student.train()
-        s_out = student([globals_, locals_])
+        mask = (
+            block_masks(globals_.shape[0], (g, g), args.mim_prob, args.mim_ratio, gen)
+            if use_mim
+            else None
+        )
+        # the student's global crops carry the denoising noise for both terms (for the DINO
+        # term it is one more augmentation); the teacher sees them clean
+        s_in = (
+            patch_colour_noise(globals_, args.patch_size, args.denoise_sigma, gen)
+            if use_denoise
+            else globals_
+        )
+        s_cls, s_patch, s_tokens = student.forward_tokens(s_in, mask, patches=use_mim)
+        s_out = torch.cat([s_cls, student([locals_])])
         with torch.no_grad():
-            t_out = teacher([globals_])
+            t_out, t_patch, _ = teacher.forward_tokens(globals_, None, patches=use_mim)
         loss = dino_loss(s_out, t_out, center, 2, args.student_temp, args.teacher_temp)
+        den = torch.zeros(())
+        if use_denoise:
+            clean = patch_pixels(student.backbone.normalize(globals_), args.patch_size)
+            den = (student.pixel_head(s_tokens[:, 1:]) - clean).abs().mean()
+            loss = loss + args.denoise_weight * den
+        mim = torch.zeros(())
+        if use_mim:
+            assert s_patch is not None and t_patch is not None and mask is not None
+            mim = masked_patch_loss(
+                s_patch, t_patch, center_patch, mask, args.student_temp, args.teacher_temp
+            )
+            loss = loss + args.mim_weight * mim
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
@@ -244,10 +429,24 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
                 pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
             batch_center = t_out.mean(dim=0, keepdim=True)
             center.mul_(args.center_momentum).add_(batch_center, alpha=1 - args.center_momentum)
+            if t_patch is not None:
+                patch_center = t_patch.mean(dim=(0, 1), keepdim=True)
+                center_patch.mul_(args.center_momentum).add_(
+                    patch_center, alpha=1 - args.center_momentum
+                )
         step += 1
         ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}", m=f"{momentum:.4f}")
+        bar.set_postfix(
+            loss=f"{ema_loss:.3f}",
+            mim=f"{float(mim.detach()):.3f}",
+            den=f"{float(den.detach()):.3f}",
+            lr=f"{lr:.2e}",
+            m=f"{momentum:.4f}",
+        )
+        if args.eval_every and step % args.eval_every == 0:
+            history.append({"step": step, "grouping": grouping(teacher.backbone, eval_images)})
+            tqdm.write(f"step {step}: same-label attention / chance {history[-1]['grouping']}")
         if time.monotonic() - last_save > args.save_every_min * 60:
             save_dino(teacher.backbone, out, {"partial": True, "steps": step})
             last_save = time.monotonic()
@@ -264,6 +463,10 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
         "args": {k: v for k, v in vars(args).items() if k != "out"},
     }
     record["attention"] = attention_foreground_auc(teacher.backbone, args.eval_images)
+    record["attention"]["same_label_mass_by_block"] = grouping(teacher.backbone, eval_images)
+    record["attention"]["grouping_scenes"] = f"val 0..{args.grouping_images - 1}"
+    if history:
+        record["grouping_history"] = history
     save_dino(
         teacher.backbone, out, {"steps": step, "seed": args.seed, "record": json.dumps(record)}
     )

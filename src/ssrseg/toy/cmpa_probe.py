@@ -1,0 +1,449 @@
+"""Why does CMPA lower the toy world's initial CAM? One cheap measurement per hypothesis.
+
+``python -m ssrseg.toy.cmpa_probe`` (or ``--quick`` for a seconds-long smoke run) prints a table.
+
+The CMPA heads only see frozen inputs: the raw CLIP patch embeddings and the detached initial
+CAMs of each training image. The probe computes those once (one Grad-CAM pass over the training
+images of the demo's world) and then trains fresh heads with the trainer's loss, optimiser groups
+and schedule but without the decoder, so a head-training run costs seconds instead of a demo.
+Each variant is scored like the demo's Table 4 row: the initial CAM in the CMPA-projected space
+(no attention, no mask, no PAR; background = 1 - max CAM) against the ground truth of the first
+``n_score`` training images (the demo's scored images). Differences from the demo: no crop /
+rescale / flip augmentation, no decoder loss (it does not reach the heads anyway).
+
+Hypotheses and their measurements (docs/toy_world.md, "Why CMPA hurts"):
+- temperature: the projected CAM's softmax scale is 1 / tau (20 at tau 0.05) where the raw CAM
+  uses the toy CLIP's 15 -> score the same heads at scale 15 and other scales, the raw CAM at 20,
+  and heads trained with tau frozen at 1/15;
+- head training length: heads trained for the demo's iterations and for many more;
+- BatchNorm statistics: the CAM runs the heads in eval mode on running statistics -> score the
+  same heads after recomputing the statistics exactly over the training patches;
+- the symmetric term: heads trained without it;
+- when the projected CAM starts: the long run scored at checkpoints (the first iteration where
+  it passes the raw CAM is the earliest sensible ``cmpa.projected_cam_from``);
+- background words (found here): TSA never sees the background prompts in L_proto, yet the
+  projected CAM puts them in its softmax -> score without background words, and train TSA with
+  the background prompts as extra negatives;
+- what the CAM differentiates (found here): the heads learn to classify CAM-weighted means
+  (``pair_acc``) but the projected Grad-CAM scores the mean of ISA over all patches
+  (``image_acc``, raw space for comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssrseg.config import SSRConfig, load_config
+from ssrseg.rectify.cmpa import (
+    CMPA,
+    FeatureBank,
+    masked_average_pool,
+    prototype_loss,
+    prototype_store,
+    symmetric_prototype_loss,
+)
+
+if TYPE_CHECKING:
+    from ssrseg.pseudo.labeler import PseudoLabeler
+
+INITIAL_CAM: dict[str, dict[str, Any]] = {
+    "affinity": {"use_clip_attention": False, "use_dino_attention": False, "mask": "none"},
+    "par": {"enabled": False},
+    "backbone": {"use_dino": False},
+}
+
+
+def merged(cfg: SSRConfig, overrides: dict[str, dict[str, Any]]) -> SSRConfig:
+    """``cfg`` with section fields replaced."""
+    changes = {k: dataclasses.replace(getattr(cfg, k), **v) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **changes)
+
+
+@dataclass
+class ProbeData:
+    """Frozen inputs of the heads for ``n`` images: images ``n x 3 x H x W``, masks ``n x H x W``,
+    labels per image, raw CLIP patch embeddings ``n x N x E``, initial CAMs per image
+    ``K_i x h x w``, patch grid, raw initial-CAM mIoU of the scored images."""
+
+    images: Tensor
+    masks: Tensor
+    labels: list[tuple[int, ...]]
+    patch_emb: Tensor
+    cams: list[Tensor]
+    grid: tuple[int, int]
+
+
+def render(split: str, n: int, seed: int) -> tuple[Tensor, Tensor, list[tuple[int, ...]]]:
+    """Scenes 0..n-1 of a toy split: images in [0, 1], masks, labels."""
+    from ssrseg.data.toy import ToyWorld
+
+    world = ToyWorld(split, seed)
+    samples = [world[i] for i in range(n)]
+    images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples])
+    masks = torch.stack([torch.from_numpy(s.mask).long() for s in samples])
+    return images.float() / 255.0, masks, [tuple(s.labels) for s in samples]
+
+
+def build_labeler(cfg: SSRConfig, background_words: bool = True) -> PseudoLabeler:
+    """The project's pseudo labeller for the initial-CAM row (``cfg`` already merged)."""
+    from ssrseg.backbones.weights import load_clip
+    from ssrseg.cam.prompts import prompts_from_config
+    from ssrseg.pseudo.labeler import PseudoLabeler
+
+    clip, tok = load_clip(cfg.backbone.clip)
+    p = cfg.prompts
+    prompts = prompts_from_config(
+        p.dataset, p.template, p.background_words, background_words, data_root=cfg.data.root
+    )
+    return PseudoLabeler(clip, tok, None, prompts, cfg)
+
+
+@torch.no_grad()
+def label_and_score(
+    labeler: PseudoLabeler,
+    images: Tensor,
+    masks: Tensor,
+    labels: Sequence[tuple[int, ...]],
+    cmpa: CMPA | None = None,
+    batch: int = 16,
+    keep: Callable[[Any, int], None] | None = None,
+) -> float:
+    """mIoU (%) of the labeller's labels over background + the classes; ``keep(out, lo)`` sees
+    each batch's output."""
+    from ssrseg.metrics import ConfusionMatrix
+
+    n_classes = int(labeler.class_emb.shape[0]) + 1
+    conf = ConfusionMatrix(n_classes)
+    for lo in range(0, images.shape[0], batch):
+        out = labeler(images[lo : lo + batch], list(labels[lo : lo + batch]), cmpa=cmpa)
+        for j in range(out.labels.shape[0]):
+            conf.update(out.labels[j], masks[lo + j])
+        if keep is not None:
+            keep(out, lo)
+    return 100.0 * float(conf.compute()["miou"])
+
+
+def cache_inputs(labeler: PseudoLabeler, n_train: int, seed: int) -> ProbeData:
+    """One raw Grad-CAM pass over the first ``n_train`` training scenes."""
+    images, masks, labels = render("train", n_train, seed)
+    embs: list[Tensor] = []
+    cams: list[Tensor] = []
+    grid: list[tuple[int, int]] = []
+
+    def keep(out: Any, lo: int) -> None:
+        embs.append(out.patch_emb.float())
+        cams.extend(c.float() for c in out.cams)
+        grid[:] = [out.grid]
+
+    label_and_score(labeler, images, masks, labels, keep=keep)
+    return ProbeData(images, masks, labels, torch.cat(embs), cams, grid[0])
+
+
+@dataclass(frozen=True)
+class HeadRun:
+    """One way of training the heads."""
+
+    name: str
+    iterations: int
+    cmpa: dict[str, Any] = dataclasses.field(default_factory=dict)  # cmpa.* overrides
+    fixed_scale: float | None = None  # freeze tau at 1 / fixed_scale
+    background_negatives: bool = False  # background prompts join P_T as negatives
+
+
+def loss_with_background(
+    cmpa: CMPA,
+    data: ProbeData,
+    idx: Sequence[int],
+    class_emb: Tensor,
+    bg_emb: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L_proto (+ symmetric term) with the background prompts as extra text prototypes that no
+    f_ic may match: returns (loss, detached normalised f_ic, classes)."""
+    proj = cmpa.project_image(data.patch_emb[list(idx)])
+    pooled = masked_average_pool(proj, [data.cams[i] for i in idx], data.grid)
+    feats = torch.cat(pooled)
+    classes = torch.tensor([c for i in idx for c in data.labels[i]], dtype=torch.long)
+    protos = cmpa.project_text(torch.cat([class_emb, bg_emb]))
+    c = class_emb.shape[0]
+    loss = prototype_loss(feats, classes, protos, cmpa.tau)
+    if cmpa.cfg.symmetric:
+        valid = cmpa.proto_valid.bool()
+        loss = loss + symmetric_prototype_loss(protos[:c], cmpa.visual_protos, valid, cmpa.tau)
+    return loss, F.normalize(feats.detach(), dim=-1), classes
+
+
+def train_heads(
+    cfg: SSRConfig,
+    data: ProbeData,
+    run: HeadRun,
+    class_emb: Tensor,
+    bg_emb: Tensor,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[int, CMPA], None] | None = None,
+    seed: int = 0,
+) -> tuple[CMPA, dict[str, float]]:
+    """Fresh CMPA heads trained on the cached inputs with the trainer's loss, AdamW groups and
+    warm-up + poly schedule over ``run.iterations`` (prototype refresh every
+    ``cmpa.refresh_every``). Returns the heads and the last step's figures."""
+    from ssrseg.engine.schedule import lr_factor
+
+    ccfg = dataclasses.replace(cfg.cmpa, **run.cmpa)
+    if run.fixed_scale is not None:
+        ccfg = dataclasses.replace(ccfg, tau_init=1.0 / run.fixed_scale)
+    torch.manual_seed(seed)
+    n_fg = class_emb.shape[0]
+    cmpa = CMPA(ccfg, n_fg)
+    store = prototype_store(cmpa)
+    t = cfg.train
+    heads = list(cmpa.isa.parameters()) + list(cmpa.tsa.parameters())
+    groups: list[dict[str, Any]] = [{"params": heads, "weight_decay": t.weight_decay}]
+    if run.fixed_scale is None:
+        groups.append({"params": [cmpa.log_tau], "weight_decay": 0.0})
+    else:
+        cmpa.log_tau.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=t.lr)
+    gen = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    n = data.patch_emb.shape[0]
+    last: dict[str, float] = {}
+    cmpa.train()
+    for step in range(run.iterations):
+        if len(order) < t.batch_size:
+            order += torch.randperm(n, generator=gen).tolist()
+        idx, order = order[: t.batch_size], order[t.batch_size :]
+        factor = lr_factor(step, run.iterations, t.warmup_iters, t.warmup_ratio, t.poly_power)
+        for g in opt.param_groups:
+            g["lr"] = t.lr * factor
+        if run.background_negatives:
+            loss, feats, classes = loss_with_background(cmpa, data, idx, class_emb, bg_emb)
+        else:
+            loss, _, feats, classes = cmpa.loss(
+                data.patch_emb[idx],
+                [data.cams[i] for i in idx],
+                [data.labels[i] for i in idx],
+                data.grid,
+                class_emb,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        store.add(feats, classes)
+        if (step + 1) % ccfg.refresh_every == 0:
+            if isinstance(store, FeatureBank):
+                cmpa.refresh(store, class_emb)
+            else:
+                cmpa.refresh(store)
+            store.reset()
+        last = {"loss": float(loss.detach()), "tau": float(cmpa.tau.detach())}
+        if on_checkpoint is not None and step + 1 in checkpoints:
+            on_checkpoint(step + 1, cmpa)
+            cmpa.train()
+    return cmpa, last
+
+
+@torch.no_grad()
+def recalibrated(cmpa: CMPA, data: ProbeData, class_emb: Tensor, batch: int = 32) -> CMPA:
+    """A copy whose BatchNorm running statistics are the exact statistics of every training
+    patch (ISA) and of the class texts (TSA), instead of the momentum-averaged ones."""
+    out = copy.deepcopy(cmpa)
+    for m in out.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the passes below
+    out.train()
+    for lo in range(0, data.patch_emb.shape[0], batch):
+        out.project_image(data.patch_emb[lo : lo + batch])
+    out.project_text(class_emb)
+    out.eval()
+    return out
+
+
+@torch.no_grad()
+def pair_accuracy(
+    cmpa: CMPA | None, data: ProbeData, idx: Sequence[int], class_emb: Tensor
+) -> float:
+    """Share of (image, class) pairs whose pooled feature is nearest (cosine) to its own class
+    text among all classes: in the projected space (eval-mode heads) or, with ``cmpa`` None,
+    in the raw CLIP space."""
+    feats = data.patch_emb[list(idx)]
+    text = class_emb
+    if cmpa is not None:
+        cmpa.eval()
+        feats = cmpa.project_image(feats)
+        text = cmpa.project_text(class_emb)
+    pooled = torch.cat(masked_average_pool(feats, [data.cams[i] for i in idx], data.grid))
+    classes = torch.tensor([c for i in idx for c in data.labels[i]], dtype=torch.long)
+    pred = (F.normalize(pooled, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
+    return 100.0 * float((pred == classes).float().mean())
+
+
+@torch.no_grad()
+def image_accuracy(
+    cmpa: CMPA | None, data: ProbeData, idx: Sequence[int], class_emb: Tensor
+) -> float:
+    """Share of images whose best class, scored on the mean over ALL patches (the feature the
+    Grad-CAM differentiates), is one of their tags: projected space (``mean_p ISA(v_p)`` vs
+    ``TSA(t)``, eval-mode heads) or, with ``cmpa`` None, the raw space (``mean_p v_p`` vs
+    ``t``). The heads are trained only on CAM-weighted means, never on this one."""
+    feats = data.patch_emb[list(idx)]
+    text = class_emb
+    if cmpa is not None:
+        cmpa.eval()
+        feats = cmpa.project_image(feats)
+        text = cmpa.project_text(class_emb)
+    best = (F.normalize(feats.mean(dim=1), dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
+    hits = [int(b) in data.labels[i] for b, i in zip(best.tolist(), idx, strict=True)]
+    return 100.0 * sum(hits) / max(1, len(hits))
+
+
+@torch.no_grad()
+def at_scale(cmpa: CMPA, scale: float) -> CMPA:
+    """A copy whose temperature is ``1 / scale``."""
+    out = copy.deepcopy(cmpa)
+    out.log_tau.fill_(-math.log(scale))
+    return out
+
+
+def run_probe(
+    n_train: int = 400,
+    n_score: int = 100,
+    short: int = 240,
+    long: int = 3000,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every measurement; returns the table's rows (also printed)."""
+    from ssrseg.engine.demo import default_config_path
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    cfg = load_config(config if config is not None else default_config_path(), list(overrides))
+    cfg = merged(cfg, INITIAL_CAM)
+    raw_labeler = build_labeler(cfg)
+    labeler = build_labeler(merged(cfg, {"cam": {"projected": True}}))
+    labeler_nobg = build_labeler(merged(cfg, {"cam": {"projected": True}}), False)
+    raw_nobg = build_labeler(cfg, False)
+    raw_20 = build_labeler(merged(cfg, {"cam": {"logit_scale": 1.0 / cfg.cmpa.tau_init}}))
+    raw_scale = float(raw_labeler.raw_logit_scale)  # the preset's or the CLIP's learned scale
+    class_emb = labeler.class_emb.float()
+    bg_emb = labeler.bg_emb.float()
+    data = cache_inputs(raw_labeler, n_train, seed)
+    s_img, s_mask, s_lab = data.images[:n_score], data.masks[:n_score], data.labels[:n_score]
+    score_idx = list(range(n_score))
+    rows: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if progress:
+            extras = "  ".join(f"{k}={v}" for k, v in row.items() if k != "row")
+            print(f"{row['row']:<58} {extras}", flush=True)
+
+    def score(lab: PseudoLabeler, cmpa: CMPA | None) -> float:
+        return round(label_and_score(lab, s_img, s_mask, s_lab, cmpa=cmpa), 1)
+
+    raw = score(raw_labeler, None)
+    emit(
+        {
+            "row": f"raw CLIP CAM (scale {raw_scale:g}, background words)",
+            "miou": raw,
+            "pair_acc": round(pair_accuracy(None, data, score_idx, class_emb), 1),
+            "image_acc": round(image_accuracy(None, data, score_idx, class_emb), 1),
+        }
+    )
+    emit({"row": f"raw CLIP CAM at scale {1.0 / cfg.cmpa.tau_init:g}", "miou": score(raw_20, None)})
+    emit({"row": "raw CLIP CAM without background words", "miou": score(raw_nobg, None)})
+
+    runs = [
+        HeadRun(f"CMPA {short} it. (toy preset)", short),
+        HeadRun(f"CMPA {short} it., no symmetric term", short, {"symmetric": False}),
+        HeadRun(
+            f"CMPA {short} it., tau frozen at 1/{raw_scale:g}",
+            short,
+            fixed_scale=raw_scale,
+        ),
+        HeadRun(
+            f"CMPA {short} it., background prompts as negatives", short, background_negatives=True
+        ),
+        HeadRun(f"CMPA {short} it., kmeans prototypes", short, {"prototypes": "kmeans"}),
+        HeadRun(f"CMPA {long} it.", long),
+        HeadRun(
+            f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
+        ),
+        HeadRun(f"CMPA {long} it., kmeans prototypes", long, {"prototypes": "kmeans"}),
+    ]
+    marks = sorted({m for m in (short, long // 4, long // 2, long) if 0 < m < long})
+    for run in runs:
+        timeline: dict[int, float] = {}
+
+        def checkpoint(step: int, cmpa: CMPA, tl: dict[int, float] = timeline) -> None:
+            tl[step] = score(labeler, cmpa)
+
+        is_main_long = run.iterations == long and not run.cmpa and not run.background_negatives
+        cmpa, last = train_heads(
+            cfg, data, run, class_emb, bg_emb,
+            checkpoints=marks if is_main_long else (),
+            on_checkpoint=checkpoint if is_main_long else None,
+            seed=seed,
+        )  # fmt: skip
+        cmpa.eval()
+        row: dict[str, Any] = {
+            "row": run.name,
+            "miou": score(labeler, cmpa),
+            "tau": round(last["tau"], 4),
+            "loss": round(last["loss"], 3),
+            "pair_acc": round(pair_accuracy(cmpa, data, score_idx, class_emb), 1),
+            "image_acc": round(image_accuracy(cmpa, data, score_idx, class_emb), 1),
+            f"at_scale_{raw_scale:g}": score(labeler, at_scale(cmpa, raw_scale)),
+            "bn_recalibrated": score(labeler, recalibrated(cmpa, data, class_emb)),
+            "no_bg_words": score(labeler_nobg, cmpa),
+        }
+        if run.name == runs[0].name:
+            for s in (5.0, 10.0, 30.0, 50.0):
+                row[f"at_scale_{s:g}"] = score(labeler, at_scale(cmpa, s))
+        if timeline:
+            row["miou_at_iteration"] = {**timeline, run.iterations: row["miou"]}
+        emit(row)
+    if progress:
+        print(
+            f"({time.perf_counter() - t0:.0f} s; raw CAM {raw}; "
+            f"scored train images 0..{n_score - 1})"
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-train", type=int, default=400, help="training scenes (default 400)")
+    parser.add_argument("--n-score", type=int, default=100, help="scored scenes (default 100)")
+    parser.add_argument("--short", type=int, default=240, help="the demo's iterations")
+    parser.add_argument("--long", type=int, default=3000, help="a long head training")
+    parser.add_argument("--config", default=None, help="preset (default: configs/toy.yaml)")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_train, args.n_score, args.short, args.long = 16, 8, 4, 8
+    rows = run_probe(args.n_train, args.n_score, args.short, args.long, args.config, args.overrides)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
