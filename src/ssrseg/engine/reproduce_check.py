@@ -145,19 +145,16 @@ def tag_source(cfg: SSRConfig, dataset: Any) -> tuple[str, list[Path]]:
 
 def check_split(
     cfg: SSRConfig, role: str, split: str, masks: bool, tags: bool, full: bool
-) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+) -> tuple[dict[str, Any], list[str], list[str]]:
     """(facts, problems, warnings) of one split; ``full`` stats every file of every id.
 
-    facts: split name, size, the paper's size, root, tag source and the class names."""
-    from ssrseg.data.base import BadInputError
+    facts: split name, size, the paper's size, root, tag source and the class names. Raises
+    :class:`~ssrseg.data.base.BadInputError` when the split cannot be opened at all."""
     from ssrseg.engine.report import PAPER_SPLIT_SIZES
 
     d = cfg.data
     hint = DATA_HINTS.get(d.dataset, "see docs/datasets.md")
-    try:
-        dataset = open_split(cfg, split, masks)
-    except BadInputError as exc:
-        return None, [f"{role} split {split!r}: {exc}\n  How to get it: {hint}"], []
+    dataset = open_split(cfg, split, masks)  # BadInputError: the caller groups them
     problems: list[str] = []
     warnings: list[str] = []
     facts: dict[str, Any] = {
@@ -240,15 +237,24 @@ def run_check(
             res.weights[kind] = spec
             if problem:
                 res.problems.append(f"{kind} weights: {problem}")
+    from ssrseg.data.base import BadInputError
+
     class_names: tuple[str, ...] | None = None
+    unopened: dict[str, list[str]] = {}  # error -> the splits it stops (one root, one message)
     for role, (split, masks, tags, full) in roles.items():
-        facts, problems, warnings = check_split(cfg, role, split, masks, tags, full)
-        res.problems += problems
-        res.warnings += warnings
-        if facts is not None:
-            res.splits[role] = facts
-            if class_names is None:
-                class_names = tuple(facts["class_names"])
+        try:
+            facts, problems, warnings = check_split(cfg, role, split, masks, tags, full)
+        except BadInputError as exc:
+            unopened.setdefault(str(exc), []).append(f"{role} split {split!r}")
+            continue
+        res.problems += [p for p in problems if p not in res.problems]
+        res.warnings += [w for w in warnings if w not in res.warnings]
+        res.splits[role] = facts
+        if class_names is None:
+            class_names = tuple(facts["class_names"])
+    hint = DATA_HINTS.get(cfg.data.dataset, "see docs/datasets.md")
+    for error, which in unopened.items():
+        res.problems.append(f"{', '.join(which)}: {error}\n  How to get it: {hint}")
     if class_names is not None:
         res.problems += check_classes(cfg, class_names)
     if test_split and cfg.data.dataset == "voc":
@@ -259,10 +265,13 @@ def run_check(
         except Exception:  # the problem is already reported for the other splits
             listing = None
         if listing is not None and listing.is_file():
-            facts, problems, warnings = check_split(cfg, "test", "test", False, False, True)
+            try:
+                facts, problems, warnings = check_split(cfg, "test", "test", False, False, True)
+            except BadInputError as exc:
+                facts, problems, warnings = {}, [f"test split: {exc}"], []
             res.problems += problems
             res.warnings += warnings
-            if facts is not None:
+            if facts:
                 res.splits["test"] = facts
                 res.has_test = not problems
         else:
