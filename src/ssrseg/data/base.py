@@ -14,13 +14,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ssrseg.data.classes import normalize_class_name
+
+if TYPE_CHECKING:
+    from ssrseg.data.tags import Tags
 
 log = logging.getLogger("ssrseg.data")
 
@@ -234,6 +237,32 @@ def read_id_list(path: str | os.PathLike[str]) -> list[str]:
     return ids
 
 
+def first_file(candidates: Iterable[Path]) -> Path | None:
+    """The first of ``candidates`` that is a file (list files are looked up in several places)."""
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def open_tags(
+    tag_file: str | os.PathLike[str] | None,
+    class_names: Sequence[str],
+    own_source: str | os.PathLike[str],
+    *,
+    need_own: bool,
+    missing: str,
+) -> tuple[Tags | None, str]:
+    """The tags of a dataset: ``(tags read from tag_file, its path)`` when a tag file is given,
+    else ``(None, own_source)`` (the dataset's own annotations, read by the dataset). With
+    ``need_own`` (labels required, no tag file) a missing ``own_source`` is bad input saying
+    ``missing``."""
+    from ssrseg.data.tags import read_tag_file
+
+    if tag_file is not None:
+        return read_tag_file(tag_file, class_names), str(tag_file)
+    if need_own and not Path(own_source).exists():
+        raise BadInputError(own_source, missing)
+    return None, str(own_source)
+
+
 def find_image(folder: Path, image_id: str) -> Path:
     """``folder/<id>.<ext>`` for the first existing extension in :data:`IMAGE_EXTENSIONS`
     (an id that already ends in an extension is taken as is); the ``.jpg`` path if none."""
@@ -296,6 +325,8 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
 
     name = "dataset"
     palette_name = "voc"
+    # True: a missing mask is bad input; None: masks where present; False: no masks
+    with_masks: bool | None = None
 
     def __init__(
         self,
@@ -341,6 +372,13 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
     @property
     def has_masks(self) -> bool:
         return bool(self.ids) and self.mask_path(self.ids[0]) is not None
+
+    def mask_in(self, path: Path) -> Path | None:
+        """``path`` as the mask of an item under :attr:`with_masks`: None when masks are off,
+        or when the file is absent and masks are optional."""
+        if self.with_masks is False:
+            return None
+        return path if path.is_file() or self.with_masks else None
 
     def tag_location(self, image_id: str) -> str:
         """The file named in tag errors for ``image_id``."""

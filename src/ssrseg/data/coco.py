@@ -28,10 +28,12 @@ from ssrseg.data.base import (
     BadInputError,
     SegDataset,
     find_image,
+    first_file,
+    open_tags,
     read_id_list,
 )
 from ssrseg.data.classes import COCO_CATEGORIES, COCO_CLASSES
-from ssrseg.data.tags import Tags, coco_instances_tags, read_tag_file
+from ssrseg.data.tags import Tags, coco_instances_tags
 
 
 def coco_split_folder(split: str) -> str:
@@ -88,16 +90,14 @@ class CocoDataset(SegDataset):
         base = Path(root)
         folder = coco_split_folder(split)
         images, masks, flat = _find_layout(base, folder)
-        list_file: Path | None = None
-        for candidate in (
-            base / "ImageSets" / "Segmentation" / f"{split}.txt",
-            base / "ImageSets" / f"{split}.txt",
-            base / f"{split}.txt",
-            base / f"{folder}.txt",
-        ):
-            if candidate.is_file():
-                list_file = candidate
-                break
+        list_file = first_file(
+            (
+                base / "ImageSets" / "Segmentation" / f"{split}.txt",
+                base / "ImageSets" / f"{split}.txt",
+                base / f"{split}.txt",
+                base / f"{folder}.txt",
+            )
+        )
         if list_file is not None:
             ids = read_id_list(list_file)
         else:
@@ -109,23 +109,20 @@ class CocoDataset(SegDataset):
             )
             list_file = images
         names = tuple(class_names) if class_names is not None else COCO_CLASSES
-        self._tags: Tags | None = None
         self._instances = (
             Path(instances) if instances else base / "annotations" / f"instances_{folder}.json"
         )
-        if tag_file is not None:
-            self._tags = read_tag_file(tag_file, names)
-            source = str(tag_file)
-        else:
-            source = str(self._instances)
-            if require_labels:
-                if not self._instances.is_file():
-                    raise BadInputError(
-                        source,
-                        "COCO instances JSON not found and no tag file given: tags are needed",
-                    )
-                # read once here, not lazily in every DataLoader worker
-                self._tags = coco_instances_tags(self._instances)
+        self._tags: Tags | None
+        self._tags, source = open_tags(
+            tag_file,
+            names,
+            self._instances,
+            need_own=require_labels,
+            missing="COCO instances JSON not found and no tag file given: tags are needed",
+        )
+        if self._tags is None and require_labels:
+            # read once here, not lazily in every DataLoader worker
+            self._tags = coco_instances_tags(self._instances)
         super().__init__(
             base,
             split,
@@ -153,12 +150,7 @@ class CocoDataset(SegDataset):
         return find_image(self.image_dir, self.file_stem(image_id))
 
     def mask_path(self, image_id: str) -> Path | None:
-        if self.with_masks is False:
-            return None
-        path = self.mask_dir / f"{self.file_stem(image_id)}.png"
-        if path.is_file() or self.with_masks:
-            return path
-        return None
+        return self.mask_in(self.mask_dir / f"{self.file_stem(image_id)}.png")
 
     @property
     def has_masks(self) -> bool:

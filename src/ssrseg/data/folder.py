@@ -16,9 +16,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssrseg.data.base import IMAGE_EXTENSIONS, BadInputError, SegDataset, find_image, read_id_list
+from ssrseg.data.base import (
+    IMAGE_EXTENSIONS,
+    BadInputError,
+    SegDataset,
+    find_image,
+    first_file,
+    open_tags,
+    read_id_list,
+)
 from ssrseg.data.classes import read_class_file
-from ssrseg.data.tags import Tags, read_tag_file
+from ssrseg.data.tags import Tags
 
 
 class FolderDataset(SegDataset):
@@ -54,16 +62,16 @@ class FolderDataset(SegDataset):
                 if (base / name).is_file():
                     tag_file = base / name
                     break
-        self._tags: Tags = {}
-        if tag_file is not None:
-            self._tags = read_tag_file(tag_file, class_names)
-        elif require_labels:
-            raise BadInputError(base / "tags.json", "tag file not found (tags.json or tags.csv)")
-        list_file: Path = self.image_dir
-        for candidate in (base / "splits" / f"{split}.txt", base / f"{split}.txt"):
-            if candidate.is_file():
-                list_file = candidate
-                break
+        tags, _ = open_tags(
+            tag_file,
+            class_names,
+            base / "tags.json",
+            need_own=require_labels,
+            missing="tag file not found (tags.json or tags.csv)",
+        )
+        self._tags: Tags = tags or {}
+        found = first_file((base / "splits" / f"{split}.txt", base / f"{split}.txt"))
+        list_file: Path = found if found is not None else self.image_dir
         if list_file.is_file():
             ids = read_id_list(list_file)
         elif split == "all":
@@ -89,10 +97,7 @@ class FolderDataset(SegDataset):
         return find_image(self.image_dir, image_id)
 
     def mask_path(self, image_id: str) -> Path | None:
-        if self.with_masks is False:
-            return None
-        path = self.mask_dir / f"{image_id}.png"
-        return path if path.is_file() or self.with_masks else None
+        return self.mask_in(self.mask_dir / f"{image_id}.png")
 
     @property
     def has_masks(self) -> bool:

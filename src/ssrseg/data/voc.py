@@ -19,9 +19,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssrseg.data.base import BadInputError, SegDataset, find_image, read_id_list
+from ssrseg.data.base import BadInputError, SegDataset, find_image, open_tags, read_id_list
 from ssrseg.data.classes import VOC_CLASSES
-from ssrseg.data.tags import Tags, read_tag_file, voc_xml_tags
+from ssrseg.data.tags import Tags, voc_xml_tags
 
 SPLITS_WITHOUT_MASKS = ("test",)
 
@@ -91,16 +91,14 @@ class VOCDataset(SegDataset):
             ids = derive_train_aug(voc_root)
             list_file = voc_root / "SegmentationClassAug"
         names = tuple(class_names) if class_names is not None else VOC_CLASSES
-        self._tags: Tags | None = None
-        if tag_file is not None:
-            self._tags = read_tag_file(tag_file, names)
-            source = str(tag_file)
-        else:
-            source = str(voc_root / "Annotations")
-            if require_labels and not (voc_root / "Annotations").is_dir():
-                raise BadInputError(
-                    source, "no Annotations folder and no tag file: image-level tags are needed"
-                )
+        self._tags: Tags | None
+        self._tags, source = open_tags(
+            tag_file,
+            names,
+            voc_root / "Annotations",
+            need_own=require_labels,
+            missing="no Annotations folder and no tag file: image-level tags are needed",
+        )
         super().__init__(
             voc_root,
             split,
