@@ -415,7 +415,7 @@ def bars_vs_paper(report: dict[str, Any], path: Path) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("mIoU (%)")
     ax.set_xlim(0, 100)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
     ax.set_title(f"{report['title']}: ours vs the paper")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
