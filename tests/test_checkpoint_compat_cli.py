@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "model"))
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from data_fakes import make_voc
 from tests_model_fakes import write_tiny_world
 
+from cli_fakes import write_cli_world
 from ssrseg.cli import main
 from ssrseg.config import SSRConfig, load_config
 from ssrseg.data.classes import VOC_CLASSES
@@ -25,7 +25,6 @@ from ssrseg.engine.checkpoint import (
     save_checkpoint,
     state_from,
 )
-from test_cams_cli import _write_dataset, _write_weights
 
 
 def fake_checkpoint(run: Path, cfg: SSRConfig, num_classes: int) -> Path:
@@ -36,17 +35,7 @@ def fake_checkpoint(run: Path, cfg: SSRConfig, num_classes: int) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    base = tmp_path_factory.mktemp("compat")
-    _write_dataset(base / "toy")
-    clip_path, dino_path = _write_weights(base)
-    return [
-        f"backbone.clip={clip_path}",
-        f"backbone.dino={dino_path}",
-        "data.dataset=toy",
-        f"data.root={base / 'toy'}",
-        "prompts.dataset=toy",
-        "prompts.template=a photo of {}",
-    ]
+    return write_cli_world(tmp_path_factory.mktemp("world"))
 
 
 def test_check_compatible_lists_every_mismatch(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "model"))
 from tests_model_fakes import write_tiny_world
 
+from cli_fakes import write_cli_world
 from ssrseg.cli import main
 from ssrseg.engine.checkpoint import (
     OPTIM_FILE,
@@ -24,7 +24,6 @@ from ssrseg.engine.checkpoint import (
     save_checkpoint,
     state_from,
 )
-from test_cams_cli import _write_dataset, _write_weights
 
 
 class Evil:
@@ -40,20 +39,7 @@ def crafted_pickle(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    base = tmp_path_factory.mktemp("errors")
-    _write_dataset(base / "toy")
-    clip_path, dino_path = _write_weights(base)
-    return [
-        f"backbone.clip={clip_path}",
-        f"backbone.dino={dino_path}",
-        "data.dataset=toy",
-        f"data.root={base / 'toy'}",
-        "prompts.dataset=toy",
-        "prompts.template=a photo of {}",
-        "affinity.clip_layers=2",
-        "par.iterations=1",
-        "sgc.n_segments=10",
-    ]
+    return write_cli_world(tmp_path_factory.mktemp("world"), fast=True)
 
 
 def _fake_command(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "model"))
 from tests_model_fakes import write_tiny_world
 
+from cli_fakes import write_cli_world
 from ssrseg.cli import main
 from ssrseg.config import load_config
 from ssrseg.runrecord import (
@@ -23,25 +23,11 @@ from ssrseg.runrecord import (
     prepare_output,
     read_record,
 )
-from test_cams_cli import _write_dataset, _write_weights
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    base = tmp_path_factory.mktemp("rr")
-    _write_dataset(base / "toy")
-    clip_path, dino_path = _write_weights(base)
-    return [
-        f"backbone.clip={clip_path}",
-        f"backbone.dino={dino_path}",
-        "data.dataset=toy",
-        f"data.root={base / 'toy'}",
-        "prompts.dataset=toy",
-        "prompts.template=a photo of {}",
-        "affinity.clip_layers=2",
-        "par.iterations=1",
-        "sgc.n_segments=10",
-    ]
+    return write_cli_world(tmp_path_factory.mktemp("world"), fast=True)
 
 
 def test_diff_names_changed_keys_and_skips_ignored() -> None:
