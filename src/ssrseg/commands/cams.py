@@ -10,22 +10,17 @@ scores ``argmax([(1 - max_c cam_c) ** power, cams])`` (no PAR) against the groun
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import numpy as np
 
 from ssrseg.commands.common import plain_doc
 from ssrseg.commands.pseudo_labels import (
-    Tally,
     add_common_arguments,
     atomic_save_npz,
-    iterate,
-    print_metrics,
     resize_maps,
-    run_labeler,
+    run_job,
     setup_job,
-    write_overlay,
 )
 
 
@@ -49,51 +44,31 @@ def read_cams(path: Any) -> tuple[np.ndarray, tuple[int, ...]]:
         return data["cams"].astype(np.float32), tuple(int(c) for c in data["classes"])
 
 
-def run(args: argparse.Namespace) -> int:
+def cam_labels(cams: np.ndarray, classes: tuple[int, ...], cfg: Any) -> np.ndarray:
+    """``argmax([(1 - max_c cam_c) ** power, cams])`` (no PAR) as ``H x W`` uint8 labels, from
+    the float16 values the file holds (so a resumed run scores the same)."""
     import torch
 
-    from ssrseg.data.base import SkipLog
-    from ssrseg.metrics import ConfusionMatrix
     from ssrseg.rectify.labels import scores_to_labels
 
+    values = torch.from_numpy(cams.astype(np.float16).astype(np.float32))
+    labels: np.ndarray = scores_to_labels(values, classes, cfg.pseudo).numpy().astype(np.uint8)
+    return labels
+
+
+def run(args: argparse.Namespace) -> int:
     job = setup_job(args, "cams", {"kind": args.kind})
-    skip_log = SkipLog()
-    conf = ConfusionMatrix(job.dataset.num_classes)
-    overlays_left = args.overlays
-    tally = Tally()
-    for sample in iterate(job, skip_log, args.limit, not args.no_progress):
-        dest = job.out / f"{sample.image_id}.npz"
-        if tally.count(dest.is_file() and not args.overwrite):
-            cams, classes = read_cams(dest)
-        else:
-            out = run_labeler(job, sample)
-            size = sample.image.shape[:2]
-            chosen = out.refined[0] if args.kind == "refined" else out.cams[0]
-            cams = resize_maps(chosen, size).clamp(0, 1).cpu().numpy()
-            classes = tuple(dict.fromkeys(sample.labels))
-            atomic_save_npz(
-                dest, cams=cams.astype(np.float16), classes=np.asarray(classes, dtype=np.int64)
-            )
-            if overlays_left > 0:
-                overlays_left -= 1
-                labels = scores_to_labels(torch.from_numpy(cams), classes, job.cfg.pseudo)
-                write_overlay(
-                    job.out / "overlays" / f"{sample.image_id}.png",
-                    sample,
-                    resize_maps(out.cams[0], size).cpu().numpy(),
-                    resize_maps(out.refined[0], size).cpu().numpy(),
-                    labels.numpy().astype(np.uint8),
-                )
-        if args.eval and sample.mask is not None:
-            labels = scores_to_labels(
-                torch.from_numpy(cams.astype(np.float32)), classes, job.cfg.pseudo
-            )
-            conf.update(labels.numpy(), sample.mask)
-    tally.report(job.out)
-    skip_log.report()
-    if args.eval:
-        if conf.compute()["pixels"]:
-            print_metrics(conf, list(job.dataset.class_names), f"{args.kind} CAMs vs ground truth")
-        else:
-            print("--eval: no ground-truth masks in this split", file=sys.stderr)
-    return skip_log.exit_code(args.allow_skipped or job.cfg.data.allow_skipped)
+
+    def make(sample: Any, out: Any, dest: Any) -> np.ndarray:
+        chosen = out.refined[0] if args.kind == "refined" else out.cams[0]
+        cams = resize_maps(chosen, sample.image.shape[:2]).clamp(0, 1).cpu().numpy()
+        classes = tuple(dict.fromkeys(sample.labels))
+        atomic_save_npz(
+            dest, cams=cams.astype(np.float16), classes=np.asarray(classes, dtype=np.int64)
+        )
+        return cam_labels(cams, classes, job.cfg)
+
+    def read(dest: Any) -> np.ndarray:
+        return cam_labels(*read_cams(dest), job.cfg)
+
+    return run_job(args, job, ".npz", f"{args.kind} CAMs vs ground truth", read, make)

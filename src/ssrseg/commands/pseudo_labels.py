@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,39 +297,37 @@ def read_label_png(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------------------- run
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
+def run_job(
+    args: argparse.Namespace,
+    job: Job,
+    suffix: str,
+    title: str,
+    read: Callable[[Path], np.ndarray],
+    make: Callable[[Sample, PseudoLabelOutput, Path], np.ndarray],
+) -> int:
+    """The loop ``cams`` and ``pseudo-labels`` share: finished images are skipped (their labels
+    read back for ``--eval``), the others run through the labeller and ``make`` writes
+    ``OUT/<id><suffix>`` and returns the ``H x W`` labels; the first ``--overlays`` images get a
+    figure; ``--eval`` scores the labels; skipped inputs are reported. Returns the exit code."""
     from ssrseg.data.base import SkipLog
-    from ssrseg.engine.crf import dense_crf
     from ssrseg.metrics import ConfusionMatrix
-    from ssrseg.rectify.labels import scores_to_labels
-    from ssrseg.viz import save_label_png
 
-    if args.crf:
-        require_crf()  # before anything is loaded
-    job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays
     tally = Tally()
     for sample in iterate(job, skip_log, args.limit, not args.no_progress):
-        dest = job.out / f"{sample.image_id}.png"
+        dest = job.out / f"{sample.image_id}{suffix}"
+        labels: np.ndarray | None = None
         if tally.count(dest.is_file() and not args.overwrite):
-            labels = read_label_png(dest)
+            if args.eval and sample.mask is not None:
+                labels = read(dest)
         else:
             out = run_labeler(job, sample)
-            size = sample.image.shape[:2]
-            scores = resize_maps(out.scores[0], size)
-            if args.crf:
-                probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
-                crf_probs = dense_crf(np.array(sample.image), probs.cpu().numpy(), job.cfg.crf)
-                scores = torch.as_tensor(crf_probs)
-            labels_t = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
-            labels = labels_t.cpu().numpy().astype(np.uint8)
-            save_label_png(dest, labels)
+            labels = make(sample, out, dest)
             if overlays_left > 0:
                 overlays_left -= 1
+                size = sample.image.shape[:2]
                 write_overlay(
                     job.out / "overlays" / f"{sample.image_id}.png",
                     sample,
@@ -337,13 +335,38 @@ def run(args: argparse.Namespace) -> int:
                     resize_maps(out.refined[0], size).cpu().numpy(),
                     labels,
                 )
-        if args.eval and sample.mask is not None:
+        if args.eval and sample.mask is not None and labels is not None:
             conf.update(labels, sample.mask)
     tally.report(job.out)
     skip_log.report()
     if args.eval:
         if conf.compute()["pixels"]:
-            print_metrics(conf, list(job.dataset.class_names), "pseudo labels vs ground truth")
+            print_metrics(conf, list(job.dataset.class_names), title)
         else:
             print("--eval: no ground-truth masks in this split", file=sys.stderr)
     return skip_log.exit_code(args.allow_skipped or job.cfg.data.allow_skipped)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ssrseg.engine.crf import dense_crf
+    from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.viz import save_label_png
+
+    if args.crf:
+        require_crf()  # before anything is loaded
+    job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
+
+    def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray:
+        scores = resize_maps(out.scores[0], sample.image.shape[:2])
+        if args.crf:
+            probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
+            crf_probs = dense_crf(np.array(sample.image), probs.cpu().numpy(), job.cfg.crf)
+            scores = torch.as_tensor(crf_probs)
+        labels = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
+        labels_np: np.ndarray = labels.cpu().numpy().astype(np.uint8)
+        save_label_png(dest, labels_np)
+        return labels_np
+
+    return run_job(args, job, ".png", "pseudo labels vs ground truth", read_label_png, make)
