@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
 from ssrseg.cli import main
@@ -68,6 +69,14 @@ def test_every_stage_writes_usable_outputs(full_run: dict[str, Any], world: dict
     rescored = json.loads((out / "rescored.json").read_text())
     seeds = measured(report, "table3_raw")
     assert seeds["+ PAR (pseudo labels)"]["miou"] == pytest.approx(100 * rescored["miou"])
+    # ... and equal to what `ssrseg pseudo-labels` writes for the same configuration
+    pl = out / "pseudo_labels"
+    voc_yaml = str(REPO / "configs" / "voc.yaml")
+    cmd = ["pseudo-labels", "--config", voc_yaml, "--split", "train", "--out", str(pl)]
+    assert main([*cmd, "--no-progress", *world["overrides"], "cam.projected=false"]) == 0
+    for png in pred.glob("*.png"):
+        ours, theirs = (np.asarray(Image.open(p)) for p in (png, pl / png.name))
+        assert np.array_equal(ours, theirs), png.name
     # val predictions of both CRF modes rescored the same way
     for key, row in (("no_crf", "SSR without CRF"), ("crf", "SSR with CRF")):
         dest = out / f"val_{key}.json"

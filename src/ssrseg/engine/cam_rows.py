@@ -6,9 +6,9 @@ its labels with one confusion matrix per row (P / R / mIoU, class means); finish
 cached as JSON so a killed run resumes row by row.
 
 Images whose size is already the labeller's working size (a multiple of the patch, within the
-long-side limit: the toy world) run in batches; others (VOC, COCO) run one at a time at the
-working size of ``ssrseg pseudo-labels`` and their scores are resized back to the image before
-the argmax, as that command does.
+long-side limit: the toy world) run in batches; others (VOC, COCO) run one at a time as in
+``ssrseg pseudo-labels``: resized to the working size (``cam.input_resize``), their labels
+returned at the image's own size (``pseudo.output_resize``).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def label_samples(
     Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
     are at the working size. Same-size samples already at the working size share one call.
     """
-    from ssrseg.commands.pseudo_labels import resize_maps, to_tensor, work_size
-    from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.commands.pseudo_labels import to_tensor, work_size
 
     device = next(iter(labeler.buffers())).device
     patch = labeler.patch_size
@@ -137,13 +136,12 @@ def label_samples(
         labels = out.labels.cpu().numpy().astype(np.uint8)
         return [(labels[j], out, j) for j in range(len(samples))]
     results = []
-    for s in samples:
+    for s in samples:  # as `ssrseg pseudo-labels`: labels come back at the image's size
         hs, ws = s.image.shape[:2]
         size = work_size(hs, ws, patch, long_side)
-        out = labeler(to_tensor(s.image, size, device), [s.labels], cmpa=cmpa)
-        scores = resize_maps(out.scores[0], (hs, ws))
-        lab = scores_to_labels(scores, s.labels, labeler.cfg.pseudo)
-        results.append((lab.cpu().numpy().astype(np.uint8), out, 0))
+        x = to_tensor(s.image, size, device, labeler.cfg.cam.input_resize)
+        out = labeler(x, [s.labels], cmpa=cmpa, out_size=(hs, ws))
+        results.append((out.labels[0].cpu().numpy().astype(np.uint8), out, 0))
     return results
 
 
