@@ -231,9 +231,10 @@ def test_native_threads_give_identical_results() -> None:
     one = par_native.propagate(lib, scores, weights, offsets, 5, threads=1)
     three = par_native.propagate(lib, scores, weights, offsets, 5, threads=3)
     assert torch.equal(one, three)
-    logits1 = par_native.colour_logits(lib, images, offsets, 1e-8, 0.3, threads=1)
-    logits3 = par_native.colour_logits(lib, images, offsets, 1e-8, 0.3, threads=3)
-    assert torch.equal(logits1, logits3)
+    pos = torch.rand(len(offsets), generator=gen)
+    w1 = par_native.weights(lib, images, offsets, 1e-8, 0.3, pos, None, threads=1)
+    w3 = par_native.weights(lib, images, offsets, 1e-8, 0.3, pos, None, threads=3)
+    assert torch.equal(w1, w3)
 
 
 @needs_compiler
@@ -252,8 +253,9 @@ def test_fresh_build_when_the_cache_is_not_writable(
         assert list((tmp_path / "tmp").glob("ssrseg-kernels-*/par_kernels_*"))
         x = torch.rand(1, 3, 6, 7, dtype=torch.float64)
         offsets = neighbour_offsets((1,))
-        logits = par_native.colour_logits(lib, x, offsets, 1e-8, 0.3)
-        assert logits.shape == (1, 8, 6, 7) and bool((logits <= 0).all())
+        w = par_native.weights(lib, x, offsets, 1e-8, 0.3, torch.zeros(8), None)
+        assert w.shape == (1, 8, 6, 7)
+        torch.testing.assert_close(w.sum(1), torch.ones(1, 6, 7, dtype=torch.float64))
     finally:
         par_native.reset()
 

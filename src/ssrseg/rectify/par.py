@@ -22,7 +22,7 @@ Implementation: the weights are computed once per image; each iteration replicat
 scores once by the largest dilation and adds the M shifted views (slices, no copies) with
 in-place ``addcmul_``. Replicate padding is index clamping, so one padding by the largest
 dilation serves every smaller dilation too. On the CPU, for float32 / float64 inputs that need
-no autograd graph, the colour logits and the propagation run in compiled kernels
+no autograd graph, the weights and the propagation run in compiled kernels
 (:mod:`ssrseg.rectify.par_native`: the same arithmetic in the same order, one pass over the
 pixels per iteration, threads synchronised once per iteration instead of once per neighbour);
 the torch form is the fallback and the reference (``docs/performance.md``).
@@ -127,13 +127,16 @@ def par_weights(
     offsets = neighbour_offsets(cfg.dilations)
     m = len(offsets)
     img = images01.to(_work_dtype(images01.dtype))
+    pos = position_weights(cfg.dilations, cfg.colour_temperature, img.device, img.dtype)
     lib = par_native.load() if par_native.supported(img) else None
     if lib is not None:
         # the same arithmetic in one compiled pass over the pixels (par_native)
-        logits = par_native.colour_logits(lib, img, offsets, _EPS, cfg.colour_temperature)
-    else:
-        logits = _colour_logits(img, offsets, cfg.colour_temperature)
-    pos = position_weights(cfg.dilations, cfg.colour_temperature, img.device, img.dtype)
+        norm = 1.0 + cfg.position_weight if cfg.normalise else None
+        weights = par_native.weights(
+            lib, img, offsets, _EPS, cfg.colour_temperature, cfg.position_weight * pos, norm
+        )
+        return weights, offsets
+    logits = _colour_logits(img, offsets, cfg.colour_temperature)
     # out of place: softmax's backward needs its output unmodified (PAR stays differentiable)
     weights = torch.softmax(logits, dim=1) + cfg.position_weight * pos.view(1, m, 1, 1)
     if cfg.normalise:

@@ -11,8 +11,8 @@ neighbour. Idle threads sleep on a condition variable instead of spinning.
 
 Two functions, float32 and float64 each:
 
-- ``par_logits``: the colour-affinity logits ``B x M x H x W`` of :func:`par.par_weights` (the
-  softmax and the position term stay in torch);
+- ``par_weights``: the neighbour weights ``B x M x H x W`` of :func:`par.par_weights` (colour
+  logits, softmax over the neighbours with a vectorisable ``exp``, position term);
 - ``par_propagate``: ``iterations`` steps of ``s(p) <- sum_m w_m(p) s(p + o_m)`` with clamped
   (replicate-padded) neighbour coordinates.
 
@@ -109,8 +109,38 @@ typedef struct {
     void* buf[2];     /* logits: buf[0] is the B x M x H x W output; propagate: padded
                          ping-pong score buffers */
     double eps, temperature;
+    const void* pos;  /* weights: position_weight * position softmax, M values */
+    double norm;      /* weights: divide by this (1 + position_weight) when > 0 */
     int is_double;
 } job_t;
+
+/* exp for float32 in a form the compiler can vectorise: x = n ln2 + r with |r| <= ln2 / 2,
+   e^r by its degree-7 Taylor polynomial (relative error below 2e-7 on that range, about one
+   float32 ulp; torch's vectorised exp is as close), times 2^n built in the exponent bits.
+   Below -87.3 the result is 0 (torch returns denormals there, all below 1.2e-38). */
+static inline float exp_f32(float x) {
+    const float big = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x > 88.0f ? 88.0f : (x < -87.3f ? -87.3f : x);
+    float t = xc * 1.44269504088896341f + big;
+    float n = t - big;
+    float r = xc - n * 0.693359375f;       /* ln 2 in two parts: the first is exact in n * */
+    r = r - n * -2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    int32_t e = (bits - 0x4B400000) + 127; /* n + 127, from t's mantissa */
+    int32_t scale_bits = e << 23;
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return x < -87.3f ? 0.0f : p * scale;
+}
 
 /* 32-byte vectors (GCC / clang vector extensions; split into narrower ones where the CPU
    has none): four accumulators per column tile stay in registers over all M neighbours. */
@@ -119,9 +149,9 @@ typedef double vf64 __attribute__((vector_size(32)));
 static inline vf32 load_f32(const float* p) { vf32 v; memcpy(&v, p, sizeof v); return v; }
 static inline vf64 load_f64(const double* p) { vf64 v; memcpy(&v, p, sizeof v); return v; }
 
-#define DEFINE_KERNELS(T, SUF, SQRT, V, LANES)                                                  \
-/* Colour logits of rows [r0, r1) (global row r = image * h + y), see par.par_weights;    */ \
-/* mean and inv are c x w scratch rows.                                                    */ \
+#define DEFINE_KERNELS(T, SUF, SQRT, EXP, V, LANES)                                           \
+/* PAR weights of rows [r0, r1) (global row r = image * h + y), see par.par_weights: colour */ \
+/* logits, softmax over the neighbours, position term; mean, inv: c x w scratch rows.     */ \
 static void logits_rows_##SUF(job_t* J, int64_t r0, int64_t r1, T* mean, T* inv) {          \
     const T* img = (const T*)J->in;                                                        \
     T* out = (T*)J->buf[0];                                                                \
@@ -159,6 +189,30 @@ static void logits_rows_##SUF(job_t* J, int64_t r0, int64_t r1, T* mean, T* inv)
                 for (int64_t x = 0; x < w; x++) { T e = (s[x] - p[x]) * iv[x]; o[x] += e * e; } \
             }                                                                              \
             for (int64_t x = 0; x < w; x++) o[x] = -(o[x] / (T)C);                         \
+        }                                                                                  \
+        /* softmax over the M neighbours, plus the position term (mean, inv as scratch) */  \
+        const T* pos = (const T*)J->pos;                                                   \
+        T* restrict mx = mean;                                                             \
+        T* restrict sum = inv;                                                             \
+        const T* o0 = out + (bb * m * h + y) * w;                                          \
+        for (int64_t x = 0; x < w; x++) { mx[x] = o0[x]; sum[x] = 0; }                     \
+        for (int j = 1; j < m; j++) {                                                      \
+            const T* restrict o = out + ((bb * m + j) * h + y) * w;                        \
+            for (int64_t x = 0; x < w; x++) mx[x] = o[x] > mx[x] ? o[x] : mx[x];           \
+        }                                                                                  \
+        for (int j = 0; j < m; j++) {                                                      \
+            T* restrict o = out + ((bb * m + j) * h + y) * w;                              \
+            for (int64_t x = 0; x < w; x++) { o[x] = EXP(o[x] - mx[x]); sum[x] += o[x]; }  \
+        }                                                                                  \
+        for (int64_t x = 0; x < w; x++) sum[x] = (T)1 / sum[x];                            \
+        for (int j = 0; j < m; j++) {                                                      \
+            T* restrict o = out + ((bb * m + j) * h + y) * w;                              \
+            const T pj = pos[j];                                                           \
+            for (int64_t x = 0; x < w; x++) o[x] = o[x] * sum[x] + pj;                     \
+            if (J->norm > 0) {                                                             \
+                const T nd = (T)J->norm;                                                   \
+                for (int64_t x = 0; x < w; x++) o[x] = o[x] / nd;                          \
+            }                                                                              \
         }                                                                                  \
     }                                                                                      \
 }                                                                                          \
@@ -221,8 +275,8 @@ static void propagate_rows_##SUF(job_t* J, const T* src, T* dst, int64_t r0, int
     }                                                                                      \
 }
 
-DEFINE_KERNELS(float, f32, sqrtf, vf32, 8)
-DEFINE_KERNELS(double, f64, sqrt, vf64, 4)
+DEFINE_KERNELS(float, f32, sqrtf, exp_f32, vf32, 8)
+DEFINE_KERNELS(double, f64, sqrt, exp, vf64, 4)
 
 static int64_t next_chunk(job_t* J, int it) {
     return __atomic_fetch_add(&J->counters[it], 1, __ATOMIC_RELAXED);
@@ -335,10 +389,11 @@ static int run_threads(job_t* J, void* (*body)(job_t*)) {
     return err;
 }
 
-int par_logits(const void* img, void* out, int is_double, int64_t b, int64_t c, int64_t h,
-               int64_t w, int64_t pad, int m, const int* dy, const int* dx, double eps,
-               double temperature, int nthreads, int64_t chunk) {
+int par_weights(const void* img, void* out, int is_double, int64_t b, int64_t c, int64_t h,
+                int64_t w, int64_t pad, int m, const int* dy, const int* dx, double eps,
+                double temperature, const void* pos, double norm, int nthreads, int64_t chunk) {
     job_t J = {0};
+    J.pos = pos; J.norm = norm;
     J.b = b; J.c = c; J.h = h; J.w = w; J.pad = pad; J.m = m; J.dy = dy; J.dx = dx;
     J.iterations = 1; J.nthreads = nthreads; J.chunk = chunk < 1 ? 1 : chunk;
     J.in = img; J.buf[0] = out; J.eps = eps; J.temperature = temperature;
@@ -444,8 +499,10 @@ def _build(compiler: str) -> Path:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, vp, ip = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)
     ci, cd = ctypes.c_int, ctypes.c_double
-    lib.par_logits.argtypes = [vp, vp, ci, i64, i64, i64, i64, i64, ci, ip, ip, cd, cd, ci, i64]
-    lib.par_logits.restype = ci
+    lib.par_weights.argtypes = [
+        vp, vp, ci, i64, i64, i64, i64, i64, ci, ip, ip, cd, cd, vp, cd, ci, i64,
+    ]  # fmt: skip
+    lib.par_weights.restype = ci
     lib.par_propagate.argtypes = [vp, vp, vp, ci, i64, i64, i64, i64, i64, ci, ip, ip, ci, ci, i64]
     lib.par_propagate.restype = ci
     return lib
@@ -512,25 +569,32 @@ def _threads_and_chunk(rows: int, row_work: int, threads: int | None) -> tuple[i
     return max(1, n), chunk
 
 
-def colour_logits(
+def weights(
     lib: ctypes.CDLL,
     images: torch.Tensor,
     offsets: list[tuple[int, int]],
     eps: float,
     temperature: float,
+    position: torch.Tensor,
+    norm: float | None,
     threads: int | None = None,
 ) -> torch.Tensor:
-    """PAR's colour logits: ``B x C x H x W`` images -> ``B x M x H x W`` (``par_weights``)."""
+    """PAR's neighbour weights (``par.par_weights``): ``B x C x H x W`` images ->
+    ``B x M x H x W``: softmax over the neighbours of the colour logits, plus ``position``
+    (M values, the position weight already applied), divided by ``norm`` when given."""
     b, c, h, w = images.shape
     pad = max(abs(dx) for _, dx in offsets)
     img = F.pad(images, (pad, pad, 0, 0), mode="replicate").contiguous()
     m = len(offsets)
+    pos = position.to(device=img.device, dtype=img.dtype).contiguous()
+    if pos.shape != (m,):
+        raise ValueError(f"position term has shape {tuple(pos.shape)}, expected ({m},)")
     out = img.new_empty(b, m, h, w)
     dy, dx = _offset_arrays(offsets)
-    n, chunk = _threads_and_chunk(b * h, 2 * m * c * w, threads)
-    err = lib.par_logits(
+    n, chunk = _threads_and_chunk(b * h, 3 * m * c * w, threads)
+    err = lib.par_weights(
         img.data_ptr(), out.data_ptr(), int(img.dtype == torch.float64),
-        b, c, h, w, pad, m, dy, dx, eps, temperature, n, chunk,
+        b, c, h, w, pad, m, dy, dx, eps, temperature, pos.data_ptr(), norm or 0.0, n, chunk,
     )  # fmt: skip
     if err:
         raise MemoryError("PAR kernel: out of memory")
