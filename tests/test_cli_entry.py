@@ -43,3 +43,14 @@ def test_overrides_may_stand_between_options() -> None:
 def test_commands_with_subcommands_still_parse() -> None:
     args = _parse(build_parser(), ["weights", "list"])
     assert args.command == "weights" and args._module == "weights"
+
+
+def test_building_the_parser_does_not_import_torch() -> None:
+    """``ssrseg --help`` and usage errors answer in a fraction of a second: no command module
+    imports torch (or the dataset code, which does) at import time."""
+    import subprocess
+    import sys
+
+    code = "import sys, ssrseg.cli; ssrseg.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -17,13 +17,15 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from ssrseg.commands.common import add_dataset_args as common_dataset_args
 from ssrseg.commands.common import non_negative_int, positive_float
-from ssrseg.data import BadInputError, SegDataset, SkipLog, build_dataset
+
+if TYPE_CHECKING:
+    from ssrseg.data import SegDataset, SkipLog
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +97,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 def open_eval_dataset(args: argparse.Namespace) -> SegDataset:
     """The split to score, with masks required and tags not needed (dataset options left
     unset are filled by :func:`resolve_eval_args`)."""
+    from ssrseg.data import build_dataset
+
     if args.dataset is None or args.root is None or args.split is None:
         resolve_eval_args(args)
     return build_dataset(
@@ -110,6 +114,7 @@ def open_eval_dataset(args: argparse.Namespace) -> SegDataset:
 
 def read_prediction(path: Path, dataset: SegDataset) -> np.ndarray:
     """A predicted label PNG as H x W uint8 (BadInputError naming the file if unusable)."""
+    from ssrseg.data import BadInputError
     from ssrseg.data.base import read_mask
     from ssrseg.viz import palette
 
@@ -147,6 +152,7 @@ def evaluate_predictions(
     ``skip_log`` (file named) and left out. Returns :meth:`ConfusionMatrix.compute`'s dict plus
     ``class_names`` (background first), ``dataset``, ``split``, ``pred_dir`` and ``skipped``.
     """
+    from ssrseg.data import BadInputError
     from ssrseg.metrics import ConfusionMatrix
 
     pred_root = Path(pred_dir)
@@ -224,6 +230,8 @@ def eval_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssrseg.data import SkipLog
+
     resolve_eval_args(args)
     if getattr(args, "checkpoint", None):
         return run_checkpoint(args)
@@ -315,6 +323,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     from ssrseg.commands.common import resolve_device
     from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
     from ssrseg.config import config_to_dict
+    from ssrseg.data import SkipLog, build_dataset
     from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
     from ssrseg.engine.infer import evaluate_dataset

@@ -8,10 +8,10 @@ JSON. Never from segmentation masks. Output: JSON ``{image_id: [class names]}`` 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ssrseg.data.base import BadInputError, SkipLog
+if TYPE_CHECKING:
+    from ssrseg.data.base import SkipLog
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def collect_tags(args: argparse.Namespace, skip_log: SkipLog) -> dict[str, list[str]]:
     """``{image_id: [class names]}`` for the split; images without tags go to ``skip_log``."""
-    from ssrseg.data import build_dataset
+    from ssrseg.data import BadInputError, build_dataset
 
     kwargs: dict[str, Any] = {"require_labels": True, "with_masks": False}
     if args.dataset == "voc":
@@ -52,14 +52,11 @@ def collect_tags(args: argparse.Namespace, skip_log: SkipLog) -> dict[str, list[
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssrseg.data.base import SkipLog
     from ssrseg.data.tags import write_tag_file
 
     skip_log = SkipLog()
-    try:
-        tags = collect_tags(args, skip_log)
-    except BadInputError as exc:
-        print(f"ssrseg tags: {exc}", file=sys.stderr)
-        return 2
+    tags = collect_tags(args, skip_log)  # a dataset that cannot be opened: one line, exit 2
     write_tag_file(args.out, tags)
     print(f"wrote tags of {len(tags)} images to {args.out}")
     skip_log.report()
