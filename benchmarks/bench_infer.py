@@ -1,41 +1,60 @@
-"""Inference throughput and peak memory per configuration.
+"""Inference: ``Segmenter.predict`` per configuration against the forwards it needs.
 
 A randomly initialised SSR model of the real size (CLIP ViT-B/16 image tower, the WeCLIP decoder,
-21 classes) segments VOC-sized random images (500 x 375, long side resized to 512) with:
-single scale; multi-scale (1.0, 0.75) + flip; multi-scale + flip + dense CRF (if pydensecrf2 is
-installed). Each configuration runs in a fresh process so its peak memory is its own.
+21 classes) segments VOC-sized random images (500 x 375, long side resized to 512) with: single
+scale; multi-scale (1.0, 0.75); multi-scale + flip. In the same interleaved rounds
+(``_timing.interleaved``) it times, on exactly the padded batches each configuration feeds the
+model:
 
-    .venv/bin/python benchmarks/bench_infer.py [--device cpu|cuda] [--images 3]
+- ``forwards``: the model's logits function (CLIP blocks 1..11 + decoder) once per batch;
+- ``clip``: the CLIP forward alone (blocks 1..11) on the same batches;
 
-Writes ``benchmarks/results/infer_<device>.json``. Compare ratios within one run: absolute times
-depend on the machine and its load.
+so ``predict / clip`` is the cost over the backbone (target <= 1.2 single scale) and
+``predict / forwards`` the cost of the multi-scale / flip bookkeeping (target <= 1.1). The dense
+CRF is timed on its own (it runs on the CPU and can overlap with the next image's GPU work).
+Peak memory of each configuration is measured alone in a fresh process.
+
+    .venv/bin/python benchmarks/bench_infer.py [--device cpu|cuda] [--images 2] [--threads 1 2]
+    .venv/bin/python benchmarks/bench_infer.py --tiny   # narrow tower, tiny images: smoke test
+
+Writes ``benchmarks/results/infer_<device>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
-import platform
-import resource
+import contextlib
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from _timing import (
+    interleaved,
+    machine_info,
+    out_path,
+    peak_memory_mib,
+    ratio,
+    reset_peak_memory,
+    run_in_child,
+    timed,
+    torch_threads,
+    write_json,
+)
+
 CONFIGS: dict[str, dict[str, Any]] = {
-    "single_scale": {"scales": (1.0,), "flip": False, "crf": False},
-    "multiscale_flip": {"scales": (1.0, 0.75), "flip": True, "crf": False},
-    "multiscale_flip_crf": {"scales": (1.0, 0.75), "flip": True, "crf": True},
-    "multiscale": {"scales": (1.0, 0.75), "flip": False, "crf": False},
+    "single_scale": {"scales": (1.0,), "flip": False},
+    "multiscale": {"scales": (1.0, 0.75), "flip": False},
+    "multiscale_flip": {"scales": (1.0, 0.75), "flip": True},
 }
 IMAGE_HW = (375, 500)  # a typical VOC image
 LONG_SIDE = 512
+TINY_HW, TINY_LONG_SIDE = (75, 100), 64
 
 
-def build_segmenter(config: dict[str, Any], device: str) -> Any:
-    import torch
+def build_segmenter(config: dict[str, Any], device: str, tiny: bool) -> Any:
     from torch import nn
 
     from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
@@ -46,168 +65,199 @@ def build_segmenter(config: dict[str, Any], device: str) -> Any:
 
     torch.manual_seed(0)
     # ViT-B/16 image tower; the text tower is unused at inference, so keep it tiny.
+    vision = ViTConfig(width=64, heads=2) if tiny else ViTConfig()
     text = TextConfig(vocab_size=64, context_length=8, width=64, layers=1, heads=1)
-    clip = CLIP(CLIPConfig(vision=ViTConfig(), text=text, embed_dim=512))
+    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=512))
     labeler = nn.Module()
     labeler.clip = clip
     model = SSRModel(SSRConfig(), labeler, 21).to(device).eval()
     infer = InferConfig(
-        scales=config["scales"], flip=config["flip"], long_side=LONG_SIDE, crf=config["crf"]
+        scales=config["scales"],
+        flip=config["flip"],
+        long_side=TINY_LONG_SIDE if tiny else LONG_SIDE,
+        crf=False,
     )
     return Segmenter(model.segment, 21, model.patch_size, infer, device=device)
 
 
-def peak_memory_mb(device: str) -> float:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def _images(n: int) -> list[Any]:
-    import numpy as np
-
+def images(n: int, tiny: bool) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8) for _ in range(n)]
+    hw = TINY_HW if tiny else IMAGE_HW
+    return [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for _ in range(n)]
 
 
-def _crf_missing(name: str) -> str | None:
-    if not CONFIGS[name]["crf"]:
-        return None
-    from ssrseg.engine.infer import check_crf
+def model_batches(seg: Any, image: np.ndarray) -> list[torch.Tensor]:
+    """The padded batches ``multiscale_logits`` feeds the model for this image (same code path:
+    bilinear resize, mirrored copy appended, bottom/right padding)."""
+    from ssrseg.engine.infer import base_factor, pad_to_multiple, scaled_size, to_tensor01
 
+    x0 = to_tensor01([image], seg.device)
+    height, width = x0.shape[-2:]
+    base = base_factor(height, width, seg.infer.long_side)
+    out = []
+    for scale in seg.infer.scales:
+        h, w = scaled_size(height, width, base * scale)
+        x = x0 if (h, w) == (height, width) else F.interpolate(x0, size=(h, w), mode="bilinear")
+        if seg.infer.flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        out.append(pad_to_multiple(x, seg.patch_size, seg.infer.pad_mode))
+    return out
+
+
+def predict_memory(name: str, device: str, tiny: bool) -> dict[str, float]:
+    """Peak memory of one configuration: model built, then one image."""
+    seg = build_segmenter(CONFIGS[name], device, tiny)
+    dev = torch.device(device)
+    reset_peak_memory(dev)
+    model_mib = peak_memory_mib(dev)
+    seg.predict(images(1, tiny)[0])
+    return {"model_loaded_mib": round(model_mib, 1), "peak_mib": round(peak_memory_mib(dev), 1)}
+
+
+def memory_child(name: str, device: str, tiny: bool, queue: Any) -> None:
+    """:func:`predict_memory` in a fresh process (the CPU's peak RSS cannot be reset)."""
     try:
+        torch.set_num_threads(1)
+        queue.put(predict_memory(name, device, tiny))
+    except BaseException as exc:  # reported by the parent
+        queue.put(RuntimeError(f"{name}: {exc!r}"))
+
+
+def autocast(device: torch.device, bf16: bool) -> Any:
+    """bf16 autocast of the backbone and decoder (``--bf16``, GPU runs), else nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def bench_threads(
+    device: torch.device, n_images: int, repeats: int, tiny: bool, bf16: bool = False
+) -> dict[str, Any]:
+    """All configurations, their forwards and CLIP alone, interleaved, on ``n_images`` images."""
+    segs = {name: build_segmenter(cfg, str(device), tiny) for name, cfg in CONFIGS.items()}
+    imgs = images(n_images, tiny)
+    any_seg = next(iter(segs.values()))
+    model = any_seg.logits_fn.__self__
+    visual, n_blocks = model.visual, model.decoder.num_layers_in
+    fns: dict[str, Any] = {}
+    for name, seg in segs.items():
+        batches = [model_batches(seg, im) for im in imgs]
+
+        def predict(seg: Any = seg) -> None:
+            with autocast(device, bf16):
+                for im in imgs:
+                    seg.predict(im)
+
+        def forwards(seg: Any = seg, batches: list[list[torch.Tensor]] = batches) -> None:
+            with torch.no_grad(), autocast(device, bf16):
+                for per_image in batches:
+                    for x in per_image:
+                        seg.logits_fn(x)
+
+        def clip(batches: list[list[torch.Tensor]] = batches) -> None:
+            with torch.no_grad(), autocast(device, bf16):
+                for per_image in batches:
+                    for x in per_image:
+                        visual.forward_intermediates(visual.normalize(x), n_blocks=n_blocks)
+
+        fns[f"{name}/predict"] = predict
+        fns[f"{name}/forwards"] = forwards
+        fns[f"{name}/clip"] = clip
+    times = interleaved(fns, device, repeats, warmup=1)
+    per_config: dict[str, Any] = {}
+    for name, cfg in CONFIGS.items():
+        entry: dict[str, Any] = {"scales": list(cfg["scales"]), "flip": cfg["flip"]}
+        for part in ("predict", "forwards", "clip"):
+            t = times[f"{name}/{part}"]
+            entry[f"{part}_s_per_image"] = round(t["median_wall_s"] / n_images, 4)
+        entry["images_per_second"] = round(n_images / times[f"{name}/predict"]["median_wall_s"], 3)
+        for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
+            tag = clock.removesuffix("_s")
+            entry[f"ratios_{tag}"] = {
+                "predict_vs_clip": ratio(times, f"{name}/predict", f"{name}/clip", clock),
+                "predict_vs_forwards": ratio(times, f"{name}/predict", f"{name}/forwards", clock),
+                "forwards_vs_clip": ratio(times, f"{name}/forwards", f"{name}/clip", clock),
+                "predict_vs_single_predict": ratio(
+                    times, f"{name}/predict", "single_scale/predict", clock
+                ),
+            }
+        per_config[name] = entry
+    # the CRF alone, on one image's multi-scale + flip probabilities (CPU)
+    crf: dict[str, Any] = {}
+    try:
+        from ssrseg.engine.infer import check_crf, run_crf
+
         check_crf()
-    except RuntimeError as exc:
-        return str(exc)
-    return None
+        seg = segs["multiscale_flip"]
+        _, probs = seg.predict(imgs[0], return_probs=True)
+        samples = [
+            timed(lambda: run_crf(imgs[0], probs, seg.crf_cfg), torch.device("cpu"))
+            for _ in range(2)
+        ]
+        crf = {"seconds_per_image": round(min(w for w, _ in samples), 4), "device": "cpu"}
+    except RuntimeError as exc:  # pydensecrf2 missing: say so
+        crf = {"skipped": str(exc)}
+    return {"times": times, "configs": per_config, "crf": crf}
 
 
-def memory_child(name: str, device: str, queue: Any) -> None:
-    """Peak memory of one configuration in a fresh process: model built, then one image."""
-    import torch
-
-    seg = build_segmenter(CONFIGS[name], device)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    model_mb = peak_memory_mb(device)
-    seg.predict(_images(1)[0])
-    queue.put({"peak_memory_mb": peak_memory_mb(device), "model_loaded_mb": model_mb})
-
-
-def timing_child(names: list[str], device: str, n_images: int, queue: Any) -> None:
-    """Time all configurations in one process on one model, interleaved image by image, so a
-    change of machine load hits every configuration alike."""
-    import torch
-
-    segs = {name: build_segmenter(CONFIGS[name], device) for name in names}
-    images = _images(n_images + 1)
-    for seg in segs.values():
-        seg.predict(images[0])  # warm-up (allocator, kernels)
-    seconds = dict.fromkeys(names, 0.0)
-    for image in images[1:]:
-        for name, seg in segs.items():
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            seg.predict(image)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds[name] += time.perf_counter() - start
-    queue.put({"seconds": seconds, "torch_threads": torch.get_num_threads()})
-
-
-def _in_child(target: Any, *args: Any) -> Any:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    return result
-
-
-def patch_tokens(scales: list[float], flip: bool, patch: int = 16) -> int:
-    """Patch tokens the model processes per image (the cost the ratios are compared with)."""
-    total = 0
-    h, w = IMAGE_HW
-    base = LONG_SIDE / max(h, w)
-    for s in scales:
-        sh, sw = max(1, round(h * base * s)), max(1, round(w * base * s))
-        total += -(-sh // patch) * -(-sw // patch)
-    return total * (2 if flip else 1)
-
-
-def main() -> int:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, default=3, help="timed images per configuration")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
-    args = parser.parse_args()
+    parser.add_argument("--images", type=int, default=2, help="timed images per round")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--tiny", action="store_true", help="narrow tower: smoke test only")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs)")
+    parser.add_argument("--out", default=None, help="JSON file or folder (default results/)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
 
-    load_before = os.getloadavg()  # other jobs on the machine slow every configuration
-    results: list[dict[str, Any]] = []
-    runnable = []
-    for name, config in CONFIGS.items():
-        entry: dict[str, Any] = {"name": name, **config, "scales": list(config["scales"])}
-        missing = _crf_missing(name)
-        if missing:
-            entry["skipped"] = missing
-        else:
-            runnable.append(name)
-            entry.update(_in_child(memory_child, name, args.device))
-        results.append(entry)
-    timing = _in_child(timing_child, runnable, args.device, args.images)
-    single = timing["seconds"]["single_scale"]
-    for entry in results:
-        if entry["name"] not in timing["seconds"]:
-            continue
-        secs = timing["seconds"][entry["name"]]
-        entry.update(
-            images=args.images,
-            seconds_per_image=secs / args.images,
-            images_per_second=args.images / secs,
-            time_ratio_to_single=secs / single,
-            token_ratio_to_single=patch_tokens(entry["scales"], entry["flip"])
-            / patch_tokens([1.0], False),
-            memory_kind="CUDA max allocated" if args.device.startswith("cuda") else "max RSS",
-            torch_threads=timing["torch_threads"],
-        )
-    for entry in results:
-        print(json.dumps(entry), flush=True)
-    load_after = os.getloadavg()
+    results = []
+    for n in args.threads if device.type == "cpu" else [None]:
+        with torch_threads(n) as threads:
+            res = bench_threads(device, args.images, args.repeats, args.tiny, args.bf16)
+            res["threads"] = threads
+            results.append(res)
+            for name, entry in res["configs"].items():
+                r = entry["ratios_median_wall"]
+                print(
+                    f"[{threads} thr] {name}: {entry['predict_s_per_image']:.3f} s/image, "
+                    f"predict/clip {r['predict_vs_clip']:.3f}, predict/forwards "
+                    f"{r['predict_vs_forwards']:.3f}",
+                    flush=True,
+                )
+            print(f"[{threads} thr] crf: {res['crf']}", flush=True)
+    # CPU: a fresh process per configuration (peak RSS); CUDA: the allocator's peak, reset
+    # per configuration; --tiny (smoke test): in this process, to keep it quick
+    isolated = device.type == "cpu" and not args.tiny
+    memory = {
+        name: run_in_child(memory_child, name, args.device, args.tiny)
+        if isolated
+        else predict_memory(name, args.device, args.tiny)
+        for name in CONFIGS
+    }
+    hw = TINY_HW if args.tiny else IMAGE_HW
     report = {
-        "benchmark": "inference (Segmenter.predict, one image at a time)",
+        "benchmark": "inference (Segmenter.predict, one image at a time, CRF timed alone)",
         "model": "random SSR model: CLIP ViT-B/16 image tower (11 blocks) + WeCLIP decoder, 21 "
         "classes",
-        "image": f"{IMAGE_HW[1]}x{IMAGE_HW[0]} random RGB, long side resized to {LONG_SIDE}",
-        "device": args.device,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "load_average_1min_before_after": [load_before[0], load_after[0]],
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "image": f"{hw[1]}x{hw[0]} random RGB, long side resized to "
+        f"{TINY_LONG_SIDE if args.tiny else LONG_SIDE}",
+        "machine": machine_info(device),
+        "tiny": args.tiny,
+        "bf16_autocast": args.bf16,
+        "targets": {
+            "single_scale predict_vs_clip": "<= 1.2",
+            "multiscale_flip predict_vs_forwards": "<= 1.1",
         },
         "results": results,
+        "peak_memory": {
+            "kind": "CUDA max allocated (MiB)" if device.type == "cuda" else "peak RSS (MiB)",
+            **memory,
+        },
     }
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(__file__).parent / "results" / (f"infer_{args.device.split(':')[0]}.json")
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
-    print(f"wrote {out}")
+    path = write_json(out_path(args.out, "infer", device), report)
+    print(f"wrote {path}")
     return 0
 
 

@@ -1,26 +1,33 @@
-"""Time PAR: ssrseg's implementation vs a straightforward stacked-neighbour reference.
+"""Time PAR: compiled CPU kernels vs the torch form vs a straightforward reference.
 
-Also times a sparse-matrix variant (N x N CSR with M entries per row, one spmm per iteration)
-that was considered for the propagation step. Writes ``benchmarks/results/par_<device>.json``.
+``par_refine`` with its compiled kernels (``ssrseg.rectify.par_native``), the same function in its
+torch form (``SSRSEG_PAR_NATIVE=0``: 48 shifted-view ``addcmul_`` per iteration), and, at the
+small size, a straightforward stacked-neighbour reference and a sparse-matrix variant (N x N CSR
+with M entries per row, one spmm per iteration) that was considered for the propagation. Cases:
+one 320 x 320 crop with K = 3 score maps; one VOC-size 500 x 375 image with K = 3 (an image's
+background + 2 classes) and K = 21 (every VOC class). Default config (20 iterations, dilations
+1, 2, 4, 8, 12, 24: 48 neighbours). Each thread count of ``--threads`` times the
+implementations interleaved (``_timing.interleaved``). Writes
+``benchmarks/results/par_<device>.json``.
 
-Usage: ``python benchmarks/bench_par.py [--device cpu|cuda] [--size 320] [--classes 3]``
+    python benchmarks/bench_par.py [--device cpu|cuda] [--threads 1 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import math
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
-from ssrseg.config import PARConfig, atomic_write_text
+from _timing import interleaved, machine_info, out_path, ratio, torch_threads, write_json
+from ssrseg.config import PARConfig
+from ssrseg.rectify import par_native
 from ssrseg.rectify.par import par_refine, par_weights
 
 
@@ -80,7 +87,9 @@ def sparse_par(images: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> to
         values = weights[i].reshape(len(offsets), n).t().reshape(-1)
         # coalesce sums the duplicate columns that clamping creates at the borders; CSR needs
         # sorted, distinct column indices per row
-        mat = torch.sparse_coo_tensor(pairs, values, size=(n, n)).coalesce().to_sparse_csr()
+        with warnings.catch_warnings():  # torch's beta / invariant-check notices
+            warnings.simplefilter("ignore", UserWarning)
+            mat = torch.sparse_coo_tensor(pairs, values, size=(n, n)).coalesce().to_sparse_csr()
         cur = scores[i].reshape(k, n).t().contiguous()  # N x K
         for _ in range(cfg.iterations):
             cur = mat @ cur
@@ -88,113 +97,108 @@ def sparse_par(images: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> to
     return torch.stack(outs)
 
 
-def _cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where there is one (Linux), else the platform's name."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+@contextlib.contextmanager
+def torch_form() -> Iterator[None]:
+    """PAR without its compiled kernels for the duration of the block."""
+    before = os.environ.get(par_native.ENV_SWITCH)
+    os.environ[par_native.ENV_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[par_native.ENV_SWITCH]
+        else:
+            os.environ[par_native.ENV_SWITCH] = before
 
 
-def _time(
-    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int
-) -> tuple[list[float], list[float]]:
-    """Wall-clock and process CPU seconds of ``repeats`` calls after one warm-up call.
-
-    CPU time is reported too because on a shared machine the wall clock mostly measures the
-    other jobs; with ``--threads 1`` the CPU time is close to the unloaded single-thread time.
-    """
-    fn()  # warm-up (allocator, kernels)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return wall, cpu
+def par_torch(images: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> torch.Tensor:
+    with torch_form():
+        return par_refine(images, scores, cfg)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--classes", type=int, default=3, help="K score maps")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="JSON path (default results/par_<dev>.json)")
-    args = parser.parse_args()
+CASES = [  # name, height, width, K, with the slow comparisons
+    ("tiny_48x64_K3", 48, 64, 3, True),  # --tiny only (smoke test)
+    ("crop_320x320_K3", 320, 320, 3, True),
+    ("voc_500x375_K3", 375, 500, 3, False),
+    ("voc_500x375_K21", 375, 500, 21, False),
+]
 
-    device = torch.device(args.device)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+
+def bench_case(
+    name: str, h: int, w: int, k: int, slow: bool, device: torch.device, repeats: int
+) -> dict[str, Any]:
     cfg = PARConfig()
     gen = torch.Generator().manual_seed(0)
-    images = torch.rand(1, 3, args.size, args.size, generator=gen).to(device)
-    scores = torch.rand(1, args.classes, args.size, args.size, generator=gen).to(device)
-
+    images = torch.rand(1, 3, h, w, generator=gen).to(device)
+    scores = torch.rand(1, k, h, w, generator=gen).to(device)
+    impls: dict[str, Callable[..., torch.Tensor]] = {"ssrseg": par_refine, "torch_form": par_torch}
+    if slow:
+        impls |= {"reference": reference_par, "sparse_csr": sparse_par}
     with torch.no_grad():
-        fast = par_refine(images, scores, cfg)
-        ref = reference_par(images, scores, cfg)
-        sparse = sparse_par(images, scores, cfg)
-        max_diff = (fast - ref).abs().max().item()
-        sparse_diff = (sparse - ref).abs().max().item()
-        results = {
-            name: _time(lambda f=f: f(images, scores, cfg), device, args.repeats)  # type: ignore[misc]
-            for name, f in (
-                ("ssrseg", par_refine),
-                ("reference", reference_par),
-                ("sparse_csr", sparse_par),
-            )
+        outs = {n: f(images, scores, cfg) for n, f in impls.items()}
+        fns = {
+            n: (lambda f=f: f(images, scores, cfg))  # type: ignore[misc]
+            for n, f in impls.items()
         }
-    med = {name: statistics.median(wall) for name, (wall, _) in results.items()}
-    med_cpu = {name: statistics.median(cpu) for name, (_, cpu) in results.items()}
-    if device.type == "cuda":
-        machine = torch.cuda.get_device_name(device)
-    else:
-        machine = f"{_cpu_name()}, {os.cpu_count()} cores"
+        times = interleaved(fns, device, repeats, warmup=0)  # outs above were the warm-up
+    result: dict[str, Any] = {
+        "case": name,
+        "scores": [1, k, h, w],
+        "times": times,
+        "native_kernels": par_native.load() is not None and device.type == "cpu",
+        "max_abs_diff_vs_torch_form": (outs["ssrseg"] - outs["torch_form"]).abs().max().item(),
+    }
+    for clock in ("median_wall_s", "median_cpu_s"):
+        tag = clock.removesuffix("_s")
+        result[f"speedup_{tag}"] = {"vs_torch_form": ratio(times, "torch_form", "ssrseg", clock)}
+        if slow:
+            result[f"speedup_{tag}"]["vs_reference"] = ratio(times, "reference", "ssrseg", clock)
+    if slow:
+        ref = outs["reference"]
+        result["max_abs_diff_vs_reference"] = (outs["ssrseg"] - ref).abs().max().item()
+        result["sparse_max_abs_diff_vs_reference"] = (outs["sparse_csr"] - ref).abs().max().item()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cases", nargs="+", default=[c[0] for c in CASES[1:]])
+    parser.add_argument("--tiny", action="store_true", help="the tiny case only: smoke test")
+    parser.add_argument("--out", default=None, help="JSON file or folder (default results/)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.tiny:
+        args.cases = [CASES[0][0]]
+    results = []
+    for n in args.threads if device.type == "cpu" else [None]:
+        with torch_threads(n) as threads:
+            for case in CASES:
+                if case[0] not in args.cases:
+                    continue
+                res = bench_case(*case, device, args.repeats)
+                res["threads"] = threads
+                results.append(res)
+                t = res["times"]
+                print(
+                    f"[{threads} thr] {case[0]}: "
+                    + ", ".join(f"{k} {v['median_wall_s'] * 1000:.0f} ms" for k, v in t.items())
+                    + f"; speed-up vs torch form {res['speedup_median_wall']['vs_torch_form']}x",
+                    flush=True,
+                )
+    cfg = PARConfig()
     report = {
-        "device": str(device),
-        "machine": machine,
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "size": args.size,
-        "classes": args.classes,
+        "benchmark": "PAR (par_refine): compiled kernels vs torch form vs reference",
+        "machine": machine_info(device),
         "dilations": list(cfg.dilations),
         "iterations": cfg.iterations,
         "repeats": args.repeats,
-        "median_wall_s": med,
-        "median_cpu_s": med_cpu,
-        "all_wall_s": {name: wall for name, (wall, _) in results.items()},
-        "speedup_vs_reference_wall": med["reference"] / med["ssrseg"],
-        "speedup_vs_reference_cpu": med_cpu["reference"] / med_cpu["ssrseg"],
-        "max_abs_diff_vs_reference": max_diff,
-        "sparse_max_abs_diff_vs_reference": sparse_diff,
+        "results": results,
     }
-    for name in med:
-        print(
-            f"{name:>10}: wall {med[name] * 1000:8.1f} ms, cpu {med_cpu[name] * 1000:8.1f} ms "
-            f"(median of {args.repeats}, {torch.get_num_threads()} threads)"
-        )
-    print(
-        f"speed-up vs reference: {report['speedup_vs_reference_wall']:.1f}x wall, "
-        f"{report['speedup_vs_reference_cpu']:.1f}x cpu; max |diff| {max_diff:.2e}; "
-        f"load average {report['load_average_1min']}"
-    )
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(__file__).parent / "results" / f"par_{device.type}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    path = write_json(out_path(args.out, "par", device), report)
+    print(f"wrote {path}")
     return 0
 
 

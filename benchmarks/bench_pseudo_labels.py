@@ -1,243 +1,287 @@
-"""Benchmark of the pseudo-label stage against the backbone work it cannot avoid.
+"""Pseudo-label stage: SSR's default labels vs the CLIP-ES configuration's CAM stage, and each
+against the backbone work it cannot avoid.
 
-Random-weight CLIP ViT-B/16 and DINO ViT-S/16 at their real sizes (weights do not change the
-cost). For each setting (a batch at 320 x 320, a VOC-size image at 500 x 375 -> 512 x 384):
+Random-weight CLIP ViT-B/16 and DINO ViT-S/16 at their real sizes (``_models.py``), shared by
+both configurations, on the same images:
 
-- backbone work: CLIP forward of all blocks (no attention matrices), DINO forward, and the last
-  CLIP block's backward (once: one vector-Jacobian product; and K_max times, one per class
-  slot, as Grad-CAM needs);
-- the whole stage: ``PseudoLabeler(images, labels)`` with the default config (Grad-CAM, CLIP +
-  DINO affinity, SGC mask with SLIC computed inside, background, PAR, argmax), split into
-  sections; and the same with precomputed superpixels (the training path);
-- ratios stage / backbone, SGC's share of the stage, peak memory.
+- ``ssr``: ``configs/voc.yaml`` (raw-space Grad-CAM as before CMPA has trained, CLIP + DINO
+  attention, SGC mask with SLIC computed inside, background, PAR at full size, argmax), one call
+  per image as ``ssrseg pseudo-labels`` runs it; ``ssr_given_sp``: the same with superpixels
+  precomputed (the training loader's path);
+- ``clip_es``: ``configs/clip_es.yaml`` (raw CLIP CAMs, last-8 CLIP attention, box mask, no
+  DINO / SGC / PAR);
+- ``backbone_ssr``: CLIP forward of all blocks (fused attention, no attention maps), DINO
+  forward and K vector-Jacobian products of the last CLIP block (one per class slot, as
+  Grad-CAM needs); ``backbone_clip_es``: the same without DINO.
 
-Backbone and stage runs alternate so that load changes on a shared machine hit both alike;
-medians of ``--repeats`` runs. Writes ``benchmarks/results/pseudo_labels_<device>.json``.
+Settings: VOC-size images (500 x 375 -> 512 x 384), one per call; and a batch of two 320 x 320
+crops in one call. Each thread count of ``--threads`` runs all five interleaved, round after
+round (``_timing.interleaved``); medians and minima, wall and process-CPU seconds, load average.
+Peak memory of each configuration at the VOC size is measured alone in a fresh process (peak
+RSS on the CPU, allocator peak on CUDA). Writes ``benchmarks/results/pseudo_labels_<device>.json``.
 
-    python benchmarks/bench_pseudo_labels.py [--device cpu] [--repeats 3]
+    python benchmarks/bench_pseudo_labels.py [--device cpu] [--threads 1 2] [--repeats 3]
+    python benchmarks/bench_pseudo_labels.py --tiny   # narrow towers, tiny images: a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import resource
 import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
-from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, dino_vit_s16_config
-from ssrseg.cam.prompts import ClassPrompts
-from ssrseg.config import SSRConfig
+from _models import build_towers, make_labeler, preset
+from _timing import (
+    interleaved,
+    machine_info,
+    out_path,
+    peak_memory_mib,
+    ratio,
+    reset_peak_memory,
+    run_in_child,
+    torch_threads,
+    write_json,
+)
 from ssrseg.pseudo.labeler import PseudoLabeler, Timer, images_to_uint8
 from ssrseg.rectify.sgc import slic_superpixels
 
-
-def build_labeler(device: torch.device) -> PseudoLabeler:
-    prompts = ClassPrompts.voc()
-    words = " ".join(prompts.class_texts() + prompts.background_texts()).replace(",", " ")
-    tok = WordTokenizer(words.replace(".", " ").split(), context_length=16)
-    # Real image tower; the text tower only encodes the prompts once, so a small one will do.
-    text = TextConfig(
-        vocab_size=tok.vocab_size,
-        context_length=16,
-        width=512,
-        layers=1,
-        heads=8,
-        eot_token_id=tok.eot_token_id,
-        sot_token_id=tok.sot_token_id,
-    )
-    torch.manual_seed(0)
-    clip = CLIP(CLIPConfig(text=text))
-    dino = VisionTransformer(dino_vit_s16_config())
-    return PseudoLabeler(clip, tok, dino, prompts, SSRConfig()).to(device)
+LABEL_SETS = [(14, 12), (2,), (8, 10, 14)]  # person + horse; aeroplane; cat, dog, person
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, clock: Callable[[], float]) -> float:
-    sync(device)
-    start = clock()
-    fn()
-    sync(device)
-    return clock() - start
-
-
-def backbone_work(labeler: PseudoLabeler, images01: torch.Tensor, n_backward: int) -> None:
-    """CLIP forward (blocks 1..L-1 without grad, last block with), DINO forward, and
-    ``n_backward`` vector-Jacobian products of the last block."""
+def backbone_work(
+    labeler: PseudoLabeler, images01: torch.Tensor, n_backward: int, dino: bool
+) -> None:
+    """CLIP forward (blocks 1..L-1 without grad, fused attention), DINO forward when ``dino``,
+    and ``n_backward`` vector-Jacobian products of the last block."""
     visual = labeler.clip.visual
-    assert labeler.dino is not None
-    with torch.no_grad():
+    device = images01.device
+    with torch.no_grad(), labeler._autocast(device):
         out = visual.forward_intermediates(
             visual.normalize(images01), n_blocks=visual.cfg.layers - 1
         )
-        labeler.dino.forward_intermediates(labeler.dino.normalize(images01))
+        if dino:
+            assert labeler.dino is not None
+            labeler.dino.forward_intermediates(labeler.dino.normalize(images01))
     x = out.tokens[-1]
     last = visual.blocks[-1]
-    with torch.enable_grad():
+    with torch.enable_grad(), labeler._autocast(device):
         h = last.norm1(x).detach().requires_grad_(True)
         y, _ = last.forward_from_norm1(x, h)
-        emb = F.normalize(visual.head(y[:, 1:]).mean(dim=1), dim=-1)
-        score = emb @ labeler.class_emb[: max(1, n_backward)].t()  # B x K
+        emb = F.normalize(visual.head(y[:, 1:]).float().mean(dim=1), dim=-1)
+        score = emb @ labeler.class_emb[: max(1, n_backward)].float().t()  # B x K
         for k in range(n_backward):
             torch.autograd.grad(score[:, k].sum(), h, retain_graph=k < n_backward - 1)
 
 
-def peak_memory(device: torch.device) -> float:
-    """Peak memory in MiB: CUDA allocator peak, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+def smooth_images(b: int, h: int, w: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Upsampled coarse noise in [0, 1] (SLIC on white noise is degenerate)."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(b, 3, max(1, h // 16), max(1, w // 16), generator=gen)
+    return F.interpolate(coarse, size=(h, w), mode="bilinear").to(device)
+
+
+def settings(tiny: bool, n_voc: int, device: torch.device) -> list[dict[str, Any]]:
+    """Each setting: a list of calls (images B x 3 x H x W, labels per image)."""
+    voc_hw, crop = ((64, 96), 64) if tiny else ((384, 512), 320)
+    voc = [
+        (smooth_images(1, *voc_hw, seed=i, device=device), [LABEL_SETS[i % len(LABEL_SETS)]])
+        for i in range(n_voc)
+    ]
+    batch = [(smooth_images(2, crop, crop, seed=100, device=device), LABEL_SETS[:2])]
+    return [
+        {"name": f"voc_{n_voc}x_500x375_as_{voc_hw[1]}x{voc_hw[0]}", "calls": voc},
+        {"name": f"batch2_{crop}x{crop}", "calls": batch},
+    ]
+
+
+def calls_fn(
+    calls: Sequence[tuple[torch.Tensor, list[tuple[int, ...]]]],
+    fn: Callable[[torch.Tensor, list[tuple[int, ...]], int], Any],
+) -> Callable[[], None]:
+    def run() -> None:
+        for i, (images, labels) in enumerate(calls):
+            fn(images, labels, i)
+
+    return run
 
 
 def bench_setting(
-    labeler: PseudoLabeler,
-    name: str,
-    images01: torch.Tensor,
-    labels: list[tuple[int, ...]],
+    ssr: PseudoLabeler,
+    clip_es: PseudoLabeler,
+    setting: dict[str, Any],
     repeats: int,
-    clock: Callable[[], float],
+    device: torch.device,
 ) -> dict[str, Any]:
-    device = images01.device
-    k_max = max(len(lab) for lab in labels)
-    superpixels = torch.stack(
-        [slic_superpixels(img, 100, 10.0) for img in images_to_uint8(images01)]
-    ).to(device)
-    runs: dict[str, list[float]] = {
-        "backbone_1bwd": [],
-        "backbone_kbwd": [],
-        "stage": [],
-        "stage_given_sp": [],
+    calls = setting["calls"]
+    sgc = ssr.cfg.sgc
+    superpixels = [
+        torch.stack(
+            [slic_superpixels(im, sgc.n_segments, sgc.compactness) for im in images_to_uint8(x)]
+        ).to(device)
+        for x, _ in calls
+    ]
+    k_max = [max(len(lab) for lab in labels) for _, labels in calls]
+    timers = {"ssr": Timer(), "ssr_given_sp": Timer(), "clip_es": Timer()}
+    fns = {
+        "backbone_ssr": calls_fn(calls, lambda x, _, i: backbone_work(ssr, x, k_max[i], True)),
+        "backbone_clip_es": calls_fn(
+            calls, lambda x, _, i: backbone_work(clip_es, x, k_max[i], False)
+        ),
+        "ssr": calls_fn(calls, lambda x, lab, _: ssr(x, lab, timer=timers["ssr"])),
+        "ssr_given_sp": calls_fn(
+            calls,
+            lambda x, lab, i: ssr(x, lab, superpixels[i], timer=timers["ssr_given_sp"]),
+        ),
+        "clip_es": calls_fn(calls, lambda x, lab, _: clip_es(x, lab, timer=timers["clip_es"])),
     }
-    sections: list[dict[str, float]] = []
-    sections_sp: list[dict[str, float]] = []
-    backbone_work(labeler, images01, k_max)  # warm-up
-    labeler(images01, labels)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    mem_before = peak_memory(device)
-    for _ in range(repeats):
-        runs["backbone_1bwd"].append(
-            timed(lambda: backbone_work(labeler, images01, 1), device, clock)
-        )
-        runs["backbone_kbwd"].append(
-            timed(lambda: backbone_work(labeler, images01, k_max), device, clock)
-        )
-        timer = Timer(clock)
-        runs["stage"].append(
-            timed(lambda t=timer: labeler(images01, labels, timer=t), device, clock)
-        )
-        sections.append(timer)
-        timer_sp = Timer(clock)
-        runs["stage_given_sp"].append(
-            timed(lambda t=timer_sp: labeler(images01, labels, superpixels, timer=t), device, clock)
-        )
-        sections_sp.append(timer_sp)
-    med = {k: statistics.median(v) for k, v in runs.items()}
-    sec = {k: statistics.median(s.get(k, 0.0) for s in sections) for k in sections[0]}
-    sec_sp = {k: statistics.median(s.get(k, 0.0) for s in sections_sp) for k in sections_sp[0]}
-    result = {
-        "setting": name,
-        "batch": images01.shape[0],
-        "size": list(images01.shape[-2:]),
-        "labels": [list(lab) for lab in labels],
-        "seconds": med,
-        "sections_seconds": sec,
-        "sections_seconds_given_superpixels": sec_sp,
-        "ratio_stage_vs_backbone_1bwd": med["stage"] / med["backbone_1bwd"],
-        "ratio_stage_vs_backbone_kbwd": med["stage"] / med["backbone_kbwd"],
-        "ratio_stage_given_sp_vs_backbone_kbwd": med["stage_given_sp"] / med["backbone_kbwd"],
-        "sgc_share_of_stage": sec.get("masks", 0.0) / med["stage"],
-        "slic_share_of_stage": sec.get("slic", 0.0) / med["stage"],
-        "sgc_share_given_superpixels": sec_sp.get("masks", 0.0) / med["stage_given_sp"],
-        "par_labels_share_of_stage": sec.get("labels", 0.0) / med["stage"],
-        "peak_memory_mib": peak_memory(device),
-        "memory_before_mib": mem_before,
+    for fn in fns.values():  # warm-up round (allocator, first autograd call, PAR kernels)
+        fn()
+    for timer in timers.values():
+        timer.clear()
+    times = interleaved(fns, device, repeats, warmup=0)
+    sections = {
+        name: {k: round(v / repeats, 4) for k, v in timer.items()} for name, timer in timers.items()
+    }
+    result: dict[str, Any] = {
+        "setting": setting["name"],
+        "calls": len(calls),
+        "images": sum(x.shape[0] for x, _ in calls),
+        "size": list(calls[0][0].shape[-2:]),
+        "labels": [[list(lab) for lab in labels] for _, labels in calls],
+        "times": times,
+        "sections_s_per_round": sections,
+    }
+    for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
+        tag = clock.removesuffix("_s")
+        result[f"ratios_{tag}"] = {
+            "ssr_vs_clip_es": ratio(times, "ssr", "clip_es", clock),
+            "ssr_given_sp_vs_clip_es": ratio(times, "ssr_given_sp", "clip_es", clock),
+            "ssr_vs_backbone_ssr": ratio(times, "ssr", "backbone_ssr", clock),
+            "ssr_given_sp_vs_backbone_ssr": ratio(times, "ssr_given_sp", "backbone_ssr", clock),
+            "clip_es_vs_backbone_clip_es": ratio(times, "clip_es", "backbone_clip_es", clock),
+            # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
+            "floor_backbone_ssr_vs_backbone_clip_es": ratio(
+                times, "backbone_ssr", "backbone_clip_es", clock
+            ),
+        }
+    stage = times["ssr"]["median_wall_s"] / len(calls)
+    result["ssr_shares_of_stage"] = {
+        k: round(v / len(calls) / stage, 3) for k, v in sections["ssr"].items()
     }
     return result
 
 
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo (Linux), else the platform's machine type."""
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def stage_memory(config: str, overrides: list[str], device_name: str, tiny: bool) -> dict:
+    """Peak memory of one configuration: towers built, then one VOC-size image."""
+    device = torch.device(device_name)
+    labeler = make_labeler(preset(config, overrides), device, tiny=tiny)
+    images, labels = settings(tiny, 1, device)[0]["calls"][0]
+    reset_peak_memory(device)
+    before = peak_memory_mib(device)
+    labeler(images, labels)
+    return {"model_built_mib": round(before, 1), "peak_mib": round(peak_memory_mib(device), 1)}
 
 
-def main() -> None:
+def memory_child(
+    config: str, overrides: list[str], device_name: str, tiny: bool, queue: Any
+) -> None:
+    """:func:`stage_memory` in a fresh process (the CPU's peak RSS cannot be reset)."""
+    try:
+        torch.set_num_threads(1)
+        queue.put(stage_memory(config, overrides, device_name, tiny))
+    except BaseException as exc:  # reported by the parent
+        queue.put(RuntimeError(f"{config}: {exc!r}"))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--voc-images", type=int, default=2, help="VOC-size images per round")
+    parser.add_argument("--tiny", action="store_true", help="narrow towers: smoke test only")
     parser.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall time, or process CPU time (steadier on a shared CPU; not for GPU runs)",
+        "--override", nargs="*", default=[], help="key=value for both configs (GPU: bf16 on)"
     )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    parser.add_argument("--out", default=None, help="JSON file or folder (default results/)")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), help="ignored: wall and CPU times are both recorded"
+    )
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
-    labeler = build_labeler(device)
-    gen = torch.Generator().manual_seed(0)
+    towers = build_towers(args.tiny)
+    ssr = make_labeler(preset("voc", args.override), device, towers)
+    clip_es = make_labeler(preset("clip_es", args.override), device, towers)
+    # one setting list for every thread count: the same images throughout
+    all_settings = settings(args.tiny, args.voc_images, device)
 
-    # Smooth random images (SLIC on white noise is degenerate): upsampled coarse noise.
-    def image(b: int, h: int, w: int) -> torch.Tensor:
-        coarse = torch.rand(b, 3, h // 16, w // 16, generator=gen)
-        return F.interpolate(coarse, size=(h, w), mode="bilinear").to(device)
+    results = []
+    thread_counts = args.threads if device.type == "cpu" else [torch.get_num_threads()]
+    for n in thread_counts:
+        with torch_threads(n) as threads:
+            for setting in all_settings:
+                res = bench_setting(ssr, clip_es, setting, args.repeats, device)
+                res["threads"] = threads
+                results.append(res)
+                r = res["ratios_median_wall"]
+                print(
+                    f"[{threads} thr] {res['setting']}: ssr/clip_es {r['ssr_vs_clip_es']:.2f} "
+                    f"(floor {r['floor_backbone_ssr_vs_backbone_clip_es']:.2f}), ssr/backbone "
+                    f"{r['ssr_vs_backbone_ssr']:.2f}, given sp "
+                    f"{r['ssr_given_sp_vs_backbone_ssr']:.2f}, clip_es/backbone "
+                    f"{r['clip_es_vs_backbone_clip_es']:.2f}; ssr "
+                    f"{res['times']['ssr']['median_wall_s']:.2f}s, clip_es "
+                    f"{res['times']['clip_es']['median_wall_s']:.2f}s",
+                    flush=True,
+                )
+                print("   ssr sections:", res["sections_s_per_round"]["ssr"], flush=True)
 
-    settings = [
-        ("batch2_320x320", image(2, 320, 320), [(14, 12), (2,)]),
-        ("voc_500x375_as_512x384", image(1, 384, 512), [(14, 12)]),
-    ]
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    results = [bench_setting(labeler, n, x, lab, args.repeats, clock) for n, x, lab in settings]
-    machine = {
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "clock": args.clock,
-        "repeats": args.repeats,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "note": "shared machine; ratios are measured within one run",
+    # CPU: a fresh process per configuration (peak RSS); CUDA: the allocator's peak, reset
+    # here; --tiny (smoke test): in this process, to keep it quick
+    isolated = device.type == "cpu" and not args.tiny
+    memory = {
+        name: run_in_child(memory_child, name, args.override, args.device, args.tiny)
+        if isolated
+        else stage_memory(name, args.override, args.device, args.tiny)
+        for name in ("voc", "clip_es")
     }
-    report = {"machine": machine, "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"pseudo_labels_{device.type}.json"
-    path.write_text(json.dumps(report, indent=2))
-    for r in results:
-        s = r["seconds"]
-        print(
-            f"{r['setting']}: stage {s['stage']:.2f}s, backbone {s['backbone_1bwd']:.2f}s "
-            f"(1 bwd) / {s['backbone_kbwd']:.2f}s (K bwd) -> ratio "
-            f"{r['ratio_stage_vs_backbone_1bwd']:.2f} / {r['ratio_stage_vs_backbone_kbwd']:.2f}; "
-            f"SGC {100 * r['sgc_share_of_stage']:.1f}% (SLIC {100 * r['slic_share_of_stage']:.1f}%"
-            f"), given superpixels {100 * r['sgc_share_given_superpixels']:.1f}%; PAR+labels "
-            f"{100 * r['par_labels_share_of_stage']:.1f}%; peak {r['peak_memory_mib']:.0f} MiB"
-        )
-        print("  sections:", {k: round(v, 3) for k, v in r["sections_seconds"].items()})
+    report = {
+        "benchmark": "pseudo-label stage: SSR (configs/voc.yaml) vs CLIP-ES (configs/clip_es.yaml)",
+        "machine": machine_info(device),
+        "tiny": args.tiny,
+        "repeats": args.repeats,
+        "overrides": args.override,
+        "targets": {
+            "ssr_vs_clip_es": "<= 1.0 at 1 and 2 threads (issue 14)",
+            "ssr_vs_backbone_ssr": "<= 1.3 at both thread counts",
+            "peak_memory_voc_cpu_mib": "<= 2048",
+        },
+        "results": results,
+        "peak_memory_voc_one_image": {
+            "kind": "CUDA max allocated"
+            if device.type == "cuda"
+            else "process peak RSS" + ("" if isolated else " (shared process: --tiny)"),
+            **memory,
+        },
+        "summary": {
+            f"{r['threads']}thr/{r['setting']}": {
+                "ssr_vs_clip_es": r["ratios_median_wall"]["ssr_vs_clip_es"],
+                "floor": r["ratios_median_wall"]["floor_backbone_ssr_vs_backbone_clip_es"],
+                "ssr_vs_backbone": r["ratios_median_wall"]["ssr_vs_backbone_ssr"],
+                "ssr_given_sp_vs_backbone": r["ratios_median_wall"]["ssr_given_sp_vs_backbone_ssr"],
+                "ssr_s_per_image": round(
+                    statistics.median(r["times"]["ssr"]["wall_s"]) / r["images"], 3
+                ),
+            }
+            for r in results
+        },
+    }
+    path = write_json(out_path(args.out, "pseudo_labels", device), report)
+    print("peak memory:", memory)
     print(f"wrote {path}")
 
 

@@ -17,66 +17,47 @@ medians and minima of ``--repeats`` runs after one warm-up (on a shared machine 
 is the least disturbed run; ``OMP_NUM_THREADS=1`` steadies CPU ratios further).
 Peak memory: CUDA ``max_memory_allocated`` of the step, or the process's peak RSS on CPU.
 With CUDA, the 30k-iteration VOC wall time is projected from the step median.
-Writes ``benchmarks/results/train_<device>.json``.
+Writes ``benchmarks/results/train_<device>.json`` (helpers shared with the other benchmarks in
+``_timing.py`` and ``_models.py``).
 
-    python benchmarks/bench_train.py [--device cpu] [--repeats 3]
+    python benchmarks/bench_train.py [--device cpu] [--repeats 3] [--threads 1 2]
+    python benchmarks/bench_train.py --tiny   # narrow towers, 64 x 64 crops: a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
-import statistics
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
-from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, dino_vit_s16_config
-from ssrseg.cam.prompts import ClassPrompts
-from ssrseg.config import SSRConfig, load_config
+from _models import build_towers, make_labeler, preset
+from _timing import (
+    interleaved,
+    machine_info,
+    out_path,
+    peak_memory_mib,
+    ratio,
+    reset_peak_memory,
+    torch_threads,
+    write_json,
+)
+from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
 from ssrseg.model.ssr import SSRModel
-from ssrseg.pseudo.labeler import PseudoLabeler, Timer
+from ssrseg.pseudo.labeler import Timer
 from ssrseg.rectify.sgc import slic_superpixels
 
 BATCH, CROP = 4, 320
 
 
-def make_labeler(cfg: SSRConfig, device: torch.device) -> PseudoLabeler:
-    """VOC prompts through a word tokenizer; real-size image towers, a 1-layer text tower
-    (it only encodes the prompts once)."""
-    prompts = ClassPrompts.voc()
-    text = " ".join(prompts.class_texts() + prompts.background_texts())
-    tok = WordTokenizer(text.replace(",", " ").replace(".", " ").split(), context_length=16)
-    tcfg = TextConfig(
-        vocab_size=tok.vocab_size,
-        context_length=16,
-        width=512,
-        layers=1,
-        heads=8,
-        eot_token_id=tok.eot_token_id,
-        sot_token_id=tok.sot_token_id,
-    )
-    torch.manual_seed(0)
-    clip = CLIP(CLIPConfig(text=tcfg))
-    dino = VisionTransformer(dino_vit_s16_config())
-    return PseudoLabeler(clip, tok, dino, prompts, cfg).to(device)
-
-
-def make_batch(device: torch.device, cfg: SSRConfig) -> dict[str, Any]:
+def make_batch(device: torch.device, cfg: SSRConfig, crop: int = CROP) -> dict[str, Any]:
     """Blocky synthetic images (SLIC finds structure), 1-3 classes each, superpixels precomputed."""
     g = torch.Generator().manual_seed(0)
     coarse = torch.rand(BATCH, 3, 10, 10, generator=g)
-    images = torch.nn.functional.interpolate(coarse, size=(CROP, CROP), mode="nearest")
-    images = (images + 0.05 * torch.rand(BATCH, 3, CROP, CROP, generator=g)).clamp(0, 1)
+    images = torch.nn.functional.interpolate(coarse, size=(crop, crop), mode="nearest")
+    images = (images + 0.05 * torch.rand(BATCH, 3, crop, crop, generator=g)).clamp(0, 1)
     labels = [(0, 6), (14,), (8, 10, 14), (11, 14)]
     u8 = (images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     sp = torch.stack([slic_superpixels(im, cfg.sgc.n_segments, cfg.sgc.compactness) for im in u8])
@@ -84,37 +65,21 @@ def make_batch(device: torch.device, cfg: SSRConfig) -> dict[str, Any]:
         "images": images.to(device),
         "labels": labels,
         "superpixels": sp,
-        "valid": torch.ones(BATCH, CROP, CROP, dtype=torch.bool),
-        "masks": torch.zeros(BATCH, CROP, CROP, dtype=torch.long),
+        "valid": torch.ones(BATCH, crop, crop, dtype=torch.bool),
+        "masks": torch.zeros(BATCH, crop, crop, dtype=torch.long),
     }
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-
-    cfg = load_config(Path(__file__).parents[1] / "configs" / "voc.yaml", ["data.num_workers=0"])
-    labeler = make_labeler(cfg, device)
+def bench(
+    cfg: SSRConfig, device: torch.device, repeats: int, tiny: bool, crop: int
+) -> dict[str, Any]:
+    """Backbones, labeller, heads and the whole step, interleaved; peak memory of the step."""
+    labeler = make_labeler(cfg, device, build_towers(tiny))
     model = SSRModel(cfg, labeler, num_classes=21).to(device)
     trainer = Trainer(cfg, model, train_set=[], run_dir="/tmp/ssr_bench_unused", progress=False)
     trainer.step = cfg.cmpa.projected_cam_from  # CMPA fully on: projected-space Grad-CAM too
     model.train()
-    batch = make_batch(device, cfg)
+    batch = make_batch(device, cfg, crop)
     images = batch["images"]
     visual, dino = model.visual, labeler.dino
     assert dino is not None
@@ -153,71 +118,84 @@ def main() -> None:
         res["loss"].backward()
         opt.step()
 
-    for fn in (backbones, labeller, heads, step):  # warm-up
-        fn()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     fns = {"backbones": backbones, "labeller": labeller, "heads": heads, "step": step}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            wall, proc = timed(fn, device)
-            times[name].append(wall)
-            cpu[name].append(proc)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    # the timer accumulates over the warm-up and the repeats: per-call means
-    per_call = {k: round(v / (args.repeats + 1), 4) for k, v in sections.items()}
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
-        memory = {"kind": "cuda max_memory_allocated (MiB)", "peak": round(peak_mb, 1)}
-    else:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        memory = {"kind": "process peak RSS (MiB, includes Python and torch)", "peak": round(rss)}
+    for fn in fns.values():  # warm-up
+        fn()
+    sections.clear()
+    reset_peak_memory(device)
+    times = interleaved(fns, device, repeats, warmup=0)
+    per_call = {k: round(v / repeats, 4) for k, v in sections.items()}
+    memory = {
+        "kind": "CUDA max allocated (MiB)"
+        if device.type == "cuda"
+        else "process peak RSS (MiB, includes Python and torch)",
+        "peak": round(peak_memory_mib(device), 1),
+    }
     result: dict[str, Any] = {
-        "benchmark": "train_step",
-        "device": str(device),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "torch": torch.__version__,
-        },
-        "setting": {"batch": BATCH, "crop": CROP, "amp": str(trainer.amp), "repeats": args.repeats},
-        "median_s": {k: round(v, 4) for k, v in med.items()},
-        "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+        "setting": {"batch": BATCH, "crop": crop, "amp": str(trainer.amp), "repeats": repeats},
+        "times": times,
         "labeller_sections_s": per_call,
-        # minimum over repeats: the run least disturbed by other jobs on a shared machine
-        "min_s": {k: round(min(v), 4) for k, v in times.items()},
-        "min_ratio_step_to_backbones": round(min(times["step"]) / min(times["backbones"]), 3),
-        "min_ratio_labeller_to_backbones": round(
-            min(times["labeller"]) / min(times["backbones"]), 3
+        "par_and_labels_share_of_step": round(
+            per_call.get("labels", 0.0) / times["step"]["median_wall_s"], 3
         ),
-        "min_ratio_heads_to_backbones": round(min(times["heads"]) / min(times["backbones"]), 3),
-        "ratio_step_to_backbones": round(med["step"] / med["backbones"], 3),
-        "ratio_labeller_to_backbones": round(med["labeller"] / med["backbones"], 3),
-        "ratio_heads_to_backbones": round(med["heads"] / med["backbones"], 3),
-        # process CPU time: steadier than wall time on a shared CPU machine
-        "cpu_median_s": {k: round(v, 4) for k, v in cmed.items()},
-        "cpu_ratio_step_to_backbones": round(cmed["step"] / cmed["backbones"], 3),
-        "cpu_ratio_labeller_to_backbones": round(cmed["labeller"] / cmed["backbones"], 3),
-        "cpu_ratio_heads_to_backbones": round(cmed["heads"] / cmed["backbones"], 3),
-        "target_ratio": 1.6,
         "memory": memory,
     }
-    if device.type == "cuda":
-        hours = med["step"] * cfg.train.iterations / 3600
-        result["projection"] = {
-            "voc_30k_hours": round(hours, 2),
-            "weclip_reference": "4.5 h / 6.2 GB on an RTX 3090 (published)",
+    for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
+        tag = clock.removesuffix("_s")
+        result[f"ratios_{tag}"] = {
+            "step_vs_backbones": ratio(times, "step", "backbones", clock),
+            "labeller_vs_backbones": ratio(times, "labeller", "backbones", clock),
+            "heads_vs_backbones": ratio(times, "heads", "backbones", clock),
         }
-    else:
-        result["projection"] = "pending a GPU measurement (CPU times do not project to a GPU)"
-    out = Path(args.out or Path(__file__).parent / "results" / f"train_{device.type}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    if device.type == "cuda":
+        step_s = times["step"]["median_wall_s"]
+        result["projection_voc"] = {
+            "iterations": cfg.train.iterations,
+            "hours": round(step_s * cfg.train.iterations / 3600, 2),
+            "peak_memory_gib": round(memory["peak"] / 1024, 2),
+            "weclip_reference": "4.5 h / 6.2 GB on an RTX 3090 (published)",
+            "goal": "<= 1 h, <= 6 GB",
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, nargs="+", default=[None])
+    parser.add_argument("--tiny", action="store_true", help="narrow towers: smoke test only")
+    parser.add_argument("--override", nargs="*", default=[], help="config key=value")
+    parser.add_argument("--out", default=None, help="JSON file or folder (default results/)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cfg = preset("voc", args.override)
+    crop = 64 if args.tiny else CROP
+    results = []
+    for n in args.threads if device.type == "cpu" else [None]:
+        with torch_threads(n) as threads:
+            res = bench(cfg, device, args.repeats, args.tiny, crop)
+            res["threads"] = threads
+            results.append(res)
+            r = res["ratios_median_wall"]
+            print(
+                f"[{threads} thr] step/backbones {r['step_vs_backbones']:.2f}, labeller "
+                f"{r['labeller_vs_backbones']:.2f}, heads {r['heads_vs_backbones']:.2f}; step "
+                f"{res['times']['step']['median_wall_s']:.2f}s; peak {res['memory']['peak']} MiB",
+                flush=True,
+            )
+    report = {
+        "benchmark": "train_step",
+        "machine": machine_info(device),
+        "tiny": args.tiny,
+        "overrides": args.override,
+        "targets": {"step_vs_backbones": "<= 1.6 (docs/training.md)"},
+        "results": results,
+    }
+    if device.type != "cuda":
+        report["projection_voc"] = "needs a GPU measurement (CPU times do not project to a GPU)"
+    path = write_json(out_path(args.out, "train", device), report)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
