@@ -15,6 +15,7 @@ from ssrseg.toy.cmpa_probe import (
     HeadRun,
     ProbeData,
     at_scale,
+    background_accuracy,
     image_accuracy,
     pair_accuracy,
     recalibrated,
@@ -85,3 +86,15 @@ def test_train_heads_frozen_tau_and_schedule() -> None:
         cfg, data, HeadRun("neg", 2, background_negatives=True), text, torch.randn(3, 4)
     )
     assert neg.proto_valid.sum() == 2
+
+
+def test_background_accuracy_pools_where_the_cam_is_low() -> None:
+    # image 0: CAM on patch 0 only, so its background feature is patch 1 (along e1): nearest
+    # to background prompt 1, but its context is 0 -> miss; image 1: CAM on patch 0, background
+    # feature = patch 1 = (0, 0.8, 0.2, 0): nearest to prompt 1 = its context -> hit
+    data = _data()
+    data.contexts = [0, 1]
+    data.cams = [torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[1.0, 0.0]]])]
+    data.patch_emb[0, 1] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    bg = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    assert background_accuracy(None, data, [0, 1], bg) == 50.0

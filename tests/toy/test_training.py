@@ -162,7 +162,12 @@ def test_attention_grouping_wrapper_matches_the_pure_function() -> None:
 
 
 @pytest.mark.slow
-def test_train_dino_smoke_with_masked_patches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "losses",
+    [{}, {"dino_weight": 1.0, "mim_weight": 1.0, "pool": "mean"}],
+    ids=["default-denoise-only", "dino-ibot-denoise"],
+)
+def test_train_dino_smoke(tmp_path, losses) -> None:  # type: ignore[no-untyped-def]
     from ssrseg.backbones.weights import load_dino
     from ssrseg.toy.train_dino import DinoTrainArgs, train_dino
 
@@ -170,7 +175,7 @@ def test_train_dino_smoke_with_masked_patches(tmp_path) -> None:  # type: ignore
     args = DinoTrainArgs(
         out=str(out), steps=2, minutes=None, batch_size=2, width=16, layers=2, heads=2,
         global_size=32, local_size=16, local_crops=1, out_dim=16, workers=0, eval_images=2,
-        grouping_images=2, eval_every=1, pool="mean", mim_weight=1.0,
+        grouping_images=2, eval_every=1, **losses,
     )  # fmt: skip
     record = train_dino(args)
     assert record["steps"] == 2 and len(record["grouping_history"]) == 2
@@ -194,3 +199,11 @@ def test_patch_colour_noise_is_constant_per_patch_and_patch_pixels_order() -> No
     # token 1 = top-right 2x2 cell; channels first, then rows, then columns
     assert pix.shape == (2, 4, 12)
     assert pix[0, 1, :4].tolist() == [2.0, 3.0, 6.0, 7.0]
+
+
+def test_train_dino_refuses_all_zero_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ssrseg.toy.train_dino import DinoTrainArgs, train_dino
+
+    args = DinoTrainArgs(out=str(tmp_path / "d.safetensors"), steps=1, denoise_weight=0.0)
+    with pytest.raises(ValueError, match="all loss weights are 0"):
+        train_dino(args)

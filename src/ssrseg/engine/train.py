@@ -413,7 +413,7 @@ class Trainer:
             if isinstance(self.acc, FeatureBank):
                 # K-means sees every rank's features, in rank order
                 self.acc.extend(all_gather_objects(self.acc.state_dict(), self.ctx))
-                cmpa.refresh(self.acc, model.labeler.class_emb)
+                cmpa.refresh(self.acc, torch.as_tensor(model.labeler.class_emb))
             else:
                 all_reduce_sum_(self.acc.sum, self.ctx)
                 all_reduce_sum_(self.acc.count, self.ctx)

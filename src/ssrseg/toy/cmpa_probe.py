@@ -84,17 +84,21 @@ class ProbeData:
     patch_emb: Tensor
     cams: list[Tensor]
     grid: tuple[int, int]
+    contexts: list[int] = dataclasses.field(default_factory=list)  # index into BACKGROUNDS
 
 
-def render(split: str, n: int, seed: int) -> tuple[Tensor, Tensor, list[tuple[int, ...]]]:
-    """Scenes 0..n-1 of a toy split: images in [0, 1], masks, labels."""
+def render(
+    split: str, n: int, seed: int
+) -> tuple[Tensor, Tensor, list[tuple[int, ...]], list[int]]:
+    """Scenes 0..n-1 of a toy split: images in [0, 1], masks, labels, background contexts."""
     from ssrseg.data.toy import ToyWorld
 
     world = ToyWorld(split, seed)
     samples = [world[i] for i in range(n)]
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples])
     masks = torch.stack([torch.from_numpy(s.mask).long() for s in samples])
-    return images.float() / 255.0, masks, [tuple(s.labels) for s in samples]
+    labels = [tuple(s.labels) for s in samples]
+    return images.float() / 255.0, masks, labels, [int(s.background) for s in samples]
 
 
 def build_labeler(cfg: SSRConfig, background_words: bool = True) -> PseudoLabeler:
@@ -138,7 +142,7 @@ def label_and_score(
 
 def cache_inputs(labeler: PseudoLabeler, n_train: int, seed: int) -> ProbeData:
     """One raw Grad-CAM pass over the first ``n_train`` training scenes."""
-    images, masks, labels = render("train", n_train, seed)
+    images, masks, labels, contexts = render("train", n_train, seed)
     embs: list[Tensor] = []
     cams: list[Tensor] = []
     grid: list[tuple[int, int]] = []
@@ -149,7 +153,7 @@ def cache_inputs(labeler: PseudoLabeler, n_train: int, seed: int) -> ProbeData:
         grid[:] = [out.grid]
 
     label_and_score(labeler, images, masks, labels, keep=keep)
-    return ProbeData(images, masks, labels, torch.cat(embs), cams, grid[0])
+    return ProbeData(images, masks, labels, torch.cat(embs), cams, grid[0], contexts)
 
 
 @dataclass(frozen=True)
@@ -310,6 +314,28 @@ def image_accuracy(
 
 
 @torch.no_grad()
+def background_accuracy(
+    cmpa: CMPA | None, data: ProbeData, idx: Sequence[int], bg_emb: Tensor
+) -> float:
+    """Share of images whose background feature (patches weighted by ``1 - max_c CAM``, the
+    CAM's own background) is nearest (cosine) to the prompt of the scene's context among the
+    background prompts: projected space (eval-mode heads) or, with ``cmpa`` None, the raw one.
+    CLIP-ES's background words suppress the background only where this alignment holds; L_proto
+    never trains it. bg_emb must follow ``ssrseg.data.toy.BACKGROUNDS``'s order."""
+    feats = data.patch_emb[list(idx)]
+    text = bg_emb
+    if cmpa is not None:
+        cmpa.eval()
+        feats = cmpa.project_image(feats)
+        text = cmpa.project_text(bg_emb)
+    weights = [1.0 - data.cams[i].amax(dim=0, keepdim=True) for i in idx]
+    pooled = torch.cat(masked_average_pool(feats, weights, data.grid))
+    best = (F.normalize(pooled, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
+    hits = [int(b) == data.contexts[i] for b, i in zip(best.tolist(), idx, strict=True)]
+    return 100.0 * sum(hits) / max(1, len(hits))
+
+
+@torch.no_grad()
 def at_scale(cmpa: CMPA, scale: float) -> CMPA:
     """A copy whose temperature is ``1 / scale``."""
     out = copy.deepcopy(cmpa)
@@ -326,8 +352,10 @@ def run_probe(
     overrides: Sequence[str] = (),
     seed: int = 0,
     progress: bool = True,
+    match: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """Every measurement; returns the table's rows (also printed)."""
+    """Every measurement (head runs whose name contains one of ``match``, all when empty);
+    returns the table's rows (also printed)."""
     from ssrseg.engine.demo import default_config_path
 
     torch.set_num_threads(1)
@@ -342,6 +370,10 @@ def run_probe(
     raw_scale = float(raw_labeler.raw_logit_scale)  # the preset's or the CLIP's learned scale
     class_emb = labeler.class_emb.float()
     bg_emb = labeler.bg_emb.float()
+    from ssrseg.data.toy import BACKGROUNDS
+
+    if bg_emb.shape[0] != len(BACKGROUNDS):
+        raise ValueError(f"expected the {len(BACKGROUNDS)} toy background words in the prompts")
     data = cache_inputs(raw_labeler, n_train, seed)
     s_img, s_mask, s_lab = data.images[:n_score], data.masks[:n_score], data.labels[:n_score]
     score_idx = list(range(n_score))
@@ -363,6 +395,7 @@ def run_probe(
             "miou": raw,
             "pair_acc": round(pair_accuracy(None, data, score_idx, class_emb), 1),
             "image_acc": round(image_accuracy(None, data, score_idx, class_emb), 1),
+            "bg_acc": round(background_accuracy(None, data, score_idx, bg_emb), 1),
         }
     )
     emit({"row": f"raw CLIP CAM at scale {1.0 / cfg.cmpa.tau_init:g}", "miou": score(raw_20, None)})
@@ -380,12 +413,17 @@ def run_probe(
             f"CMPA {short} it., background prompts as negatives", short, background_negatives=True
         ),
         HeadRun(f"CMPA {short} it., kmeans prototypes", short, {"prototypes": "kmeans"}),
+        # one plain Linear per head: mean_p ISA(v_p) = ISA(mean_p v_p), so the CAM's gradient is
+        # the same at every patch, as in the raw space
+        HeadRun(f"CMPA {short} it., linear heads", short, {"num_layers": 1}),
         HeadRun(f"CMPA {long} it.", long),
         HeadRun(
             f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
         ),
         HeadRun(f"CMPA {long} it., kmeans prototypes", long, {"prototypes": "kmeans"}),
     ]
+    if match:
+        runs = [r for r in runs if any(m in r.name for m in match)]
     marks = sorted({m for m in (short, long // 4, long // 2, long) if 0 < m < long})
     for run in runs:
         timeline: dict[int, float] = {}
@@ -408,6 +446,7 @@ def run_probe(
             "loss": round(last["loss"], 3),
             "pair_acc": round(pair_accuracy(cmpa, data, score_idx, class_emb), 1),
             "image_acc": round(image_accuracy(cmpa, data, score_idx, class_emb), 1),
+            "bg_acc": round(background_accuracy(cmpa, data, score_idx, bg_emb), 1),
             f"at_scale_{raw_scale:g}": score(labeler, at_scale(cmpa, raw_scale)),
             "bn_recalibrated": score(labeler, recalibrated(cmpa, data, class_emb)),
             "no_bg_words": score(labeler_nobg, cmpa),
@@ -435,11 +474,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="preset (default: configs/toy.yaml)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument(
+        "--match", action="append", default=[], help="only head runs whose name contains this"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_train, args.n_score, args.short, args.long = 16, 8, 4, 8
-    rows = run_probe(args.n_train, args.n_score, args.short, args.long, args.config, args.overrides)
+    rows = run_probe(
+        args.n_train,
+        args.n_score,
+        args.short,
+        args.long,
+        args.config,
+        args.overrides,
+        match=args.match,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

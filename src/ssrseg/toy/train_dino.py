@@ -68,6 +68,10 @@ class DinoTrainArgs:
     # clean pixels from its final token
     denoise_weight: float = 1.0
     denoise_sigma: float = 0.5
+    # weight of DINO's self-distillation term; 0 (the default recipe, docs/toy_world.md): the
+    # ViT learns from patch denoising alone (no teacher forward, no local crops; the saved
+    # network is still the EMA teacher)
+    dino_weight: float = 0.0
     threads: int = 1
     workers: int = 1
     eval_images: int = 200
@@ -352,6 +356,12 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
     center_patch = torch.zeros(1, 1, args.out_dim)
     use_mim = args.mim_weight > 0
     use_denoise = args.denoise_weight > 0
+    use_dino = args.dino_weight > 0
+    if not (use_mim or use_denoise or use_dino):
+        raise ValueError("all loss weights are 0: set dino_weight, mim_weight or denoise_weight")
+    # the network saved and scored: DINO's released network is its EMA teacher; with no
+    # teacher-based term the teacher is only a lagging average, so the student is kept
+    kept = teacher if (use_dino or use_mim) else student
     g = args.global_size // args.patch_size
     eval_images = grouping_scenes(args.grouping_images, args.seed)
     history: list[dict[str, Any]] = []
@@ -376,11 +386,15 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
         globals_ = torch.cat(
             [random_crops(images, args.global_size, (0.35, 1.0), gen) for _ in range(2)]
         )
-        locals_ = torch.cat(
-            [
-                random_crops(images, args.local_size, (0.08, 0.35), gen)
-                for _ in range(args.local_crops)
-            ]
+        locals_ = (
+            torch.cat(
+                [
+                    random_crops(images, args.local_size, (0.08, 0.35), gen)
+                    for _ in range(args.local_crops)
+                ]
+            )
+            if use_dino
+            else None
         )
         total = budget.total(step)
         if total is not None and bar.total != total:
@@ -402,10 +416,17 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             else globals_
         )
         s_cls, s_patch, s_tokens = student.forward_tokens(s_in, mask, patches=use_mim)
-        s_out = torch.cat([s_cls, student([locals_])])
-        with torch.no_grad():
-            t_out, t_patch, _ = teacher.forward_tokens(globals_, None, patches=use_mim)
-        loss = dino_loss(s_out, t_out, center, 2, args.student_temp, args.teacher_temp)
+        loss = torch.zeros(())
+        t_out: Tensor | None = None
+        t_patch: Tensor | None = None
+        if use_dino or use_mim:
+            with torch.no_grad():
+                t_out, t_patch, _ = teacher.forward_tokens(globals_, None, patches=use_mim)
+        if use_dino:
+            assert locals_ is not None and t_out is not None
+            s_out = torch.cat([s_cls, student([locals_])])
+            cls_loss = dino_loss(s_out, t_out, center, 2, args.student_temp, args.teacher_temp)
+            loss = loss + args.dino_weight * cls_loss
         den = torch.zeros(())
         if use_denoise:
             clean = patch_pixels(student.backbone.normalize(globals_), args.patch_size)
@@ -427,8 +448,9 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
         with torch.no_grad():
             for ps, pt in zip(student.parameters(), teacher.parameters(), strict=True):
                 pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
-            batch_center = t_out.mean(dim=0, keepdim=True)
-            center.mul_(args.center_momentum).add_(batch_center, alpha=1 - args.center_momentum)
+            if t_out is not None:
+                batch_center = t_out.mean(dim=0, keepdim=True)
+                center.mul_(args.center_momentum).add_(batch_center, alpha=1 - args.center_momentum)
             if t_patch is not None:
                 patch_center = t_patch.mean(dim=(0, 1), keepdim=True)
                 center_patch.mul_(args.center_momentum).add_(
@@ -445,14 +467,13 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             m=f"{momentum:.4f}",
         )
         if args.eval_every and step % args.eval_every == 0:
-            history.append({"step": step, "grouping": grouping(teacher.backbone, eval_images)})
+            history.append({"step": step, "grouping": grouping(kept.backbone, eval_images)})
             tqdm.write(f"step {step}: same-label attention / chance {history[-1]['grouping']}")
         if time.monotonic() - last_save > args.save_every_min * 60:
-            save_dino(teacher.backbone, out, {"partial": True, "steps": step})
+            save_dino(kept.backbone, out, {"partial": True, "steps": step})
             last_save = time.monotonic()
     bar.close()
     seconds = budget.elapsed()
-    # The teacher is DINO's released network.
     record: dict[str, Any] = {
         "seed": args.seed,
         "steps": step,
@@ -462,12 +483,10 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
         "final_loss": round(float(ema_loss or 0.0), 4),
         "args": {k: v for k, v in vars(args).items() if k != "out"},
     }
-    record["attention"] = attention_foreground_auc(teacher.backbone, args.eval_images)
-    record["attention"]["same_label_mass_by_block"] = grouping(teacher.backbone, eval_images)
+    record["attention"] = attention_foreground_auc(kept.backbone, args.eval_images)
+    record["attention"]["same_label_mass_by_block"] = grouping(kept.backbone, eval_images)
     record["attention"]["grouping_scenes"] = f"val 0..{args.grouping_images - 1}"
     if history:
         record["grouping_history"] = history
-    save_dino(
-        teacher.backbone, out, {"steps": step, "seed": args.seed, "record": json.dumps(record)}
-    )
+    save_dino(kept.backbone, out, {"steps": step, "seed": args.seed, "record": json.dumps(record)})
     return record
