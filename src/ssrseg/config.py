@@ -169,6 +169,10 @@ class CMPAConfig:
     symmetric: bool = True  # [decision] text-to-visual-prototype term, paper's aim (ii)
     prototypes: str = "class_mean"  # [decision] class_mean | kmeans (paper's variant)
     refresh_every: int = 5000  # [paper] visual prototype refresh period (iterations)
+    kmeans_iters: int = 50  # [decision] Lloyd iterations of a K-means refresh (kmeans mode)
+    # [decision] kmeans mode: f_ic kept between refreshes (the newest; 5000 it. x batch 4 x
+    # ~1.5 classes = 30k on VOC)
+    kmeans_max_features: int = 50000
     start_iter: int = 0  # [decision] iteration from which the prototype loss trains the heads
     # [decision] iteration from which online pseudo labels use CMPA-projected CAMs (needs
     # cam.projected=true; presets wait until the heads have trained)
@@ -703,7 +707,3 @@ def validate_config(cfg: SSRConfig) -> SSRConfig:
             values = ", ".join(f"{k}={_lookup(cfg, k)!r}" for k in keys)
             raise ConfigError(f"{values} is not allowed ({allowed})")
     return cfg
-    kmeans_iters: int = 50  # [decision] Lloyd iterations of a K-means refresh (kmeans mode)
-    # [decision] kmeans mode: f_ic kept between refreshes (the newest; 5000 it. x batch 4 x
-    # ~1.5 classes = 30k on VOC)
-    kmeans_max_features: int = 50000
