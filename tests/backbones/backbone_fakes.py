@@ -46,29 +46,38 @@ def tiny_dino_config() -> ViTConfig:
     )
 
 
-def tiny_hf_clip():  # -> transformers.CLIPModel
-    """A random transformers CLIPModel: vision 64 wide / 2 layers / 4 heads / patch 8 / 32 px,
-    text 32 wide / 2 layers / 2 heads / vocab 100 (SOT 98, EOT 99) / context 16."""
+def tiny_hf_clip(
+    vocab_size: int = 100,
+    context_length: int = 16,
+    sot: int = 98,
+    eot: int = 99,
+    pad: int = 0,
+    vision_layers: int = 2,
+):  # -> transformers.CLIPModel
+    """A random transformers CLIPModel: vision 64 wide / ``vision_layers`` layers / 4 heads /
+    patch 8 / 32 px, text 32 wide / 2 layers / 2 heads / ``vocab_size`` (SOT ``sot``, EOT
+    ``eot``) / context ``context_length``. The defaults are the tiny vocabulary of
+    :func:`tiny_bpe`; the real-vocabulary tests pass CLIP's 49408 / 77 / 49406 / 49407."""
     from transformers import CLIPConfig as HFCLIPConfig
     from transformers import CLIPModel
 
     cfg = HFCLIPConfig(
         text_config=dict(
-            vocab_size=100,
+            vocab_size=vocab_size,
             hidden_size=32,
             intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=98,
-            eos_token_id=99,
-            pad_token_id=0,
+            max_position_embeddings=context_length,
+            bos_token_id=sot,
+            eos_token_id=eot,
+            pad_token_id=pad,
             hidden_act="quick_gelu",
         ),
         vision_config=dict(
             hidden_size=64,
             intermediate_size=256,
-            num_hidden_layers=2,
+            num_hidden_layers=vision_layers,
             num_attention_heads=4,
             image_size=32,
             patch_size=8,

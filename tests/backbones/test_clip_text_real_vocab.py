@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from backbone_fakes import hf_to_openai
+from backbone_fakes import hf_to_openai, tiny_hf_clip
 from bpe_corpus import preset_prompts, varied_strings
 from openai_reference import VOCAB_GZ, package_file, reference_tokenizer, write_hf_files
 from safetensors import safe_open
@@ -20,40 +20,12 @@ from ssrseg.cli import main
 
 @pytest.fixture(scope="module")
 def hf_clip():
-    """transformers CLIPModel: text vocabulary 49408, context 77, SOT 49406, EOT 49407."""
-    from transformers import CLIPConfig, CLIPModel
-
+    """transformers CLIPModel: text vocabulary 49408, context 77, SOT 49406, EOT 49407 (pad 1,
+    transformers' default), one vision block (the vision tower is not under test)."""
     torch.manual_seed(7)
-    cfg = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            hidden_act="quick_gelu",
-        ),
-        vision_config=dict(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            hidden_act="quick_gelu",
-        ),
-        projection_dim=24,
-        attn_implementation="eager",
+    return tiny_hf_clip(
+        vocab_size=49408, context_length=77, sot=49406, eot=49407, pad=1, vision_layers=1
     )
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():  # non-trivial LayerNorms and biases
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def _texts() -> list[str]:
