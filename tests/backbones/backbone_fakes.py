@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.random_weights import TINY_WORDS, synthetic_bpe, write_hf_bpe  # noqa: F401 (re-exported)
@@ -116,6 +117,31 @@ def tiny_hf_dino():  # -> transformers.ViTModel
             if name.endswith("bias") or "norm" in name or "token" in name:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+class _Node(nn.Module):
+    """Container of parameters with arbitrary (OpenAI-style) names."""
+
+
+class _Root(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.logit_scale.exp()
+
+
+def module_from_state(sd: dict[str, torch.Tensor]) -> nn.Module:
+    """A module whose parameters are ``sd`` under its dotted names (``visual.conv1.weight`` ...),
+    traceable with a 1-element input (``x * logit_scale.exp()``) so ``torch.jit.trace(...).save``
+    writes a TorchScript archive with OpenAI's key names, as ``ViT-B-16.pt`` is."""
+    root: nn.Module = _Root()
+    for key, value in sd.items():
+        *path, leaf = key.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, _Node())
+            node = getattr(node, part)
+        node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+    return root
 
 
 def _hf_key(sd, *options):

@@ -11,8 +11,13 @@ import collections
 
 import pytest
 import torch
-from backbone_fakes import hf_to_openai, hf_vit_to_dino_official, tiny_hf_clip, tiny_hf_dino
-from torch import nn
+from backbone_fakes import (
+    hf_to_openai,
+    hf_vit_to_dino_official,
+    module_from_state,
+    tiny_hf_clip,
+    tiny_hf_dino,
+)
 
 from ssrseg.backbones.convert import detect_layout
 from ssrseg.backbones.weights import WeightsError, load_clip_model, load_dino
@@ -104,32 +109,10 @@ def test_openai_layout_needs_heads_when_width_is_not_a_multiple_of_64(hf_clip, t
         load_clip_model(str(tmp_path / "c.pt"), vision_heads=4)
 
 
-class _Node(nn.Module):
-    """Container of parameters with arbitrary (OpenAI-style) names."""
-
-
-class _Root(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.logit_scale.exp()
-
-
-def _module_from_state(sd: dict[str, torch.Tensor]) -> nn.Module:
-    root: nn.Module = _Root()
-    for key, value in sd.items():
-        *path, leaf = key.split(".")
-        node = root
-        for part in path:
-            if not hasattr(node, part):
-                node.add_module(part, _Node())
-            node = getattr(node, part)
-        node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
-    return root
-
-
 def test_torchscript_archive_read_without_running_code(hf_clip, tmp_path):
     # OpenAI ships fp16 weights in its archive: the reader keeps them, the loader casts.
     sd = {k: v.half() for k, v in hf_to_openai(hf_clip.state_dict()).items()}
-    module = _module_from_state(sd)
+    module = module_from_state(sd)
     # Non-weight tensors OpenAI's archive also carries: metadata scalars and the causal mask.
     module.register_buffer("input_resolution", torch.tensor(32))
     module.transformer.resblocks.get_submodule("0").register_buffer(
@@ -241,7 +224,7 @@ def test_torchscript_fallback_needs_explicit_trust(hf_clip, tmp_path, monkeypatc
     # fp16 as OpenAI's archive (an archive's fp32 Linear weights would be rounded to fp16)
     sd = {k: v.half() for k, v in hf_to_openai(hf_clip.state_dict()).items()}
     example = torch.ones(1, dtype=torch.half)
-    torch.jit.trace(_module_from_state(sd), example).save(str(tmp_path / "ts.pt"))
+    torch.jit.trace(module_from_state(sd), example).save(str(tmp_path / "ts.pt"))
 
     def refuse(self, module, name):
         raise torchscript.pickle.UnpicklingError(f"refusing to load {module}.{name}")

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from backbone_fakes import hf_to_openai, tiny_hf_clip
+from backbone_fakes import hf_to_openai, module_from_state, tiny_hf_clip
 from torch import nn
 
 from ssrseg.backbones.weights import load_clip_model
@@ -90,23 +90,7 @@ def _clip_es_cpu_weights(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def _save_archive(sd: dict[str, torch.Tensor], path) -> None:
     """A TorchScript archive with OpenAI's key names holding ``sd`` as stored."""
-
-    class Node(nn.Module):
-        pass
-
-    class Root(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.logit_scale.exp()
-
-    root: nn.Module = Root()
-    for key, value in sd.items():
-        *parts, leaf = key.split(".")
-        node = root
-        for part in parts:
-            if not hasattr(node, part):
-                node.add_module(part, Node())
-            node = getattr(node, part)
-        node.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+    root = module_from_state(sd)
     example = torch.ones(1, dtype=sd["logit_scale"].dtype)
     torch.jit.trace(root, example).save(str(path))
 
