@@ -5,15 +5,18 @@ runs end to end with a random small DINOv2 (with and without registers)."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+from tests_model_fakes import word_clip
+
 from ssrseg.backbones.dino import dino_input_size, run_on_grid
 from ssrseg.backbones.dinov2 import dinov2_config
-from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig, dino_vit_s16_config
+from ssrseg.backbones.vit import VisionTransformer, dino_vit_s16_config
 from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.config import load_config
 from ssrseg.pseudo.labeler import PseudoLabeler
@@ -67,14 +70,7 @@ SMALL = ["par.iterations=3", "par.dilations=[1,2]", "sgc.n_segments=12", "affini
 
 
 def _labeler(registers: bool) -> PseudoLabeler:
-    torch.manual_seed(0)
-    tok = WordTokenizer(WORDS, context_length=8)
-    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
-    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
+    clip, tok, _ = word_clip(WORDS, seed=0)
     prompts = ClassPrompts(
         names=("square", "disk", "star"), prompts=("red square", "blue disk", "green star"),
         background=("water",), template="a photo of {}",

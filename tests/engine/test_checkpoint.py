@@ -12,7 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
-from tests_model_fakes import FakeLabeler, tiny_clip, tiny_config
+from tests_model_fakes import tiny_config, tiny_ssr_model
 
 from ssrseg.engine import checkpoint as ckpt_mod
 from ssrseg.engine.checkpoint import (
@@ -30,9 +30,7 @@ from ssrseg.model.ssr import SSRModel
 
 
 def _model(seed: int) -> SSRModel:
-    clip = tiny_clip()  # same frozen backbone for every model (seed 0)
-    torch.manual_seed(seed)
-    return SSRModel(tiny_config(), FakeLabeler(clip, 3), 4)
+    return tiny_ssr_model(tiny_config(), seed)
 
 
 def _save(run: Path, model: SSRModel, step: int, keep: int | None = None) -> Path:

@@ -4,18 +4,20 @@ kill-and-resume equality (the feature bank between refreshes is checkpointed).""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
-from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip, tiny_config
+from tests_model_fakes import (  # one_thread: autouse fixture
+    TinySegDataset,
+    one_thread,  # noqa: F401
+    tiny_config,
+    tiny_ssr_model,
+)
 
 from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
-from ssrseg.model.ssr import SSRModel
 from ssrseg.rectify.cmpa import FeatureBank
 
 KMEANS = {
@@ -31,27 +33,13 @@ KMEANS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(**over: object) -> SSRConfig:
     return tiny_config(**{**KMEANS, **over})
 
 
-def _model(cfg: SSRConfig, seed: int) -> SSRModel:
-    clip = tiny_clip()
-    torch.manual_seed(seed)
-    return SSRModel(cfg, FakeLabeler(clip, 3), 4)
-
-
 def test_kmeans_refreshes_on_schedule_and_banks_features(tmp_path: Path) -> None:
     cfg = _cfg(train__iterations=5, train__ckpt_every=100)
-    model = _model(cfg, 0)
+    model = tiny_ssr_model(cfg, 0)
     trainer = Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False)
     assert isinstance(trainer.acc, FeatureBank)
     trainer.fit(stop_after=2)
@@ -68,13 +56,13 @@ def test_kmeans_refreshes_on_schedule_and_banks_features(tmp_path: Path) -> None
 def test_kmeans_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # checkpoint at step 4 (mid-interval: the bank holds step 4's features), refreshes at 3, 6
     cfg = _cfg(train__iterations=7, train__ckpt_every=4)
-    straight = _model(cfg, 0)
+    straight = tiny_ssr_model(cfg, 0)
     Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
 
-    first = _model(cfg, 0)
+    first = tiny_ssr_model(cfg, 0)
     Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=4)
     torch.manual_seed(123)
-    resumed = _model(cfg, 7)
+    resumed = tiny_ssr_model(cfg, 7)
     trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
     assert trainer.fit(resume=tmp_path / "b") == 7
     a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()

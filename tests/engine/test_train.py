@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
-from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip, tiny_config
+from tests_model_fakes import (  # one_thread: autouse fixture
+    TinySegDataset,
+    one_thread,  # noqa: F401
+    record_loss_targets,
+    tiny_config,
+    tiny_ssr_model,
+)
 
 from ssrseg.config import SSRConfig, load_config
 from ssrseg.engine.schedule import StepBatchSampler, batch_indices, lr_factor
 from ssrseg.engine.train import Trainer, amp_dtype, fit_to_patch, param_groups
-from ssrseg.model.ssr import SSRModel
 
 FAST = {
     "data__crop_size": 32,
@@ -30,23 +34,8 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors: thread hand-offs cost far more than the maths on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(**over: object) -> SSRConfig:
     return tiny_config(**{**FAST, **over})
-
-
-def _model(cfg: SSRConfig, seed: int) -> SSRModel:
-    clip = tiny_clip()
-    torch.manual_seed(seed)
-    return SSRModel(cfg, FakeLabeler(clip, 3), 4)
 
 
 def test_lr_factor_warmup_then_poly() -> None:
@@ -73,7 +62,7 @@ def test_data_order_is_an_epoch_permutation_split_over_ranks() -> None:
 
 def test_param_groups_and_amp() -> None:
     cfg = tiny_config(train__lr=1e-3, train__decoder_lr_mult=10)
-    groups = {g["name"]: g for g in param_groups(_model(cfg, 0), cfg)}
+    groups = {g["name"]: g for g in param_groups(tiny_ssr_model(cfg, 0), cfg)}
     assert groups["decoder"]["base_lr"] == pytest.approx(1e-2)
     assert groups["cmpa"]["base_lr"] == pytest.approx(1e-3)
     assert groups["tau"]["weight_decay"] == 0.0 and len(groups["tau"]["params"]) == 1
@@ -92,7 +81,7 @@ def test_training_reduces_the_loss_and_logs(tmp_path: Path) -> None:
         train__log_every=10,
         cmpa__refresh_every=1000,  # the symmetric term would join mid-run and lift the total
     )
-    trainer = Trainer(cfg, _model(cfg, 0), TinySegDataset(), tmp_path, progress=False)
+    trainer = Trainer(cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path, progress=False)
     assert trainer.fit() == 30
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
@@ -110,7 +99,7 @@ def test_cmpa_schedule_and_prototype_refresh(tmp_path: Path) -> None:
         cmpa__projected_cam_from=3,
         cam__projected="true",
     )
-    model = _model(cfg, 0)
+    model = tiny_ssr_model(cfg, 0)
     trainer = Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False)
     trainer.fit()
     # CMPA CAMs handed to the labeller from step 3 only; L_proto from step 1
@@ -123,7 +112,7 @@ def test_cmpa_schedule_and_prototype_refresh(tmp_path: Path) -> None:
 def test_validation_reports_both_mious(tmp_path: Path) -> None:
     cfg = _cfg(train__iterations=2, train__val_every=2, train__ckpt_every=100)
     data = TinySegDataset(n=3)
-    trainer = Trainer(cfg, _model(cfg, 0), data, tmp_path, val_set=data, progress=False)
+    trainer = Trainer(cfg, tiny_ssr_model(cfg, 0), data, tmp_path, val_set=data, progress=False)
     trainer.fit()
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     val = next(r for r in records if "val_miou" in r)
@@ -133,13 +122,13 @@ def test_validation_reports_both_mious(tmp_path: Path) -> None:
 def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # dropout on, prototypes refreshed every 2 steps: everything must be restored exactly
     cfg = _cfg(train__iterations=6, train__ckpt_every=3)
-    straight = _model(cfg, 0)
+    straight = tiny_ssr_model(cfg, 0)
     Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
 
-    first = _model(cfg, 0)
+    first = tiny_ssr_model(cfg, 0)
     Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=3)
     torch.manual_seed(123)  # the "new process" starts from other rng states and weights
-    resumed = _model(cfg, 7)
+    resumed = tiny_ssr_model(cfg, 7)
     trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
     assert trainer.fit(resume=tmp_path / "b") == 6
     a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
@@ -154,9 +143,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_resume_with_another_schedule_is_refused(tmp_path: Path) -> None:
     cfg = _cfg(train__iterations=2, train__ckpt_every=2)
-    Trainer(cfg, _model(cfg, 0), TinySegDataset(), tmp_path, progress=False).fit()
+    Trainer(cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path, progress=False).fit()
     other = _cfg(train__iterations=4, train__ckpt_every=2)
-    trainer = Trainer(other, _model(other, 0), TinySegDataset(), tmp_path, progress=False)
+    trainer = Trainer(other, tiny_ssr_model(other, 0), TinySegDataset(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="config differs"):
         trainer.fit(resume=tmp_path)
 
@@ -164,15 +153,8 @@ def test_resume_with_another_schedule_is_refused(tmp_path: Path) -> None:
 def test_crop_padding_is_ignored_in_pseudo_labels(tmp_path: Path) -> None:
     # images rescaled to half the crop: 3/4 of every crop is padding
     cfg = _cfg(train__iterations=1, train__ckpt_every=100, data__scale_range="[0.5, 0.5]")
-    model = _model(cfg, 0)
-    seen = []
-    real = model.losses.forward
-
-    def spy(tokens, grid, targets, proto_inputs=None):  # type: ignore[no-untyped-def]
-        seen.append(targets.clone())
-        return real(tokens, grid, targets, proto_inputs)
-
-    model.losses.forward = spy  # type: ignore[method-assign]
+    model = tiny_ssr_model(cfg, 0)
+    seen = record_loss_targets(model)
     Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False).fit()
     ignored = (seen[0] == 255).float().mean().item()
     assert ignored == pytest.approx(0.75)
@@ -182,12 +164,12 @@ def test_gt_supervision_trains_on_masks_without_the_labeller(tmp_path: Path) -> 
     cfg = _cfg(
         train__iterations=2, train__ckpt_every=100, train__supervision="gt", cmpa__enabled="false"
     )
-    model = _model(cfg, 0)
+    model = tiny_ssr_model(cfg, 0)
     Trainer(cfg, model, TinySegDataset(), tmp_path, progress=False).fit()
     assert model.labeler.calls == []
     with pytest.raises(ValueError, match=r"cmpa\.enabled=false"):
         bad = _cfg(train__supervision="gt")
-        Trainer(bad, _model(bad, 0), TinySegDataset(), tmp_path, progress=False)
+        Trainer(bad, tiny_ssr_model(bad, 0), TinySegDataset(), tmp_path, progress=False)
 
 
 def test_presets_define_the_papers_schedules() -> None:
@@ -206,7 +188,7 @@ def test_presets_define_the_papers_schedules() -> None:
 def test_missing_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     cfg = _cfg(train__iterations=1, train__tensorboard="true")
-    trainer = Trainer(cfg, _model(cfg, 0), TinySegDataset(), tmp_path, progress=False)
+    trainer = Trainer(cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path, progress=False)
     with pytest.raises(RuntimeError, match="pip install tensorboard"):
         trainer.fit()
 

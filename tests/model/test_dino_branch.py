@@ -10,18 +10,23 @@ a patch-8 CLIP (resized onto CLIP's grid).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip
+from tests_model_fakes import (  # one_thread: autouse fixture
+    FakeLabeler,
+    TinySegDataset,
+    one_thread,  # noqa: F401
+    tiny_clip,
+    word_clip,
+)
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.dinov2 import dinov2_config
 from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.config import ConfigError, SSRConfig, load_config
 from ssrseg.model.decoder import SegDecoder
@@ -44,14 +49,6 @@ PROMPTS = ClassPrompts(
 LABELS = [(0, 2), (1,)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _config(*over: str) -> SSRConfig:
     base = [
         "cmpa.in_dim=16", "cmpa.hidden_dim=16", "cmpa.out_dim=8", "decoder.embed_dim=16",
@@ -66,14 +63,7 @@ def _config(*over: str) -> SSRConfig:
 
 def _backbones(dino_kind: str, seed: int = 0) -> tuple[CLIP, WordTokenizer, VisionTransformer]:
     """Patch-8 CLIP; DINO v1 of patch 8 ("v1") or a DINOv2 of patch 7 with registers ("v2")."""
-    torch.manual_seed(seed)
-    tok = WordTokenizer(WORDS, context_length=8)
-    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
-    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
+    clip, tok, vision = word_clip(WORDS, seed)
     if dino_kind == "v1":
         dcfg = dataclasses.replace(
             vision, width=24, heads=3, output_dim=None, act="gelu", ln_pre=False, patch_bias=True

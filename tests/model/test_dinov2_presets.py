@@ -5,16 +5,17 @@ switches they document, and each runs a labeller call, the losses (with a backwa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from tests_model_fakes import (
+    one_thread,  # noqa: F401 (autouse fixture)
+    word_clip,
+)
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
 from ssrseg.backbones.dinov2 import dinov2_config
-from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.config import SSRConfig, load_config
 from ssrseg.model.ssr import SSRModel
@@ -26,14 +27,6 @@ TINY = [
     "decoder.num_heads=2", "decoder.num_layers=1", "loss.aff_radius=2", "par.iterations=2",
     "par.dilations=[1,2]", "sgc.n_segments=12", "affinity.clip_layers=2",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _preset(name: str, *over: str) -> SSRConfig:
@@ -64,15 +57,7 @@ def test_presets_hold_their_switches() -> None:
 
 
 def _tiny_model(cfg: SSRConfig) -> SSRModel:
-    torch.manual_seed(0)
-    words = ("a", "photo", "of", "c0", "c1", "c2", "grass")
-    tok = WordTokenizer(words, context_length=8)
-    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
-    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
+    clip, tok, _ = word_clip(("a", "photo", "of", "c0", "c1", "c2", "grass"), seed=0)
     dcfg = dataclasses.replace(
         dinov2_config("s", registers=True), image_size=28, patch_size=7, width=24, layers=2,
         heads=3,

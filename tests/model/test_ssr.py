@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from tests_model_fakes import FakeLabeler, synthetic_batch, tiny_clip, tiny_config
+from tests_model_fakes import (  # one_thread: autouse fixture
+    FakeLabeler,
+    one_thread,  # noqa: F401
+    synthetic_batch,
+    tiny_clip,
+    tiny_config,
+    tiny_ssr_model,
+)
 
 from ssrseg.config import ConfigError
 from ssrseg.model.ssr import SSRModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors: thread hand-offs cost far more than the maths on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _model(**over: object) -> SSRModel:
-    clip = tiny_clip()
-    torch.manual_seed(1)
-    return SSRModel(tiny_config(**over), FakeLabeler(clip, num_fg=3), num_classes=4)
+    return tiny_ssr_model(tiny_config(**over), 1)
 
 
 def test_segment_shape_and_equivalence_to_decoder_on_clip_tokens() -> None:

@@ -4,13 +4,19 @@ inputs and the trainer keeps the labels of the crop padding."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from tests_model_fakes import FakeLabeler, TinySegDataset, tiny_clip, tiny_config
+from tests_model_fakes import (  # one_thread: autouse fixture
+    FakeLabeler,
+    TinySegDataset,
+    one_thread,  # noqa: F401
+    record_loss_targets,
+    tiny_clip,
+    tiny_config,
+)
 from weclip_reference import weclip_decoder
 
 from ssrseg.config import SSRConfig, load_config
@@ -21,14 +27,6 @@ from ssrseg.model.losses import feature_affinity
 from ssrseg.model.ssr import SSRModel
 
 PRESET = Path(__file__).parents[2] / "configs" / "weclip.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +144,7 @@ def test_crop_padding_labels_kept_like_weclip(cfg: SSRConfig, ignore: bool, tmp_
     tcfg = _tiny(cfg, **over)
     torch.manual_seed(0)
     model = SSRModel(tcfg, FakeLabeler(tiny_clip(), 3), 4)
-    seen: list[torch.Tensor] = []
-    real = model.losses.forward
-
-    def spy(tokens, grid, targets, proto_inputs=None):  # type: ignore[no-untyped-def]
-        seen.append(targets.clone())
-        return real(tokens, grid, targets, proto_inputs)
-
-    model.losses.forward = spy  # type: ignore[method-assign]
+    seen = record_loss_targets(model)
     Trainer(tcfg, model, TinySegDataset(), tmp_path, progress=False).fit()
     ignored = (seen[0] == 255).float().mean().item()
     assert ignored == (pytest.approx(0.75) if ignore else 0.0)

@@ -7,18 +7,32 @@ decoder / CMPA / trainer tests do not depend on the pseudo-label stage.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.tokenizer import WordTokenizer
 from ssrseg.backbones.vit import ViTConfig
 from ssrseg.config import SSRConfig, load_config
+from ssrseg.model.ssr import SSRModel
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (autouse where a test module imports it): on tiny tensors
+    thread hand-offs cost far more than the maths on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_clip(seed: int = 0, patch: int = 8, layers: int = 3, width: int = 32) -> CLIP:
@@ -31,6 +45,20 @@ def tiny_clip(seed: int = 0, patch: int = 8, layers: int = 3, width: int = 32) -
     )
     clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
     return clip.eval()
+
+
+def word_clip(words: tuple[str, ...], seed: int = 0) -> tuple[CLIP, WordTokenizer, ViTConfig]:
+    """Seeded patch-8 CLIP (32 px, 3 vision blocks of width 32, 4 heads; one text block) with a
+    word tokenizer over ``words`` (context 8), for tests that need real text embeddings of
+    their prompts. Returns the vision config too: DINO stand-ins are derived from it."""
+    torch.manual_seed(seed)
+    tok = WordTokenizer(words, context_length=8)
+    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
+    text = TextConfig(
+        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
+        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
+    )  # fmt: skip
+    return CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16)), tok, vision
 
 
 def tiny_config(**over: Any) -> SSRConfig:
@@ -94,6 +122,28 @@ class FakeLabeler(nn.Module):
             patch_emb=emb.detach(),
             grid=out.grid,
         )
+
+
+def tiny_ssr_model(cfg: SSRConfig, seed: int) -> SSRModel:
+    """SSRModel on :func:`tiny_clip` (the same frozen backbone, seed 0, for every model) and a
+    :class:`FakeLabeler` of 3 foreground classes; ``seed`` seeds the trainable parts."""
+    clip = tiny_clip()
+    torch.manual_seed(seed)
+    return SSRModel(cfg, FakeLabeler(clip, 3), 4)
+
+
+def record_loss_targets(model: SSRModel) -> list[Tensor]:
+    """Wrap ``model.losses.forward`` so each call's pseudo-label targets ``(B, H, W)`` are
+    copied into the returned list (the trainer's padding / ignore handling shows there)."""
+    seen: list[Tensor] = []
+    real = model.losses.forward
+
+    def spy(tokens, grid, targets, proto_inputs=None):  # type: ignore[no-untyped-def]
+        seen.append(targets.clone())
+        return real(tokens, grid, targets, proto_inputs)
+
+    model.losses.forward = spy  # type: ignore[method-assign]
+    return seen
 
 
 def synthetic_batch(n: int, size: int = 32, num_fg: int = 3, seed: int = 0) -> dict[str, Any]:

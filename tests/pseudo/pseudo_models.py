@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+from tests_model_fakes import word_clip
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.config import SSRConfig, load_config
 
@@ -22,14 +25,7 @@ PROMPTS = ClassPrompts(
 
 
 def tiny_models(seed: int = 0) -> tuple[CLIP, WordTokenizer, VisionTransformer]:
-    torch.manual_seed(seed)
-    tok = WordTokenizer(WORDS, context_length=8)
-    vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
-    clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16))
+    clip, tok, vision = word_clip(WORDS, seed)
     dino_cfg = dataclasses.replace(
         vision, width=24, heads=3, output_dim=None, act="gelu", ln_pre=False, patch_bias=True
     )
