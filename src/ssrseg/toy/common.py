@@ -126,6 +126,25 @@ def batches(
         yield images, list(captions), tags, bgs
 
 
+@dataclass(frozen=True)
+class ToyTrainArgs:
+    """The arguments both toy trainers take, in the order both list them (their records keep
+    ``vars(args)`` in field order, so the subclasses add their own fields after these and only
+    override defaults here)."""
+
+    out: str
+    seed: int = 0
+    steps: int | None = None
+    minutes: float | None = 20.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 20
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+
+
 @dataclass
 class Budget:
     """Stop at ``steps`` or after ``minutes`` of wall clock, whichever comes first.

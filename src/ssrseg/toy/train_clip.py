@@ -20,6 +20,7 @@ from torch import Tensor
 from ssrseg.backbones.clip import CLIP
 from ssrseg.toy.common import (
     Budget,
+    ToyTrainArgs,
     batches,
     cosine_lr,
     pooled_image_embedding,
@@ -30,18 +31,7 @@ from ssrseg.toy.common import (
 
 
 @dataclass(frozen=True)
-class ClipTrainArgs:
-    out: str
-    seed: int = 0
-    steps: int | None = None
-    minutes: float | None = 20.0
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 20
-    width: int = 128
-    layers: int = 4
-    heads: int = 4
+class ClipTrainArgs(ToyTrainArgs):
     text_layers: int = 2
     image_size: int = 128
     patch_size: int = 8

@@ -30,22 +30,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssrseg.backbones.vit import Block, VisionTransformer, interpolate_pos_embed
-from ssrseg.toy.common import Budget, RenderedImages, batches, cosine_lr, toy_dino_config
+from ssrseg.toy.common import (
+    Budget,
+    RenderedImages,
+    ToyTrainArgs,
+    batches,
+    cosine_lr,
+    toy_dino_config,
+)
 
 
 @dataclass(frozen=True)
-class DinoTrainArgs:
-    out: str
-    seed: int = 0
-    steps: int | None = None
-    minutes: float | None = 12.0
+class DinoTrainArgs(ToyTrainArgs):
+    minutes: float | None = 12.0  # the base's fields, this trainer's defaults
     batch_size: int = 32
-    lr: float = 1e-3
     weight_decay: float = 0.04
-    warmup: int = 20
-    width: int = 128
-    layers: int = 4
-    heads: int = 4
     patch_size: int = 8
     global_size: int = 96
     local_size: int = 48
