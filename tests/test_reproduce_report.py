@@ -106,3 +106,84 @@ def test_coco_end_to_end(coco_run: dict[str, Any]) -> None:
     t4 = R.measured(report, "table4")
     assert t4["raw CLIP CAM"] is not None and t4["CMPA CAM"] is None
     assert "export" not in report["stages"]
+
+
+def _seg(no_crf: float, crf: float, images: int = 10) -> dict[str, Any]:
+    rows = {"no_crf": {"miou": no_crf}, "crf": {"miou": crf}}
+    return {"split": "debiased", "images": images, "rows": rows}
+
+
+def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
+    """Variants shorter than `train`: their rows carry the length and the DINO branch is read
+    against the plain run of that length, not against the (longer) main SSR run."""
+    from ssrseg.engine import reproduce_report as RR
+
+    var = {
+        "iterations": 100,
+        "variants": {
+            "dino_branch": {"segmentation": _seg(41.25, 43.0)},
+            "kmeans": {"cmpa_cam": {"precision": 50.0, "recall": 60.0, "miou": 30.0}},
+            "plain": {
+                "segmentation": _seg(40.0, 44.5),
+                "cmpa_cam": {"precision": 40.0, "recall": 70.0, "miou": 28.0},
+            },
+        },
+    }
+    rows = RR._kmeans_rows(var, 240, {"miou": 63.3}, "voc", "toy")
+    assert [r["name"] for r in rows] == [
+        "CMPA CAM, K-means prototypes, 100 iterations",
+        "CMPA CAM, class-mean prototypes, 100 iterations",
+    ]
+    assert rows[0]["measured"]["miou"] == 30.0 and rows[0]["diff"] is None  # toy vs VOC
+    seg = RR._branch_rows(var, None)
+    assert [r["name"] for r in seg] == [
+        "SSR, 100 iterations (reference) without CRF",
+        "SSR, 100 iterations (reference) with CRF",
+        "SSR + DINO branch (WeCLIP+) without CRF",
+        "SSR + DINO branch (WeCLIP+) with CRF",
+    ]
+    main_ev = _seg(90.0, 90.0)  # must not be the reference: another length
+    reading = RR._branch_reading(var, main_ev, 240)
+    assert "+1.2 mIoU without CRF, -1.5 mIoU with CRF" in reading
+    assert "100 iterations each, 10 images" in reading
+    # same length as train and no plain variant: the main eval run is the reference
+    same = {"iterations": 240, "variants": {"dino_branch": var["variants"]["dino_branch"]}}
+    assert "-48.8 mIoU without CRF" in RR._branch_reading(same, main_ev, 240)
+    assert RR._kmeans_rows(same, 240, {"miou": 63.3}, "voc", "toy") == []
+    assert RR._branch_reading(None, main_ev, 240) == ""
+
+
+def test_toy_chart_panels_from_report_tables() -> None:
+    """Raw Table 3 keeps the seed rows without paper bars; Table 4 keeps measured rows with the
+    paper's numbers and drops the paper-only ones."""
+    from ssrseg.engine import reproduce_report as RR
+
+    report = R.new_report("T", "toy", "abc")
+    m = {"precision": 1.0, "recall": 2.0}
+    raw = [
+        R.make_row("initial CAM", {**m, "miou": 33.0}, {"miou": 58.6}, "voc", "toy"),
+        R.make_row("initial CAM, after PAR", {**m, "miou": 35.0}),
+        R.make_row("+ SGC mask", {**m, "miou": 36.0}),
+    ]
+    t4 = [
+        R.make_row("raw CLIP CAM", {"miou": 33.0}, {"miou": 58.6}, "voc", "toy"),
+        R.make_row("intra-modal contrastive", None, {"miou": 57.8}, "voc", "toy"),
+        R.make_row("CMPA CAM, K-means prototypes", {"miou": 20.0}, {"miou": 63.3}, "voc", "toy"),
+    ]
+    R.add_table(report, R.make_table("table3_raw", "raw", raw))
+    R.add_table(report, R.make_table("table4", "t4", t4))
+    panels = RR.toy_chart_tables(report)
+    assert panels == [
+        ("Table 3, raw CLIP space", [("initial CAM", 33.0, None), ("+ SGC mask", 36.0, None)]),
+        (
+            "Table 4, initial CAM",
+            [("raw CLIP CAM", 33.0, 58.6), ("CMPA CAM, K-means prototypes", 20.0, 63.3)],
+        ),
+    ]
+
+
+def test_markdown_digits_per_table() -> None:
+    tab = R.make_table("g", "Grouping", [R.make_row("block 1", {"dino": 0.774})], ("dino",))
+    tab["digits"] = 2
+    assert "| block 1 | 0.77 |" in R.table_markdown(tab, "toy")
+    assert "| row | DINO |" in R.table_markdown(tab, "toy")

@@ -101,3 +101,101 @@ def test_context_leak_table_hand_example() -> None:
     table = context_leak_table(items, homes)
     assert table["home"] == pytest.approx(200 / 3) and table["elsewhere"] == pytest.approx(200 / 3)
     assert math.isnan(context_leak_table([], homes)["home"])
+
+
+def _tiny_vit(layers: int = 3):  # type: ignore[no-untyped-def]
+    from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=8, width=16, layers=layers, heads=2, output_dim=None)
+    return VisionTransformer(cfg).eval()
+
+
+def test_grouping_rows_match_an_independent_computation() -> None:
+    """Each block equals the per-block wrapper; 'last k' equals the metric on the mean of the
+    last k blocks' attentions, computed here by hand; 'transition' on the transition matrix."""
+    from ssrseg.rectify.affinity import transition_matrix
+    from ssrseg.toy.diagnostics import attention_grouping_by_layer, attention_grouping_rows
+
+    vit = _tiny_vit()
+    images = torch.rand(3, 3, 32, 32)
+    masks = torch.zeros(3, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 8:16] = 2
+    masks[1, 0:8, 24:32] = 1
+    rows = attention_grouping_rows(vit, images, masks, batch_size=2)
+    assert list(rows) == [
+        *(f"block {i}" for i in (1, 2, 3)),
+        *(f"last {k} blocks" for k in (1, 2, 3)),
+    ]
+    per_block = attention_grouping_by_layer(vit, images, masks, batch_size=3)
+    for i in range(3):
+        assert rows[f"block {i + 1}"]["raw"] == pytest.approx(per_block[i], rel=1e-5)
+    assert rows["last 1 blocks"] == pytest.approx(rows["block 3"], rel=1e-6)
+
+    out = vit.forward_intermediates(vit.normalize(images), attn_layers=[0, 1, 2])
+    labels = patch_labels(masks, out.grid)
+    mean2 = (out.attentions[1] + out.attentions[2]) / 2
+    # all 3 images in one batch here (the rows used batches of 2): the mean is over patches
+    assert rows["last 2 blocks"]["raw"] == pytest.approx(
+        float(same_label_attention_ratios(mean2, labels).mean()), rel=1e-5
+    )
+    assert rows["last 2 blocks"]["transition"] == pytest.approx(
+        float(same_label_attention_ratios(transition_matrix(mean2), labels).mean()), rel=1e-5
+    )
+
+
+def test_best_last_k_picks_the_highest_and_the_smallest_on_ties() -> None:
+    from ssrseg.toy.diagnostics import best_last_k
+
+    rows = {
+        "block 1": {"transition": 9.0},  # blocks are not candidates
+        "last 1 blocks": {"transition": 1.2},
+        "last 2 blocks": {"transition": 1.5},
+        "last 3 blocks": {"transition": 1.5},
+        "last 4 blocks": {"transition": float("nan")},
+    }
+    assert best_last_k(rows) == 2
+    assert best_last_k(rows, "raw") is None
+
+
+def test_backbone_grouping_names_columns_and_skips_missing() -> None:
+    from ssrseg.toy.diagnostics import attention_grouping_rows, backbone_grouping, toy_scenes
+
+    vit = _tiny_vit(2)
+    table = backbone_grouping({"clip": vit, "dino": None}, n=2, seed=3)
+    images, masks = toy_scenes("val", 2, 3)
+    direct = attention_grouping_rows(vit, images, masks)
+    assert set(table["block 2"]) == {"clip", "clip_transition"}
+    assert table["last 2 blocks"]["clip"] == pytest.approx(direct["last 2 blocks"]["raw"])
+
+
+def test_context_leak_reads_the_context_from_the_caption(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Hand-made dataset: one boat on water (its home), one on road; predictions spill 2 pixels
+    onto background at home and none elsewhere; an image without a prediction is skipped."""
+    import json
+
+    from ssrseg.data.toy import CLASS_NAMES
+    from ssrseg.toy.diagnostics import context_leak
+
+    boat = CLASS_NAMES.index("boat")
+    (tmp_path / "captions.json").write_text(
+        json.dumps({"a": "a photo of a boat on water.", "b": "a photo of a boat on road."})
+    )
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2, :2] = boat + 1
+
+    class Sample:
+        def __init__(self, image_id: str) -> None:
+            self.image_id, self.labels, self.mask = image_id, (boat,), mask
+
+    class Data:
+        root, class_names = str(tmp_path), CLASS_NAMES
+
+        def __getitem__(self, i: int) -> Sample:
+            return Sample("abc"[i])
+
+    pred_home = mask.copy()
+    pred_home[3, :2] = boat + 1  # 2 of 6 predicted pixels on background
+    leak = context_leak(Data(), [0, 1, 2], {"a": pred_home, "b": mask.copy()})
+    assert leak["home"] == pytest.approx(100 * 2 / 6)
+    assert leak["elsewhere"] == 0.0

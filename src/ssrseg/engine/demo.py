@@ -13,8 +13,6 @@ and ``Segmenter`` as the VOC / COCO commands; only the data and weights are the 
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +26,13 @@ __all__ = [
     "EXTRA_ROWS",
     "QUICK_PLAN",
     "TABLE3_ROWS",
+    "VARIANTS",
     "DemoPlan",
     "baseline_scores",
-    "context_leak",
     "default_config_path",
     "demo_setup",
     "run_demo",
+    "run_variants",
     "score_labeler",
 ]
 
@@ -51,11 +50,34 @@ class DemoPlan:
     batch: int = 16  # images per pseudo-labeller call while scoring
     seed: int = 0
     crf: bool = True  # also score with dense CRF (needs the crf extra)
+    # variants stage: extra SSR trainings (VARIANTS), each scored beside the plain run
+    variants: tuple[str, ...] = ("dino_branch", "kmeans")
+    variant_iterations: int = 0  # 0: the same as `iterations` (then the plain run is the reference)
+    grouping_images: int = 64  # `val` scenes of the attention grouping table (0: none)
 
 
 QUICK_PLAN = DemoPlan(
-    n_train=24, n_score=8, n_val=8, iterations=4, gt_iterations=4, panels=2, batch=8
+    n_train=24,
+    n_score=8,
+    n_val=8,
+    iterations=4,
+    gt_iterations=4,
+    panels=2,
+    batch=8,
+    grouping_images=4,
 )
+
+# The variants stage's extra trainings [decision]: (config overrides, what is scored).
+# "segmentation": the val split like `eval` (without and with CRF); "cmpa_cam": Table 4's CMPA
+# initial CAM on the seed split, like the first row of `cmpa`.
+VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    # WeCLIP+'s DINO decoder branch (ssrseg.model.dino_branch), with the toy DINO
+    "dino_branch": ({"decoder": {"dino_branch": True}}, ("segmentation",)),
+    # the paper's CMPA: K-means prototypes (cmpa.prototypes=kmeans)
+    "kmeans": ({"cmpa": {"prototypes": "kmeans"}}, ("cmpa_cam",)),
+    # plain SSR: the reference when the variants train for fewer iterations than `train`
+    "plain": ({}, ("segmentation", "cmpa_cam")),
+}
 
 
 def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
@@ -75,32 +97,6 @@ def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
             pred[g > 0.5] = s.labels[0] + 1
         centre.update(pred, s.mask)
     return {"all background": allbg, "centre prior (true tags)": centre}
-
-
-def context_leak(dataset: Any, indices: Sequence[int], preds: dict[str, np.ndarray]) -> dict:
-    """Share of a class's predicted pixels that fall on ground-truth background, split by
-    whether the image shows the class's home context (the failure SGC targets)."""
-    from ssrseg.data.toy import HOME
-
-    captions = json.loads((Path(dataset.root) / "captions.json").read_text())
-    names = dataset.class_names
-    acc = {"home": [0, 0], "elsewhere": [0, 0]}
-    for i in indices:
-        s = dataset[i]
-        if s.image_id not in preds:
-            continue
-        # the caption ends "... on <context>."
-        context = re.findall(r"[a-z]+", captions.get(s.image_id, "").lower())[-1:]
-        pred = preds[s.image_id]
-        for c in s.labels:
-            home = HOME.get(names[c])
-            if home is None:
-                continue
-            where = "home" if context == [home] else "elsewhere"
-            on_class = pred == c + 1
-            acc[where][0] += int((on_class & (s.mask == 0)).sum())
-            acc[where][1] += int(on_class.sum())
-    return {k: (100 * v[0] / v[1] if v[1] else float("nan")) for k, v in acc.items()}
 
 
 def default_config_path() -> Path:
@@ -152,6 +148,9 @@ def demo_setup(
         world=WorldPlan(plan.n_train, plan.n_val, plan.seed, val_split=cfg.data.val_split),
         fully_supervised_iterations=plan.gt_iterations,
         toy_rows=True,
+        variants=tuple(plan.variants),
+        variant_iterations=plan.variant_iterations,
+        grouping_images=plan.grouping_images,
         title="SSR on the toy world",
     )
     return cfg, rplan
@@ -170,3 +169,76 @@ def run_demo(
 
     cfg, rplan = demo_setup(out_dir, plan, config, overrides, device, stages)
     return run_reproduce(cfg, out_dir, rplan)
+
+
+def run_variants(run: Any, resumed: bool) -> dict[str, Any]:
+    """The ``variants`` stage: each variant of ``run.plan.variants`` trained from the train
+    config with its overrides (same seed, ``plan.variant_iterations``) into
+    ``variants/<name>/train`` and scored as :data:`VARIANTS` says.
+
+    When the variants train for fewer iterations than ``train``, the plain configuration is
+    trained at that length too, so each variant has a reference of its own length. Every part
+    resumes: training from its checkpoint, evaluation per image, the CAM row from its cache.
+    """
+    from ssrseg.engine.cam_rows import merge_config, score_rows
+    from ssrseg.engine.checkpoint import load_model
+    from ssrseg.engine.report import row_summary
+    from ssrseg.engine.reproduce import (
+        ReproduceError,
+        _evaluate_stage,
+        open_dataset,
+        resolve_seed_split,
+        seed_indices,
+        train_into,
+    )
+
+    cfg, plan = run.cfg, run.plan
+    unknown = sorted(set(plan.variants) - set(VARIANTS))
+    if unknown:
+        raise ReproduceError(
+            f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}"
+        )
+    iterations = plan.variant_iterations or cfg.train.iterations
+    names = list(dict.fromkeys(plan.variants))
+    if iterations != cfg.train.iterations and "plain" not in names:
+        names.append("plain")
+    out: dict[str, Any] = {"iterations": iterations, "variants": {}}
+    for name in names:
+        overrides, scored = VARIANTS[name]
+        vcfg = merge_config(cfg, {**overrides, "train": {"iterations": iterations}})
+        folder = run.folder("variants") / name
+        print(f"  variant {name}: {overrides or 'plain SSR'}, {iterations} iterations")
+        entry: dict[str, Any] = {
+            "overrides": overrides,
+            "train": train_into(run, vcfg, folder / "train"),
+        }
+        if "segmentation" in scored:
+            entry["segmentation"] = _evaluate_stage(run, folder / "train", folder)
+        if "cmpa_cam" in scored:
+            model, _ = load_model(folder / "train", run.device)
+            if model.cmpa is None:
+                entry["cmpa_cam"] = None
+            else:
+                split, _ = resolve_seed_split(cfg, plan)
+                dataset = open_dataset(cfg, split, labels=True)
+                indices = seed_indices(cfg, plan, dataset)
+                row = ("initial CAM", {**TABLE3_ROWS[0][1], "cam": {"projected": True}})
+                rows = score_rows(
+                    model.labeler,
+                    vcfg,
+                    [row],
+                    dataset,
+                    indices,
+                    folder / "rows",
+                    batch=plan.seed_batch,
+                    cmpa=model.cmpa.eval(),
+                    long_side=plan.long_side,
+                    progress=plan.progress,
+                )
+                entry["cmpa_cam"] = {
+                    "split": split,
+                    "images": len(indices),
+                    **row_summary(rows["initial CAM"]["result"]),
+                }
+        out["variants"][name] = entry
+    return out

@@ -78,6 +78,10 @@ METRIC_LABELS: dict[str, str] = {
     "home": "home context",
     "elsewhere": "elsewhere",
     "value": "value",
+    "clip": "CLIP",
+    "dino": "DINO",
+    "clip_transition": "CLIP after transition",
+    "dino_transition": "DINO after transition",
 }
 PRF = ("precision", "recall", "miou")
 
@@ -220,6 +224,7 @@ def table_markdown(tab: dict[str, Any], dataset: str | None = None) -> str:
     row has them."""
     cols = tab["columns"]
     rows = tab["rows"]
+    digits = int(tab.get("digits", 1))  # measured values' decimals (ratios need 2)
     with_paper = [c for c in cols if any(r["paper"] and c in r["paper"] for r in rows)]
     with_diff = [c for c in with_paper if any(r["diff"] and c in r["diff"] for r in rows)]
     paper_sets = {r["paper_dataset"] for r in rows if r["paper"]}
@@ -236,7 +241,7 @@ def table_markdown(tab: dict[str, Any], dataset: str | None = None) -> str:
         p = r["paper"] or {}
         d = r["diff"] or {}
         cells = [r["name"] + (f" ({r['note']})" if r.get("note") else "")]
-        cells += [_fmt(m.get(c)) for c in cols]
+        cells += [_fmt(m.get(c), digits) for c in cols]
         cells += [_fmt(p.get(c)) for c in with_paper]
         cells += [_signed(d.get(c)) for c in with_diff]
         lines.append("| " + " | ".join(cells) + " |")

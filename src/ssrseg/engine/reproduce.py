@@ -63,10 +63,20 @@ STAGES: tuple[str, ...] = (
     "eval",
     "export",
     "fully_supervised",
+    "variants",
     "report",
 )
 # Stages with outputs other stages read (check and report are always run, never cached).
-WORK_STAGES = ("render", "seeds", "train", "cmpa", "eval", "export", "fully_supervised")
+WORK_STAGES = (
+    "render",
+    "seeds",
+    "train",
+    "cmpa",
+    "eval",
+    "export",
+    "fully_supervised",
+    "variants",
+)
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "render": (),
     "seeds": ("render",),
@@ -75,6 +85,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "eval": ("train",),
     "export": ("train",),
     "fully_supervised": ("render",),
+    "variants": ("render",),
 }
 # (config keys that shape a stage's outputs, keys left out). A key is a section or
 # "section.field". The pseudo-label rows set the attention / mask / PAR switches themselves.
@@ -136,6 +147,27 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("data.num_workers", "data.allow_skipped"),
     ),
+    # toy world: extra trainings from the train config (ssrseg.engine.demo.VARIANTS), scored
+    # like cmpa / eval
+    "variants": (
+        (
+            "backbone",
+            "prompts",
+            "cam",
+            "affinity",
+            "sgc",
+            "par",
+            "pseudo",
+            "cmpa",
+            "decoder",
+            "loss",
+            "data",
+            "train",
+            "infer",
+            "crf",
+        ),
+        ("data.num_workers", "data.allow_skipped"),
+    ),
 }
 # Pseudo-label evaluation split and default number of images per dataset: VOC train (1,464)
 # [convention of the field]; COCO's first 5,000 train images [decision: all 82,081 would take
@@ -183,6 +215,10 @@ class ReproducePlan:
     world: WorldPlan | None = None  # toy world to render first
     fully_supervised_iterations: int = 0  # > 0: the toy world's fully supervised bound
     toy_rows: bool = False  # toy-only rows: trivial baselines, context leak
+    # toy world: extra trainings of the variants stage (names in ssrseg.engine.demo.VARIANTS)
+    variants: tuple[str, ...] = ()
+    variant_iterations: int = 0  # their training iterations (0: train.iterations)
+    grouping_images: int = 0  # > 0: toy attention grouping table on that many `val` scenes
     title: str | None = None
     progress: bool = True
 
@@ -223,9 +259,12 @@ def stage_options(
     """Options (not config fields) that shape ``stage``'s outputs."""
     split, images = resolve_seed_split(cfg, plan)
     seeds = {"split": split, "images": images, "long_side": plan.long_side}
+    seed_opts: dict[str, Any] = {**seeds, "toy_rows": plan.toy_rows, "device": device_type}
+    if plan.grouping_images:  # only then, so records of runs without it keep their hash
+        seed_opts["grouping_images"] = plan.grouping_images
     opts: dict[str, dict[str, Any]] = {
         "render": {"world": dataclasses.asdict(plan.world) if plan.world else None},
-        "seeds": {**seeds, "toy_rows": plan.toy_rows, "device": device_type},
+        "seeds": seed_opts,
         "train": {"gpus": plan.gpus, "device": device_type},
         "cmpa": {**seeds, "device": device_type},
         "eval": {"crf": list(crf_modes), "images": plan.val_images, "device": device_type},
@@ -234,6 +273,14 @@ def stage_options(
             "iterations": plan.fully_supervised_iterations,
             "crf": list(crf_modes),
             "images": plan.val_images,
+            "device": device_type,
+        },
+        "variants": {
+            **seeds,
+            "variants": list(plan.variants),
+            "iterations": plan.variant_iterations or cfg.train.iterations,
+            "crf": list(crf_modes),
+            "val_images": plan.val_images,
             "device": device_type,
         },
     }
@@ -377,6 +424,8 @@ def applicable(stage: str, cfg: SSRConfig, plan: ReproducePlan) -> bool:
         return plan.world is not None
     if stage == "fully_supervised":
         return plan.fully_supervised_iterations > 0
+    if stage == "variants":
+        return bool(plan.variants)
     if stage == "export":
         return cfg.data.dataset == "voc"
     return True
@@ -547,7 +596,7 @@ def _base_labeler(cfg: SSRConfig, device: torch.device) -> Any:
 
 
 def _toy_hook() -> RowHook:
-    from ssrseg.engine.demo import context_leak
+    from ssrseg.toy.diagnostics import context_leak
 
     def hook(name: str, dataset: Any, indices: Sequence[int], preds: dict) -> dict[str, Any]:
         return {"context_leak": context_leak(dataset, indices, preds)}
@@ -599,6 +648,17 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
         }
         result["context_leak"] = {
             name: scored[name]["extra"]["context_leak"] for name in LEAK_ROWS if name in scored
+        }
+    if plan.toy_rows and plan.grouping_images > 0:
+        from ssrseg.toy.diagnostics import backbone_grouping
+
+        # the world's `val` split: rendered on the fly, never scored (choose dino_layers here)
+        seed = plan.world.seed if plan.world is not None else 0
+        vits = {"clip": base.clip.visual, "dino": base.dino}
+        result["attention_grouping"] = {
+            "split": "val",
+            "images": plan.grouping_images,
+            "rows": backbone_grouping(vits, plan.grouping_images, seed),
         }
     _write_metrics(folder / "metrics.json", {k: v["result"] for k, v in scored.items()})
     return result
@@ -858,6 +918,13 @@ def stage_fully_supervised(run: Run, resumed: bool) -> dict[str, Any]:
     return {**_evaluate_stage(run, folder / "train", folder), "train": train}
 
 
+def stage_variants(run: Run, resumed: bool) -> dict[str, Any]:
+    """Toy world: the variants' trainings and rows (:func:`ssrseg.engine.demo.run_variants`)."""
+    from ssrseg.engine.demo import run_variants
+
+    return run_variants(run, resumed)
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "render": stage_render,
     "seeds": stage_seeds,
@@ -866,6 +933,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "eval": stage_eval,
     "export": stage_export,
     "fully_supervised": stage_fully_supervised,
+    "variants": stage_variants,
 }
 
 
@@ -879,14 +947,24 @@ def check_roles(run: Run) -> dict[str, tuple[str, bool, bool, bool]]:
     seed_split, _ = resolve_seed_split(cfg, run.plan)
     runs = {s for s, v in st.items() if v == "run"}
     return {
-        "pseudo-label evaluation": (seed_split, True, True, bool(runs & {"seeds", "cmpa"})),
+        "pseudo-label evaluation": (
+            seed_split,
+            True,
+            True,
+            bool(runs & {"seeds", "cmpa", "variants"}),
+        ),
         "training": (
             cfg.data.train_split,
             False,
             True,
-            bool(runs & {"train", "fully_supervised"}),
+            bool(runs & {"train", "fully_supervised", "variants"}),
         ),
-        "evaluation": (cfg.data.val_split, True, False, bool(runs & {"eval", "fully_supervised"})),
+        "evaluation": (
+            cfg.data.val_split,
+            True,
+            False,
+            bool(runs & {"eval", "fully_supervised", "variants"}),
+        ),
     }
 
 

@@ -43,6 +43,7 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
     dataset = cfg.data.dataset
     seeds, cmpa = _result(run, "seeds"), _result(run, "cmpa")
     ev, fs = _result(run, "eval"), _result(run, "fully_supervised")
+    var = _result(run, "variants")
     t3_set, t3_paper = R.paper_rows("table3")
     t4_set, t4_paper = R.paper_rows("table4")
 
@@ -90,7 +91,18 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
             ),
             R.make_row("CMPA CAM", proj, t4_paper["CMPA CAM"], t4_set, dataset),
         ]
-        tab = R.make_table("table4", "Table 4: initial CAM", rows)
+        rows += _kmeans_rows(var, run.cfg.train.iterations, t4_paper["CMPA CAM"], t4_set, dataset)
+        note = ""
+        if var and "kmeans" in var["variants"]:
+            rows[3]["note"] = "class-mean prototypes, ssrseg's variant"
+            note = (
+                "CMPA CAM: the class-mean prototypes (the image-level class is the positive); "
+                "K-means: the paper's prototypes (K-means clusters of the image and text "
+                f"features, refreshed every cmpa.refresh_every = {run.cfg.cmpa.refresh_every} "
+                "iterations; a sample's cluster is its positive), trained in the variants "
+                "stage with the same seed."
+            )
+        tab = R.make_table("table4", "Table 4: initial CAM", rows, note=note)
         tab["short"] = "T4"
         R.add_table(report, tab)
     if cmpa:
@@ -107,6 +119,8 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
         )
         tab["short"] = "T3 CMPA"
         R.add_table(report, tab)
+    if seeds and seeds.get("attention_grouping"):
+        R.add_table(report, _grouping_table(run, seeds["attention_grouping"]))
     if seeds and seeds.get("context_leak"):
         rows = [R.make_row(k, v) for k, v in seeds["context_leak"].items()]
         R.add_table(
@@ -134,17 +148,144 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
         for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
             if fs and key in fs["rows"]:
                 rows.append(R.make_row(f"fully supervised {label}", fs["rows"][key]))
+        rows += _branch_rows(var, ev)
         note = ""
         if ev and fs:
             shares = _shares(ev, fs)
             note = "; ".join(f"SSR / fully supervised ({k}): {v:.1f}%" for k, v in shares.items())
             note += " (denominator: the same decoder trained on ground-truth masks)."
+        reading = _branch_reading(var, ev, run.cfg.train.iterations)
+        if reading:
+            note = f"{note} {reading}".strip()
         n = (ev or fs or {}).get("images", 0)
         tab = R.make_table(
             "segmentation", f"Segmentation, {split} split ({n:,} images)", rows, note=note
         )
         tab["short"] = "seg"
         R.add_table(report, tab)
+
+
+def _variant(var: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    return (var or {}).get("variants", {}).get(name)
+
+
+def _kmeans_rows(
+    var: dict[str, Any] | None,
+    iterations: int,
+    paper: dict[str, float],
+    paper_set: str,
+    dataset: str,
+) -> list[dict[str, Any]]:
+    """Table 4 rows of the variants stage: the K-means CMPA CAM (and, when the variants trained
+    shorter than ``train``, the class-mean reference of the same length)."""
+    km = _variant(var, "kmeans")
+    if var is None or km is None:
+        return []
+    n = var["iterations"]
+    length = "" if n == iterations else f", {n} iterations"
+    rows = [
+        R.make_row(
+            f"CMPA CAM, K-means prototypes{length}",
+            km.get("cmpa_cam"),
+            paper,
+            paper_set,
+            dataset,
+            "the paper's variant",
+        )
+    ]
+    plain = _variant(var, "plain")
+    if plain is not None and length:
+        rows.append(
+            R.make_row(
+                f"CMPA CAM, class-mean prototypes{length}",
+                plain.get("cmpa_cam"),
+                paper,
+                paper_set,
+                dataset,
+                "reference",
+            )
+        )
+    return rows
+
+
+def _branch_rows(var: dict[str, Any] | None, ev: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Segmentation rows of WeCLIP+'s DINO branch (and of the plain reference of the same
+    length when the variants trained shorter than ``train``)."""
+    out = []
+    n = (var or {}).get("iterations")
+    for name, label in (
+        ("plain", f"SSR, {n} iterations (reference)"),
+        ("dino_branch", "SSR + DINO branch (WeCLIP+)"),
+    ):
+        entry = _variant(var, name)
+        seg = (entry or {}).get("segmentation")
+        if not seg:
+            continue
+        for key, crf in (("no_crf", "without CRF"), ("crf", "with CRF")):
+            if key in seg["rows"]:
+                out.append(R.make_row(f"{label} {crf}", seg["rows"][key]))
+    return out
+
+
+def _branch_reading(var: dict[str, Any] | None, ev: dict[str, Any] | None, iterations: int) -> str:
+    """One line: the DINO branch's mIoU change against plain SSR of the same length and seed."""
+    branch = (_variant(var, "dino_branch") or {}).get("segmentation")
+    if var is None or not branch:
+        return ""
+    plain = (_variant(var, "plain") or {}).get("segmentation")
+    ref = plain if plain else (ev if var["iterations"] == iterations else None)
+    if not ref:
+        return ""
+    parts = []
+    for key, crf in (("no_crf", "without CRF"), ("crf", "with CRF")):
+        if key in branch["rows"] and key in ref["rows"]:
+            d = branch["rows"][key]["miou"] - ref["rows"][key]["miou"]
+            parts.append(f"{d:+.1f} mIoU {crf}")
+    if not parts:
+        return ""
+    return (
+        "DINO branch vs plain SSR (same seed, "
+        f"{var['iterations']} iterations each, {branch['images']:,} images): "
+        + ", ".join(parts)
+        + "; one seed, so a difference of this size is a single measurement, not a noise-"
+        "bounded effect."
+    )
+
+
+def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
+    """Per-block same-object attention mass / chance of the CLIP and DINO backbones."""
+    from ssrseg.toy.diagnostics import best_last_k
+
+    rows_in = grouping["rows"]
+    columns = [
+        c
+        for c in ("clip", "dino", "clip_transition", "dino_transition")
+        if any(c in v for v in rows_in.values())
+    ]
+    rows = [R.make_row(name, values) for name, values in rows_in.items()]
+    aff = run.cfg.affinity
+    picks = []
+    for name, used in (("clip", aff.clip_layers), ("dino", aff.dino_layers)):
+        k = best_last_k(
+            {r: {"v": v.get(f"{name}_transition", float("nan"))} for r, v in rows_in.items()}, "v"
+        )
+        if k is not None:
+            picks.append(f"{name.upper()} k = {k} (this run: {used})")
+    tab = R.make_table(
+        "attention_grouping",
+        f"Attention grouping ({grouping['split']} split, {grouping['images']:,} images, "
+        "never scored)",
+        rows,
+        columns=columns,
+        note="Same-object attention mass over chance (1.0 = uniform attention) of foreground "
+        "patches: the share of a patch's attention on patches of its own label, divided by "
+        "those patches' share of the image. 'last k blocks' averages the last k blocks' "
+        "attentions as affinity.clip_layers / affinity.dino_layers = k do; 'transition' is "
+        "after the CLIP-ES transition (Sinkhorn, symmetrised, squared) the affinity uses. "
+        "Best k after the transition: " + ("; ".join(picks) or "-") + ".",
+    )
+    tab["digits"] = 2
+    return tab
 
 
 def _shares(ev: dict[str, Any], fs: dict[str, Any]) -> dict[str, float]:
@@ -272,6 +413,10 @@ def _figures(run: Any, report: dict[str, Any]) -> None:
     path = R.bars_vs_paper(report, figures / "rows_vs_paper.png")
     if path:
         made.append(path)
+    if run.plan.toy_rows:
+        path = _toy_tables_figure(report, figures / "tables_3_4.png")
+        if path:
+            made.append(path)
     ev = _result(run, "eval")
     if ev:
         labels = {"no_crf": "without CRF", "crf": "with CRF"}
@@ -286,6 +431,48 @@ def _figures(run: Any, report: dict[str, Any]) -> None:
             made.append(path)
     made += _panels(run)
     report["figures"] = [str(p.relative_to(run.out)) for p in made]
+
+
+def toy_chart_tables(
+    report: dict[str, Any],
+) -> list[tuple[str, list[tuple[str, float, float | None]]]]:
+    """Panels of the toy Table 3 / 4 chart from a report's tables: (title, rows of (name,
+    measured mIoU, paper mIoU or None)). The raw-space Table 3 has no paper numbers (the
+    paper's Table 3 is in the CMPA space); Table 4's rows carry the paper's."""
+    from ssrseg.engine.cam_rows import TABLE3_ROWS
+
+    seed_rows = {name for name, _ in TABLE3_ROWS}
+    panels = []
+    for key, title in (
+        ("table3_raw", "Table 3, raw CLIP space"),
+        ("table3_cmpa", "Table 3, CMPA space"),
+        ("table4", "Table 4, initial CAM"),
+    ):
+        tab = R.table(report, key)
+        if tab is None:
+            continue
+        rows = []
+        for r in tab["rows"]:
+            m = (r["measured"] or {}).get("miou")
+            if m is None:
+                continue  # paper-only rows
+            if key == "table3_raw" and r["name"] not in seed_rows:
+                continue  # the chart keeps the Table 3 rows (not the after-PAR diagnostics)
+            paper = (r["paper"] or {}).get("miou") if key != "table3_raw" else None
+            rows.append((r["name"], float(m), paper))
+        if rows:
+            panels.append((title, rows))
+    return panels
+
+
+def _toy_tables_figure(report: dict[str, Any], path: Path) -> Path | None:
+    from ssrseg.toy.diagnostics import bar_chart
+
+    panels = toy_chart_tables(report)
+    if not panels:
+        return None
+    bar_chart(panels, path)
+    return path
 
 
 def _panels(run: Any) -> list[Path]:

@@ -123,6 +123,89 @@ def attention_grouping_by_layer(
     return {i: float(torch.cat(r).mean()) if r else float("nan") for i, r in ratios.items()}
 
 
+@torch.no_grad()
+def attention_grouping_rows(
+    vit: VisionTransformer, images01: Tensor, masks: Tensor, batch_size: int = 16
+) -> dict[str, dict[str, float]]:
+    """Same-label attention mass / chance per block and per "last k blocks" average.
+
+    images01: ``B x 3 x H x W`` in [0, 1]; masks: ``B x H x W`` (0 background, c + 1 class c).
+    Rows (L = number of blocks): ``"block i"`` (1-based) for each block, then ``"last k
+    blocks"`` for k = 1 .. L: the mean of the last k blocks' head-averaged attentions, as the
+    pseudo labeller fuses ``affinity.clip_layers`` / ``affinity.dino_layers`` = k. Each row has
+    ``"raw"`` (the attention itself) and ``"transition"`` (after the CLIP-ES transition, which
+    the affinity actually uses). One forward per batch serves every row.
+    """
+    from ssrseg.rectify.affinity import mean_attention, transition_matrix
+
+    was_training = vit.training
+    vit.eval()
+    n_blocks = vit.cfg.layers
+    layers = list(range(n_blocks))
+    names = [f"block {i + 1}" for i in layers] + [f"last {i + 1} blocks" for i in layers]
+    ratios: dict[tuple[str, str], list[Tensor]] = {
+        (n, kind): [] for n in names for kind in ("raw", "transition")
+    }
+    for lo in range(0, images01.shape[0], batch_size):
+        out = vit.forward_intermediates(
+            vit.normalize(images01[lo : lo + batch_size]), attn_layers=layers
+        )
+        labels = patch_labels(masks[lo : lo + batch_size], out.grid)
+        maps = {f"block {i + 1}": out.attentions[i].float() for i in layers}
+        for k in range(1, n_blocks + 1):
+            maps[f"last {k} blocks"] = mean_attention(out.attentions, layers[n_blocks - k :])
+        for name, attn in maps.items():
+            ratios[(name, "raw")].append(same_label_attention_ratios(attn, labels))
+            ratios[(name, "transition")].append(
+                same_label_attention_ratios(transition_matrix(attn), labels)
+            )
+    vit.train(was_training)
+    table: dict[str, dict[str, float]] = {n: {} for n in names}
+    for (name, kind), parts in ratios.items():
+        cat = torch.cat(parts) if parts else torch.empty(0)
+        table[name][kind] = float(cat.mean()) if cat.numel() else float("nan")
+    return table
+
+
+def best_last_k(rows: Mapping[str, Mapping[str, float]], kind: str = "transition") -> int | None:
+    """The k of the ``"last k blocks"`` row with the highest ``kind`` ratio (smallest k on a
+    tie; None when no row is finite)."""
+    best: tuple[float, int] | None = None
+    for name, values in rows.items():
+        if not name.startswith("last "):
+            continue
+        k, v = int(name.split()[1]), values.get(kind, float("nan"))
+        if np.isfinite(v) and (best is None or v > best[0] or (v == best[0] and k < best[1])):
+            best = (float(v), k)
+    return None if best is None else best[1]
+
+
+def backbone_grouping(
+    backbones: Mapping[str, VisionTransformer | None],
+    n: int,
+    seed: int = 0,
+    split: str = "val",
+) -> dict[str, dict[str, float]]:
+    """:func:`attention_grouping_rows` of several backbones on the first ``n`` scenes of a toy
+    split (default ``val``: the biased held-out split the demo never scores, so choosing
+    ``affinity.dino_layers`` from it does not touch the scored images).
+
+    Returns ``{row: {"<name>": raw ratio, "<name>_transition": ratio after the transition}}``
+    for each backbone name (None backbones are left out).
+    """
+    images, masks = toy_scenes(split, n, seed)
+    table: dict[str, dict[str, float]] = {}
+    for name, vit in backbones.items():
+        if vit is None:
+            continue
+        device = next(vit.parameters()).device
+        rows = attention_grouping_rows(vit, images.to(device), masks.to(device))
+        for row, values in rows.items():
+            table.setdefault(row, {})[name] = values["raw"]
+            table[row][f"{name}_transition"] = values["transition"]
+    return table
+
+
 def toy_scenes(split: str, n: int, seed: int = 0, start: int = 0) -> tuple[Tensor, Tensor]:
     """Scenes ``start .. start + n - 1`` of a toy split: (``n x 3 x H x W`` in [0, 1], masks
     ``n x H x W`` long)."""
