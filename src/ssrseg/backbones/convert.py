@@ -147,10 +147,12 @@ def _grid(num_pos: int, source: str) -> int:
 BlockMap = Callable[[int], dict[str, Tensor]]
 
 
-def _blocks(prefix: str, n: int, one: BlockMap) -> dict[str, Tensor]:
+def _blocks(r: _Reader, base: str, one: BlockMap) -> dict[str, Tensor]:
+    """Every block the file holds under ``base`` (``<base><i>.*``, counted from the keys), as
+    our ``blocks.<i>.*`` through ``one`` (the per-block key map of the file's layout)."""
     out: dict[str, Tensor] = {}
-    for i in range(n):
-        out.update({f"{prefix}{i}.{k}": v for k, v in one(i).items()})
+    for i in range(r.count("^" + re.escape(base) + r"(\d+)\.")):
+        out.update({f"blocks.{i}.{k}": v for k, v in one(i).items()})
     return out
 
 
@@ -347,8 +349,8 @@ def convert_vit(
             out["proj"] = r("head.weight").t()
             if r.has("head.bias") and bool(r("head.bias").abs().max() > 0):
                 raise WeightsError(f"{source}: a non-zero head.bias has no place in CLIP's proj")
-        n = r.count(r"^blocks\.(\d+)\.")
-        out.update(_blocks("blocks.", n, _same_block(r, "blocks.")))
+        n = r.count(r"^blocks\.(\d+)\.")  # the LayerScale gammas below need the count too
+        out.update(_blocks(r, "blocks.", _same_block(r, "blocks.")))
         if r.has("blocks.0.ls1.gamma"):
             out.update(_layer_scales(r, n))
         clip_style = "ln_pre.weight" in out
@@ -363,8 +365,7 @@ def convert_vit(
             "norm.weight": r("layernorm.weight"),
             "norm.bias": r("layernorm.bias"),
         }
-        n = r.count("^" + re.escape(base) + r"(\d+)\.")
-        out.update(_blocks("blocks.", n, _hf_vit_block(r, base, classic)))
+        out.update(_blocks(r, base, _hf_vit_block(r, base, classic)))
         clip_style = False
     elif layout == "hf_dinov2":
         base = "encoder.layer." if r.has("encoder.layer.0.norm1.weight") else "layers."
@@ -381,8 +382,7 @@ def convert_vit(
             out["register_tokens"] = r("embeddings.register_tokens").flatten(0, -2)
         if r.has("embeddings.mask_token"):
             r("embeddings.mask_token")  # masked-training token: not part of inference
-        n = r.count("^" + re.escape(base) + r"(\d+)\.")
-        out.update(_blocks("blocks.", n, _hf_dinov2_block(r, base, classic)))
+        out.update(_blocks(r, base, _hf_dinov2_block(r, base, classic)))
         clip_style = False
     else:
         raise WeightsError(
@@ -423,7 +423,7 @@ def convert_clip(
             "proj": r(v + "proj"),
         }
         vb = v + "transformer.resblocks."
-        vis.update(_blocks("blocks.", r.count(rf"^{re.escape(vb)}(\d+)\."), _openai_block(r, vb)))
+        vis.update(_blocks(r, vb, _openai_block(r, vb)))
         txt = {
             "token_embed.weight": r("token_embedding.weight"),
             "pos_embed": r("positional_embedding"),
@@ -432,7 +432,7 @@ def convert_clip(
             "proj": r("text_projection"),
         }
         tb = "transformer.resblocks."
-        txt.update(_blocks("blocks.", r.count(rf"^{re.escape(tb)}(\d+)\."), _openai_block(r, tb)))
+        txt.update(_blocks(r, tb, _openai_block(r, tb)))
     elif layout == "hf_clip":
         v = "vision_model."
         vis = {
@@ -446,7 +446,7 @@ def convert_clip(
             "proj": r("visual_projection.weight").t(),
         }
         vb = v + "encoder.layers."
-        vis.update(_blocks("blocks.", r.count(rf"^{re.escape(vb)}(\d+)\."), _hf_clip_block(r, vb)))
+        vis.update(_blocks(r, vb, _hf_clip_block(r, vb)))
         t = "text_model."
         txt = {
             "token_embed.weight": r(t + "embeddings.token_embedding.weight"),
@@ -456,7 +456,7 @@ def convert_clip(
             "proj": r("text_projection.weight").t(),
         }
         tb = t + "encoder.layers."
-        txt.update(_blocks("blocks.", r.count(rf"^{re.escape(tb)}(\d+)\."), _hf_clip_block(r, tb)))
+        txt.update(_blocks(r, tb, _hf_clip_block(r, tb)))
     else:
         raise WeightsError(
             f"{source}: layout {layout!r} holds only an image tower; CLIP needs the text tower "
