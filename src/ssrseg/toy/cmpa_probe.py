@@ -275,6 +275,16 @@ def recalibrated(cmpa: CMPA, data: ProbeData, class_emb: Tensor, batch: int = 32
     return out
 
 
+def _probe_space(cmpa: CMPA | None, feats: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
+    """Patch features ``B x N x E`` and text embeddings ``K x E`` in the space an accuracy is
+    scored in: through the eval-mode heads (``ISA`` / ``TSA``), or as given when ``cmpa`` is
+    None (the raw CLIP space). Every accuracy below compares both spaces the same way."""
+    if cmpa is None:
+        return feats, text
+    cmpa.eval()
+    return cmpa.project_image(feats), cmpa.project_text(text)
+
+
 @torch.no_grad()
 def pair_accuracy(
     cmpa: CMPA | None, data: ProbeData, idx: Sequence[int], class_emb: Tensor
@@ -282,12 +292,7 @@ def pair_accuracy(
     """Share of (image, class) pairs whose pooled feature is nearest (cosine) to its own class
     text among all classes: in the projected space (eval-mode heads) or, with ``cmpa`` None,
     in the raw CLIP space."""
-    feats = data.patch_emb[list(idx)]
-    text = class_emb
-    if cmpa is not None:
-        cmpa.eval()
-        feats = cmpa.project_image(feats)
-        text = cmpa.project_text(class_emb)
+    feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], class_emb)
     pooled = torch.cat(masked_average_pool(feats, [data.cams[i] for i in idx], data.grid))
     classes = torch.tensor([c for i in idx for c in data.labels[i]], dtype=torch.long)
     pred = (F.normalize(pooled, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
@@ -302,12 +307,7 @@ def image_accuracy(
     Grad-CAM differentiates), is one of their tags: projected space (``mean_p ISA(v_p)`` vs
     ``TSA(t)``, eval-mode heads) or, with ``cmpa`` None, the raw space (``mean_p v_p`` vs
     ``t``). The heads are trained only on CAM-weighted means, never on this one."""
-    feats = data.patch_emb[list(idx)]
-    text = class_emb
-    if cmpa is not None:
-        cmpa.eval()
-        feats = cmpa.project_image(feats)
-        text = cmpa.project_text(class_emb)
+    feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], class_emb)
     best = (F.normalize(feats.mean(dim=1), dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
     hits = [int(b) in data.labels[i] for b, i in zip(best.tolist(), idx, strict=True)]
     return 100.0 * sum(hits) / max(1, len(hits))
@@ -322,12 +322,7 @@ def background_accuracy(
     background prompts: projected space (eval-mode heads) or, with ``cmpa`` None, the raw one.
     CLIP-ES's background words suppress the background only where this alignment holds; L_proto
     never trains it. bg_emb must follow ``ssrseg.data.toy.BACKGROUNDS``'s order."""
-    feats = data.patch_emb[list(idx)]
-    text = bg_emb
-    if cmpa is not None:
-        cmpa.eval()
-        feats = cmpa.project_image(feats)
-        text = cmpa.project_text(bg_emb)
+    feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], bg_emb)
     weights = [1.0 - data.cams[i].amax(dim=0, keepdim=True) for i in idx]
     pooled = torch.cat(masked_average_pool(feats, weights, data.grid))
     best = (F.normalize(pooled, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(dim=1)
