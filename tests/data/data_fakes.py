@@ -111,27 +111,32 @@ def make_coco(root: Path, items: dict[str, Sequence[int]], layout: str, split: s
     return root
 
 
-def make_folder(root: Path, items: dict[str, Sequence[int]], class_names: Sequence[str]) -> Path:
-    """Folder dataset: images/, masks/, classes.txt, tags.json."""
+def _scenes_with_tags(
+    root: Path,
+    items: dict[str, Sequence[int]],
+    class_names: Sequence[str],
+    image_dir: str,
+    mask_dir: str,
+) -> Path:
+    """A scene per id (PNG image in ``image_dir``, VOC-palette mask in ``mask_dir``) plus
+    ``classes.txt`` and ``tags.json``: what the folder and toy layouts share."""
     for image_id, classes in items.items():
         image, mask = scene(classes)
-        save_rgb(root / "images" / f"{image_id}.png", image)
-        save_label_png(root / "masks" / f"{image_id}.png", mask, "voc")
+        save_rgb(root / image_dir / f"{image_id}.png", image)
+        save_label_png(root / mask_dir / f"{image_id}.png", mask, "voc")
     (root / "classes.txt").write_text("\n".join(class_names) + "\n")
     tags = {i: [class_names[c] for c in classes] for i, classes in items.items()}
     (root / "tags.json").write_text(json.dumps(tags))
     return root
+
+
+def make_folder(root: Path, items: dict[str, Sequence[int]], class_names: Sequence[str]) -> Path:
+    """Folder dataset: images/, masks/, classes.txt, tags.json."""
+    return _scenes_with_tags(root, items, class_names, "images", "masks")
 
 
 def make_toy(root: Path, items: dict[str, Sequence[int]], class_names: Sequence[str]) -> Path:
     """Toy-world folder: JPEGImages/*.png, SegmentationClass, ImageSets, classes.txt, tags.json."""
     (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(items) + "\n")
-    for image_id, classes in items.items():
-        image, mask = scene(classes)
-        save_rgb(root / "JPEGImages" / f"{image_id}.png", image)
-        save_label_png(root / "SegmentationClass" / f"{image_id}.png", mask, "voc")
-    (root / "classes.txt").write_text("\n".join(class_names) + "\n")
-    tags = {i: [class_names[c] for c in classes] for i, classes in items.items()}
-    (root / "tags.json").write_text(json.dumps(tags))
-    return root
+    return _scenes_with_tags(root, items, class_names, "JPEGImages", "SegmentationClass")
