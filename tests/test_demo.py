@@ -53,17 +53,16 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     assert share["measured"] == pytest.approx(100 * ssr / gt)
     assert share["diff"] is None  # the paper's 97.4 is VOC's: shown, not subtracted
 
-    # Variants: each trained with its override, seed and length, beside the plain run's rows.
+    # Variants: one run with both switches (the default), same seed and length as `train`;
+    # its rows stand beside the plain run's.
     from ssrseg.engine.checkpoint import load_model
 
-    for name, check in (
-        ("dino_branch", lambda c: c.decoder.dino_branch and c.cmpa.prototypes == "class_mean"),
-        ("kmeans", lambda c: c.cmpa.prototypes == "kmeans" and not c.decoder.dino_branch),
-    ):
-        _, vcfg = load_model(tmp_path / "variants" / name / "train", "cpu")
-        assert check(vcfg) and vcfg.train.iterations == plan.iterations
-        assert vcfg.train.seed == plan.seed
-    assert not (tmp_path / "variants" / "plain").exists()
+    assert plan.variants == ("dino_branch+kmeans",)
+    _, vcfg = load_model(tmp_path / "variants" / "dino_branch+kmeans" / "train", "cpu")
+    assert vcfg.decoder.dino_branch and vcfg.cmpa.prototypes == "kmeans"
+    assert vcfg.train.iterations == plan.iterations and vcfg.train.seed == plan.seed
+    runs = sorted(p.name for p in (tmp_path / "variants").iterdir() if p.is_dir())
+    assert runs == ["dino_branch+kmeans"]
     table4 = measured(report, "table4")
     kmeans = table4["CMPA CAM, K-means prototypes"]
     assert kmeans is not None and 0.0 <= kmeans["miou"] <= 100.0
@@ -71,6 +70,7 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     branch = seg["SSR + DINO branch (WeCLIP+) without CRF"]["miou"]
     ref = seg["SSR without CRF"]["miou"]
     assert f"{branch - ref:+.1f} mIoU without CRF" in seg_tab["note"]
+    assert "trained in one run" in seg_tab["note"]
 
     # Attention grouping on the unscored val scenes: every block of both backbones; the DINO
     # column recomputed independently from the toy DINO on the same scenes.

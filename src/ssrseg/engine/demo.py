@@ -50,8 +50,9 @@ class DemoPlan:
     batch: int = 16  # images per pseudo-labeller call while scoring
     seed: int = 0
     crf: bool = True  # also score with dense CRF (needs the crf extra)
-    # variants stage: extra SSR trainings (VARIANTS), each scored beside the plain run
-    variants: tuple[str, ...] = ("dino_branch", "kmeans")
+    # variants stage: extra SSR trainings (VARIANTS), each scored beside the plain run; one
+    # run with both switches halves the stage (see VARIANTS for why they do not interact)
+    variants: tuple[str, ...] = ("dino_branch+kmeans",)
     variant_iterations: int = 0  # 0: the same as `iterations` (then the plain run is the reference)
     grouping_images: int = 64  # `val` scenes of the attention grouping table (0: none)
 
@@ -77,7 +78,17 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "kmeans": ({"cmpa": {"prototypes": "kmeans"}}, ("cmpa_cam",)),
     # plain SSR: the reference when the variants train for fewer iterations than `train`
     "plain": ({}, ("segmentation", "cmpa_cam")),
+    # both in one training: its segmentation is the DINO branch's row, its CMPA CAM the K-means
+    # row. Valid while cam.projected is false (the toy preset): the pseudo labels then never
+    # read the CMPA heads, so the prototypes cannot reach the decoder, and the heads' loss never
+    # reads the decoder; with cam.projected the stage runs the two separately.
+    "dino_branch+kmeans": (
+        {"decoder": {"dino_branch": True}, "cmpa": {"prototypes": "kmeans"}},
+        ("segmentation", "cmpa_cam"),
+    ),
 }
+# Which row a combined variant's outputs stand for.
+ROLE_OF = {"segmentation": "dino_branch", "cmpa_cam": "kmeans"}
 
 
 def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
@@ -200,6 +211,9 @@ def run_variants(run: Any, resumed: bool) -> dict[str, Any]:
         )
     iterations = plan.variant_iterations or cfg.train.iterations
     names = list(dict.fromkeys(plan.variants))
+    if cfg.cam.projected and "dino_branch+kmeans" in names:  # the heads then feed the decoder
+        at = names.index("dino_branch+kmeans")
+        names[at : at + 1] = [n for n in ("dino_branch", "kmeans") if n not in names]
     if iterations != cfg.train.iterations and "plain" not in names:
         names.append("plain")
     out: dict[str, Any] = {"iterations": iterations, "variants": {}}
@@ -240,5 +254,14 @@ def run_variants(run: Any, resumed: bool) -> dict[str, Any]:
                     "images": len(indices),
                     **row_summary(rows["initial CAM"]["result"]),
                 }
-        out["variants"][name] = entry
+        if "+" in name:  # a combined run: each output stands for its own variant's row
+            for key, role in ROLE_OF.items():
+                out["variants"][role] = {
+                    "overrides": overrides,
+                    "train": entry["train"],
+                    "trained_as": name,
+                    key: entry[key],
+                }
+        else:
+            out["variants"][name] = entry
     return out

@@ -102,6 +102,8 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
                 "iterations; a sample's cluster is its positive), trained in the variants "
                 "stage with the same seed."
             )
+            if "+" in var["variants"]["kmeans"].get("trained_as", ""):
+                note += _COMBINED
         tab = R.make_table("table4", "Table 4: initial CAM", rows, note=note)
         tab["short"] = "T4"
         R.add_table(report, tab)
@@ -243,13 +245,23 @@ def _branch_reading(var: dict[str, Any] | None, ev: dict[str, Any] | None, itera
             parts.append(f"{d:+.1f} mIoU {crf}")
     if not parts:
         return ""
-    return (
+    text = (
         "DINO branch vs plain SSR (same seed, "
         f"{var['iterations']} iterations each, {branch['images']:,} images): "
         + ", ".join(parts)
         + "; one seed, so a difference of this size is a single measurement, not a noise-"
         "bounded effect."
     )
+    if "+" in (_variant(var, "dino_branch") or {}).get("trained_as", ""):
+        text += _COMBINED
+    return text
+
+
+_COMBINED = (
+    " The DINO branch and the K-means prototypes were trained in one run: with cam.projected "
+    "false the pseudo labels never read the CMPA heads and the heads' loss never reads the "
+    "decoder, so each row differs from the plain run in its own switch (and the random draws)."
+)
 
 
 def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
