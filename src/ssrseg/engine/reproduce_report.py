@@ -147,10 +147,10 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
                 rows.append(
                     R.make_row(f"SSR {label}", ev["rows"][key], paper_val[label], val_set, dataset)
                 )
+        rows += _branch_rows(var, ev)  # beside the plain SSR rows
         for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
             if fs and key in fs["rows"]:
                 rows.append(R.make_row(f"fully supervised {label}", fs["rows"][key]))
-        rows += _branch_rows(var, ev)
         note = ""
         if ev and fs:
             shares = _shares(ev, fs)
