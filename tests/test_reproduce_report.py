@@ -154,8 +154,8 @@ def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
 
 
 def test_toy_chart_panels_from_report_tables() -> None:
-    """Raw Table 3 keeps the seed rows without paper bars; Table 4 keeps measured rows with the
-    paper's numbers and drops the paper-only ones."""
+    """Raw Table 3 keeps the seed rows (not the after-PAR ones) with the paper numbers its
+    table gives; Table 4 keeps measured rows with the paper's and drops the paper-only ones."""
     from ssrseg.engine import reproduce_report as RR
 
     report = R.new_report("T", "toy", "abc")
@@ -174,7 +174,7 @@ def test_toy_chart_panels_from_report_tables() -> None:
     R.add_table(report, R.make_table("table4", "t4", t4))
     panels = RR.toy_chart_tables(report)
     assert panels == [
-        ("Table 3, raw CLIP space", [("initial CAM", 33.0, None), ("+ SGC mask", 36.0, None)]),
+        ("Table 3, raw CLIP space", [("initial CAM", 33.0, 58.6), ("+ SGC mask", 36.0, None)]),
         (
             "Table 4, initial CAM",
             [("raw CLIP CAM", 33.0, 58.6), ("CMPA CAM, K-means prototypes", 20.0, 63.3)],

@@ -199,3 +199,10 @@ def test_context_leak_reads_the_context_from_the_caption(tmp_path) -> None:  # t
     leak = context_leak(Data(), [0, 1, 2], {"a": pred_home, "b": mask.copy()})
     assert leak["home"] == pytest.approx(100 * 2 / 6)
     assert leak["elsewhere"] == 0.0
+
+
+def test_bar_chart_without_paper_values_has_no_paper_legend() -> None:
+    fig = bar_chart([("toy only", [("a", 10.0, None), ("b", 20.0, None)])])
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 1) for p in ax.patches] == [10.0, 20.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["toy world (measured)"]

@@ -449,8 +449,9 @@ def toy_chart_tables(
     report: dict[str, Any],
 ) -> list[tuple[str, list[tuple[str, float, float | None]]]]:
     """Panels of the toy Table 3 / 4 chart from a report's tables: (title, rows of (name,
-    measured mIoU, paper mIoU or None)). The raw-space Table 3 has no paper numbers (the
-    paper's Table 3 is in the CMPA space); Table 4's rows carry the paper's."""
+    measured mIoU, paper mIoU or None)), with the paper numbers the tables give (in the raw
+    space only the initial CAM has one, Table 4's raw 58.6: the paper's Table 3 is in the
+    CMPA space); paper-only rows are left out."""
     from ssrseg.engine.cam_rows import TABLE3_ROWS
 
     seed_rows = {name for name, _ in TABLE3_ROWS}
@@ -470,8 +471,7 @@ def toy_chart_tables(
                 continue  # paper-only rows
             if key == "table3_raw" and r["name"] not in seed_rows:
                 continue  # the chart keeps the Table 3 rows (not the after-PAR diagnostics)
-            paper = (r["paper"] or {}).get("miou") if key != "table3_raw" else None
-            rows.append((r["name"], float(m), paper))
+            rows.append((r["name"], float(m), (r["paper"] or {}).get("miou")))
         if rows:
             panels.append((title, rows))
     return panels

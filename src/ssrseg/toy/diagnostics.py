@@ -253,7 +253,8 @@ def bar_chart(
         ax.bar(x - 0.2, measured, width=0.4, label="toy world (measured)", color="#3b75af")
         px = [i for i, r in enumerate(rows) if r[2] is not None]
         pv = [float(r[2]) for r in rows if r[2] is not None]
-        ax.bar(np.asarray(px) + 0.2, pv, width=0.4, label="paper (VOC)", color="#c0c0c0")
+        if px:  # no empty paper series: its legend entry would show a bar that is not there
+            ax.bar(np.asarray(px) + 0.2, pv, width=0.4, label="paper (VOC)", color="#c0c0c0")
         for xi, v in zip(x, measured, strict=True):
             ax.text(xi - 0.2, v + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(x, [r[0] for r in rows], rotation=25, ha="right", fontsize=8)
