@@ -145,6 +145,18 @@ def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
     main_ev = _seg(90.0, 90.0)  # must not be the reference: another length
     reading = RR._branch_reading(var, main_ev, 240)
     assert "+1.2 mIoU without CRF, -1.5 mIoU with CRF" in reading
+    with_pr = {k: {"precision": 50.0, "recall": 20.0, "miou": 15.0} for k in ("no_crf", "crf")}
+    ref_pr = {k: {"precision": 40.0, "recall": 30.0, "miou": 20.0} for k in ("no_crf", "crf")}
+    pr = {
+        "iterations": 100,
+        "variants": {
+            "dino_branch": {"segmentation": {"images": 5, "rows": with_pr}},
+            "plain": {"segmentation": {"images": 5, "rows": ref_pr}},
+        },
+    }
+    assert "-5.0 mIoU without CRF (P 40.0 -> 50.0, R 30.0 -> 20.0)" in RR._branch_reading(
+        pr, None, 240
+    )
     assert "100 iterations each, 10 images" in reading
     # same length as train and no plain variant: the main eval run is the reference
     same = {"iterations": 240, "variants": {"dino_branch": var["variants"]["dino_branch"]}}

@@ -241,8 +241,14 @@ def _branch_reading(var: dict[str, Any] | None, ev: dict[str, Any] | None, itera
     parts = []
     for key, crf in (("no_crf", "without CRF"), ("crf", "with CRF")):
         if key in branch["rows"] and key in ref["rows"]:
-            d = branch["rows"][key]["miou"] - ref["rows"][key]["miou"]
-            parts.append(f"{d:+.1f} mIoU {crf}")
+            b, r = branch["rows"][key], ref["rows"][key]
+            text = f"{b['miou'] - r['miou']:+.1f} mIoU {crf}"
+            if "precision" in b and "precision" in r:  # which way it moves: P / R
+                text += (
+                    f" (P {r['precision']:.1f} -> {b['precision']:.1f}, "
+                    f"R {r['recall']:.1f} -> {b['recall']:.1f})"
+                )
+            parts.append(text)
     if not parts:
         return ""
     text = (
