@@ -116,6 +116,25 @@ def ratio(times: dict[str, dict[str, Any]], num: str, den: str, key: str) -> flo
     return round(times[num][key] / times[den][key], 3)
 
 
+CLOCKS = ("median_wall_s", "min_wall_s", "median_cpu_s")
+
+
+def ratio_tables(
+    times: dict[str, dict[str, Any]],
+    pairs: dict[str, tuple[str, str]],
+    clocks: tuple[str, ...] = CLOCKS,
+    prefix: str = "ratios",
+) -> dict[str, dict[str, float]]:
+    """``{"<prefix>_<clock>": {name: ratio(times, num, den, clock)}}`` for every clock (the
+    ``_s`` suffix dropped), ``pairs`` mapping each name to its ``(num, den)`` entries."""
+    return {
+        f"{prefix}_{clock.removesuffix('_s')}": {
+            name: ratio(times, num, den, clock) for name, (num, den) in pairs.items()
+        }
+        for clock in clocks
+    }
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[int]:
     """Run the block with ``n`` intra-op threads (unchanged when None); yields the count."""

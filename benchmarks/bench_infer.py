@@ -36,7 +36,7 @@ from _timing import (
     machine_info,
     out_path,
     peak_memory_mib,
-    ratio,
+    ratio_tables,
     reset_peak_memory,
     run_in_child,
     timed,
@@ -171,16 +171,17 @@ def bench_threads(
             t = times[f"{name}/{part}"]
             entry[f"{part}_s_per_image"] = round(t["median_wall_s"] / n_images, 4)
         entry["images_per_second"] = round(n_images / times[f"{name}/predict"]["median_wall_s"], 3)
-        for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
-            tag = clock.removesuffix("_s")
-            entry[f"ratios_{tag}"] = {
-                "predict_vs_clip": ratio(times, f"{name}/predict", f"{name}/clip", clock),
-                "predict_vs_forwards": ratio(times, f"{name}/predict", f"{name}/forwards", clock),
-                "forwards_vs_clip": ratio(times, f"{name}/forwards", f"{name}/clip", clock),
-                "predict_vs_single_predict": ratio(
-                    times, f"{name}/predict", "single_scale/predict", clock
-                ),
-            }
+        entry.update(
+            ratio_tables(
+                times,
+                {
+                    "predict_vs_clip": (f"{name}/predict", f"{name}/clip"),
+                    "predict_vs_forwards": (f"{name}/predict", f"{name}/forwards"),
+                    "forwards_vs_clip": (f"{name}/forwards", f"{name}/clip"),
+                    "predict_vs_single_predict": (f"{name}/predict", "single_scale/predict"),
+                },
+            )
+        )
         per_config[name] = entry
     # the CRF alone, on one image's multi-scale + flip probabilities (CPU)
     crf: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from _timing import interleaved, machine_info, out_path, ratio, torch_threads, write_json
+from _timing import interleaved, machine_info, out_path, ratio_tables, torch_threads, write_json
 from ssrseg.config import PARConfig
 from ssrseg.rectify import par_native
 from ssrseg.rectify.par import par_refine, par_weights
@@ -148,11 +148,12 @@ def bench_case(
         "native_kernels": par_native.load() is not None and device.type == "cpu",
         "max_abs_diff_vs_torch_form": (outs["ssrseg"] - outs["torch_form"]).abs().max().item(),
     }
-    for clock in ("median_wall_s", "median_cpu_s"):
-        tag = clock.removesuffix("_s")
-        result[f"speedup_{tag}"] = {"vs_torch_form": ratio(times, "torch_form", "ssrseg", clock)}
-        if slow:
-            result[f"speedup_{tag}"]["vs_reference"] = ratio(times, "reference", "ssrseg", clock)
+    pairs = {"vs_torch_form": ("torch_form", "ssrseg")}
+    if slow:
+        pairs["vs_reference"] = ("reference", "ssrseg")
+    result.update(
+        ratio_tables(times, pairs, clocks=("median_wall_s", "median_cpu_s"), prefix="speedup")
+    )
     if slow:
         ref = outs["reference"]
         result["max_abs_diff_vs_reference"] = (outs["ssrseg"] - ref).abs().max().item()

@@ -40,7 +40,7 @@ from _timing import (
     machine_info,
     out_path,
     peak_memory_mib,
-    ratio,
+    ratio_tables,
     reset_peak_memory,
     run_in_child,
     torch_threads,
@@ -155,19 +155,20 @@ def bench_setting(
         "times": times,
         "sections_s_per_round": sections,
     }
-    for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
-        tag = clock.removesuffix("_s")
-        result[f"ratios_{tag}"] = {
-            "ssr_vs_clip_es": ratio(times, "ssr", "clip_es", clock),
-            "ssr_given_sp_vs_clip_es": ratio(times, "ssr_given_sp", "clip_es", clock),
-            "ssr_vs_backbone_ssr": ratio(times, "ssr", "backbone_ssr", clock),
-            "ssr_given_sp_vs_backbone_ssr": ratio(times, "ssr_given_sp", "backbone_ssr", clock),
-            "clip_es_vs_backbone_clip_es": ratio(times, "clip_es", "backbone_clip_es", clock),
-            # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
-            "floor_backbone_ssr_vs_backbone_clip_es": ratio(
-                times, "backbone_ssr", "backbone_clip_es", clock
-            ),
-        }
+    result.update(
+        ratio_tables(
+            times,
+            {
+                "ssr_vs_clip_es": ("ssr", "clip_es"),
+                "ssr_given_sp_vs_clip_es": ("ssr_given_sp", "clip_es"),
+                "ssr_vs_backbone_ssr": ("ssr", "backbone_ssr"),
+                "ssr_given_sp_vs_backbone_ssr": ("ssr_given_sp", "backbone_ssr"),
+                "clip_es_vs_backbone_clip_es": ("clip_es", "backbone_clip_es"),
+                # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
+                "floor_backbone_ssr_vs_backbone_clip_es": ("backbone_ssr", "backbone_clip_es"),
+            },
+        )
+    )
     stage = times["ssr"]["median_wall_s"] / len(calls)
     result["ssr_shares_of_stage"] = {
         k: round(v / len(calls) / stage, 3) for k, v in sections["ssr"].items()

@@ -38,7 +38,7 @@ from _timing import (
     machine_info,
     out_path,
     peak_memory_mib,
-    ratio,
+    ratio_tables,
     reset_peak_memory,
     torch_threads,
     write_json,
@@ -140,13 +140,16 @@ def bench(
         ),
         "memory": memory,
     }
-    for clock in ("median_wall_s", "min_wall_s", "median_cpu_s"):
-        tag = clock.removesuffix("_s")
-        result[f"ratios_{tag}"] = {
-            "step_vs_backbones": ratio(times, "step", "backbones", clock),
-            "labeller_vs_backbones": ratio(times, "labeller", "backbones", clock),
-            "heads_vs_backbones": ratio(times, "heads", "backbones", clock),
-        }
+    result.update(
+        ratio_tables(
+            times,
+            {
+                "step_vs_backbones": ("step", "backbones"),
+                "labeller_vs_backbones": ("labeller", "backbones"),
+                "heads_vs_backbones": ("heads", "backbones"),
+            },
+        )
+    )
     if device.type == "cuda":
         step_s = times["step"]["median_wall_s"]
         result["projection_voc"] = {
