@@ -91,6 +91,23 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 # "section.field". The pseudo-label rows set the attention / mask / PAR switches themselves.
 # Training keeps its whole section (even train.output_dir and the logging keys): a checkpoint
 # resumes only under the identical train / cmpa config, so any change there starts it afresh.
+# Everything an SSR training reads (train and the toy variants); loader settings that do not
+# change what is computed are left out.
+_TRAINING_SECTIONS = (
+    "backbone",
+    "prompts",
+    "cam",
+    "affinity",
+    "sgc",
+    "par",
+    "pseudo",
+    "cmpa",
+    "decoder",
+    "loss",
+    "data",
+    "train",
+)
+_NOT_SHAPING = ("data.num_workers", "data.allow_skipped")
 STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "render": ((), ()),
     "seeds": (
@@ -112,62 +129,18 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "data.superpixels",
         ),
     ),
-    "train": (
-        (
-            "backbone",
-            "prompts",
-            "cam",
-            "affinity",
-            "sgc",
-            "par",
-            "pseudo",
-            "cmpa",
-            "decoder",
-            "loss",
-            "data",
-            "train",
-        ),
-        ("data.num_workers", "data.allow_skipped"),
-    ),
+    "train": (_TRAINING_SECTIONS, _NOT_SHAPING),
     # cmpa reads the checkpoint (train's token) and scores with the train config's labeller
     "cmpa": ((), ()),
     "eval": (("infer", "crf", "data.dataset", "data.root", "data.val_split"), ()),
     "export": (("infer", "crf", "data.dataset", "data.root"), ()),
     "fully_supervised": (
-        (
-            "backbone",
-            "prompts",
-            "cam",
-            "decoder",
-            "loss",
-            "data",
-            "train",
-            "infer",
-            "crf",
-        ),
-        ("data.num_workers", "data.allow_skipped"),
+        ("backbone", "prompts", "cam", "decoder", "loss", "data", "train", "infer", "crf"),
+        _NOT_SHAPING,
     ),
     # toy world: extra trainings from the train config (ssrseg.engine.demo.VARIANTS), scored
     # like cmpa / eval
-    "variants": (
-        (
-            "backbone",
-            "prompts",
-            "cam",
-            "affinity",
-            "sgc",
-            "par",
-            "pseudo",
-            "cmpa",
-            "decoder",
-            "loss",
-            "data",
-            "train",
-            "infer",
-            "crf",
-        ),
-        ("data.num_workers", "data.allow_skipped"),
-    ),
+    "variants": ((*_TRAINING_SECTIONS, "infer", "crf"), _NOT_SHAPING),
 }
 # Pseudo-label evaluation split and default number of images per dataset: VOC train (1,464)
 # [convention of the field]; COCO's first 5,000 train images [decision: all 82,081 would take
