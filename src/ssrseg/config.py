@@ -178,6 +178,10 @@ class CMPAConfig:
     # cam.projected=true; presets wait until the heads have trained)
     projected_cam_from: int = 0
     plain_last_layer: bool = True  # [decision] last head layer is a plain Linear (no BN/ReLU)
+    # [decision] background term in L_proto (not the paper's): the CAM's background feature vs
+    # [classes + background prompts], positive = the raw-space nearest prompt (raw_nearest) or
+    # any prompt (any); none = the paper's loss (docs/toy_world.md, CMPA)
+    background_term: str = "none"
 
 
 @dataclass(frozen=True)
@@ -593,6 +597,7 @@ FIELD_RULES: dict[str, Rule] = {
     "cmpa.tau_init": above(0.0),
     "cmpa.tau_min": above(0.0),
     "cmpa.prototypes": one_of("class_mean", "kmeans"),
+    "cmpa.background_term": one_of("none", "raw_nearest", "any"),
     "cmpa.refresh_every": at_least(1),
     "cmpa.kmeans_iters": at_least(1),
     "cmpa.kmeans_max_features": at_least(1),

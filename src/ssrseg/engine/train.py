@@ -44,7 +44,7 @@ from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
 
-LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym")
+LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym", "proto_bg")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,6 +381,7 @@ class Trainer:
                     "cams": [c.detach() for c in out.cams],
                     "labels": labels,
                     "text_emb": model.labeler.class_emb,
+                    "bg_emb": model.labeler.bg_emb,  # for cmpa.background_term
                 }
         # the labeller's Grad-CAM must not leave gradients on the trainable parts
         self.optimizer.zero_grad(set_to_none=True)

@@ -58,7 +58,7 @@ class SSRLosses(nn.Module):
         tokens: CLIP per-block tokens ``B x (1+N) x D``; grid (h, w); pseudo: online pseudo
         labels ``B x H x W`` long (0 bg, c+1, 255). proto_inputs (None: no prototype loss):
         ``patch_emb`` ``B x N x E``, ``cams`` (per image ``K_i x h x w``), ``labels``,
-        ``text_emb`` ``C x E``.
+        ``text_emb`` ``C x E``, optional ``bg_emb`` (background prompts, ``B_w x E``).
         Returns {"loss", "seg", "aff", and with CMPA "proto", "proto_sym", "feats", "classes"}.
         """
         w = self.cfg.loss
@@ -82,6 +82,7 @@ class SSRLosses(nn.Module):
                 proto_inputs["labels"],
                 grid,
                 proto_inputs["text_emb"],
+                proto_inputs.get("bg_emb"),
             )
             total = total + w.w_proto * proto
             out.update(parts)

@@ -17,6 +17,16 @@ by the Hungarian method on the pairs' co-occurrence counts, and a sample's posit
 cluster matched to the image cluster nearest to its ``f_ic``. Before the first refresh each
 class is its own cluster on both sides (the positive is the image-level class).
 
+``cmpa.background_term`` (our decision, not the paper's; docs/toy_world.md, "Why CMPA lowers the
+initial CAM") adds a background term: each image's background feature (ISA patches pooled with
+``1 - max_c CAM_c``) against the text prototypes of [classes + background prompts], with a
+background prompt as positive, so the projected space keeps the background alignment that
+CLIP-ES's background words rely on in the projected CAM's softmax. ``raw_nearest``: the positive
+is the background prompt nearest (cosine) to the same pooled feature in the raw CLIP space (CLIP's
+own zero-shot choice, fixed by the frozen backbone); ``any``: every background prompt is a positive
+(multi-positive cross-entropy: the feature must be nearer the background prompts than the
+classes). ``none`` (default) is the paper's loss, unchanged.
+
 Pure maths are module-level functions; :class:`CMPA` holds the heads, ``tau`` and the visual
 prototype buffers. The schedule (when the loss starts, when prototypes refresh) is the trainer's.
 """
@@ -33,6 +43,7 @@ from torch import Tensor, nn
 from ssrseg.config import CMPAConfig
 
 PROTOTYPE_MODES = ("class_mean", "kmeans")
+BACKGROUND_TERMS = ("none", "raw_nearest", "any")
 
 
 def projection_head(
@@ -94,6 +105,50 @@ def prototype_loss(feats: Tensor, classes: Tensor, text_protos: Tensor, tau: Ten
     if feats.shape[0] == 0:
         return text_protos.sum() * 0.0
     return F.cross_entropy(prototype_logits(feats, text_protos, tau).float(), classes)
+
+
+def background_weights(cams: Sequence[Tensor]) -> list[Tensor]:
+    """Per image the CAM's background ``1 - max_c CAM_c`` (``1 x h x w``, CAMs clamped to
+    [0, 1]); all ones for an image without classes. cams: per image ``K_i x h x w``."""
+    out = []
+    for cam in cams:
+        cam = cam.detach()
+        if cam.shape[0] == 0:
+            out.append(cam.new_ones(1, *cam.shape[-2:]))
+        else:
+            out.append(1.0 - cam.clamp(0.0, 1.0).amax(dim=0, keepdim=True))
+    return out
+
+
+def nearest_prompt(feats: Tensor, prompts: Tensor) -> Tensor:
+    """Index of the prompt embedding (``K x d``) with the highest cosine to each feature
+    (``M x d``): ``M`` long."""
+    sims = F.normalize(feats.float(), dim=-1) @ F.normalize(prompts.float(), dim=-1).t()
+    return sims.argmax(dim=1)
+
+
+def background_prototype_loss(
+    feats: Tensor,
+    class_protos: Tensor,
+    bg_protos: Tensor,
+    tau: Tensor,
+    targets: Tensor | None = None,
+) -> Tensor:
+    """Background term: ``mean_i CE(norm(f_i) . norm([P_T; P_B])^T / tau, positive)``.
+
+    feats: ``M x d`` pooled background features; class_protos: ``C x d``; bg_protos: ``B x d``.
+    targets (``M`` long, 0-based background prompt): the positive is column ``C + target``;
+    None: every background prompt is a positive,
+    ``-log(sum_b exp(l_{C+b}) / sum_k exp(l_k))``. Zero (in the graph) when M = 0.
+    """
+    protos = torch.cat([class_protos, bg_protos], dim=0)
+    if feats.shape[0] == 0:
+        return protos.sum() * 0.0
+    c = class_protos.shape[0]
+    logits = prototype_logits(feats, protos, tau).float()
+    if targets is not None:
+        return F.cross_entropy(logits, targets + c)
+    return (logits.logsumexp(dim=1) - logits[:, c:].logsumexp(dim=1)).mean()
 
 
 def symmetric_prototype_loss(
@@ -190,6 +245,11 @@ class CMPA(nn.Module):
                 f"cmpa.prototypes={cfg.prototypes!r}: use one of {', '.join(PROTOTYPE_MODES)} "
                 "(see docs/training.md, CMPA prototypes)"
             )
+        if cfg.background_term not in BACKGROUND_TERMS:
+            raise ValueError(
+                f"cmpa.background_term={cfg.background_term!r}: use one of "
+                f"{', '.join(BACKGROUND_TERMS)}"
+            )
         self.cfg = cfg
         self.num_classes = num_classes
         args = (cfg.in_dim, cfg.hidden_dim, cfg.out_dim, cfg.num_layers, cfg.plain_last_layer)
@@ -236,7 +296,16 @@ class CMPA(nn.Module):
 
         cams[i] holds one map per class of ``labels[i]``, in the same order.
         """
-        proj = self.project_image(patch_emb)
+        return self._class_features(self.project_image(patch_emb), cams, labels, grid)
+
+    @staticmethod
+    def _class_features(
+        proj: Tensor,
+        cams: Sequence[Tensor],
+        labels: Sequence[Sequence[int]],
+        grid: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`class_features` on already projected patches ``B x N x d2``."""
         pooled = masked_average_pool(proj, cams, grid)
         for i, (p, lab) in enumerate(zip(pooled, labels, strict=True)):
             if p.shape[0] != len(lab):
@@ -254,16 +323,31 @@ class CMPA(nn.Module):
         labels: Sequence[Sequence[int]],
         grid: tuple[int, int],
         text_emb: Tensor,
+        bg_emb: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
         """Prototype loss of a batch.
 
         patch_emb: ``B x N x E`` final CLIP patch embeddings (detached); cams: initial CAMs per
-        image ``K_i x h x w``; text_emb: ``C x E`` class text embeddings.
-        Returns (loss, parts {"proto", "proto_sym"}, detached f_ic ``M x d2``, classes ``M``)
-        so the trainer can accumulate visual prototypes.
+        image ``K_i x h x w``; text_emb: ``C x E`` class text embeddings; bg_emb: ``B_w x E``
+        background-prompt embeddings (needed by ``cmpa.background_term``, ignored without it).
+        Returns (loss, parts {"proto", "proto_sym", "proto_bg"}, detached f_ic ``M x d2``,
+        classes ``M``) so the trainer can accumulate visual prototypes.
         """
-        feats, classes = self.class_features(patch_emb, cams, labels, grid)
-        text_protos = self.project_text(text_emb)
+        proj = self.project_image(patch_emb)
+        feats, classes = self._class_features(proj, cams, labels, grid)
+        n_cls = text_emb.shape[0]
+        use_bg = self.cfg.background_term != "none"
+        if use_bg:
+            if bg_emb is None or bg_emb.shape[0] == 0:
+                raise ValueError(
+                    f"cmpa.background_term={self.cfg.background_term} needs background prompts"
+                )
+            # one TSA pass over every text the projected CAM scores, so the BatchNorm statistics
+            # (train and running) are those of [classes + background prompts]
+            all_protos = self.project_text(torch.cat([text_emb, bg_emb.to(text_emb)]))
+            text_protos, bg_protos = all_protos[:n_cls], all_protos[n_cls:]
+        else:
+            text_protos = self.project_text(text_emb)
         tau = self.tau
         visual, valid = self.visual_protos, self.proto_valid.bool()
         targets = classes
@@ -285,6 +369,17 @@ class CMPA(nn.Module):
             sym = symmetric_prototype_loss(text_protos, visual, valid, tau)
             parts["proto_sym"] = sym.detach()
             total = total + sym
+        if use_bg:
+            assert bg_emb is not None
+            weights = background_weights(cams)
+            bg_feats = torch.cat(masked_average_pool(proj, weights, grid), dim=0)  # B x d2
+            bg_targets = None
+            if self.cfg.background_term == "raw_nearest":
+                raw = torch.cat(masked_average_pool(patch_emb.detach(), weights, grid), dim=0)
+                bg_targets = nearest_prompt(raw, bg_emb.to(raw))
+            bg = background_prototype_loss(bg_feats, text_protos, bg_protos, tau, bg_targets)
+            parts["proto_bg"] = bg.detach()
+            total = total + bg
         return total, parts, F.normalize(feats.detach().float(), dim=-1), classes
 
     def kmeans_positives(self, feats: Tensor, classes: Tensor) -> Tensor:

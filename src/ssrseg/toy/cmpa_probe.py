@@ -24,6 +24,8 @@ Hypotheses and their measurements (docs/toy_world.md, "Why CMPA hurts"):
 - background words (found here): TSA never sees the background prompts in L_proto, yet the
   projected CAM puts them in its softmax -> score without background words, and train TSA with
   the background prompts as extra negatives;
+- the fix tried (``cmpa.background_term``, our decision): a background term in L_proto that
+  pulls the CAM's background feature to a background prompt in the projected space;
 - what the CAM differentiates (found here): the heads learn to classify CAM-weighted means
   (``pair_acc``) but the projected Grad-CAM scores the mean of ISA over all patches
   (``image_acc``, raw space for comparison).
@@ -240,6 +242,7 @@ def train_heads(
                 [data.labels[i] for i in idx],
                 data.grid,
                 class_emb,
+                bg_emb,
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -259,9 +262,17 @@ def train_heads(
 
 
 @torch.no_grad()
-def recalibrated(cmpa: CMPA, data: ProbeData, class_emb: Tensor, batch: int = 32) -> CMPA:
+def recalibrated(
+    cmpa: CMPA,
+    data: ProbeData,
+    class_emb: Tensor,
+    batch: int = 32,
+    bg_emb: Tensor | None = None,
+) -> CMPA:
     """A copy whose BatchNorm running statistics are the exact statistics of every training
-    patch (ISA) and of the class texts (TSA), instead of the momentum-averaged ones."""
+    patch (ISA) and of the texts TSA trained on (TSA: the class texts, plus the background
+    prompts ``bg_emb`` when the background term trained them), instead of the momentum-averaged
+    ones."""
     out = copy.deepcopy(cmpa)
     for m in out.modules():
         if isinstance(m, nn.BatchNorm1d):
@@ -270,7 +281,7 @@ def recalibrated(cmpa: CMPA, data: ProbeData, class_emb: Tensor, batch: int = 32
     out.train()
     for lo in range(0, data.patch_emb.shape[0], batch):
         out.project_image(data.patch_emb[lo : lo + batch])
-    out.project_text(class_emb)
+    out.project_text(class_emb if bg_emb is None else torch.cat([class_emb, bg_emb]))
     out.eval()
     return out
 
@@ -408,6 +419,19 @@ def run_probe(
             f"CMPA {short} it., background prompts as negatives", short, background_negatives=True
         ),
         HeadRun(f"CMPA {short} it., kmeans prototypes", short, {"prototypes": "kmeans"}),
+        # the background term (cmpa.background_term, our decision): the CAM's background
+        # feature pulled to a background prompt in the projected space
+        HeadRun(
+            f"CMPA {short} it., background term raw_nearest",
+            short,
+            {"background_term": "raw_nearest"},
+        ),
+        HeadRun(f"CMPA {short} it., background term any", short, {"background_term": "any"}),
+        HeadRun(
+            f"CMPA {short} it., kmeans + background term raw_nearest",
+            short,
+            {"prototypes": "kmeans", "background_term": "raw_nearest"},
+        ),
         # one plain Linear per head: mean_p ISA(v_p) = ISA(mean_p v_p), so the CAM's gradient is
         # the same at every patch, as in the raw space
         HeadRun(f"CMPA {short} it., linear heads", short, {"num_layers": 1}),
@@ -416,6 +440,11 @@ def run_probe(
             f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
         ),
         HeadRun(f"CMPA {long} it., kmeans prototypes", long, {"prototypes": "kmeans"}),
+        HeadRun(
+            f"CMPA {long} it., background term raw_nearest",
+            long,
+            {"background_term": "raw_nearest"},
+        ),
     ]
     if match:
         runs = [r for r in runs if any(m in r.name for m in match)]
@@ -443,7 +472,15 @@ def run_probe(
             "image_acc": round(image_accuracy(cmpa, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(cmpa, data, score_idx, bg_emb), 1),
             f"at_scale_{raw_scale:g}": score(labeler, at_scale(cmpa, raw_scale)),
-            "bn_recalibrated": score(labeler, recalibrated(cmpa, data, class_emb)),
+            "bn_recalibrated": score(
+                labeler,
+                recalibrated(
+                    cmpa,
+                    data,
+                    class_emb,
+                    bg_emb=bg_emb if cmpa.cfg.background_term != "none" else None,
+                ),
+            ),
             "no_bg_words": score(labeler_nobg, cmpa),
         }
         if run.name == runs[0].name:
