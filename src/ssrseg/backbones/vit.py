@@ -104,19 +104,50 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each B x H x L x hd
-        if need_attn:
-            logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-            if causal:
-                future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
-                logits = logits.masked_fill(future, float("-inf"))
-            attn = logits.float().softmax(dim=-1)
-            out = attn.to(v.dtype) @ v
-            mean_attn: Tensor | None = attn.mean(dim=1)
-        else:
+        if not need_attn:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-            mean_attn = None
-        out = out.transpose(1, 2).reshape(b, n, d)
-        return self.proj(out), mean_attn
+            return self.proj(out.transpose(1, 2).reshape(b, n, d)), None
+        future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1) if causal else None
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and qkv.requires_grad):
+            out, mean_attn = self._attention_per_head(q, k, v, future)
+            return self.proj(out.reshape(b, n, d)), mean_attn
+        logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+        if future is not None:
+            logits = logits.masked_fill(future, float("-inf"))
+        attn = logits.float().softmax(dim=-1)
+        out = attn.to(v.dtype) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, d)), attn.mean(dim=1)
+
+    def _attention_per_head(
+        self, q: Tensor, k: Tensor, v: Tensor, future: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Explicit attention one head at a time (CPU, no autograd graph).
+
+        q, k, v: ``B x H x L x hd``; future: ``L x L`` bool mask of the causal positions or None.
+        Returns (``B x L x H x hd`` output, ``B x L x L`` float32 head-averaged attention).
+
+        Why: all heads at once materialise two ``B x H x L x L`` tensors (logits, softmax) and
+        read the softmax once more for the head mean; at L = 769 that is 28 MB each, far out
+        of cache. One head's ``B x L x L`` block stays in cache between its matmul, softmax,
+        value product and the running sum. The output and the softmax of every head are
+        bit-identical to the batched formula; the mean is a sequential sum over the heads, then
+        the division, which can differ from ``mean(dim=1)`` in the last bit (that kernel's
+        summation order depends on the CPU's vector width and the tensor's layout).
+        """
+        b, heads, n, hd = q.shape
+        q = q * (1.0 / math.sqrt(hd))
+        k_t = k.transpose(-2, -1)
+        out = torch.empty(b, n, heads, hd, dtype=v.dtype, device=v.device)
+        probs = torch.empty(b, n, n, dtype=torch.float32, device=v.device)
+        total = torch.zeros(b, n, n, dtype=torch.float32, device=v.device)
+        for i in range(heads):
+            logits = q[:, i] @ k_t[:, i]
+            if future is not None:
+                logits.masked_fill_(future, float("-inf"))
+            torch.softmax(logits.float(), dim=-1, out=probs)
+            out[:, :, i] = probs.to(v.dtype) @ v[:, i]
+            total += probs
+        return out, total.div_(heads)
 
 
 class MLP(nn.Module):
@@ -210,6 +241,8 @@ def interpolate_pos_embed(
 # "bicubic_offset": the official DINO / DINOv2 repositories' +0.1 scale factor (models without
 # registers; the register models resize to the explicit size there, as "bicubic").
 POS_EMBED_RESIZE = ("bicubic", "bilinear_fp16", "bicubic_offset")
+# Resized position tables a VisionTransformer keeps (grids x dtypes x modes in use at once).
+POS_CACHE_SIZE = 8
 
 
 def interpolate_pos_embed_bilinear_fp16(
@@ -260,6 +293,10 @@ class VisionTransformer(nn.Module):
         self.proj: nn.Parameter | None = (
             nn.Parameter(torch.zeros(d, cfg.output_dim)) if cfg.output_dim else None
         )
+        # resized position tables (see position_table): key -> table, valid while the
+        # parameter is the one recorded in _pos_source (its storage and version counter)
+        self._pos_cache: dict[tuple[object, ...], Tensor] = {}
+        self._pos_source: tuple[Tensor, int] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -289,28 +326,65 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # B x N x D
         cls = self.cls_token.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)
+        x = x + self.position_table(grid, x.dtype)
+        if self.register_tokens is not None:
+            reg = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], reg, x[:, 1:]], dim=1)
+        return self.ln_pre(x), grid
+
+    def resize_position_table(self, grid: tuple[int, int]) -> Tensor:
+        """``pos_embed`` resized to ``grid`` with ``pos_embed_resize``: ``(1 + h*w) x D`` in the
+        parameter's dtype (recomputed; :meth:`position_table` caches it)."""
         if self.pos_embed_resize == "bilinear_fp16":
-            pos = interpolate_pos_embed_bilinear_fp16(
+            return interpolate_pos_embed_bilinear_fp16(
                 self.pos_embed, grid, self.cfg.pretrained_grid
             )
-        elif self.pos_embed_resize in ("bicubic", "bicubic_offset"):
+        if self.pos_embed_resize in ("bicubic", "bicubic_offset"):
             offset = (
                 0.1
                 if self.pos_embed_resize == "bicubic_offset" and not self.cfg.num_registers
                 else 0.0
             )
-            pos = interpolate_pos_embed(
+            return interpolate_pos_embed(
                 self.pos_embed, grid, self.cfg.pretrained_grid, self.cfg.pos_antialias, offset
             )
-        else:
-            raise ValueError(
-                f"pos_embed_resize {self.pos_embed_resize!r} is not one of {POS_EMBED_RESIZE}"
-            )
-        x = x + pos.to(x.dtype)
-        if self.register_tokens is not None:
-            reg = self.register_tokens.to(x.dtype).expand(x.shape[0], -1, -1)
-            x = torch.cat([x[:, :1], reg, x[:, 1:]], dim=1)
-        return self.ln_pre(x), grid
+        raise ValueError(
+            f"pos_embed_resize {self.pos_embed_resize!r} is not one of {POS_EMBED_RESIZE}"
+        )
+
+    def position_table(self, grid: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        """The position table for ``grid`` in ``dtype``: ``(1 + h*w) x D``.
+
+        The resize is a function of the parameter alone, so it is cached per (grid, dtype,
+        resize mode) and reused while the parameter is unchanged: same storage (``data_ptr``,
+        kept alive by the cache, so the address cannot be reused by another table) and same
+        version counter (bumped by every in-place update through autograd-visible ops, e.g.
+        ``load_state_dict``, optimisers, EMA). Writes through ``.data`` bypass the counter and
+        are not detected. With gradients enabled and ``pos_embed.requires_grad`` the table is
+        always recomputed: autograd needs the graph back to the parameter.
+        """
+        pos = self.pos_embed
+        if torch.is_grad_enabled() and pos.requires_grad:
+            return self.resize_position_table(grid).to(dtype)
+        source = self._pos_source
+        if (
+            source is None
+            or source[0].device != pos.device
+            or source[0].data_ptr() != pos.data_ptr()
+            or source[1] != pos._version
+        ):
+            self._pos_cache.clear()
+            self._pos_source = (pos.detach(), pos._version)
+        # tensors made under inference mode may only be used there: the mode is part of the key
+        key = (grid, dtype, self.pos_embed_resize, torch.is_inference_mode_enabled())
+        table = self._pos_cache.get(key)
+        if table is None:
+            if len(self._pos_cache) >= POS_CACHE_SIZE:  # drop the oldest entry
+                del self._pos_cache[next(iter(self._pos_cache))]
+            with torch.no_grad():  # also with grad enabled: pos_embed is frozen here
+                table = self.resize_position_table(grid).to(dtype)
+            self._pos_cache[key] = table
+        return table
 
     def forward_intermediates(
         self,
