@@ -33,7 +33,7 @@ def _proto_inputs(
 def test_background_prompts_reach_the_background_term() -> None:
     model = tiny_ssr_model(tiny_config(cmpa__background_term="raw_nearest"), 1).train()
     batch = synthetic_batch(2)
-    bg = torch.randn(2, model.labeler.class_emb.shape[1], requires_grad=True)
+    bg = torch.randn(2, 16, requires_grad=True)  # tiny_config: cmpa.in_dim=16
     x = _proto_inputs(model, batch, bg)
     res = model.losses(x["tokens"], x["grid"], x["pseudo"], x["proto"])
     assert res["proto_bg"].item() > 0.0

@@ -141,8 +141,9 @@ def test_gradient_reaches_the_background_prompts() -> None:
     loss.backward()
     assert parts["proto_bg"].item() > 0.0
     assert bg.grad is not None and bg.grad.abs().sum() > 0  # through TSA: bg prototypes move
-    grad = cmpa.tsa[0].weight.grad
-    assert grad is not None and grad.abs().sum() > 0
+    first = cmpa.tsa[0]
+    assert isinstance(first, torch.nn.Linear) and first.weight.grad is not None
+    assert first.weight.grad.abs().sum() > 0
 
 
 def test_background_term_works_with_kmeans_prototypes() -> None:

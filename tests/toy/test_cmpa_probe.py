@@ -98,3 +98,23 @@ def test_background_accuracy_pools_where_the_cam_is_low() -> None:
     data.patch_emb[0, 1] = torch.tensor([0.0, 1.0, 0.0, 0.0])
     bg = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
     assert background_accuracy(None, data, [0, 1], bg) == 50.0
+
+
+def test_train_heads_with_the_background_term_and_recalibration() -> None:
+    cfg = load_config(
+        None,
+        ["cmpa.in_dim=4", "cmpa.hidden_dim=6", "cmpa.out_dim=3", "train.batch_size=2",
+         "cmpa.refresh_every=2"],
+    )  # fmt: skip
+    data = _data()
+    data.cams = [torch.tensor([[[1.0, 0.2]]]), torch.tensor([[[0.3, 1.0]]])]
+    text, bg = torch.randn(2, 4), torch.randn(3, 4)
+    run = HeadRun("bg", 2, {"background_term": "raw_nearest"})
+    cmpa, last = train_heads(cfg, data, run, text, bg)
+    assert cmpa.cfg.background_term == "raw_nearest" and math.isfinite(last["loss"])
+    # TSA trained on [classes + background prompts]: the exact statistics cover all five texts
+    out = recalibrated(cmpa, data, text, bg_emb=bg)
+    tsa_bn = out.tsa[1]
+    assert isinstance(tsa_bn, nn.BatchNorm1d) and tsa_bn.running_mean is not None
+    both = torch.cat([text, bg])
+    assert torch.allclose(tsa_bn.running_mean, cmpa.tsa[0](both).mean(0), atol=1e-6)
