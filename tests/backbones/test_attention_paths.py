@@ -11,6 +11,15 @@ import torch
 from ssrseg.backbones.vit import Attention
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The per-head path runs with one torch thread (more threads use the batched path)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def reference(attn: Attention, x: torch.Tensor, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Textbook multi-head attention in float64: (output ``B x L x D``, head-mean ``B x L x L``)."""
     b, n, d = x.shape
@@ -67,6 +76,19 @@ def test_per_head_mean_is_a_sequential_sum_over_heads() -> None:
     for i in range(1, 8):
         total = total + probs[:, i]
     assert mean is not None and torch.equal(mean, total / 8)
+
+
+def test_more_threads_use_the_batched_path() -> None:
+    torch.manual_seed(4)
+    attn = Attention(64, 8).eval()
+    x = torch.randn(1, 29, 64)
+    with torch.no_grad():
+        torch.set_num_threads(2)
+        _, mean = attn(x, need_attn=True)
+        qkv = attn.qkv(x).reshape(1, 29, 3, 8, 8).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.unbind(0)
+        probs = ((q * (1.0 / math.sqrt(8))) @ k.transpose(-2, -1)).softmax(dim=-1)
+    assert mean is not None and torch.equal(mean, probs.mean(dim=1))
 
 
 def test_per_head_path_half_precision_on_cpu() -> None:

@@ -108,7 +108,11 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
             return self.proj(out.transpose(1, 2).reshape(b, n, d)), None
         future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1) if causal else None
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and qkv.requires_grad):
+        if (
+            x.device.type == "cpu"
+            and torch.get_num_threads() == 1
+            and not (torch.is_grad_enabled() and qkv.requires_grad)
+        ):
             out, mean_attn = self._attention_per_head(q, k, v, future)
             return self.proj(out.reshape(b, n, d)), mean_attn
         logits = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
@@ -121,7 +125,7 @@ class Attention(nn.Module):
     def _attention_per_head(
         self, q: Tensor, k: Tensor, v: Tensor, future: Tensor | None
     ) -> tuple[Tensor, Tensor]:
-        """Explicit attention one head at a time (CPU, no autograd graph).
+        """Explicit attention one head at a time (CPU, one thread, no autograd graph).
 
         q, k, v: ``B x H x L x hd``; future: ``L x L`` bool mask of the causal positions or None.
         Returns (``B x L x H x hd`` output, ``B x L x L`` float32 head-averaged attention).
@@ -133,6 +137,9 @@ class Attention(nn.Module):
         bit-identical to the batched formula; the mean is a sequential sum over the heads, then
         the division, which can differ from ``mean(dim=1)`` in the last bit (that kernel's
         summation order depends on the CPU's vector width and the tensor's layout).
+        One thread only: with two, the per-head kernels are too small to split well (measured
+        3x slower than all heads at once with the second core busy), and a GEMM's thread split
+        makes the per-head products differ in the last bit from the batched ones.
         """
         b, heads, n, hd = q.shape
         q = q * (1.0 / math.sqrt(hd))
