@@ -133,7 +133,8 @@ def probs_to_mask(probs: Tensor) -> Tensor:
     """``... x K x H x W`` scores -> ``... x H x W`` uint8 labels (0 background, c + 1)."""
     if probs.shape[-3] > 256:
         raise ValueError(f"{probs.shape[-3]} classes do not fit a uint8 mask")
-    return probs.argmax(dim=-3).to(torch.uint8)
+    # max(...).indices == argmax (first maximum on ties) and is several times faster on CPU
+    return probs.max(dim=-3).indices.to(torch.uint8)
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,7 +99,9 @@ def scores_to_labels(
 
     # lookup: channel 0 -> 0, channel k -> class_ids[k - 1] + 1
     lut = torch.tensor([0, *(c + 1 for c in class_ids)], dtype=torch.long, device=scores.device)
-    labels = lut[scores.argmax(dim=0)]
+    # max(...).indices == argmax (first maximum on ties, both documented), but torch's CPU argmax
+    # over a leading dim is ~7x slower (23 vs 3.5 ms, 3 x 375 x 500, 1 thread)
+    labels = lut[scores.max(dim=0).indices]
     if band is None:
         return labels
     low, high = band
