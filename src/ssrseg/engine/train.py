@@ -381,8 +381,9 @@ class Trainer:
                     "cams": [c.detach() for c in out.cams],
                     "labels": labels,
                     "text_emb": model.labeler.class_emb,
-                    "bg_emb": model.labeler.bg_emb,  # for cmpa.background_term
                 }
+                if cfg.cmpa.background_term != "none":  # our decision, off by default
+                    proto_inputs["bg_emb"] = model.labeler.bg_emb
         # the labeller's Grad-CAM must not leave gradients on the trainable parts
         self.optimizer.zero_grad(set_to_none=True)
         factor = lr_factor(
