@@ -6,6 +6,8 @@ multiple of the patch size (CLIP-ES); the scores are resized back to the image a
 ``OUT/<id>.png`` (palette PNG: 0 background, c + 1 class c, 255 ignore). Finished images are
 skipped (resumable), files are written atomically, the resolved config is saved as
 ``OUT/config.yaml``, ``--eval`` prints the metrics table against the ground-truth masks.
+While one image runs, a background thread reads and resizes the next one and computes its SLIC
+superpixels (``affinity.mask=sgc``); the outputs are the same as without it (``--no-prefetch``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ssrseg.commands.common import (
 if TYPE_CHECKING:
     import torch
 
+    from ssrseg.commands.prefetch import PrefetchedDataset, Prepared
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset, SkipLog
     from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
@@ -67,6 +70,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="read, resize and SLIC each image in the main thread just before it runs, instead "
+        "of the next image on a background thread while the current one runs (same outputs)",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sgc.theta=0.6"
     )
@@ -197,16 +206,37 @@ def to_tensor(
     return resize_to_tensor01(image, size, mode, device)
 
 
-def run_labeler(job: Job, sample: Sample) -> PseudoLabelOutput:
+def labeler_images(job: Job, sample: Sample) -> torch.Tensor:
+    """``1 x 3 x h x w`` in [0, 1]: the image resized to its work size (the labeller's input)."""
+    h, w = sample.image.shape[:2]
+    size = work_size(h, w, job.labeler.patch_size, job.long_side)
+    return to_tensor(sample.image, size, job.device, job.cfg.cam.input_resize)
+
+
+def prepare(job: Job, sample: Sample) -> Prepared:
+    """The labeller's inputs of one image: its resized tensor and, with the SGC mask, its SLIC
+    superpixels computed as the labeller would (for the prefetch thread)."""
+    from ssrseg.commands.prefetch import Prepared, superpixels_for
+
+    images01 = labeler_images(job, sample)
+    return Prepared(images01, superpixels_for(images01, job.cfg))
+
+
+def run_labeler(job: Job, sample: Sample, prepared: Prepared | None = None) -> PseudoLabelOutput:
     """One image through the labeller at its work size; its refined CAMs, scores and labels
-    come back at the image's own size (``pseudo.output_resize``)."""
+    come back at the image's own size (``pseudo.output_resize``). ``prepared``: its inputs from
+    :func:`prepare` (None: resized here, superpixels computed by the labeller)."""
     import torch
 
     h, w = sample.image.shape[:2]
-    size = work_size(h, w, job.labeler.patch_size, job.long_side)
-    images01 = to_tensor(sample.image, size, job.device, job.cfg.cam.input_resize)
+    if prepared is None:
+        images01, superpixels = labeler_images(job, sample), None
+    else:
+        images01, superpixels = prepared.images01, prepared.superpixels
     with torch.no_grad():
-        return job.labeler(images01, [sample.labels], cmpa=job.cmpa, out_size=(h, w))
+        return job.labeler(
+            images01, [sample.labels], superpixels=superpixels, cmpa=job.cmpa, out_size=(h, w)
+        )
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -218,11 +248,28 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[None].float(), size=size, mode="bilinear", align_corners=False)[0]
 
 
-def iterate(job: Job, skip_log: SkipLog, limit: int | None, progress: bool) -> Iterator[Sample]:
-    from ssrseg.data.base import iter_valid
+def iterate(
+    job: Job,
+    skip_log: SkipLog,
+    limit: int | None,
+    progress: bool,
+    prefetched: PrefetchedDataset | None = None,
+) -> Iterator[Sample]:
+    """The valid samples of the first ``limit`` images, in order (bad ones go to ``skip_log``);
+    read through ``prefetched`` when given (same samples, same reports)."""
+    from typing import cast
 
-    n = len(job.dataset) if limit is None else min(limit, len(job.dataset))
-    return iter_valid(job.dataset, skip_log, range(n), progress=progress, desc=job.out.name)
+    from ssrseg.data.base import SegDataset, iter_valid
+
+    # the stand-in offers what iter_valid uses: len, ids, name, split, indexing
+    dataset = job.dataset if prefetched is None else cast(SegDataset, prefetched)
+    order = loop_order(job, limit)
+    return iter_valid(dataset, skip_log, order, progress=progress, desc=job.out.name)
+
+
+def loop_order(job: Job, limit: int | None) -> range:
+    """Indices the loop visits: the first ``limit`` images (all when None)."""
+    return range(len(job.dataset) if limit is None else min(limit, len(job.dataset)))
 
 
 def write_overlay(
@@ -308,35 +355,62 @@ def run_job(
     """The loop ``cams`` and ``pseudo-labels`` share: finished images are skipped (their labels
     read back for ``--eval``), the others run through the labeller and ``make`` writes
     ``OUT/<id><suffix>`` and returns the ``H x W`` labels; the first ``--overlays`` images get a
-    figure; ``--eval`` scores the labels; skipped inputs are reported. Returns the exit code."""
+    figure; ``--eval`` scores the labels; skipped inputs are reported. Unless
+    ``--no-prefetch``, the next image is read and prepared (:func:`prepare`) on a background
+    thread while the current one runs. Returns the exit code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
     from ssrseg.metrics import ConfusionMatrix
+
+    def destination(sample: Sample) -> Path:
+        return job.out / f"{sample.image_id}{suffix}"
+
+    def done(sample: Sample) -> bool:
+        return destination(sample).is_file() and not args.overwrite
+
+    def prepare_unless_done(sample: Sample) -> Prepared | None:
+        return None if done(sample) else prepare(job, sample)
 
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays
     tally = Tally()
-    for sample in iterate(job, skip_log, args.limit, not args.no_progress):
-        dest = job.out / f"{sample.image_id}{suffix}"
-        labels: np.ndarray | None = None
-        if tally.count(dest.is_file() and not args.overwrite):
-            if args.eval and sample.mask is not None:
-                labels = read(dest)
-        else:
-            out = run_labeler(job, sample)
-            labels = make(sample, out, dest)
-            if overlays_left > 0:
-                overlays_left -= 1
-                size = sample.image.shape[:2]
-                write_overlay(
-                    job.out / "overlays" / f"{sample.image_id}.png",
-                    sample,
-                    resize_maps(out.cams[0], size).cpu().numpy(),
-                    resize_maps(out.refined[0], size).cpu().numpy(),
-                    labels,
-                )
-        if args.eval and sample.mask is not None and labels is not None:
-            conf.update(labels, sample.mask)
+    pool = None if args.no_prefetch else ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    prefetched = (
+        None
+        if pool is None
+        else PrefetchedDataset(job.dataset, loop_order(job, args.limit), prepare_unless_done, pool)
+    )
+    try:
+        for sample in iterate(job, skip_log, args.limit, not args.no_progress, prefetched):
+            dest = destination(sample)
+            labels: np.ndarray | None = None
+            if tally.count(done(sample)):
+                if args.eval and sample.mask is not None:
+                    labels = read(dest)
+            else:
+                ready = None if prefetched is None else prefetched.prepared(sample)
+                out = run_labeler(job, sample, ready)
+                labels = make(sample, out, dest)
+                if overlays_left > 0:
+                    overlays_left -= 1
+                    size = sample.image.shape[:2]
+                    write_overlay(
+                        job.out / "overlays" / f"{sample.image_id}.png",
+                        sample,
+                        resize_maps(out.cams[0], size).cpu().numpy(),
+                        resize_maps(out.refined[0], size).cpu().numpy(),
+                        labels,
+                    )
+            if args.eval and sample.mask is not None and labels is not None:
+                conf.update(labels, sample.mask)
+    finally:
+        if prefetched is not None:
+            prefetched.cancel()  # an early exit (error, Ctrl-C) leaves nothing queued
+        if pool is not None:
+            pool.shutdown(wait=True)
     tally.report(job.out)
     skip_log.report()
     if args.eval:

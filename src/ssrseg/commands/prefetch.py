@@ -1,0 +1,122 @@
+"""Read and prepare the next image of ``ssrseg cams`` / ``ssrseg pseudo-labels`` on a background
+thread while the labeller runs the current one.
+
+SLIC (scikit-image) is single-threaded and costs about as much as a tenth of SSR's per-image
+work at VOC sizes; its core releases the GIL, and so do Pillow's decoding and resizing, so a
+single worker thread hides reading, resizing and SLIC of image ``i + 1`` behind the labeller's
+torch work on image ``i``. What the worker computes is exactly what the serial path computes
+(the same functions on the same inputs), so the outputs are bit-identical.
+
+:class:`PrefetchedDataset` stands in for the dataset inside :func:`ssrseg.data.base.iter_valid`:
+reading item ``i`` hands back the sample the worker read (re-raising its exception, so a broken
+image is reported exactly as before) and queues item ``i + 1`` of the loop's order. The
+progress bar, the skip log and the order stay in the caller's thread, unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from ssrseg.config import SSRConfig
+    from ssrseg.data.base import Sample, SegDataset
+
+
+@dataclass
+class Prepared:
+    """Labeller inputs of one image: ``images01`` ``1 x 3 x h x w`` in [0, 1] at the work size;
+    ``superpixels`` ``1 x h x w`` long SLIC labels (None: the labeller computes what it needs)."""
+
+    images01: torch.Tensor
+    superpixels: torch.Tensor | None
+
+
+def superpixels_for(images01: torch.Tensor, cfg: SSRConfig) -> torch.Tensor | None:
+    """``B x 3 x H x W`` in [0, 1] -> ``B x H x W`` long SLIC labels on ``images01``'s device,
+    computed as the labeller computes them when none are given (SLIC of the 8-bit image with
+    ``sgc.n_segments`` / ``sgc.compactness``); None unless ``affinity.mask`` is ``sgc``."""
+    import torch
+
+    from ssrseg.pseudo.labeler import images_to_uint8
+    from ssrseg.rectify.sgc import slic_superpixels
+
+    if cfg.affinity.mask != "sgc":
+        return None
+    sgc = cfg.sgc
+    return torch.stack(
+        [
+            slic_superpixels(img, sgc.n_segments, sgc.compactness)
+            for img in images_to_uint8(images01)
+        ]
+    ).to(images01.device)
+
+
+class PrefetchedDataset:
+    """The items of ``dataset`` in ``order``, each read (and prepared by ``prepare``) on
+    ``executor`` while the caller works on the previous one.
+
+    ``prepare(sample)`` returns the labeller inputs, or None for an image that will not be
+    labelled (already done); an exception inside it is swallowed and gives None, so the
+    labeller redoes that work in the caller's thread and raises there, as without prefetching.
+    Exceptions of ``dataset[i]`` itself are re-raised by ``self[i]``.
+    """
+
+    def __init__(
+        self,
+        dataset: SegDataset,
+        order: Sequence[int],
+        prepare: Callable[[Sample], Prepared | None],
+        executor: Executor,
+    ) -> None:
+        self.dataset = dataset
+        self.ids = dataset.ids
+        self.name = dataset.name
+        self.split = dataset.split
+        self._prepare = prepare
+        self._executor = executor
+        self._next = dict(itertools.pairwise(order))
+        self._pending: dict[int, Future[tuple[Sample, Prepared | None]]] = {}
+        self._last: tuple[Sample, Prepared | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _load(self, index: int) -> tuple[Sample, Prepared | None]:
+        sample = self.dataset[index]
+        try:
+            prepared = self._prepare(sample)
+        except Exception:  # redone (and raised) by the labeller in the caller's thread
+            prepared = None
+        return sample, prepared
+
+    def _submit(self, index: int) -> Future[tuple[Sample, Prepared | None]]:
+        return self._executor.submit(self._load, index)
+
+    def __getitem__(self, index: int) -> Sample:
+        future = self._pending.pop(index, None) or self._submit(index)
+        following = self._next.get(index)
+        if following is not None and following not in self._pending:
+            # queued now: the worker starts on it as soon as this item is done
+            self._pending[following] = self._submit(following)
+        self._last = None
+        sample, prepared = future.result()
+        self._last = (sample, prepared)
+        return sample
+
+    def prepared(self, sample: Sample) -> Prepared | None:
+        """What the worker prepared for ``sample`` (the item last read), else None."""
+        if self._last is not None and self._last[0] is sample:
+            return self._last[1]
+        return None
+
+    def cancel(self) -> None:
+        """Drop the queued items (the loop ended early)."""
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
