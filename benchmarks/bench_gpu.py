@@ -73,6 +73,7 @@ def summary(out: Path, device: torch.device) -> dict[str, Any]:
             "step_s": round(r["times"]["step"]["median_wall_s"], 4),
             "peak_memory_mib": r["memory"]["peak"],
             "step_vs_backbones": r["ratios_median_wall"]["step_vs_backbones"],
+            "step_vs_weclip_floor": r["ratios_median_wall"]["step_vs_weclip_floor"],
             "projection_voc": r.get("projection_voc", train.get("projection_voc")),
         }
     pseudo = load("pseudo_labels")
@@ -85,8 +86,14 @@ def summary(out: Path, device: torch.device) -> dict[str, Any]:
                 "ssr_given_sp_images_per_s": round(
                     n / r["times"]["ssr_given_sp"]["median_wall_s"], 2
                 ),
+                "ssr_overlapped_images_per_s": round(
+                    n / r["times"]["ssr_overlapped"]["median_wall_s"], 2
+                ),
                 "clip_es_images_per_s": round(n / r["times"]["clip_es"]["median_wall_s"], 2),
                 "ssr_vs_clip_es": r["ratios_median_wall"]["ssr_vs_clip_es"],
+                "ssr_vs_clip_es_reference_network": r["ratios_median_wall"][
+                    "ssr_vs_clip_es_reference_network"
+                ],
                 "ssr_vs_backbone": r["ratios_median_wall"]["ssr_vs_backbone_ssr"],
             }
         res["pseudo_labels"]["peak_memory_voc"] = pseudo["peak_memory_voc_one_image"]
