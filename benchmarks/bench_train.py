@@ -12,11 +12,14 @@ layers 1..11, CMPA with the symmetric term, AdamW step). Measured in the same ru
   backward, AdamW);
 - step: ``Trainer.train_step`` (labeller + decoder + CMPA forward/backward + optimiser);
 - weclip_floor: a lower bound on one step of WeCLIP's own code (issue 14's baseline, measured
-  there as 80.2 s with 49.6 s of PAR; WeCLIP's code is not runnable here): the frozen CLIP
-  forward it cannot skip (all blocks, last 8 attention matrices, no DINO) plus its label step
-  per crop as its code runs it (background ``1 - max``, its conv2d PAR at the full crop size,
-  argmax), from the test-only literal re-implementation ``tests/model/weclip_reference.py``.
-  WeCLIP's per-class Grad-CAM backward passes, decoder, losses and optimiser come on top, so
+  there as 80.2 s with 49.6 s of PAR; WeCLIP's code is not runnable here). WeCLIP makes its CAMs
+  online as CLIP-ES does (``perform_single_voc_cam``: per image, per label a forward of the last
+  layer from the stored tokens + GradCAM's backward, the last-8 attention transition), so the
+  floor is ``bench_pseudo_labels.clip_es_reference_network`` over the batch (CLIP-ES's torch
+  work, image by image; WeCLIP encodes the batch at once, the same FLOPs) plus WeCLIP's label
+  step per crop as its code runs it (background ``1 - max``, its conv2d PAR at the full crop
+  size, argmax) from the test-only literal ``tests/model/weclip_reference.py``. WeCLIP's
+  decoder, losses, backward and optimiser come on top, so
   ``step_vs_weclip_floor`` over-states our step's share of WeCLIP's (target: <= 0.5).
 
 Backbone, labeller and step runs alternate so load changes on a shared machine hit all alike;
@@ -60,6 +63,8 @@ from ssrseg.rectify.sgc import slic_superpixels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))
 from weclip_reference import weclip_labels  # test-only literal WeCLIP code
+
+from bench_pseudo_labels import clip_es_reference_network
 
 BATCH, CROP = 4, 320
 
@@ -115,9 +120,8 @@ def bench(
     floor_cams = [torch.rand(len(k), crop, crop, generator=g).to(device) for k in batch["labels"]]
 
     def weclip_floor() -> None:
-        """CLIP forward + WeCLIP's label step (its PAR) per crop: a floor under its step."""
-        with torch.no_grad(), amp():
-            visual.forward_intermediates(visual.normalize(images), attn_layers=range(-8, 0))
+        """WeCLIP's online CAMs (CLIP-ES's torch work) + its label step (its PAR) per crop."""
+        clip_es_reference_network(labeler, images, batch["labels"])
         with torch.no_grad():
             for i, keys in enumerate(batch["labels"]):
                 weclip_labels(images[i], floor_cams[i], list(keys))
