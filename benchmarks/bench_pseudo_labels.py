@@ -5,8 +5,10 @@ Random-weight CLIP ViT-B/16 and DINO ViT-S/16 at their real sizes (``_models.py`
 both configurations, on the same images:
 
 - ``ssr``: ``configs/voc.yaml`` (raw-space Grad-CAM as before CMPA has trained, CLIP + DINO
-  attention, SGC mask with SLIC computed inside, background, PAR at full size, argmax), one call
-  per image as ``ssrseg pseudo-labels --no-prefetch`` runs it; ``ssr_given_sp``: the same with
+  attention, SGC mask with SLIC computed inside the call, background, PAR at full size, argmax),
+  one call per image as ``ssrseg pseudo-labels --no-prefetch`` runs it; the labeller starts SLIC
+  on its own background thread at the top of the call and collects it at the masks, so its
+  ``slic`` section is only the wait the backbones did not hide; ``ssr_given_sp``: the same with
   superpixels precomputed (the training loader's path);
 - ``ssr_overlapped``: ``ssrseg pseudo-labels``'s default path (:mod:`ssrseg.commands.prefetch`):
   the superpixels of call ``i + 1`` are computed on one background thread (the command's

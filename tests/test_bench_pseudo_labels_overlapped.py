@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_pseudo_labels as bench
+import ssrseg.pseudo.labeler as labeler_module
 import ssrseg.rectify.sgc as sgc_module
 from _models import make_labeler, preset
 
@@ -40,6 +41,7 @@ def test_overlapped_matches_the_labeller_and_runs_slic_ahead(
         return real(*args)
 
     monkeypatch.setattr(sgc_module, "slic_superpixels", recording)
+    monkeypatch.setattr(labeler_module, "slic_superpixels", recording)
     timer = bench.Timer()
     with ThreadPoolExecutor(1, thread_name_prefix="worker") as pool:
         outs = bench.overlapped(labeler, calls, pool, timer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -95,6 +96,41 @@ def test_given_superpixels_equal_computed_ones(make_labeler: Callable[..., Pseud
     assert torch.equal(a.labels, b.labels)
     with pytest.raises(ValueError, match="superpixels"):
         labeler(images, [(2,)], superpixels=sp[:, :16])
+
+
+def test_slic_runs_on_the_background_thread(
+    make_labeler: Callable[..., PseudoLabeler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without given superpixels, SLIC runs on the labeller's background thread (overlapping
+    the backbones) with the 8-bit images, and the result is the computed-inline one; an error
+    there reaches the caller."""
+    import threading
+
+    import ssrseg.pseudo.labeler as labeler_module
+
+    labeler = make_labeler()
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    threads: list[str] = []
+
+    def recording(img: Any, n: int, c: float) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return slic_superpixels(img, n, c)
+
+    monkeypatch.setattr(labeler_module, "slic_superpixels", recording)
+    a = labeler(images, LABELS)
+    assert len(threads) == 2 and all(t.startswith("ssrseg-slic") for t in threads)
+    u8 = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    sp = torch.stack([slic_superpixels(im, 12, 10.0) for im in u8])
+    b = labeler(images, LABELS, superpixels=sp)
+    assert torch.equal(a.labels, b.labels)
+    assert all(torch.equal(x, y) for x, y in zip(a.refined, b.refined, strict=True))
+
+    def broken(img: Any, n: int, c: float) -> torch.Tensor:
+        raise RuntimeError("slic failed")
+
+    monkeypatch.setattr(labeler_module, "slic_superpixels", broken)
+    with pytest.raises(RuntimeError, match="slic failed"):
+        labeler(images, LABELS)
 
 
 def test_box_and_sgc_rows_and_no_labels(make_labeler: Callable[..., PseudoLabeler]) -> None:

@@ -41,20 +41,11 @@ def superpixels_for(images01: torch.Tensor, cfg: SSRConfig) -> torch.Tensor | No
     """``B x 3 x H x W`` in [0, 1] -> ``B x H x W`` long SLIC labels on ``images01``'s device,
     computed as the labeller computes them when none are given (SLIC of the 8-bit image with
     ``sgc.n_segments`` / ``sgc.compactness``); None unless ``affinity.mask`` is ``sgc``."""
-    import torch
-
-    from ssrseg.pseudo.labeler import images_to_uint8
-    from ssrseg.rectify.sgc import slic_superpixels
+    from ssrseg.pseudo.labeler import batch_superpixels
 
     if cfg.affinity.mask != "sgc":
         return None
-    sgc = cfg.sgc
-    return torch.stack(
-        [
-            slic_superpixels(img, sgc.n_segments, sgc.compactness)
-            for img in images_to_uint8(images01)
-        ]
-    ).to(images01.device)
+    return batch_superpixels(images01, cfg)
 
 
 class PrefetchedDataset:
