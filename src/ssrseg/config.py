@@ -399,6 +399,13 @@ def _merge(base: T, values: dict[str, Any], where: str = "") -> T:
     return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 
+def merge_values(base: T, values: dict[str, Any]) -> T:
+    """``base`` (a config dataclass) with the nested ``values`` applied as an override file would
+    be: each value converted to its field's type (``"6e-4"`` -> 0.0006), unknown keys refused
+    with a :class:`ConfigError` naming them. No cross-field validation (``validate_config``)."""
+    return _merge(base, values)
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=1e-4"]`` into a nested dict; values are parsed as YAML."""
     nested: dict[str, Any] = {}

@@ -13,7 +13,6 @@ returned at the image's own size (``pseudo.output_resize``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ssrseg.config import SSRConfig, atomic_write_text
+from ssrseg.config import SSRConfig, atomic_write_text, merge_values
 
 # The spec's Table 3 rows as config overrides of the pseudo labeller. CAM-seed rows are scored
 # before PAR (a [decision]: the paper does not say); "+ PAR" is the full pseudo label.
@@ -87,11 +86,10 @@ RowHook = Callable[[str, Any, Sequence[int], dict[str, np.ndarray]], dict[str, A
 
 
 def merge_config(base: SSRConfig, overrides: dict[str, Any]) -> SSRConfig:
-    """``base`` with ``{section: {field: value}}`` replaced (no validation beyond the fields)."""
-    changes = {}
-    for section, values in overrides.items():
-        changes[section] = dataclasses.replace(getattr(base, section), **values)
-    return dataclasses.replace(base, **changes)
+    """``base`` with ``{section: {field: value}}`` replaced, each value converted to its field's
+    type as a YAML override would be (``parse_overrides`` leaves ``"6e-4"`` a string); unknown
+    keys raise ``ConfigError``. No cross-field validation."""
+    return merge_values(base, overrides)
 
 
 def slug(name: str) -> str:
