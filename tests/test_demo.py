@@ -37,6 +37,11 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
         assert row is not None
         assert all(0.0 <= row[k] <= 100.0 for k in ("precision", "recall", "miou"))
 
+    # The toy preset trains CMPA with its background term (our decision): its loss is logged.
+    logged = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").open()]
+    bg_terms = [row["proto_bg"] for row in logged if "proto_bg" in row]
+    assert bg_terms and all(np.isfinite(v) and v > 0 for v in bg_terms)
+
     # The all-background baseline recomputed independently from the rendered masks.
     data = build_dataset("toy", str(tmp_path / "data"), "train")
     conf = ConfusionMatrix(data.num_classes)
