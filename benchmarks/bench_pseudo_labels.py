@@ -107,8 +107,7 @@ from _timing import (
 )
 from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.commands.prefetch import superpixels_for
-from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput, Timer, images_to_uint8
-from ssrseg.rectify.sgc import slic_superpixels
+from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput, Timer, batch_superpixels
 
 # the test-only literal re-implementation of CLIP-ES: its network functions, imported as is
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "pseudo"))
@@ -280,13 +279,7 @@ def bench_setting(
     """All legs of one setting, interleaved; ``pool``: the one-thread worker of
     ``ssr_overlapped``."""
     calls = setting["calls"]
-    sgc = ssr.cfg.sgc
-    superpixels = [
-        torch.stack(
-            [slic_superpixels(im, sgc.n_segments, sgc.compactness) for im in images_to_uint8(x)]
-        ).to(device)
-        for x, _ in calls
-    ]
+    superpixels = [batch_superpixels(x, ssr.cfg) for x, _ in calls]  # as the labeller's own
     k_max = [max(len(lab) for lab in labels) for _, labels in calls]
     timers = {name: Timer() for name in ("ssr", "ssr_given_sp", "ssr_overlapped", "clip_es")}
     fns = {

@@ -366,7 +366,7 @@ class PseudoLabeler(nn.Module):
             if sp_future is not None:
                 with _timed(timer, "slic", device):  # the part the backbones did not hide
                     superpixels = sp_future.result()
-            masks = self._masks(images01, res.cams, superpixels, timer)
+            masks = self._masks(images01, res.cams, superpixels)
         masks_t = pad_stack(masks, k_max)
 
         with _timed(timer, "refine", device):
@@ -447,9 +447,9 @@ class PseudoLabeler(nn.Module):
         images01: Tensor,
         cams: list[Tensor],
         superpixels: Tensor | None,
-        timer: Timer | None,
     ) -> list[Tensor]:
-        """Per-image ``K_i x h x w`` column masks (none -> ones, box, sgc)."""
+        """Per-image ``K_i x h x w`` column masks (none -> ones, box, sgc; sgc needs the
+        ``B x H x W`` superpixels)."""
         aff, sgc = self.cfg.affinity, self.cfg.sgc
         if aff.mask == "none":
             return [torch.ones_like(c) for c in cams]
@@ -457,9 +457,7 @@ class PseudoLabeler(nn.Module):
             return [
                 box_mask(c, aff.box_threshold, aff.box_quantise, aff.box_clip_last) for c in cams
             ]
-        if superpixels is None:
-            with _timed(timer, "slic", images01.device):
-                superpixels = batch_superpixels(images01, self.cfg)
+        assert superpixels is not None  # forward computes them (on slic_pool) when not given
         if superpixels.shape != (images01.shape[0], *images01.shape[-2:]):
             raise ValueError(
                 f"superpixels {tuple(superpixels.shape)} do not match images "
