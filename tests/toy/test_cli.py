@@ -60,6 +60,19 @@ def test_train_default_out_is_a_run_folder_not_the_package(kind: str) -> None:
     assert ASSET_DIR.resolve() not in out.resolve().parents
 
 
+def test_train_clip_bias_scale_reaches_the_trainer_and_is_checked(capsys) -> None:  # type: ignore[no-untyped-def]
+    from ssrseg.cli import _parse, build_parser
+    from ssrseg.commands.toy import _train_args
+    from ssrseg.toy.train_clip import ClipTrainArgs
+
+    args = _parse(build_parser(), ["toy", "train-clip", "--bias-scale", "0.5"])
+    assert _train_args(ClipTrainArgs, args, args.out).bias_scale == 0.5
+    assert _parse(build_parser(), ["toy", "train-clip"]).bias_scale == 1.0
+    with pytest.raises(SystemExit):
+        _parse(build_parser(), ["toy", "train-clip", "--bias-scale", "1.5"])
+    assert "must lie in [0, 1]" in capsys.readouterr().err
+
+
 def test_train_refuses_an_out_inside_the_package(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     import ssrseg.toy.train_clip as train_clip_mod
 

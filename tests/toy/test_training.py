@@ -83,6 +83,21 @@ def test_train_clip_smoke_writes_loadable_weights(tmp_path) -> None:  # type: ig
     assert tokenizer(["a photo of a boat."]).shape[1] == tokenizer.context_length
 
 
+def test_clip_corpus_is_the_train_split_or_a_separate_weakened_stream() -> None:
+    from ssrseg.data.toy import ToyWorld, weakened_config
+    from ssrseg.toy.train_clip import corpus_batches
+
+    def first_captions(bias_scale: float) -> list[str]:
+        args = ClipTrainArgs(out="unused", seed=5, batch_size=3, workers=0, bias_scale=bias_scale)
+        return next(corpus_batches(args))[1]
+
+    # bias_scale 1 keeps the committed weights' stream: the scored world's `train` split.
+    assert first_captions(1.0) == [ToyWorld("train", 5)[i].caption for i in range(3)]
+    # Below 1, scenes of the weakened world under the split name `corpus` (never scored).
+    corpus = ToyWorld("corpus", 5, weakened_config(0.25))
+    assert first_captions(0.25) == [corpus[i].caption for i in range(3)]
+
+
 def _tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
     return VisionTransformer(toy_dino_config(image_size=32, width=16, layers=2, heads=2))

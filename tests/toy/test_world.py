@@ -18,6 +18,7 @@ from ssrseg.data.toy import (
     class_given_background,
     debiased_config,
     plan_scene,
+    weakened_config,
     write_toy_dataset,
 )
 from ssrseg.toy.common import PROMPT_TEMPLATE, toy_tokenizer
@@ -67,6 +68,30 @@ def test_background_prior_gives_each_class_its_strength_exactly() -> None:
             assert p_g_given_c[BACKGROUNDS.index(home), c] == pytest.approx(cfg.home_strength[name])
     # Every class is equally likely per slot, biased or not.
     assert np.allclose(joint.sum(axis=0), 1 / len(CLASS_NAMES))
+
+
+def _p_background_given_class(cfg: WorldConfig) -> np.ndarray:
+    prior, cond = class_given_background(cfg)
+    joint = prior[:, None] * cond
+    return joint / joint.sum(axis=0, keepdims=True)  # G x C
+
+
+def test_weakened_world_interpolates_between_the_biased_and_debiased_rates() -> None:
+    assert weakened_config(1.0) == WorldConfig()
+    chance = 1 / len(BACKGROUNDS)
+    none = _p_background_given_class(weakened_config(0.0))
+    assert np.allclose(none, chance)  # the debiased split's per-slot rates
+    assert np.allclose(none, _p_background_given_class(debiased_config()))
+    assert weakened_config(0.0).pair_strength == 0.0
+    half = weakened_config(0.5)
+    p = _p_background_given_class(half)
+    # boat: 0.9 -> 1/6 + 0.5 * (0.9 - 1/6) = 0.5333; tree: 0.7 -> 0.4333 (hand values)
+    assert p[BACKGROUNDS.index("water"), CLASS_NAMES.index("boat")] == pytest.approx(0.53333333)
+    assert p[BACKGROUNDS.index("grass"), CLASS_NAMES.index("tree")] == pytest.approx(0.43333333)
+    assert half.pair_strength == pytest.approx(0.45)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="bias_scale"):
+            weakened_config(bad)
 
 
 def _rates(cfg: WorldConfig, n: int) -> tuple[dict[str, float], float]:

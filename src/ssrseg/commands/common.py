@@ -39,6 +39,17 @@ def _float_above(lo: float) -> Callable[[str], float]:
     return parse
 
 
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
 positive_float = _float_above(0.0)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssrseg.commands.common import plain_doc, positive_float, positive_int
+from ssrseg.commands.common import plain_doc, positive_float, positive_int, unit_float
 
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
@@ -133,6 +133,13 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
             "--init",
             default=None,
             help="continue from these weights (same shape), fresh schedule",
+        )
+        p.add_argument(
+            "--bias-scale",
+            type=unit_float,
+            default=1.0,
+            help="context / pair bias of the pre-training scenes, 0 (none) to 1 (the scored "
+            "world's, default); below 1 the scenes come from a separate 'corpus' stream",
         )
     p.add_argument(
         "--eval-images",

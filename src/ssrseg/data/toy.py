@@ -132,6 +132,31 @@ def debiased_config(image_size: int = 128) -> WorldConfig:
     return WorldConfig(image_size=image_size, biased=False)
 
 
+def weakened_config(bias_scale: float, image_size: int = 128) -> WorldConfig:
+    """The biased world with its context and pair biases scaled towards chance.
+
+    ``bias_scale`` 1 is :class:`WorldConfig` itself, 0 the debiased world's rates. A home
+    strength ``s`` becomes ``chance + bias_scale * (s - chance)`` with ``chance = 1 / G`` (G
+    backgrounds), the pair strength ``bias_scale * pair_strength``. The tiny CLIP's
+    pre-training corpus uses it (``ssrseg toy train-clip --bias-scale``): real CLIP is trained on
+    web pairs, not on the dataset it later segments, so its co-occurrence biases are weaker than
+    the dataset's while the scored splits keep theirs.
+    """
+    if not 0.0 <= bias_scale <= 1.0:
+        raise ValueError(f"bias_scale must lie in [0, 1], got {bias_scale}")
+    base = WorldConfig(image_size=image_size)
+    if bias_scale == 1.0:
+        return base
+    chance = 1.0 / len(BACKGROUNDS)
+    return WorldConfig(
+        image_size=image_size,
+        home_strength={
+            name: chance + bias_scale * (s - chance) for name, s in base.home_strength.items()
+        },
+        pair_strength=bias_scale * base.pair_strength,
+    )
+
+
 @dataclass
 class ToySample:
     """One rendered scene.

@@ -17,7 +17,7 @@ from torch import Tensor
 from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
-from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, vocabulary
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig, vocabulary
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 PROMPT_TEMPLATE = "a photo of a {}."
@@ -93,8 +93,8 @@ def pooled_image_embedding(visual: VisionTransformer, images01: Tensor) -> Tenso
 class RenderedImages(torch.utils.data.Dataset[tuple[Tensor, str, Tensor, int]]):
     """Scene ``i`` of a toy split as (``3 x H x W`` float [0,1], caption, tags multi-hot, bg)."""
 
-    def __init__(self, split: str, seed: int, length: int) -> None:
-        self.world = ToyWorld(split, seed)
+    def __init__(self, split: str, seed: int, length: int, cfg: WorldConfig | None = None) -> None:
+        self.world = ToyWorld(split, seed, cfg)
         self.length = length
 
     def __len__(self) -> int:
@@ -109,10 +109,18 @@ class RenderedImages(torch.utils.data.Dataset[tuple[Tensor, str, Tensor, int]]):
 
 
 def batches(
-    split: str, seed: int, batch_size: int, start: int = 0, workers: int = 1
+    split: str,
+    seed: int,
+    batch_size: int,
+    start: int = 0,
+    workers: int = 1,
+    cfg: WorldConfig | None = None,
 ) -> Iterator[tuple[Tensor, list[str], Tensor, Tensor]]:
-    """Endless stream of rendered batches (fresh scenes every step), in a worker process."""
-    data = RenderedImages(split, seed, 10**9)
+    """Endless stream of rendered batches (fresh scenes every step), in a worker process.
+
+    ``cfg``: how scenes are drawn (default: the split's own world, see :class:`ToyWorld`).
+    """
+    data = RenderedImages(split, seed, 10**9, cfg)
     sampler = range(start, 10**9)
     loader = torch.utils.data.DataLoader(
         data,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
+from ssrseg.data.toy import weakened_config
 from ssrseg.toy.common import (
     Budget,
     ToyTrainArgs,
@@ -41,6 +43,9 @@ class ClipTrainArgs(ToyTrainArgs):
     small_sample: int = 64
     save_every_min: float = 5.0
     init: str | None = None  # continue from these weights (same shape) with a fresh schedule
+    # Context / pair bias of the pre-training corpus relative to the scored world (1 = the same
+    # world as the `train` split; below 1: the `corpus` stream of `weakened_config`).
+    bias_scale: float = 1.0
 
 
 def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, captions: list[str]) -> Tensor:
@@ -74,6 +79,16 @@ def save_clip(model: CLIP, path: Path, extra: dict[str, Any]) -> None:
     save_native(path, model, "clip", model.cfg, tokenizer=tokenizer, extra=extra)
 
 
+def corpus_batches(args: ClipTrainArgs) -> Iterator[tuple[Tensor, list[str], Tensor, Tensor]]:
+    """The pre-training stream: the `train` world at ``bias_scale`` 1 (the committed weights'
+    schedule, unchanged), else the weakened world under its own split name ``corpus`` so that
+    its scenes are never the scored `train` split's."""
+    if args.bias_scale == 1.0:
+        return batches("train", args.seed, args.batch_size, workers=args.workers)
+    cfg = weakened_config(args.bias_scale, args.image_size)
+    return batches("corpus", args.seed, args.batch_size, workers=args.workers, cfg=cfg)
+
+
 def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     """Train, save ``args.out``, and return the run's record (manifest entry)."""
     from tqdm import tqdm
@@ -102,7 +117,7 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     opt = torch.optim.AdamW(_param_groups(model, args.weight_decay), lr=args.lr)
     budget = Budget(args.steps, args.minutes)
     out = Path(args.out)
-    stream = batches("train", args.seed, args.batch_size, workers=args.workers)
+    stream = corpus_batches(args)
     bar = tqdm(desc="train-clip", unit="step", total=args.steps)
     step, last_save, ema_loss = 0, time.monotonic(), None
     model.train()
