@@ -98,6 +98,25 @@ def test_clip_corpus_is_the_train_split_or_a_separate_weakened_stream() -> None:
     assert first_captions(0.25) == [corpus[i].caption for i in range(3)]
 
 
+def test_image_embedding_pools_patch_mean_or_class_token() -> None:
+    from ssrseg.backbones.clip import CLIP
+    from ssrseg.toy.common import image_embedding, toy_clip_config, toy_tokenizer
+
+    torch.manual_seed(0)
+    clip = CLIP(toy_clip_config(toy_tokenizer(), image_size=32, width=32, layers=1, heads=2,
+                                embed_dim=16, text_layers=1))  # fmt: skip
+    x = torch.rand(2, 3, 32, 32)
+    # The class token through ln_post and proj is CLIP's own image embedding.
+    cls = image_embedding(clip.visual, x, "cls")
+    assert torch.allclose(cls, clip.encode_image(clip.visual.normalize(x)))
+    # The patch mean is what SSR's Grad-CAM differentiates: mean of the per-patch embeddings.
+    assert torch.allclose(
+        image_embedding(clip.visual, x), clip.visual(clip.visual.normalize(x)).mean(1)
+    )
+    with pytest.raises(ValueError, match="pool"):
+        image_embedding(clip.visual, x, "max")
+
+
 def _tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
     return VisionTransformer(toy_dino_config(image_size=32, width=16, layers=2, heads=2))

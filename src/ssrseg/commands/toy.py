@@ -141,6 +141,13 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
             help="context / pair bias of the pre-training scenes, 0 (none) to 1 (the scored "
             "world's, default); below 1 the scenes come from a separate 'corpus' stream",
         )
+        p.add_argument(
+            "--pool",
+            choices=("mean", "cls"),
+            default="mean",
+            help="image embedding trained: mean of the projected patch tokens (default; what "
+            "the CAM scores) or the class token (as OpenAI CLIP is trained)",
+        )
     p.add_argument(
         "--eval-images",
         type=positive_int,

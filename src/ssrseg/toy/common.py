@@ -80,6 +80,17 @@ def toy_dino_config(
     )
 
 
+def image_embedding(visual: VisionTransformer, images01: Tensor, pool: str = "mean") -> Tensor:
+    """``B x E``: the patch mean (:func:`pooled_image_embedding`) or, ``pool="cls"``, the class
+    token through the same norm and projection (OpenAI CLIP's training embedding)."""
+    if pool == "mean":
+        return pooled_image_embedding(visual, images01)
+    if pool != "cls":
+        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+    out = visual.forward_intermediates(visual.normalize(images01))
+    return visual.head(out.last[:, 0])
+
+
 def pooled_image_embedding(visual: VisionTransformer, images01: Tensor) -> Tensor:
     """Toy-world image embedding: mean over patches of ``proj(norm(patch tokens))``, ``B x E``.
 
@@ -222,11 +233,13 @@ def zero_shot_scores(
     n: int = 64,
     seed: int = 0,
     batch_size: int = 32,
+    pool: str = "mean",
 ) -> dict[str, float]:
     """Zero-shot tag metrics on the first ``n`` scenes of ``split``.
 
     top1: the best-scoring class is one of the image's tags. all_first: the image's k tags are
     exactly the k best classes. background: the best background prompt is the scene's context.
+    ``pool``: the image embedding (:func:`image_embedding`); the CAM always uses the patch mean.
     """
     clip.eval()
     class_emb = encode_prompts(clip, tokenizer, CLASS_NAMES, PROMPT_TEMPLATE)
@@ -236,7 +249,7 @@ def zero_shot_scores(
     for lo in range(0, n, batch_size):
         items = [data[i] for i in range(lo, min(n, lo + batch_size))]
         images = torch.stack([it[0] for it in items])
-        emb = F.normalize(pooled_image_embedding(clip.visual, images), dim=-1)
+        emb = F.normalize(image_embedding(clip.visual, images, pool), dim=-1)
         scores = emb @ class_emb.t()
         bg_pred = (emb @ bg_emb.t()).argmax(dim=1)
         for row, (_, _, tags, bg), bgp in zip(scores, items, bg_pred, strict=True):

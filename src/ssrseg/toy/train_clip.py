@@ -25,7 +25,7 @@ from ssrseg.toy.common import (
     ToyTrainArgs,
     batches,
     cosine_lr,
-    pooled_image_embedding,
+    image_embedding,
     toy_clip_config,
     toy_tokenizer,
     zero_shot_scores,
@@ -46,6 +46,9 @@ class ClipTrainArgs(ToyTrainArgs):
     # Context / pair bias of the pre-training corpus relative to the scored world (1 = the same
     # world as the `train` split; below 1: the `corpus` stream of `weakened_config`).
     bias_scale: float = 1.0
+    # Image embedding trained: "mean" of the projected patch tokens (what SSR's Grad-CAM scores)
+    # or "cls", the class token as OpenAI CLIP is trained (the CAM still scores the patch mean).
+    pool: str = "mean"
 
 
 def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, captions: list[str]) -> Tensor:
@@ -93,6 +96,8 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     """Train, save ``args.out``, and return the run's record (manifest entry)."""
     from tqdm import tqdm
 
+    if args.pool not in ("mean", "cls"):
+        raise ValueError(f"pool must be 'mean' or 'cls', got {args.pool!r}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = toy_tokenizer()
@@ -131,7 +136,7 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
         lr = cosine_lr(step, total, args.lr, args.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        img = F.normalize(pooled_image_embedding(model.visual, images), dim=-1)
+        img = F.normalize(image_embedding(model.visual, images, args.pool), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(captions).to(images.device)), dim=-1)
         scale = model.logit_scale.clamp(max=4.6052).exp()  # at most 100, as CLIP
         loss = contrastive_loss(img, txt, scale, captions)
@@ -161,6 +166,10 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     }
     record["zero_shot_debiased"] = zero_shot_scores(model, tokenizer, "debiased", args.eval_images)
     record["zero_shot_val"] = zero_shot_scores(model, tokenizer, "val", args.eval_images)
+    if args.pool != "mean":  # the class-token zero-shot, as CLIP reports it
+        record[f"zero_shot_debiased_{args.pool}"] = zero_shot_scores(
+            model, tokenizer, "debiased", args.eval_images, pool=args.pool
+        )
     record["zero_shot_small_sample"] = zero_shot_scores(
         model, tokenizer, "debiased", args.small_sample
     )
