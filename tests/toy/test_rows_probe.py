@@ -9,7 +9,7 @@ import numpy as np
 from ssrseg.data.toy import write_toy_dataset
 
 
-def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys) -> None:
     from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
@@ -35,6 +35,7 @@ def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys
     for i in (3, 4):
         s = data[i]
         ((labels, _, _),) = label_samples(labeler, [s], None, 1024)
+        assert s.mask is not None
         conf.update(labels, s.mask)
     expected = conf.compute()
     assert out["rows"]["initial CAM"]["miou"] == round(100 * float(expected["miou"]), 2)
