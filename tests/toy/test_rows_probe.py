@@ -20,8 +20,8 @@ def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys
 
     root = tmp_path / "toy"
     write_toy_dataset(root, 5, "train", 0, 128)
-    argv = ["--root", str(root), "--first", "3", "--n", "2", "--rows", "initial CAM"]
-    assert main([*argv, "data.root=" + str(root)]) == 0
+    argv = ["data.root=" + str(root), "--root", str(root), "--first", "3", "--n", "2"]
+    assert main([*argv, "--rows", "initial CAM"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["rows"]) == ["initial CAM"] and out["images"] == "train 3..4"
     assert out["clip"] == "toy_clip" and len(out["initial_cam_class_iou"]) == 11
@@ -40,3 +40,25 @@ def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys
     expected = conf.compute()
     assert out["rows"]["initial CAM"]["miou"] == round(100 * float(expected["miou"]), 2)
     assert np.isfinite(out["rows"]["initial CAM"]["precision"])
+
+
+def test_cam_figure_shows_each_single_class_image_under_each_clip(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from ssrseg.data import build_dataset
+    from ssrseg.toy.rows_probe import main
+
+    root = tmp_path / "toy"
+    write_toy_dataset(root, 12, "train", 0, 128)
+    data = build_dataset("toy", root, "train")
+    single = [i for i in range(12) if len(data[i].labels) == 1]
+    name = data.class_names[data[single[0]].labels[0]]
+    expected = [i for i in single if data[i].labels == data[single[0]].labels]
+    png = tmp_path / "cam.png"
+    argv = ["data.root=" + str(root), "--root", str(root), "--first", "0", "--n", "12"]
+    argv += ["--cam-figure", str(png), "--cam-class", name, "--compare", "toy_clip"]
+    assert main(argv) == 0
+    assert f"train images {expected}" in capsys.readouterr().out
+    width, height = Image.open(png).size
+    # One row per image (title strip 14 px + 128 px), four 128 px tiles with 4 px gaps.
+    assert (width, height) == (4 * 128 + 3 * 4, len(expected) * (14 + 128))

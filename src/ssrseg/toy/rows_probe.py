@@ -16,7 +16,11 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 
 def score_candidate(
@@ -52,6 +56,52 @@ def score_candidate(
     return out
 
 
+def class_cam_figure(
+    root: str,
+    clips: Sequence[str],
+    class_name: str,
+    indices: Sequence[int],
+    path: str,
+    n_images: int = 5,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+) -> list[int]:
+    """Write a PNG: for the first ``n_images`` of ``indices`` whose only tag is ``class_name``,
+    one row (image | its ground-truth mask | the class's initial CAM under each CLIP). Returns
+    the image indices shown."""
+    from ssrseg.config import load_config
+    from ssrseg.data import build_dataset
+    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
+    from ssrseg.engine.demo import default_config_path
+    from ssrseg.pseudo.labeler import build_pseudo_labeler
+    from ssrseg.viz import make_panel
+
+    dataset = build_dataset("toy", root, "train")
+    c = list(dataset.class_names).index(class_name)
+    shown = [i for i in indices if tuple(dataset[i].labels) == (c,)][:n_images]
+    if not shown:
+        raise ValueError(
+            f"no image among train {indices[0]}..{indices[-1]} shows only {class_name}"
+        )
+    labelers = []
+    for clip in clips:
+        cfg = load_config(config or default_config_path(), [*overrides, f"backbone.clip={clip}"])
+        labelers.append(
+            row_labeler(build_pseudo_labeler(cfg), cfg, dict(TABLE3_ROWS)["initial CAM"])
+        )
+    rows = []
+    for i in shown:
+        sample = dataset[i]
+        items: list[tuple[str, Any]] = [(f"train {i}", sample.image), ("truth", sample.mask)]
+        for clip, labeler in zip(clips, labelers, strict=True):
+            ((_, out, _),) = label_samples(labeler, [sample], None, 1024)
+            cam = out.cams[0][0].detach().float().cpu().numpy()  # the only tag's CAM, h x w
+            items.append((f"CAM {Path(clip).parent.name or clip}"[:24], cam))
+        rows.append(make_panel(items))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    return shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--root", default="runs/demo/data", help="rendered toy world")
@@ -61,13 +111,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="number of scored images (200)")
     parser.add_argument("--rows", nargs="*", default=[], help="only rows naming one of these")
     parser.add_argument("--config", default=None, help="preset (default: configs/toy.yaml)")
+    parser.add_argument(
+        "--cam-figure",
+        default=None,
+        metavar="PNG",
+        help="instead of scoring: write the initial CAM of --cam-class under --clip and each "
+        "--compare CLIP on images showing only that class",
+    )
+    parser.add_argument("--cam-class", default="plane", help="class of --cam-figure (plane)")
+    parser.add_argument("--compare", nargs="*", default=[], help="more CLIPs for --cam-figure")
     parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    indices = range(args.first, args.first + args.n)
+    if args.cam_figure is not None:
+        shown = class_cam_figure(
+            args.root, [args.clip, *args.compare], args.cam_class, indices, args.cam_figure,
+            config=args.config, overrides=args.overrides,
+        )  # fmt: skip
+        print(f"wrote {args.cam_figure}: train images {shown}")
+        return 0
     overrides = [f"backbone.clip={args.clip}", f"backbone.dino={args.dino}", *args.overrides]
     start = time.monotonic()
-    out = score_candidate(
-        args.root, overrides, range(args.first, args.first + args.n), args.rows, args.config
-    )
+    out = score_candidate(args.root, overrides, indices, args.rows, args.config)
     out.update(clip=args.clip, dino=args.dino, overrides=args.overrides)
     out["seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(out))
