@@ -21,10 +21,12 @@ def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys
     root = tmp_path / "toy"
     write_toy_dataset(root, 5, "train", 0, 128)
     argv = ["data.root=" + str(root), "--root", str(root), "--first", "3", "--n", "2"]
-    assert main([*argv, "--rows", "initial CAM"]) == 0
+    # A trailing override is an override, not a row name.
+    assert main([*argv, "--rows", "initial CAM", "cam.logit_scale=15"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert list(out["rows"]) == ["initial CAM"] and out["images"] == "train 3..4"
     assert out["clip"] == "toy_clip" and len(out["initial_cam_class_iou"]) == 11
+    assert out["overrides"] == ["data.root=" + str(root), "cam.logit_scale=15"]
 
     # The same row scored by hand: the labeller's argmax labels of images 3 and 4 against their
     # rendered masks.

@@ -109,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dino", default="toy_dino", help="DINO weights (default: toy_dino)")
     parser.add_argument("--first", type=int, default=100, help="first scored image (100)")
     parser.add_argument("--n", type=int, default=200, help="number of scored images (200)")
-    parser.add_argument("--rows", nargs="*", default=[], help="only rows naming one of these")
+    # action="append" (one value per flag) so that a trailing key=value override is never
+    # swallowed as a row name or a CLIP.
+    parser.add_argument(
+        "--rows", action="append", default=[], help="only rows naming this (repeatable)"
+    )
     parser.add_argument("--config", default=None, help="preset (default: configs/toy.yaml)")
     parser.add_argument(
         "--cam-figure",
@@ -119,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--compare CLIP on images showing only that class",
     )
     parser.add_argument("--cam-class", default="plane", help="class of --cam-figure (plane)")
-    parser.add_argument("--compare", nargs="*", default=[], help="more CLIPs for --cam-figure")
+    parser.add_argument(
+        "--compare", action="append", default=[], help="another CLIP for --cam-figure (repeatable)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     args = parser.parse_intermixed_args(argv)
     indices = range(args.first, args.first + args.n)
