@@ -12,6 +12,7 @@ import torch
 from ssrseg.toy.diagnostics import (
     PAPER_TABLE3,
     PAPER_TABLE4,
+    background_to_object_ratios,
     bar_chart,
     context_leak_table,
     patch_labels,
@@ -206,3 +207,21 @@ def test_bar_chart_without_paper_values_has_no_paper_legend() -> None:
     ax = fig.axes[0]
     assert [round(p.get_height(), 1) for p in ax.patches] == [10.0, 20.0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["toy world (measured)"]
+
+
+def test_background_to_object_ratios_hand_values() -> None:
+    # 4 patches: labels [0, 0, 1, 1] (objects are half the patches: chance share 0.5).
+    labels = torch.tensor([[0, 0, 1, 1]])
+    attn = torch.tensor(
+        [
+            [
+                [2.0, 2.0, 0.0, 0.0],  # background patch 0: nothing on objects -> 0
+                [1.0, 0.0, 1.0, 2.0],  # background patch 1: 3 / 4 on objects -> 0.75 / 0.5
+                [0.0, 0.0, 1.0, 1.0],  # object rows are not returned
+                [1.0, 1.0, 1.0, 1.0],
+            ]
+        ]
+    )
+    assert background_to_object_ratios(attn, labels).tolist() == pytest.approx([0.0, 1.5])
+    # An image without objects contributes nothing (no chance share to divide by).
+    assert background_to_object_ratios(attn, torch.zeros(1, 4, dtype=torch.long)).numel() == 0

@@ -81,6 +81,27 @@ def same_label_attention_ratios(attn: Tensor, labels: Tensor, ignore: int = IGNO
     return (share / chance)[fg]
 
 
+def background_to_object_ratios(attn: Tensor, labels: Tensor, ignore: int = IGNORE) -> Tensor:
+    """Per background patch: its attention mass on object patches over their chance share.
+
+    The other half of :func:`same_label_attention_ratios`: refinement (``cam' = T @ cam``)
+    gives a background patch the activation of the patches it attends to, so a ratio above 1
+    spreads an object's CAM onto the background. attn: ``B x N x N`` (rows renormalised over
+    the N patches); labels: ``B x N``. For background query i: ``share_i = sum_{j: l_j object}
+    A_ij / sum_j A_ij``, ``chance_i = #{j: l_j object} / N``. Returns the ratios of the
+    background patches of images with at least one object patch: ``M`` float.
+    """
+    if attn.shape[:2] != labels.shape or attn.shape[-1] != labels.shape[-1]:
+        raise ValueError(f"attention {tuple(attn.shape)} does not match labels {labels.shape}")
+    attn = attn.detach().float()
+    rows = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    obj = ((labels != 0) & (labels != ignore)).float()  # B x N
+    share = (rows * obj[:, None, :]).sum(dim=-1)  # B x N
+    chance = obj.mean(dim=-1, keepdim=True).expand_as(share)
+    keep = (labels == 0) & (chance > 0)
+    return (share / chance.clamp_min(1e-12))[keep]
+
+
 def same_label_attention(attn: Tensor, labels: Tensor, ignore: int = IGNORE) -> float:
     """Mean over foreground patches of :func:`same_label_attention_ratios` (NaN when none)."""
     ratios = same_label_attention_ratios(attn, labels, ignore)
@@ -94,8 +115,12 @@ def attention_grouping_by_layer(
     masks: Tensor,
     batch_size: int = 16,
     transition: bool = False,
+    queries: str = "object",
 ) -> dict[int, float]:
     """Same-label attention mass / chance of every block of ``vit`` (0-based index -> ratio).
+
+    ``queries="background"``: instead, the background patches' mass on object patches / chance
+    (:func:`background_to_object_ratios`; above 1, refinement spreads objects onto background).
 
     images01: ``B x 3 x H x W`` in [0, 1]; masks: ``B x H x W`` (0 background, c + 1 class c,
     255 ignore). Patch labels are the majority label of each patch; the ratio is averaged over
@@ -106,6 +131,10 @@ def attention_grouping_by_layer(
     """
     from ssrseg.rectify.affinity import transition_matrix
 
+    metrics = {"object": same_label_attention_ratios, "background": background_to_object_ratios}
+    if queries not in metrics:
+        raise ValueError(f"queries must be 'object' or 'background', got {queries!r}")
+    metric = metrics[queries]
     was_training = vit.training
     vit.eval()
     layers = list(range(vit.cfg.layers))
@@ -118,7 +147,7 @@ def attention_grouping_by_layer(
             attn = out.attentions[i]
             if transition:
                 attn = transition_matrix(attn)
-            ratios[i].append(same_label_attention_ratios(attn, labels))
+            ratios[i].append(metric(attn, labels))
     vit.train(was_training)
     return {i: float(torch.cat(r).mean()) if r else float("nan") for i, r in ratios.items()}
 
