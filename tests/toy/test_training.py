@@ -84,7 +84,9 @@ def test_train_clip_smoke_writes_loadable_weights(tmp_path) -> None:  # type: ig
 
 
 def test_clip_corpus_is_the_train_split_or_a_separate_weakened_stream() -> None:
-    from ssrseg.data.toy import ToyWorld, weakened_config
+    from dataclasses import replace
+
+    from ssrseg.data.toy import ToyWorld, WorldConfig, weakened_config
     from ssrseg.toy.train_clip import corpus_batches
 
     def first_captions(bias_scale: float) -> list[str]:
@@ -96,6 +98,10 @@ def test_clip_corpus_is_the_train_split_or_a_separate_weakened_stream() -> None:
     # Below 1, scenes of the weakened world under the split name `corpus` (never scored).
     corpus = ToyWorld("corpus", 5, weakened_config(0.25))
     assert first_captions(0.25) == [corpus[i].caption for i in range(3)]
+    # Captions without the background also come from the corpus stream, biases at full strength.
+    args = ClipTrainArgs(out="unused", seed=5, batch_size=3, workers=0, caption_background=0.0)
+    plain = ToyWorld("corpus", 5, replace(WorldConfig(), background_words=0.0))
+    assert next(corpus_batches(args))[1] == [plain[i].caption for i in range(3)]
 
 
 def test_image_embedding_pools_patch_mean_or_class_token() -> None:

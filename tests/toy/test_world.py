@@ -175,3 +175,23 @@ def test_tokenizer_covers_captions_and_prompts() -> None:
     ids = tok([*captions, *(PROMPT_TEMPLATE.format(n) for n in names)])
     assert not bool((ids == tok.UNK).any())
     assert all(" " not in n for n in names)  # single words
+
+
+def test_captions_name_the_background_with_the_configured_probability() -> None:
+    from dataclasses import replace
+
+    # Default (1): every caption ends "on <background>." and the stream is the one always rendered.
+    train = [ToyWorld("train", 0)[i] for i in range(20)]
+    assert all(s.caption.endswith(f" on {BACKGROUNDS[s.background]}.") for s in train)
+    none = ToyWorld("corpus", 0, replace(WorldConfig(), background_words=0.0))
+    scenes = [none[i] for i in range(20)]
+    assert not any(" on " in s.caption for s in scenes)
+    # Only the caption changes: the image, mask and background are those of the default world.
+    default = ToyWorld("corpus", 0, WorldConfig())
+    for i, s in enumerate(scenes[:5]):
+        d = default[i]
+        assert np.array_equal(s.image, d.image) and s.background == d.background
+        assert d.caption == s.caption[:-1] + f" on {BACKGROUNDS[d.background]}."
+    half = ToyWorld("corpus", 0, replace(WorldConfig(), background_words=0.5))
+    named = np.mean([" on " in half[i].caption for i in range(200)])
+    assert 0.38 < named < 0.62  # 200 draws of p = 0.5: 3.4 standard deviations

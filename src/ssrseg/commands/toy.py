@@ -142,6 +142,13 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
             "world's, default); below 1 the scenes come from a separate 'corpus' stream",
         )
         p.add_argument(
+            "--caption-background",
+            type=unit_float,
+            default=1.0,
+            help="probability that a pre-training caption names the background (default 1, "
+            "as the scored world; below 1 the scenes come from the 'corpus' stream)",
+        )
+        p.add_argument(
             "--pool",
             choices=("mean", "cls"),
             default="mean",

@@ -124,6 +124,9 @@ class WorldConfig:
     radius: tuple[float, float] = (20.0, 36.0)  # object radius in pixels at 128 px
     off_colour: float = 0.2  # probability that an object's main colour is any palette colour
     colour_words: float = 0.5  # probability that the caption names an object's colour
+    # Probability that the caption names the background ("... on water."). 1 in every scored
+    # split; below 1 only in a CLIP pre-training corpus (``train-clip --caption-background``).
+    background_words: float = 1.0
     min_visible: float = 0.35  # an occluded object keeps at least this share of its pixels
 
 
@@ -525,6 +528,9 @@ def make_caption(
         phrases.append(f"{'an' if word[0] in 'aeiou' else 'a'} {word}")
     listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     prefix = CAPTION_PREFIXES[int(rng.integers(len(CAPTION_PREFIXES)))]
+    # The extra draw only when the rule is on, so every existing stream renders as before.
+    if cfg.background_words < 1.0 and rng.random() >= cfg.background_words:
+        return f"{prefix} {listed}.", seen
     return f"{prefix} {listed} on {BACKGROUNDS[background]}.", seen
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class ClipTrainArgs(ToyTrainArgs):
     # Image embedding trained: "mean" of the projected patch tokens (what SSR's Grad-CAM scores)
     # or "cls", the class token as OpenAI CLIP is trained (the CAM still scores the patch mean).
     pool: str = "mean"
+    # Probability that a corpus caption names the background (1 = always, as the scored world).
+    caption_background: float = 1.0
 
 
 def contrastive_loss(img: Tensor, txt: Tensor, scale: Tensor, captions: list[str]) -> Tensor:
@@ -84,11 +86,15 @@ def save_clip(model: CLIP, path: Path, extra: dict[str, Any]) -> None:
 
 def corpus_batches(args: ClipTrainArgs) -> Iterator[tuple[Tensor, list[str], Tensor, Tensor]]:
     """The pre-training stream: the `train` world at ``bias_scale`` 1 (the committed weights'
-    schedule, unchanged), else the weakened world under its own split name ``corpus`` so that
-    its scenes are never the scored `train` split's."""
-    if args.bias_scale == 1.0:
+    schedule, unchanged), else the weakened world (and captions naming the background with
+    probability ``caption_background``) under its own split name ``corpus`` so that its scenes
+    are never the scored `train` split's."""
+    if args.bias_scale == 1.0 and args.caption_background == 1.0:
         return batches("train", args.seed, args.batch_size, workers=args.workers)
-    cfg = weakened_config(args.bias_scale, args.image_size)
+    cfg = replace(
+        weakened_config(args.bias_scale, args.image_size),
+        background_words=args.caption_background,
+    )
     return batches("corpus", args.seed, args.batch_size, workers=args.workers, cfg=cfg)
 
 
