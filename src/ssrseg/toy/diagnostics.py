@@ -60,6 +60,14 @@ def patch_labels(masks: Tensor, grid: tuple[int, int], ignore: int = IGNORE) -> 
     return labels.reshape(b, h * w)
 
 
+def _query_rows(attn: Tensor, labels: Tensor) -> Tensor:
+    """``B x N x N`` attention rows renormalised over the N patches (shape-checked)."""
+    if attn.shape[:2] != labels.shape or attn.shape[-1] != labels.shape[-1]:
+        raise ValueError(f"attention {tuple(attn.shape)} does not match labels {labels.shape}")
+    attn = attn.detach().float()
+    return attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
 def same_label_attention_ratios(attn: Tensor, labels: Tensor, ignore: int = IGNORE) -> Tensor:
     """Per-patch same-label attention mass over its chance share.
 
@@ -70,10 +78,7 @@ def same_label_attention_ratios(attn: Tensor, labels: Tensor, ignore: int = IGNO
     (uniform attention scores 1). Returns the ratios of the foreground query patches (label not
     0 and not ``ignore``), all images concatenated: ``M`` float.
     """
-    if attn.shape[:2] != labels.shape or attn.shape[-1] != labels.shape[-1]:
-        raise ValueError(f"attention {tuple(attn.shape)} does not match labels {labels.shape}")
-    attn = attn.detach().float()
-    rows = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    rows = _query_rows(attn, labels)
     same = (labels[:, :, None] == labels[:, None, :]).float()  # B x N x N
     share = (rows * same).sum(dim=-1)
     chance = same.mean(dim=-1)
@@ -91,10 +96,7 @@ def background_to_object_ratios(attn: Tensor, labels: Tensor, ignore: int = IGNO
     A_ij / sum_j A_ij``, ``chance_i = #{j: l_j object} / N``. Returns the ratios of the
     background patches of images with at least one object patch: ``M`` float.
     """
-    if attn.shape[:2] != labels.shape or attn.shape[-1] != labels.shape[-1]:
-        raise ValueError(f"attention {tuple(attn.shape)} does not match labels {labels.shape}")
-    attn = attn.detach().float()
-    rows = attn / attn.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    rows = _query_rows(attn, labels)
     obj = ((labels != 0) & (labels != ignore)).float()  # B x N
     share = (rows * obj[:, None, :]).sum(dim=-1)  # B x N
     chance = obj.mean(dim=-1, keepdim=True).expand_as(share)
