@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.commands.common import plain_doc, positive_float, positive_int, unit_float
+from ssrseg.toy import POOLS
 
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
@@ -150,7 +151,7 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
         )
         p.add_argument(
             "--pool",
-            choices=("mean", "cls"),
+            choices=POOLS,
             default="mean",
             help="image embedding trained: mean of the projected patch tokens (default; what "
             "the CAM scores) or the class token (as OpenAI CLIP is trained)",

@@ -4,3 +4,7 @@
 evaluation; ``train_clip`` and ``train_dino`` are the two training loops behind
 ``ssrseg toy train-clip`` and ``ssrseg toy train-dino``.
 """
+
+# The image embeddings the tiny CLIP can be trained on (`train-clip --pool`); here, free of
+# torch, so that the command line can offer them without importing the trainer.
+POOLS = ("mean", "cls")

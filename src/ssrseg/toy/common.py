@@ -18,6 +18,7 @@ from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
 from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig, vocabulary
+from ssrseg.toy import POOLS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 PROMPT_TEMPLATE = "a photo of a {}."
@@ -80,13 +81,18 @@ def toy_dino_config(
     )
 
 
+def check_pool(pool: str) -> str:
+    """``pool`` if it names one of :data:`POOLS`, else ``ValueError``."""
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    return pool
+
+
 def image_embedding(visual: VisionTransformer, images01: Tensor, pool: str = "mean") -> Tensor:
     """``B x E``: the patch mean (:func:`pooled_image_embedding`) or, ``pool="cls"``, the class
     token through the same norm and projection (OpenAI CLIP's training embedding)."""
-    if pool == "mean":
+    if check_pool(pool) == "mean":
         return pooled_image_embedding(visual, images01)
-    if pool != "cls":
-        raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
     out = visual.forward_intermediates(visual.normalize(images01))
     return visual.head(out.last[:, 0])
 

@@ -24,6 +24,7 @@ from ssrseg.toy.common import (
     Budget,
     ToyTrainArgs,
     batches,
+    check_pool,
     cosine_lr,
     image_embedding,
     toy_clip_config,
@@ -102,8 +103,7 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     """Train, save ``args.out``, and return the run's record (manifest entry)."""
     from tqdm import tqdm
 
-    if args.pool not in ("mean", "cls"):
-        raise ValueError(f"pool must be 'mean' or 'cls', got {args.pool!r}")
+    check_pool(args.pool)  # before the render worker starts, not at the first step
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = toy_tokenizer()
