@@ -78,7 +78,13 @@ def class_cam_figure(
 
     dataset = build_dataset("toy", root, "train")
     c = list(dataset.class_names).index(class_name)
-    shown = [i for i in indices if tuple(dataset[i].labels) == (c,)][:n_images]
+    shown: dict[int, Any] = {}  # index -> sample: one read per image, up to the last match
+    for i in indices:
+        sample = dataset[i]
+        if tuple(sample.labels) == (c,):
+            shown[i] = sample
+            if len(shown) == n_images:
+                break
     if not shown:
         raise ValueError(
             f"no image among train {indices[0]}..{indices[-1]} shows only {class_name}"
@@ -90,8 +96,7 @@ def class_cam_figure(
             row_labeler(build_pseudo_labeler(cfg), cfg, dict(TABLE3_ROWS)["initial CAM"])
         )
     rows = []
-    for i in shown:
-        sample = dataset[i]
+    for i, sample in shown.items():
         items: list[tuple[str, Any]] = [(f"train {i}", sample.image), ("truth", sample.mask)]
         for clip, labeler in zip(clips, labelers, strict=True):
             ((_, out, _),) = label_samples(labeler, [sample], None, 1024)
@@ -99,7 +104,7 @@ def class_cam_figure(
             items.append((f"CAM {Path(clip).parent.name or clip}"[:24], cam))
         rows.append(make_panel(items))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    return shown
+    return list(shown)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
