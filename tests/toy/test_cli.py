@@ -71,6 +71,18 @@ def test_train_clip_bias_scale_reaches_the_trainer_and_is_checked(capsys) -> Non
     with pytest.raises(SystemExit):
         _parse(build_parser(), ["toy", "train-clip", "--bias-scale", "1.5"])
     assert "must lie in [0, 1]" in capsys.readouterr().err
+    # The other corpus options reach the trainer the same way and are checked the same way.
+    argv = ["toy", "train-clip", "--caption-background", "0.5", "--pool", "cls"]
+    train = _train_args(ClipTrainArgs, _parse(build_parser(), argv), "out")
+    assert (train.caption_background, train.pool) == (0.5, "cls")
+    defaults = _train_args(ClipTrainArgs, _parse(build_parser(), ["toy", "train-clip"]), "out")
+    assert (defaults.caption_background, defaults.pool) == (1.0, "mean")
+    with pytest.raises(SystemExit):
+        _parse(build_parser(), ["toy", "train-clip", "--caption-background", "-0.1"])
+    assert "must lie in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(build_parser(), ["toy", "train-clip", "--pool", "max"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_train_refuses_an_out_inside_the_package(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
