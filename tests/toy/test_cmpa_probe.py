@@ -10,16 +10,20 @@ import torch
 from torch import nn
 
 from ssrseg.config import load_config
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
 from ssrseg.rectify.cmpa import CMPA
 from ssrseg.toy.cmpa_probe import (
     HeadRun,
     ProbeData,
     at_scale,
     background_accuracy,
+    ground_truth_weights,
+    home_context_leak,
     image_accuracy,
     pair_accuracy,
     recalibrated,
     train_heads,
+    with_ground_truth_pooling,
 )
 
 
@@ -118,3 +122,33 @@ def test_train_heads_with_the_background_term_and_recalibration() -> None:
     assert isinstance(tsa_bn, nn.BatchNorm1d) and tsa_bn.running_mean is not None
     both = torch.cat([text, bg])
     assert torch.allclose(tsa_bn.running_mean, cmpa.tsa[0](both).mean(0), atol=1e-6)
+
+
+def test_ground_truth_weights_are_patch_shares_in_label_order() -> None:
+    # 4 x 4 mask on a 2 x 2 grid: class 0 fills the top-left patch, class 2 half the bottom-right
+    mask = torch.zeros(1, 4, 4, dtype=torch.long)
+    mask[0, :2, :2] = 1
+    mask[0, 3, 2:] = 3
+    (w,) = ground_truth_weights(mask, [(2, 0)], (2, 2))
+    assert w.shape == (2, 2, 2)
+    assert torch.equal(w[0], torch.tensor([[0.0, 0.0], [0.0, 0.5]]))  # class 2 first
+    assert torch.equal(w[1], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    data = _data()
+    data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
+    data.masks[1, :, 8:] = 2  # class 1 on the right half = the second patch of the 1 x 2 grid
+    gt = with_ground_truth_pooling(data)
+    assert torch.equal(gt.cams[0], torch.zeros(1, 1, 2))
+    assert torch.equal(gt.cams[1], torch.tensor([[[0.0, 1.0]]]))
+    assert data.cams[1].sum() == 2  # the original is untouched
+
+
+def test_home_context_leak_by_hand() -> None:
+    # class 0 (boat, home water): image 0 on water predicts 3 boat pixels, 1 on background;
+    # image 1 on grass predicts 4, 2 on background -> 33.3% at home, 50% elsewhere
+    data = _data()
+    data.labels = [(0,), (0,)]
+    data.contexts = [BACKGROUNDS.index("water"), BACKGROUNDS.index("grass")]
+    data.masks = torch.tensor([[[0, 1, 1, 0]], [[1, 1, 0, 0]]])
+    preds = [torch.tensor([[1, 1, 1, 0]]), torch.tensor([[1, 1, 1, 1]])]
+    assert CLASS_NAMES[0] == "boat" and HOME["boat"] == "water"
+    assert home_context_leak(preds, data, 2) == {"leak_home": 33.3, "leak_else": 50.0}

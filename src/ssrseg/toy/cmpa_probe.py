@@ -90,13 +90,14 @@ class ProbeData:
 
 
 def render(
-    split: str, n: int, seed: int
+    split: str, n: int, seed: int, start: int = 0
 ) -> tuple[Tensor, Tensor, list[tuple[int, ...]], list[int]]:
-    """Scenes 0..n-1 of a toy split: images in [0, 1], masks, labels, background contexts."""
+    """Scenes ``start .. start + n - 1`` of a toy split: images in [0, 1], masks, labels,
+    background contexts."""
     from ssrseg.data.toy import ToyWorld
 
     world = ToyWorld(split, seed)
-    samples = [world[i] for i in range(n)]
+    samples = [world[i] for i in range(start, start + n)]
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples])
     masks = torch.stack([torch.from_numpy(s.mask).long() for s in samples])
     labels = [tuple(s.labels) for s in samples]
@@ -142,9 +143,11 @@ def label_and_score(
     return 100.0 * float(conf.compute()["miou"])
 
 
-def cache_inputs(labeler: PseudoLabeler, n_train: int, seed: int) -> ProbeData:
-    """One raw Grad-CAM pass over the first ``n_train`` training scenes."""
-    images, masks, labels, contexts = render("train", n_train, seed)
+def cache_inputs(
+    labeler: PseudoLabeler, n_train: int, seed: int, split: str = "train", start: int = 0
+) -> ProbeData:
+    """One raw Grad-CAM pass over ``n_train`` scenes of ``split`` from index ``start``."""
+    images, masks, labels, contexts = render(split, n_train, seed, start)
     embs: list[Tensor] = []
     cams: list[Tensor] = []
     grid: list[tuple[int, int]] = []
@@ -158,6 +161,30 @@ def cache_inputs(labeler: PseudoLabeler, n_train: int, seed: int) -> ProbeData:
     return ProbeData(images, masks, labels, torch.cat(embs), cams, grid[0], contexts)
 
 
+def ground_truth_weights(
+    masks: Tensor, labels: Sequence[tuple[int, ...]], grid: tuple[int, int]
+) -> list[Tensor]:
+    """Per image ``K_i x h x w``: the share of each patch's pixels that belong to each of the
+    image's classes (in ``labels`` order; mask value c + 1 = class c). ``masks``: ``n x H x W``
+    with H, W multiples of the grid. Used in place of the CAMs to pool class features with the
+    true object extent (an oracle for what the CAM-weighted means carry besides the object)."""
+    h, w = grid
+    out = []
+    for mask, labs in zip(masks, labels, strict=True):
+        onehot = torch.stack([(mask == c + 1).float() for c in labs]) if labs else None
+        if onehot is None:
+            out.append(torch.zeros(0, h, w))
+            continue
+        out.append(F.adaptive_avg_pool2d(onehot[None], (h, w))[0])
+    return out
+
+
+def with_ground_truth_pooling(data: ProbeData) -> ProbeData:
+    """``data`` whose CAMs are replaced by :func:`ground_truth_weights` (so ``1 - max`` is the
+    true background share of each patch)."""
+    return dataclasses.replace(data, cams=ground_truth_weights(data.masks, data.labels, data.grid))
+
+
 @dataclass(frozen=True)
 class HeadRun:
     """One way of training the heads."""
@@ -167,6 +194,8 @@ class HeadRun:
     cmpa: dict[str, Any] = dataclasses.field(default_factory=dict)  # cmpa.* overrides
     fixed_scale: float | None = None  # freeze tau at 1 / fixed_scale
     background_negatives: bool = False  # background prompts join P_T as negatives
+    pooling: str = "cam"  # "cam": f_ic pooled with the initial CAM; "gt": with the true masks
+    scenes: str = "train"  # training scenes: "train" (the demo's world) or "debiased"
 
 
 def loss_with_background(
@@ -349,6 +378,25 @@ def at_scale(cmpa: CMPA, scale: float) -> CMPA:
     return out
 
 
+DEBIASED_START = 1000  # first debiased scene the heads may train on (never scored)
+
+
+def home_context_leak(preds: Sequence[Tensor], data: ProbeData, n: int) -> dict[str, float]:
+    """Share (%) of a class's predicted pixels on ground-truth background, on the first ``n``
+    scenes of ``data`` showing the class's home context (``leak_home``) vs elsewhere
+    (``leak_else``); ``preds`` are their ``H x W`` label maps in order."""
+    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
+    from ssrseg.toy.diagnostics import context_leak_table
+
+    homes = {i: HOME.get(name) for i, name in enumerate(CLASS_NAMES)}
+    items = (
+        (preds[i].numpy(), data.masks[i].numpy(), data.labels[i], BACKGROUNDS[data.contexts[i]])
+        for i in range(n)
+    )
+    table = context_leak_table(items, homes)
+    return {"leak_home": round(table["home"], 1), "leak_else": round(table["elsewhere"], 1)}
+
+
 def run_probe(
     n_train: int = 400,
     n_score: int = 100,
@@ -399,11 +447,19 @@ def run_probe(
     def score(lab: PseudoLabeler, cmpa: CMPA | None) -> float:
         return round(label_and_score(lab, s_img, s_mask, s_lab, cmpa=cmpa), 1)
 
-    raw = score(raw_labeler, None)
+    def score_leak(lab: PseudoLabeler, cmpa: CMPA | None) -> tuple[float, dict[str, float]]:
+        preds: list[Tensor] = []
+        miou = label_and_score(
+            lab, s_img, s_mask, s_lab, cmpa=cmpa, keep=lambda out, lo: preds.extend(out.labels)
+        )
+        return round(miou, 1), home_context_leak(preds, data, n_score)
+
+    raw, raw_leak = score_leak(raw_labeler, None)
     emit(
         {
             "row": f"raw CLIP CAM (scale {raw_scale:g}, background words)",
             "miou": raw,
+            **raw_leak,
             "pair_acc": round(pair_accuracy(None, data, score_idx, class_emb), 1),
             "image_acc": round(image_accuracy(None, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(None, data, score_idx, bg_emb), 1),
@@ -447,6 +503,23 @@ def run_probe(
             short,
             {"num_layers": 1, "background_term": "raw_nearest"},
         ),
+        # what the CAM-weighted means carry besides the object: heads trained on features
+        # pooled with the true masks, and / or on debiased scenes (classes off their homes)
+        HeadRun(f"CMPA {short} it., ground-truth pooling", short, pooling="gt"),
+        HeadRun(f"CMPA {short} it., debiased scenes", short, scenes="debiased"),
+        HeadRun(
+            f"CMPA {short} it., debiased scenes + ground-truth pooling",
+            short,
+            pooling="gt",
+            scenes="debiased",
+        ),
+        HeadRun(
+            f"CMPA {short} it., linear heads, debiased scenes + ground-truth pooling",
+            short,
+            {"num_layers": 1},
+            pooling="gt",
+            scenes="debiased",
+        ),
         HeadRun(f"CMPA {long} it.", long),
         HeadRun(
             f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
@@ -466,6 +539,21 @@ def run_probe(
     if match:
         runs = [r for r in runs if any(m in r.name for m in match)]
     marks = sorted({m for m in (short, long // 4, long // 2, long) if 0 < m < long})
+    train_sets: dict[tuple[str, str], ProbeData] = {("train", "cam"): data}
+
+    def training_data(run: HeadRun) -> ProbeData:
+        key = (run.scenes, run.pooling)
+        if key not in train_sets:
+            if run.scenes not in ("train", "debiased") or run.pooling not in ("cam", "gt"):
+                raise ValueError(f"unknown scenes / pooling {key}")
+            base = train_sets.get((run.scenes, "cam"))
+            if base is None:
+                # debiased scenes after the demo's scored ones (it scores debiased 0..149)
+                base = cache_inputs(raw_labeler, n_train, seed, "debiased", DEBIASED_START)
+                train_sets[(run.scenes, "cam")] = base
+            train_sets[key] = base if run.pooling == "cam" else with_ground_truth_pooling(base)
+        return train_sets[key]
+
     for run in runs:
         timeline: dict[int, float] = {}
 
@@ -476,15 +564,17 @@ def run_probe(
             run.iterations == long and not run.cmpa and not run.background_negatives and not lean
         )
         cmpa, last = train_heads(
-            cfg, data, run, class_emb, bg_emb,
+            cfg, training_data(run), run, class_emb, bg_emb,
             checkpoints=marks if is_main_long else (),
             on_checkpoint=checkpoint if is_main_long else None,
             seed=seed if head_seed is None else head_seed,
         )  # fmt: skip
         cmpa.eval()
+        miou, leak = score_leak(labeler, cmpa)
         row: dict[str, Any] = {
             "row": run.name,
-            "miou": score(labeler, cmpa),
+            "miou": miou,
+            **leak,
             "tau": round(last["tau"], 4),
             "loss": round(last["loss"], 3),
             "pair_acc": round(pair_accuracy(cmpa, data, score_idx, class_emb), 1),
