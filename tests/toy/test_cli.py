@@ -70,7 +70,7 @@ def test_train_clip_bias_scale_reaches_the_trainer_and_is_checked(capsys) -> Non
     assert _parse(build_parser(), ["toy", "train-clip"]).bias_scale == 1.0
     with pytest.raises(SystemExit):
         _parse(build_parser(), ["toy", "train-clip", "--bias-scale", "1.5"])
-    assert "must lie in [0, 1]" in capsys.readouterr().err
+    assert "must be >= 0, <= 1" in capsys.readouterr().err
     # The other corpus options reach the trainer the same way and are checked the same way.
     argv = ["toy", "train-clip", "--caption-background", "0.5", "--pool", "cls"]
     train = _train_args(ClipTrainArgs, _parse(build_parser(), argv), "out")
@@ -79,7 +79,7 @@ def test_train_clip_bias_scale_reaches_the_trainer_and_is_checked(capsys) -> Non
     assert (defaults.caption_background, defaults.pool) == (1.0, "mean")
     with pytest.raises(SystemExit):
         _parse(build_parser(), ["toy", "train-clip", "--caption-background", "-0.1"])
-    assert "must lie in [0, 1]" in capsys.readouterr().err
+    assert "must be >= 0, <= 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(build_parser(), ["toy", "train-clip", "--pool", "max"])
     assert "invalid choice" in capsys.readouterr().err

@@ -25,34 +25,29 @@ def _int_at_least(lo: int) -> Callable[[str], int]:
     return parse
 
 
-def _float_above(lo: float) -> Callable[[str], float]:
+def _float_within(lo: float, hi: float = math.inf, lo_open: bool = True) -> Callable[[str], float]:
+    """argparse type: a finite number above ``lo`` (or from ``lo`` when ``lo_open`` is False)
+    and at most ``hi``."""
+    lo_ok = (lambda v: v > lo) if lo_open else (lambda v: v >= lo)
+    rule = (f"> {lo:g}" if lo_open else f">= {lo:g}") + ("" if hi == math.inf else f", <= {hi:g}")
+
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (value > lo and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be > {lo:g}, got {text}")
+        if not (lo_ok(value) and value <= hi and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
 
-    parse.__name__ = f"number > {lo:g}"
+    parse.__name__ = f"number {rule}"
     return parse
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1] (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return value
 
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
-positive_float = _float_above(0.0)
+positive_float = _float_within(0.0)
+unit_float = _float_within(0.0, 1.0, lo_open=False)  # a number in [0, 1]
 
 
 class DeviceError(RuntimeError):
