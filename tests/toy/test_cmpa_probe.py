@@ -21,6 +21,8 @@ from ssrseg.toy.cmpa_probe import (
     home_context_leak,
     image_accuracy,
     pair_accuracy,
+    pairwise_auc,
+    patch_separation,
     recalibrated,
     train_heads,
     with_ground_truth_pooling,
@@ -152,3 +154,22 @@ def test_home_context_leak_by_hand() -> None:
     preds = [torch.tensor([[1, 1, 1, 0]]), torch.tensor([[1, 1, 1, 1]])]
     assert CLASS_NAMES[0] == "boat" and HOME["boat"] == "water"
     assert home_context_leak(preds, data, 2) == {"leak_home": 33.3, "leak_else": 50.0}
+
+
+def test_pairwise_auc_by_hand() -> None:
+    # pairs: (3>1) (3>2) (2>1) (2=2) -> (1 + 1 + 1 + 0.5) / 4
+    assert pairwise_auc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.875
+
+
+def test_patch_separation_by_hand() -> None:
+    # image 0 (class 0): patch 0 is the object, patch 1 background; cos to text 0: 1.0 vs 0.9/|.|
+    data = _data()
+    data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
+    data.masks[0, :, :8] = 1
+    data.masks[1, :, 8:] = 2
+    text = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    out = patch_separation(None, data, [0, 1], text)
+    # image 0: object cos 1.0 > background 0.994 -> 1; image 1: object (0, .8, .2) cos 0.97 to
+    # class 1 < background patch (0, 1, 0) cos 1 -> 0; both object patches nearest their class
+    assert out == {"patch_auc": 50.0, "patch_top1": 100.0}
+    assert patch_separation(None, data, [0, 1], text.flip(0))["patch_top1"] == 0.0

@@ -370,6 +370,44 @@ def background_accuracy(
     return 100.0 * sum(hits) / max(1, len(hits))
 
 
+def pairwise_auc(pos: Tensor, neg: Tensor) -> float:
+    """ROC AUC of scores ``pos`` (``P``) above ``neg`` (``Q``): the share of (pos, neg) pairs
+    ordered correctly, ties counting one half."""
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+
+
+@torch.no_grad()
+def patch_separation(
+    cmpa: CMPA | None, data: ProbeData, idx: Sequence[int], class_emb: Tensor
+) -> dict[str, float]:
+    """How the per-patch similarity to a class text separates, in the projected space (eval-mode
+    heads) or, with ``cmpa`` None, the raw one (patch labels by majority, 0 = background):
+    ``patch_auc``: ROC AUC of ``cos(patch, text_c)`` for class c's patches against the same
+    image's background patches, averaged over (image, class) pairs (what a CAM needs: the
+    object above its own background); ``patch_top1``: share of object patches whose nearest
+    class text (among all classes) is their own (what L_proto trains, on pooled features)."""
+    from ssrseg.toy.diagnostics import patch_labels
+
+    feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], class_emb)
+    sims = F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()  # B x N x K
+    plabels = patch_labels(data.masks[list(idx)], data.grid)  # B x N
+    aucs: list[float] = []
+    hits = total = 0
+    for b, i in enumerate(idx):
+        for c in data.labels[i]:
+            pos, neg = sims[b, plabels[b] == c + 1, c], sims[b, plabels[b] == 0, c]
+            if pos.numel() and neg.numel():
+                aucs.append(pairwise_auc(pos, neg))
+        obj = plabels[b] > 0
+        hits += int((sims[b][obj].argmax(dim=-1) == plabels[b][obj] - 1).sum())
+        total += int(obj.sum())
+    return {
+        "patch_auc": round(100.0 * sum(aucs) / max(1, len(aucs)), 1),
+        "patch_top1": round(100.0 * hits / max(1, total), 1),
+    }
+
+
 @torch.no_grad()
 def at_scale(cmpa: CMPA, scale: float) -> CMPA:
     """A copy whose temperature is ``1 / scale``."""
@@ -463,6 +501,7 @@ def run_probe(
             "pair_acc": round(pair_accuracy(None, data, score_idx, class_emb), 1),
             "image_acc": round(image_accuracy(None, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(None, data, score_idx, bg_emb), 1),
+            **patch_separation(None, data, score_idx, class_emb),
         }
     )
     if not lean:
@@ -580,6 +619,7 @@ def run_probe(
             "pair_acc": round(pair_accuracy(cmpa, data, score_idx, class_emb), 1),
             "image_acc": round(image_accuracy(cmpa, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(cmpa, data, score_idx, bg_emb), 1),
+            **patch_separation(cmpa, data, score_idx, class_emb),
         }
         if not lean:
             row[f"at_scale_{raw_scale:g}"] = score(labeler, at_scale(cmpa, raw_scale))
