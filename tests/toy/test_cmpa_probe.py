@@ -17,6 +17,7 @@ from ssrseg.toy.cmpa_probe import (
     ProbeData,
     at_scale,
     background_accuracy,
+    cams_miou,
     ground_truth_weights,
     home_context_leak,
     image_accuracy,
@@ -24,6 +25,7 @@ from ssrseg.toy.cmpa_probe import (
     pairwise_auc,
     patch_separation,
     recalibrated,
+    similarity_cams,
     train_heads,
     with_ground_truth_pooling,
 )
@@ -173,3 +175,23 @@ def test_patch_separation_by_hand() -> None:
     # class 1 < background patch (0, 1, 0) cos 1 -> 0; both object patches nearest their class
     assert out == {"patch_auc": 50.0, "patch_top1": 100.0}
     assert patch_separation(None, data, [0, 1], text.flip(0))["patch_top1"] == 0.0
+
+
+def test_similarity_cams_and_their_miou_by_hand() -> None:
+    # image 0 (class 0): patch cosines to class 0 are 1 and 0.994, to the background prompt 0
+    # and 0: softmax at scale 1 gives 0.731 > 0.730 -> min-max [1, 0]; image 1 (class 1): 1 vs
+    # 0.970 to the class, 0 vs 0.243 to the background prompt -> [1, 0]
+    data = _data()
+    text, bg = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), torch.tensor([[0, 0, 1.0, 0]])
+    cams = similarity_cams(None, data, [0, 1], text, bg, 1.0)
+    assert [c.shape for c in cams] == [(1, 1, 2), (1, 1, 2)]
+    assert torch.allclose(cams[0], torch.tensor([[[1.0, 0.0]]]), atol=1e-4)
+    assert torch.allclose(cams[1], torch.tensor([[[1.0, 0.0]]]), atol=1e-4)
+    # bilinear 1 x 2 -> 8 x 16: the CAM is above its background (1 - CAM) on columns 0..7, so
+    # both images predict their class on the left half. Truth: image 0's class on the left,
+    # image 1's on the right -> IoU background 64 / 192, class 0 1, class 1 0
+    data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
+    data.masks[0, :, :8] = 1
+    data.masks[1, :, 8:] = 2
+    cfg = load_config(None, [])
+    assert cams_miou(cams, data, [0, 1], cfg, 3) == pytest.approx(100 * (1 / 3 + 1) / 3)

@@ -409,6 +409,51 @@ def patch_separation(
 
 
 @torch.no_grad()
+def similarity_cams(
+    cmpa: CMPA | None,
+    data: ProbeData,
+    idx: Sequence[int],
+    class_emb: Tensor,
+    bg_emb: Tensor,
+    scale: float,
+) -> list[Tensor]:
+    """Per image ``K_i x h x w``: a CAM read from the patch features directly, without a
+    gradient: each patch's softmax over [the image's classes + the background prompts] of
+    ``scale * cos(patch, text)``, the class columns, min-max normalised as the Grad-CAM's maps.
+    Raw space, or the projected one through eval-mode heads (scale = 1 / tau there)."""
+    from ssrseg.cam.gradcam import normalise_cams
+
+    feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], torch.cat([class_emb, bg_emb]))
+    sims = F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()  # B x N x (C + G)
+    n_fg, (h, w) = class_emb.shape[0], data.grid
+    out = []
+    for b, i in enumerate(idx):
+        cols = [*data.labels[i], *range(n_fg, text.shape[0])]
+        prob = (scale * sims[b][:, cols]).softmax(dim=-1)[:, : len(data.labels[i])]
+        out.append(normalise_cams(prob.t().reshape(-1, h, w)))
+    return out
+
+
+@torch.no_grad()
+def cams_miou(
+    cams: Sequence[Tensor], data: ProbeData, idx: Sequence[int], cfg: SSRConfig, n_classes: int
+) -> float:
+    """mIoU (%) over background + ``n_classes - 1`` classes of label maps made from ``cams``
+    (per image ``K_i x h x w``) as the initial-CAM row makes them: bilinear to the image size,
+    background ``(1 - max) ** power``, argmax (no PAR)."""
+    from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.rectify.affinity import upsample
+    from ssrseg.rectify.labels import scores_to_labels, with_background
+
+    conf = ConfusionMatrix(n_classes)
+    size = (int(data.masks.shape[-2]), int(data.masks.shape[-1]))
+    for cam, i in zip(cams, idx, strict=True):
+        scores = with_background(upsample(cam[None], size)[0], cfg.pseudo.background_power)
+        conf.update(scores_to_labels(scores, data.labels[i], cfg.pseudo), data.masks[i])
+    return 100.0 * float(conf.compute()["miou"])
+
+
+@torch.no_grad()
 def at_scale(cmpa: CMPA, scale: float) -> CMPA:
     """A copy whose temperature is ``1 / scale``."""
     out = copy.deepcopy(cmpa)
@@ -492,6 +537,11 @@ def run_probe(
         )
         return round(miou, 1), home_context_leak(preds, data, n_score)
 
+    def sim_miou(cmpa: CMPA | None, scale: float) -> float:
+        # the same space read without a gradient (similarity_cams), scored like the CAM rows
+        cams = similarity_cams(cmpa, data, score_idx, class_emb, bg_emb, scale)
+        return round(cams_miou(cams, data, score_idx, cfg, class_emb.shape[0] + 1), 1)
+
     raw, raw_leak = score_leak(raw_labeler, None)
     emit(
         {
@@ -502,6 +552,7 @@ def run_probe(
             "image_acc": round(image_accuracy(None, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(None, data, score_idx, bg_emb), 1),
             **patch_separation(None, data, score_idx, class_emb),
+            "sim_miou": sim_miou(None, raw_scale),
         }
     )
     if not lean:
@@ -620,6 +671,7 @@ def run_probe(
             "image_acc": round(image_accuracy(cmpa, data, score_idx, class_emb), 1),
             "bg_acc": round(background_accuracy(cmpa, data, score_idx, bg_emb), 1),
             **patch_separation(cmpa, data, score_idx, class_emb),
+            "sim_miou": sim_miou(cmpa, 1.0 / float(cmpa.tau.detach())),
         }
         if not lean:
             row[f"at_scale_{raw_scale:g}"] = score(labeler, at_scale(cmpa, raw_scale))
