@@ -21,6 +21,7 @@ from ssrseg.toy.cmpa_probe import (
     ground_truth_weights,
     home_context_leak,
     image_accuracy,
+    object_background_auc,
     pair_accuracy,
     pairwise_auc,
     patch_separation,
@@ -195,3 +196,14 @@ def test_similarity_cams_and_their_miou_by_hand() -> None:
     data.masks[1, :, 8:] = 2
     cfg = load_config(None, [])
     assert cams_miou(cams, data, [0, 1], cfg, 3) == pytest.approx(100 * (1 / 3 + 1) / 3)
+
+
+def test_object_background_auc_reads_grid_maps_in_label_order() -> None:
+    # image 1 shows class 1 on its right patch: a map high on the right gives AUC 100, the
+    # flipped map 0; image 0 has no object patch (all background) and is skipped
+    data = _data()
+    data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
+    data.masks[1, :, 8:] = 2
+    right = [torch.zeros(1, 1, 2), torch.tensor([[[0.2, 0.9]]])]
+    assert object_background_auc(right, data, [0, 1]) == 100.0
+    assert object_background_auc([m.flip(-1) for m in right], data, [0, 1]) == 0.0

@@ -392,20 +392,33 @@ def patch_separation(
     feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], class_emb)
     sims = F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()  # B x N x K
     plabels = patch_labels(data.masks[list(idx)], data.grid)  # B x N
-    aucs: list[float] = []
     hits = total = 0
-    for b, i in enumerate(idx):
-        for c in data.labels[i]:
-            pos, neg = sims[b, plabels[b] == c + 1, c], sims[b, plabels[b] == 0, c]
-            if pos.numel() and neg.numel():
-                aucs.append(pairwise_auc(pos, neg))
+    for b in range(len(idx)):
         obj = plabels[b] > 0
         hits += int((sims[b][obj].argmax(dim=-1) == plabels[b][obj] - 1).sum())
         total += int(obj.sum())
+    per_class = [sims[b].t()[list(data.labels[i])] for b, i in enumerate(idx)]
     return {
-        "patch_auc": round(100.0 * sum(aucs) / max(1, len(aucs)), 1),
+        "patch_auc": object_background_auc(per_class, data, idx),
         "patch_top1": round(100.0 * hits / max(1, total), 1),
     }
+
+
+def object_background_auc(maps: Sequence[Tensor], data: ProbeData, idx: Sequence[int]) -> float:
+    """Mean over (image, class) of the ROC AUC (%) of ``maps`` (per image ``K_i x N`` or
+    ``K_i x h x w`` on the patch grid, in the image's label order) for class c's patches
+    against the same image's background patches (patch labels by majority)."""
+    from ssrseg.toy.diagnostics import patch_labels
+
+    plabels = patch_labels(data.masks[list(idx)], data.grid)  # B x N
+    aucs: list[float] = []
+    for b, i in enumerate(idx):
+        values = maps[b].reshape(len(data.labels[i]), -1)
+        for k, c in enumerate(data.labels[i]):
+            pos, neg = values[k, plabels[b] == c + 1], values[k, plabels[b] == 0]
+            if pos.numel() and neg.numel():
+                aucs.append(pairwise_auc(pos, neg))
+    return round(100.0 * sum(aucs) / max(1, len(aucs)), 1)
 
 
 @torch.no_grad()
@@ -532,10 +545,17 @@ def run_probe(
 
     def score_leak(lab: PseudoLabeler, cmpa: CMPA | None) -> tuple[float, dict[str, float]]:
         preds: list[Tensor] = []
-        miou = label_and_score(
-            lab, s_img, s_mask, s_lab, cmpa=cmpa, keep=lambda out, lo: preds.extend(out.labels)
-        )
-        return round(miou, 1), home_context_leak(preds, data, n_score)
+        cams: list[Tensor] = []
+
+        def keep(out: Any, lo: int) -> None:
+            preds.extend(out.labels)
+            cams.extend(c.float() for c in out.cams)
+
+        miou = label_and_score(lab, s_img, s_mask, s_lab, cmpa=cmpa, keep=keep)
+        return round(miou, 1), {
+            **home_context_leak(preds, data, n_score),
+            "cam_auc": object_background_auc(cams, data, score_idx),
+        }
 
     def sim_miou(cmpa: CMPA | None, scale: float) -> float:
         # the same space read without a gradient (similarity_cams), scored like the CAM rows
