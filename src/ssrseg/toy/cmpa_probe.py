@@ -28,7 +28,14 @@ Hypotheses and their measurements (docs/toy_world.md, "Why CMPA hurts"):
   pulls the CAM's background feature to a background prompt in the projected space;
 - what the CAM differentiates (found here): the heads learn to classify CAM-weighted means
   (``pair_acc``) but the projected Grad-CAM scores the mean of ISA over all patches
-  (``image_acc``, raw space for comparison).
+  (``image_acc``, raw space for comparison);
+- context the CAM spills onto the pooled features: heads trained on features pooled with the
+  true masks (``pooling="gt"``); the context bias of the heads' training scenes: heads trained
+  on debiased scenes (``scenes="debiased"``, never scored);
+- what each space encodes per patch against how the Grad-CAM reads it: ``cam_auc`` (the actual
+  CAM's object-vs-own-background AUC), ``patch_auc`` / ``patch_top1`` (plain patch-text cosine)
+  and ``sim_miou`` (a CAM read from those cosines without a gradient), plus the home-context
+  leak of every row.
 """
 
 from __future__ import annotations
