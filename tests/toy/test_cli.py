@@ -128,3 +128,24 @@ def test_train_clip_writes_a_run_folder_then_install_copies_it(
     assert "differs from its manifest entry" in capsys.readouterr().err
     assert sha256_file(assets / "clip.safetensors") == before
     assert main(["toy", "install-weights", str(out), "--kind", "dino"]) == 2
+
+
+def test_zero_shot_pool_reaches_the_scorer(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import ssrseg.backbones.weights as weights
+    import ssrseg.toy.common as common
+    from ssrseg.cli import main as cli_main
+
+    seen: dict[str, object] = {}
+
+    def fake_scores(clip, tokenizer, split, n, seed, pool="mean"):  # type: ignore[no-untyped-def]
+        seen.update(split=split, n=n, pool=pool)
+        return {"top1": 1.0}
+
+    monkeypatch.setattr(weights, "load_clip", lambda name: (None, None))
+    monkeypatch.setattr(common, "zero_shot_scores", fake_scores)
+    assert cli_main(["toy", "zero-shot", "--n", "4", "--pool", "cls"]) == 0
+    assert seen == {"split": "debiased", "n": 4, "pool": "cls"}
+    assert cli_main(["toy", "zero-shot", "--n", "4"]) == 0 and seen["pool"] == "mean"
+    with pytest.raises(SystemExit):
+        cli_main(["toy", "zero-shot", "--pool", "max"])
+    assert "invalid choice" in capsys.readouterr().err

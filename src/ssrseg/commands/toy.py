@@ -95,6 +95,13 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--split", default="debiased")
     p.add_argument("--n", type=positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="mean",
+        help="image embedding scored: mean of the projected patch tokens (default; what the "
+        "CAM scores) or the class token (a --pool cls CLIP's training embedding)",
+    )
     parser.set_defaults(_toy_parser=parser)
     return parser
 
@@ -318,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         from ssrseg.toy.common import zero_shot_scores
 
         clip, tokenizer = load_clip(args.weights)
-        scores = zero_shot_scores(clip, tokenizer, args.split, args.n, args.seed)  # type: ignore[arg-type]
+        scores = zero_shot_scores(clip, tokenizer, args.split, args.n, args.seed, pool=args.pool)  # type: ignore[arg-type]
         print(json.dumps(scores, indent=2))
         return 0
     if action == "install-weights":
