@@ -64,3 +64,37 @@ def test_cam_figure_shows_each_single_class_image_under_each_clip(tmp_path, caps
     width, height = Image.open(png).size
     # One row per image (title strip 14 px + 128 px), four 128 px tiles with 4 px gaps.
     assert (width, height) == (4 * 128 + 3 * 4, len(expected) * (14 + 128))
+
+
+def test_mask_shares_by_hand() -> None:
+    from ssrseg.toy.rows_probe import mask_shares
+
+    # 4 x 4 truth on a 2 x 2 grid: class 0 (home water) fills the top-left patch and half the
+    # top-right one; class 1 (no home) is skipped. The mask keeps both top patches and the
+    # bottom-left one: weight 3, on background 0 + 0.5 + 1 = 1.5, on the object 1 + 0.5 = 1.5
+    # of the object's 1.5 patches.
+    gt = np.zeros((4, 4), dtype=np.uint8)
+    gt[:2, :2] = 1
+    gt[:2, 2] = 1
+    gt[2:, 2:] = 2
+    mask = np.array([[[1.0, 1.0], [1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]])
+    homes = {0: "water", 1: None}
+    out = mask_shares(mask, gt, [0, 1], "water", homes)
+    assert out["home"].tolist() == [1.5, 3.0, 1.5, 1.5] and out["elsewhere"].sum() == 0
+    away = mask_shares(mask, gt, [0, 1], "grass", homes)
+    assert away["elsewhere"].tolist() == [1.5, 3.0, 1.5, 1.5] and away["home"].sum() == 0
+
+
+def test_mask_share_table_runs_the_masked_rows(tmp_path, capsys) -> None:
+    from ssrseg.toy.rows_probe import main
+
+    root = tmp_path / "toy"
+    write_toy_dataset(root, 4, "train", 0, 128)
+    argv = ["data.root=" + str(root), "--root", str(root), "--first", "0", "--n", "4"]
+    assert main([*argv, "--mask-shares"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == "train 0..3"
+    for row in ("+ DINO attention (box mask)", "+ SGC mask"):
+        for place in ("home", "elsewhere"):
+            shares = out[row][place]
+            assert 0.0 <= shares["background"] <= 100.0 and 0.0 <= shares["object_kept"] <= 100.0

@@ -8,6 +8,8 @@ attention, + SGC, + PAR; the demo's definitions in :data:`ssrseg.engine.cam_rows
 on train images ``--first``..``--first + --n - 1`` (default 100..299; the demo scores 0..99) of
 a rendered toy world, with the toy preset and the given backbones. Prints one JSON line: each
 row's mIoU, precision and recall (in %), and the per-class IoU of the initial CAM.
+``--mask-shares`` prints instead where the box and SGC column masks lie (on the home context's
+background or on the object); ``--cam-figure`` draws one class's initial CAM per CLIP.
 """
 
 from __future__ import annotations
@@ -54,6 +56,92 @@ def score_candidate(
         if name == "initial CAM":
             out["initial_cam_class_iou"] = [round(100 * float(v), 1) for v in result["iou"]]
     return out
+
+
+def mask_shares(
+    mask: np.ndarray,
+    gt: np.ndarray,
+    labels: Sequence[int],
+    context: str | None,
+    homes: dict[int, str | None],
+) -> dict[str, np.ndarray]:
+    """One image's column masks against its truth: per place ("home": the image shows the
+    class's home context, "elsewhere"), the sums over its classes of (mask weight on
+    ground-truth background, mask weight, mask weight on the class's own pixels, the class's
+    pixels), each in patch units.
+
+    mask: ``K x h x w`` (one column mask per class, ``labels`` order, on the patch grid); gt:
+    ``H x W`` (0 background, c + 1 class c; H, W multiples of h, w); classes without a home
+    are skipped."""
+    k, h, w = mask.shape
+    height, width = gt.shape
+    ph, pw = height // h, width // w
+
+    def per_patch(binary: np.ndarray) -> np.ndarray:  # H x W -> h x w share of each patch
+        return binary.reshape(h, ph, w, pw).mean(axis=(1, 3))
+
+    background = per_patch(gt == 0)
+    out = {"home": np.zeros(4), "elsewhere": np.zeros(4)}
+    for j, c in enumerate(labels[:k]):
+        home = homes.get(c)
+        if home is None:
+            continue
+        own = per_patch(gt == c + 1)
+        m = mask[j].astype(np.float64)
+        where = "home" if context == home else "elsewhere"
+        out[where] += [(m * background).sum(), m.sum(), (m * own).sum(), own.sum()]
+    return out
+
+
+def mask_share_table(
+    root: str,
+    overrides: Sequence[str],
+    indices: Sequence[int],
+    rows: Sequence[str] = ("+ DINO attention (box mask)", "+ SGC mask"),
+    config: str | None = None,
+    batch: int = 16,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """For each masked Table 3 row: per place (home context / elsewhere), the share (%) of its
+    column masks' area on ground-truth background (``background``) and the share of the
+    class's own pixels they keep (``object_kept``), on ``indices`` of the toy ``train`` split
+    under ``root``. What SGC is for: less of the mask on the home context, the object kept."""
+    import re
+
+    from ssrseg.config import load_config
+    from ssrseg.data import build_dataset
+    from ssrseg.data.toy import HOME
+    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
+    from ssrseg.engine.demo import default_config_path
+    from ssrseg.pseudo.labeler import build_pseudo_labeler
+
+    cfg = load_config(config or default_config_path(), list(overrides))
+    dataset = build_dataset("toy", root, "train")
+    homes = {i: HOME.get(name) for i, name in enumerate(dataset.class_names)}
+    captions = json.loads((Path(root) / "captions.json").read_text())
+    base = build_pseudo_labeler(cfg, "cpu")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name in rows:
+        labeler = row_labeler(base, cfg, dict(TABLE3_ROWS)[name])
+        acc = {"home": np.zeros(4), "elsewhere": np.zeros(4)}
+        for lo in range(0, len(indices), batch):
+            samples = [dataset[i] for i in indices[lo : lo + batch]]
+            for sample, (_, out, j) in zip(
+                samples, label_samples(labeler, samples, None, 1024), strict=True
+            ):
+                words = re.findall(r"[a-z]+", captions.get(sample.image_id, "").lower())
+                mask = out.masks[j].detach().float().cpu().numpy()
+                context = words[-1] if words else None
+                one = mask_shares(mask, sample.mask, sample.labels, context, homes)
+                for k in acc:
+                    acc[k] += one[k]
+        table[name] = {
+            k: {
+                "background": round(100 * v[0] / max(v[1], 1e-9), 1),
+                "object_kept": round(100 * v[2] / max(v[3], 1e-9), 1),
+            }
+            for k, v in acc.items()
+        }
+    return table
 
 
 def class_cam_figure(
@@ -131,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--compare", action="append", default=[], help="another CLIP for --cam-figure (repeatable)"
     )
+    parser.add_argument(
+        "--mask-shares",
+        action="store_true",
+        help="instead of scoring: the box and SGC masks' share on ground-truth background "
+        "and of the object kept, on home contexts and elsewhere",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     args = parser.parse_intermixed_args(argv)
     indices = range(args.first, args.first + args.n)
@@ -143,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     overrides = [f"backbone.clip={args.clip}", f"backbone.dino={args.dino}", *args.overrides]
     start = time.monotonic()
+    if args.mask_shares:
+        shares = mask_share_table(args.root, overrides, list(indices), config=args.config)
+        print(json.dumps({"images": f"train {args.first}..{args.first + args.n - 1}", **shares}))
+        return 0
     out = score_candidate(args.root, overrides, indices, args.rows, args.config)
     out.update(clip=args.clip, dino=args.dino, overrides=args.overrides)
     out["seconds"] = round(time.monotonic() - start, 1)
