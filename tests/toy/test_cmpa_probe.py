@@ -22,6 +22,7 @@ from ssrseg.toy.cmpa_probe import (
     home_context_leak,
     image_accuracy,
     object_background_auc,
+    object_background_cosine,
     pair_accuracy,
     pairwise_auc,
     patch_separation,
@@ -207,3 +208,12 @@ def test_object_background_auc_reads_grid_maps_in_label_order() -> None:
     right = [torch.zeros(1, 1, 2), torch.tensor([[[0.2, 0.9]]])]
     assert object_background_auc(right, data, [0, 1]) == 100.0
     assert object_background_auc([m.flip(-1) for m in right], data, [0, 1]) == 0.0
+
+
+def test_object_background_cosine_by_hand() -> None:
+    # image 1: object patch (0, .8, .2, 0) vs background patch (0, 1, 0, 0): cos 0.8 / 0.8246;
+    # image 0 has no object patch and is skipped
+    data = _data()
+    data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
+    data.masks[1, :, 8:] = 2
+    assert object_background_cosine(data, [0, 1]) == round(0.8 / (0.68**0.5), 3)

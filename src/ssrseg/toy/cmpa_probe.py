@@ -411,6 +411,23 @@ def patch_separation(
     }
 
 
+@torch.no_grad()
+def object_background_cosine(data: ProbeData, idx: Sequence[int]) -> float:
+    """Mean over images of the mean cosine between the raw CLIP embeddings of an image's object
+    patches and of its background patches (patch labels by majority; images without either
+    are skipped): how much the last block's tokens of object and background look alike."""
+    from ssrseg.toy.diagnostics import patch_labels
+
+    feats = F.normalize(data.patch_emb[list(idx)].float(), dim=-1)
+    plabels = patch_labels(data.masks[list(idx)], data.grid)
+    values = []
+    for b in range(feats.shape[0]):
+        obj, bg = feats[b][plabels[b] > 0], feats[b][plabels[b] == 0]
+        if obj.numel() and bg.numel():
+            values.append(float((obj @ bg.t()).mean()))
+    return round(sum(values) / max(1, len(values)), 3)
+
+
 def object_background_auc(maps: Sequence[Tensor], data: ProbeData, idx: Sequence[int]) -> float:
     """Mean over (image, class) of the ROC AUC (%) of ``maps`` (per image ``K_i x N`` or
     ``K_i x h x w`` on the patch grid, in the image's label order) for class c's patches
@@ -580,6 +597,7 @@ def run_probe(
             "bg_acc": round(background_accuracy(None, data, score_idx, bg_emb), 1),
             **patch_separation(None, data, score_idx, class_emb),
             "sim_miou": sim_miou(None, raw_scale),
+            "obj_bg_cos": object_background_cosine(data, score_idx),
         }
     )
     if not lean:
