@@ -128,6 +128,8 @@ def mask_share_table(
             for sample, (_, out, j) in zip(
                 samples, label_samples(labeler, samples, None, 1024), strict=True
             ):
+                if sample.mask is None:
+                    raise ValueError(f"{sample.image_id}: no ground-truth mask under {root}")
                 words = re.findall(r"[a-z]+", captions.get(sample.image_id, "").lower())
                 mask = out.masks[j].detach().float().cpu().numpy()
                 context = words[-1] if words else None
