@@ -41,7 +41,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from _models import build_towers, make_labeler, preset
@@ -58,8 +57,7 @@ from _timing import (
 from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
 from ssrseg.model.ssr import SSRModel
-from ssrseg.pseudo.labeler import Timer
-from ssrseg.rectify.sgc import slic_superpixels
+from ssrseg.pseudo.labeler import Timer, batch_superpixels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model"))
 from weclip_reference import weclip_labels  # test-only literal WeCLIP code
@@ -76,8 +74,7 @@ def make_batch(device: torch.device, cfg: SSRConfig, crop: int = CROP) -> dict[s
     images = torch.nn.functional.interpolate(coarse, size=(crop, crop), mode="nearest")
     images = (images + 0.05 * torch.rand(BATCH, 3, crop, crop, generator=g)).clamp(0, 1)
     labels = [(0, 6), (14,), (8, 10, 14), (11, 14)]
-    u8 = (images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
-    sp = torch.stack([slic_superpixels(im, cfg.sgc.n_segments, cfg.sgc.compactness) for im in u8])
+    sp = batch_superpixels(images, cfg)  # as the labeller makes them (rounded 8-bit images)
     return {
         "images": images.to(device),
         "labels": labels,
