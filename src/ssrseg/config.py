@@ -61,6 +61,11 @@ class CamConfig:
     # exp(logit_scale) (CLIP-ES's; 100 for OpenAI ViT-B/16), a number overrides it
     logit_scale: float | None = None
     projected: bool = False  # [paper] CAM in the CMPA-projected space once CMPA heads are trained
+    # [decision] where the projected-space Grad-CAM reads the features (the paper does not say):
+    # block_input = the last block's ln_1 output, as the raw CAM [CLIP-ES]; patch_embeddings =
+    # the CLIP's projected patch tokens, the CMPA heads' input (docs/toy_world.md, "The rest of
+    # the gap"). The raw-space CAM always uses block_input.
+    projected_target: str = "block_input"
     batch_classes: bool = True  # [decision] all classes of an image in one batched backward
     minmax_passes: int = 2  # [CLIP-ES] min-max each CAM twice (its scale_cam_image); 1: once
     # [CLIP-ES] image to the work size: pil_bicubic (PIL bicubic on uint8, then / 255) |
@@ -564,6 +569,7 @@ FIELD_RULES: dict[str, Rule] = {
     "cam.logit_scale": above(0.0),
     "cam.minmax_passes": at_least(1),
     "cam.input_resize": one_of("pil_bicubic", "torch_bilinear"),
+    "cam.projected_target": one_of("block_input", "patch_embeddings"),
     "affinity.clip_layers": at_least(1),
     "affinity.dino_layers": at_least(1),
     "affinity.clip_weight": at_least(0.0),

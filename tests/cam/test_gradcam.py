@@ -172,3 +172,50 @@ def test_result_scores_are_the_softmax_of_own_classes(clip: CLIP) -> None:
     img = F.normalize(clip.visual(clip.visual.normalize(images)).mean(dim=1), dim=-1)[0]
     probs = (30.0 * torch.cat([cls_emb[[3, 1]], bg]) @ img).softmax(dim=0)
     torch.testing.assert_close(res.scores[0], probs[:2], atol=1e-6, rtol=1e-5)
+
+
+def reference_embedding_cam(
+    clip: CLIP, image01: Tensor, classes: list[int], cls_emb: Tensor, bg: Tensor, scale: float,
+    c: int, proj=None,
+) -> Tensor:  # fmt: skip
+    """Slow reference of ``target="patch_embeddings"``: a plain forward to the projected patch
+    tokens v_p, one class's softmax score of the (projected) patch mean, its gradient w.r.t.
+    v_p; channel weights = the spatial mean of that gradient; ReLU(v_p . w), min-max twice."""
+    vis = clip.visual
+    with torch.no_grad():
+        emb = vis(vis.normalize(image01[None]))  # 1 x N x E
+    v = emb.clone().requires_grad_(True)
+    feats = proj(v) if proj is not None else v
+    img = F.normalize(feats.mean(dim=1), dim=-1)[0]
+    probs = (scale * torch.cat([cls_emb[classes], bg]) @ img).softmax(dim=0)
+    (g,) = torch.autograd.grad(probs[classes.index(c)], v)
+    cam = torch.relu(v[0].detach() @ g[0].mean(dim=0))
+    patch = vis.cfg.patch_size
+    return normalise_cams(cam.reshape(image01.shape[-2] // patch, image01.shape[-1] // patch))
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_patch_embedding_target_equals_its_definition(clip: CLIP, projected: bool) -> None:
+    torch.manual_seed(4)
+    proj = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
+    e = 8 if projected else 16
+    cls_emb, bg = _embs(6, e=e)
+    images = torch.rand(2, 3, 16, 24)
+    labels = [(1, 2), (0,)]
+    image_proj = proj if projected else None
+    res = gradcam(
+        clip.visual, images, labels, cls_emb, bg, 20.0, image_proj=image_proj,
+        target="patch_embeddings",
+    )  # fmt: skip
+    block = gradcam(clip.visual, images, labels, cls_emb, bg, 20.0, image_proj=image_proj)
+    for i, lab in enumerate(labels):
+        for k, c in enumerate(lab):
+            ref = reference_embedding_cam(
+                clip, images[i], list(lab), cls_emb, bg, 20.0, c, image_proj
+            )
+            torch.testing.assert_close(res.cams[i][k], ref, atol=2e-4, rtol=1e-3)
+    # a different reading of the same scores: the block-input CAM is not the same map
+    assert not torch.allclose(res.cams[0], block.cams[0], atol=1e-3)
+    torch.testing.assert_close(res.patch_emb, block.patch_emb)
+    with pytest.raises(ValueError, match="target must be one of"):
+        gradcam(clip.visual, images, labels, cls_emb, bg, 20.0, target="ln_post")

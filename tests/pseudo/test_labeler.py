@@ -172,6 +172,26 @@ def test_projected_space_uses_cmpa_heads(make_labeler: Callable[..., PseudoLabel
     one = labeler(images[:1], LABELS[:1], cmpa=heads)  # eval-mode BN: batch-independent
     torch.testing.assert_close(one.cams[0], out.cams[0], atol=1e-5, rtol=1e-4)
 
+    # cam.projected_target=patch_embeddings: the projected CAM is gradcam's embedding reading
+    # through the (eval-mode) heads; the raw CAM ignores the option
+    emb = make_labeler("cam.projected=true", "cam.projected_target=patch_embeddings")
+    out_emb = emb(images, LABELS, cmpa=heads)
+    heads.eval()
+    with torch.no_grad():
+        cls = torch.nn.functional.normalize(heads.project_text(emb.class_emb), dim=-1)
+        bg = torch.nn.functional.normalize(heads.project_text(emb.bg_emb), dim=-1)
+    ref = gradcam(
+        emb.clip.visual, images, LABELS, cls, bg, 20.0, image_proj=heads.project_image,
+        attn_last=0, target="patch_embeddings",
+    )  # fmt: skip
+    heads.train()
+    for got, want in zip(out_emb.cams, ref.cams, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out_emb.cams[0], out.cams[0], atol=1e-3)
+    raw_emb = make_labeler("cam.projected_target=patch_embeddings")(images, LABELS)
+    for got, want in zip(raw_emb.cams, raw.cams, strict=True):
+        torch.testing.assert_close(got, want)
+
 
 def test_config_errors() -> None:
     clip, tok, _ = tiny_models()

@@ -157,7 +157,7 @@ def test_home_context_leak_by_hand() -> None:
     data.masks = torch.tensor([[[0, 1, 1, 0]], [[1, 1, 0, 0]]])
     preds = [torch.tensor([[1, 1, 1, 0]]), torch.tensor([[1, 1, 1, 1]])]
     assert CLASS_NAMES[0] == "boat" and HOME["boat"] == "water"
-    assert home_context_leak(preds, data, 2) == {"leak_home": 33.3, "leak_else": 50.0}
+    assert home_context_leak(preds, data, [0, 1]) == {"leak_home": 33.3, "leak_else": 50.0}
 
 
 def test_pairwise_auc_by_hand() -> None:

@@ -105,6 +105,9 @@ def class_scores(
     return probs[:, : ids.shape[1]]
 
 
+CAM_TARGETS = ("block_input", "patch_embeddings")  # the features a Grad-CAM may read
+
+
 def gradcam(
     visual: VisionTransformer,
     images01: Tensor,
@@ -116,6 +119,7 @@ def gradcam(
     attn_last: int = 8,
     batch_classes: bool = True,
     minmax_passes: int = CLIP_ES_MINMAX_PASSES,
+    target: str = "block_input",
 ) -> GradCamResult:
     """Grad-CAMs of every image's classes in one CLIP forward.
 
@@ -124,10 +128,16 @@ def gradcam(
     ``image_proj`` is given); scale: logit scale (100 raw, 1/tau projected);
     image_proj: maps ``B x N x E`` patch embeddings to the projected space (CMPA's ISA);
     attn_last: how many last blocks' attention to return (0: none);
-    minmax_passes: how many times each CAM is min-max normalised (>= 1; CLIP-ES: 2).
+    minmax_passes: how many times each CAM is min-max normalised (>= 1; CLIP-ES: 2);
+    target: the features the CAM weights and reads: ``block_input`` (the last block's ``ln_1``
+    output, CLIP-ES) or ``patch_embeddings`` (``proj(ln_post(patch tokens))``, ``B x N x E``,
+    the input of ``image_proj``; channel weights = the spatial mean of the score's gradient
+    there).
     """
     if minmax_passes < 1:
         raise ValueError(f"minmax_passes must be >= 1, got {minmax_passes}")
+    if target not in CAM_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(CAM_TARGETS)}, got {target!r}")
     if len(labels) != images01.shape[0]:
         raise ValueError(f"{len(labels)} label lists for {images01.shape[0]} images")
     n_layers = visual.cfg.layers
@@ -142,18 +152,25 @@ def gradcam(
             out = ViTOutput(tokens=[], grid=grid)
     last = cast(Block, visual.blocks[-1])
     ids, valid = pad_labels(labels, images01.device)
-    with torch.enable_grad():
-        h = last.norm1(x).detach().requires_grad_(True)
+    at_block = target == "block_input"
+    # the last block runs with gradients only when the CAM reads its input
+    with torch.set_grad_enabled(at_block):
+        h = last.norm1(x).detach().requires_grad_(at_block)
         y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
         patch_emb = visual.head(y[:, 1:])
-        feats = image_proj(patch_emb) if image_proj is not None else patch_emb
+    with torch.enable_grad():
+        # the features the CAM reads: the block's input (CLS token first) or the embeddings
+        read = h if at_block else patch_emb.detach().requires_grad_(True)
+        emb = patch_emb if at_block else read
+        feats = image_proj(emb) if image_proj is not None else emb
         # Logits and CAMs in float32 even under autocast: scale * cos amplifies bf16 rounding.
         with torch.autocast(images01.device.type, enabled=False):
             scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
-        grads = _score_grads(scores, h, batch_classes)  # K_max x B x (1+N) x D
+        grads = _score_grads(scores, read, batch_classes)  # K_max x B x (1+N | N) x D
+    skip = 1 if at_block else 0  # the block's input carries the CLS token first
     with torch.autocast(images01.device.type, enabled=False):
-        tokens = h.detach()[:, 1:].float()  # B x N x D
-        weights = grads[:, :, 1:].float().mean(dim=2)  # K_max x B x D
+        tokens = read.detach()[:, skip:].float()  # B x N x D
+        weights = grads[:, :, skip:].float().mean(dim=2)  # K_max x B x D
         cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
     gh, gw = out.grid
     raw = cams.reshape(*cams.shape[:2], gh, gw)

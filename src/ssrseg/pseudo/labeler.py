@@ -333,6 +333,8 @@ class PseudoLabeler(nn.Module):
                 attn_last=attn_last,
                 batch_classes=cfg.cam.batch_classes,
                 minmax_passes=cfg.cam.minmax_passes,
+                # the raw CAM always reads the last block's input [CLIP-ES]
+                target=cfg.cam.projected_target if image_proj is not None else "block_input",
             )
         grid = res.grid
         n_layers = self.clip.visual.cfg.layers

@@ -471,6 +471,46 @@ def similarity_cams(
     return out
 
 
+def output_gradcams(
+    cmpa: CMPA | None,
+    data: ProbeData,
+    idx: Sequence[int],
+    class_emb: Tensor,
+    bg_emb: Tensor,
+    scale: float,
+) -> list[Tensor]:
+    """Per image ``K_i x h x w``: the Grad-CAM taken at the patch embeddings (the CLIP's output
+    tokens after ln_post and proj, where the heads act) instead of at the last block's input:
+    ``relu(mean_p dS_c / dv_p . v_p)`` with S the pipeline's softmax score (the image's classes
+    + the background prompts, ``scale``) of the mean over patches, in the raw space or through
+    eval-mode heads; min-max normalised as the pipeline's CAMs."""
+    from ssrseg.cam.gradcam import class_scores, normalise_cams, pad_labels
+
+    labels = [data.labels[i] for i in idx]
+    ids, valid = pad_labels(labels, data.patch_emb.device)
+    v = data.patch_emb[list(idx)].float().detach().requires_grad_(True)  # B x N x E
+    cls, bg = class_emb.float(), bg_emb.float()
+    if cmpa is not None:
+        cmpa.eval()
+        with torch.no_grad():
+            cls = F.normalize(cmpa.project_text(cls), dim=-1)
+            bg = F.normalize(cmpa.project_text(bg), dim=-1)
+    with torch.enable_grad():
+        feats = cmpa.project_image(v) if cmpa is not None else v
+        scores = class_scores(feats.mean(dim=1), cls, bg, ids, valid, scale)  # B x K_max
+        grads = [
+            torch.autograd.grad(scores[:, k].sum(), v, retain_graph=True)[0]
+            for k in range(scores.shape[1])
+        ]
+    h, w = data.grid
+    out = []
+    for b, lab in enumerate(labels):
+        weights = torch.stack([g[b].mean(dim=0) for g in grads[: len(lab)]])  # K_i x E
+        cam = torch.relu(weights @ v[b].detach().t()).reshape(len(lab), h, w)
+        out.append(normalise_cams(cam))
+    return out
+
+
 @torch.no_grad()
 def cams_miou(
     cams: Sequence[Tensor], data: ProbeData, idx: Sequence[int], cfg: SSRConfig, n_classes: int
@@ -501,17 +541,19 @@ def at_scale(cmpa: CMPA, scale: float) -> CMPA:
 DEBIASED_START = 1000  # first debiased scene the heads may train on (never scored)
 
 
-def home_context_leak(preds: Sequence[Tensor], data: ProbeData, n: int) -> dict[str, float]:
-    """Share (%) of a class's predicted pixels on ground-truth background, on the first ``n``
-    scenes of ``data`` showing the class's home context (``leak_home``) vs elsewhere
-    (``leak_else``); ``preds`` are their ``H x W`` label maps in order."""
+def home_context_leak(
+    preds: Sequence[Tensor], data: ProbeData, idx: Sequence[int]
+) -> dict[str, float]:
+    """Share (%) of a class's predicted pixels on ground-truth background, on the scenes ``idx``
+    of ``data`` showing the class's home context (``leak_home``) vs elsewhere (``leak_else``);
+    ``preds`` are their ``H x W`` label maps in order."""
     from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
     from ssrseg.toy.diagnostics import context_leak_table
 
     homes = {i: HOME.get(name) for i, name in enumerate(CLASS_NAMES)}
     items = (
-        (preds[i].numpy(), data.masks[i].numpy(), data.labels[i], BACKGROUNDS[data.contexts[i]])
-        for i in range(n)
+        (pred.numpy(), data.masks[i].numpy(), data.labels[i], BACKGROUNDS[data.contexts[i]])
+        for pred, i in zip(preds, idx, strict=True)
     )
     table = context_leak_table(items, homes)
     return {"leak_home": round(table["home"], 1), "leak_else": round(table["elsewhere"], 1)}
@@ -529,12 +571,15 @@ def run_probe(
     match: Sequence[str] = (),
     head_seed: int | None = None,
     lean: bool = False,
+    score_start: int = 0,
 ) -> list[dict[str, Any]]:
     """Every measurement (head runs whose name contains one of ``match``, all when empty);
     returns the table's rows (also printed). ``seed`` picks the world's scenes; ``head_seed``
     (default: ``seed``) the heads' initialisation and batch order, to see the spread between
     head trainings on the same data. ``lean``: only the raw row and each head run's mIoU,
-    ``pair_acc`` and ``bg_acc`` (no rescaled, recalibrated or word-less re-scoring)."""
+    ``pair_acc`` and ``bg_acc`` (no rescaled, recalibrated or word-less re-scoring).
+    ``score_start``: the scored scenes are ``score_start .. score_start + n_score - 1`` of the
+    ``n_train`` cached ones (the heads train on all of them, as the demo's do)."""
     from ssrseg.engine.demo import default_config_path
 
     torch.set_num_threads(1)
@@ -554,8 +599,11 @@ def run_probe(
     if bg_emb.shape[0] != len(BACKGROUNDS):
         raise ValueError(f"expected the {len(BACKGROUNDS)} toy background words in the prompts")
     data = cache_inputs(raw_labeler, n_train, seed)
-    s_img, s_mask, s_lab = data.images[:n_score], data.masks[:n_score], data.labels[:n_score]
-    score_idx = list(range(n_score))
+    if score_start < 0 or score_start + n_score > n_train:
+        raise ValueError(f"scored scenes {score_start}..{score_start + n_score - 1} not cached")
+    score_idx = list(range(score_start, score_start + n_score))
+    s_img, s_mask = data.images[score_idx], data.masks[score_idx]
+    s_lab = [data.labels[i] for i in score_idx]
     rows: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any]) -> None:
@@ -577,7 +625,7 @@ def run_probe(
 
         miou = label_and_score(lab, s_img, s_mask, s_lab, cmpa=cmpa, keep=keep)
         return round(miou, 1), {
-            **home_context_leak(preds, data, n_score),
+            **home_context_leak(preds, data, score_idx),
             "cam_auc": object_background_auc(cams, data, score_idx),
         }
 
@@ -585,6 +633,14 @@ def run_probe(
         # the same space read without a gradient (similarity_cams), scored like the CAM rows
         cams = similarity_cams(cmpa, data, score_idx, class_emb, bg_emb, scale)
         return round(cams_miou(cams, data, score_idx, cfg, class_emb.shape[0] + 1), 1)
+
+    def output_cam(cmpa: CMPA | None, scale: float) -> dict[str, float]:
+        # the Grad-CAM taken at the patch embeddings instead of the last block's input
+        cams = output_gradcams(cmpa, data, score_idx, class_emb, bg_emb, scale)
+        return {
+            "out_cam_miou": round(cams_miou(cams, data, score_idx, cfg, class_emb.shape[0] + 1), 1),
+            "out_cam_auc": object_background_auc(cams, data, score_idx),
+        }
 
     raw, raw_leak = score_leak(raw_labeler, None)
     emit(
@@ -598,6 +654,7 @@ def run_probe(
             **patch_separation(None, data, score_idx, class_emb),
             "sim_miou": sim_miou(None, raw_scale),
             "obj_bg_cos": object_background_cosine(data, score_idx),
+            **output_cam(None, raw_scale),
         }
     )
     if not lean:
@@ -717,6 +774,7 @@ def run_probe(
             "bg_acc": round(background_accuracy(cmpa, data, score_idx, bg_emb), 1),
             **patch_separation(cmpa, data, score_idx, class_emb),
             "sim_miou": sim_miou(cmpa, 1.0 / float(cmpa.tau.detach())),
+            **output_cam(cmpa, 1.0 / float(cmpa.tau.detach())),
         }
         if not lean:
             row[f"at_scale_{raw_scale:g}"] = score(labeler, at_scale(cmpa, raw_scale))
@@ -734,7 +792,7 @@ def run_probe(
     if progress:
         print(
             f"({time.perf_counter() - t0:.0f} s; raw CAM {raw}; "
-            f"scored train images 0..{n_score - 1})"
+            f"scored train images {score_start}..{score_start + n_score - 1})"
         )
     return rows
 
@@ -755,6 +813,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--head-seed", type=int, default=None, help="heads' seed (default: the world's, 0)"
     )
     parser.add_argument("--lean", action="store_true", help="score each head run once (mIoU)")
+    parser.add_argument(
+        "--score-start",
+        type=int,
+        default=0,
+        help="first scored scene (default 0: the demo's scored images 0..99; 100 with "
+        "--n-train 300 --n-score 200 scores images the demo never scores)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     args = parser.parse_args(argv)
     if args.quick:
@@ -769,6 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         match=args.match,
         head_seed=args.head_seed,
         lean=args.lean,
+        score_start=args.score_start,
     )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
