@@ -35,7 +35,11 @@ Hypotheses and their measurements (docs/toy_world.md, "Why CMPA hurts"):
 - what each space encodes per patch against how the Grad-CAM reads it: ``cam_auc`` (the actual
   CAM's object-vs-own-background AUC), ``patch_auc`` / ``patch_top1`` (plain patch-text cosine)
   and ``sim_miou`` (a CAM read from those cosines without a gradient), plus the home-context
-  leak of every row.
+  leak of every row;
+- where the Grad-CAM reads (found here): ``out_cam_miou`` / ``out_cam_auc``, the Grad-CAM taken
+  at the patch embeddings (the heads' input) instead of the last block's input; it puts the
+  projected CAM above the raw one (``cam.projected_target``). ``--score-start`` scores scenes
+  the demo never scores.
 """
 
 from __future__ import annotations
