@@ -151,27 +151,26 @@ def gradcam(
             x, grid = visual.embed(x_in)
             out = ViTOutput(tokens=[], grid=grid)
     last = cast(Block, visual.blocks[-1])
-    ids, valid = pad_labels(labels, images01.device)
-    at_block = target == "block_input"
-    # the last block runs with gradients only when the CAM reads its input
-    with torch.set_grad_enabled(at_block):
-        h = last.norm1(x).detach().requires_grad_(at_block)
-        y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
-        patch_emb = visual.head(y[:, 1:])
-    with torch.enable_grad():
-        # the features the CAM reads: the block's input (CLS token first) or the embeddings
-        read = h if at_block else patch_emb.detach().requires_grad_(True)
-        emb = patch_emb if at_block else read
-        feats = image_proj(emb) if image_proj is not None else emb
-        # Logits and CAMs in float32 even under autocast: scale * cos amplifies bf16 rounding.
-        with torch.autocast(images01.device.type, enabled=False):
-            scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
-        grads = _score_grads(scores, read, batch_classes)  # K_max x B x (1+N | N) x D
-    skip = 1 if at_block else 0  # the block's input carries the CLS token first
-    with torch.autocast(images01.device.type, enabled=False):
-        tokens = read.detach()[:, skip:].float()  # B x N x D
-        weights = grads[:, :, skip:].float().mean(dim=2)  # K_max x B x D
-        cams = torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens))
+    if target == "block_input":
+        ids, valid = pad_labels(labels, images01.device)
+        with torch.enable_grad():
+            h = last.norm1(x).detach().requires_grad_(True)
+            y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
+            patch_emb = visual.head(y[:, 1:])
+            feats = image_proj(patch_emb) if image_proj is not None else patch_emb
+            # Logits and CAMs in float32 even under autocast: scale * cos amplifies bf16 rounding.
+            with torch.autocast(images01.device.type, enabled=False):
+                emb = feats.float().mean(dim=1)
+                scores = class_scores(emb, class_emb, bg_emb, ids, valid, scale)
+            grads = _score_grads(scores, h, batch_classes)  # K_max x B x (1+N) x D
+        cams = _weighted_tokens(h[:, 1:], grads[:, :, 1:])  # the block's input: CLS token first
+    else:  # the last block without gradients: the CAM reads its output embeddings
+        with torch.no_grad():
+            y, attn = last.forward_from_norm1(x, last.norm1(x), need_attn=attn_last > 0)
+            patch_emb = visual.head(y[:, 1:])
+        cams, scores = embedding_cams(
+            patch_emb, labels, class_emb, bg_emb, scale, image_proj, batch_classes
+        )
     gh, gw = out.grid
     raw = cams.reshape(*cams.shape[:2], gh, gw)
     cams = normalise_cams(raw, minmax_passes)
@@ -186,6 +185,38 @@ def gradcam(
         raw=[raw[i, : len(lab)] for i, lab in enumerate(labels)],
         scores=[scores.detach()[i, : len(lab)] for i, lab in enumerate(labels)],
     )
+
+
+def embedding_cams(
+    patch_emb: Tensor,
+    labels: Sequence[Sequence[int]],
+    class_emb: Tensor,
+    bg_emb: Tensor,
+    scale: float,
+    image_proj: Callable[[Tensor], Tensor] | None = None,
+    batch_classes: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAMs read at the patch embeddings (``gradcam``'s ``target="patch_embeddings"``):
+    ``patch_emb`` ``B x N x E`` (``proj(ln_post(patch tokens))``, the input of ``image_proj``);
+    the softmax score of each image's classes (+ background words) of the mean over patches,
+    its gradient w.r.t. the embeddings, channel weights = the spatial mean, ``relu(w . v_p)``.
+    Returns the raw (not normalised) CAMs ``B x K_max x N`` and the scores ``B x K_max``."""
+    ids, valid = pad_labels(labels, patch_emb.device)
+    with torch.enable_grad():
+        read = patch_emb.detach().requires_grad_(True)
+        feats = image_proj(read) if image_proj is not None else read
+        with torch.autocast(patch_emb.device.type, enabled=False):
+            scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
+        grads = _score_grads(scores, read, batch_classes)  # K_max x B x N x E
+    return _weighted_tokens(read, grads), scores
+
+
+def _weighted_tokens(tokens: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM's last step in float32: ``relu(sum_d mean_n(grads) * tokens)``; tokens
+    ``B x N x D``, grads ``K x B x N x D`` -> ``B x K x N``."""
+    with torch.autocast(tokens.device.type, enabled=False):
+        weights = grads.float().mean(dim=2)  # K x B x D
+        return torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens.detach().float()))
 
 
 def _score_grads(scores: Tensor, h: Tensor, batched: bool) -> Tensor:

@@ -487,32 +487,25 @@ def output_gradcams(
     tokens after ln_post and proj, where the heads act) instead of at the last block's input:
     ``relu(mean_p dS_c / dv_p . v_p)`` with S the pipeline's softmax score (the image's classes
     + the background prompts, ``scale``) of the mean over patches, in the raw space or through
-    eval-mode heads; min-max normalised as the pipeline's CAMs."""
-    from ssrseg.cam.gradcam import class_scores, normalise_cams, pad_labels
+    eval-mode heads (``ssrseg.cam.gradcam.embedding_cams``, the pipeline's own code); min-max
+    normalised as the pipeline's CAMs."""
+    from ssrseg.cam.gradcam import embedding_cams, normalise_cams
 
     labels = [data.labels[i] for i in idx]
-    ids, valid = pad_labels(labels, data.patch_emb.device)
-    v = data.patch_emb[list(idx)].float().detach().requires_grad_(True)  # B x N x E
     cls, bg = class_emb.float(), bg_emb.float()
+    image_proj = None
     if cmpa is not None:
         cmpa.eval()
         with torch.no_grad():
             cls = F.normalize(cmpa.project_text(cls), dim=-1)
             bg = F.normalize(cmpa.project_text(bg), dim=-1)
-    with torch.enable_grad():
-        feats = cmpa.project_image(v) if cmpa is not None else v
-        scores = class_scores(feats.mean(dim=1), cls, bg, ids, valid, scale)  # B x K_max
-        grads = [
-            torch.autograd.grad(scores[:, k].sum(), v, retain_graph=True)[0]
-            for k in range(scores.shape[1])
-        ]
+        image_proj = cmpa.project_image
+    patch_emb = data.patch_emb[list(idx)].float()  # B x N x E
+    raw, _ = embedding_cams(patch_emb, labels, cls, bg, scale, image_proj)  # B x K_max x N
     h, w = data.grid
-    out = []
-    for b, lab in enumerate(labels):
-        weights = torch.stack([g[b].mean(dim=0) for g in grads[: len(lab)]])  # K_i x E
-        cam = torch.relu(weights @ v[b].detach().t()).reshape(len(lab), h, w)
-        out.append(normalise_cams(cam))
-    return out
+    return [
+        normalise_cams(raw[b, : len(lab)].reshape(len(lab), h, w)) for b, lab in enumerate(labels)
+    ]
 
 
 @torch.no_grad()
