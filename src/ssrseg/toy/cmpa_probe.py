@@ -544,10 +544,10 @@ def home_context_leak(
     """Share (%) of a class's predicted pixels on ground-truth background, on the scenes ``idx``
     of ``data`` showing the class's home context (``leak_home``) vs elsewhere (``leak_else``);
     ``preds`` are their ``H x W`` label maps in order."""
-    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
-    from ssrseg.toy.diagnostics import context_leak_table
+    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
+    from ssrseg.toy.diagnostics import context_leak_table, home_contexts
 
-    homes = {i: HOME.get(name) for i, name in enumerate(CLASS_NAMES)}
+    homes = home_contexts(CLASS_NAMES)
     items = (
         (pred.numpy(), data.masks[i].numpy(), data.labels[i], BACKGROUNDS[data.contexts[i]])
         for pred, i in zip(preds, idx, strict=True)

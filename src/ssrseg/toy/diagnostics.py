@@ -7,7 +7,7 @@ a ViT over images. Used by the demo / ``ssrseg reproduce`` and by ``ssrseg.toy.c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,23 +345,38 @@ def context_leak_table(
     return {k: (100 * v[0] / v[1] if v[1] else float("nan")) for k, v in acc.items()}
 
 
-def context_leak(dataset: Any, indices: Sequence[int], preds: Mapping[str, np.ndarray]) -> dict:
-    """:func:`context_leak_table` over a rendered toy dataset (``ssrseg.data`` 'toy'): the
-    context of each image is the last word of its caption ("... on <context>.")."""
+def home_contexts(class_names: Iterable[str]) -> dict[int, str | None]:
+    """Class index -> its home context in the toy world (None: no home)."""
+    from ssrseg.data.toy import HOME
+
+    return {i: HOME.get(name) for i, name in enumerate(class_names)}
+
+
+def caption_contexts(root: str | Path) -> Callable[[str], str | None]:
+    """The context of each image of a rendered toy world under ``root``: the last word of its
+    caption ("... on <context>."; None for an image without a caption)."""
     import json
     import re
 
-    from ssrseg.data.toy import HOME
+    captions = json.loads((Path(root) / "captions.json").read_text())
 
-    captions = json.loads((Path(dataset.root) / "captions.json").read_text())
-    homes = {i: HOME.get(name) for i, name in enumerate(dataset.class_names)}
+    def context(image_id: str) -> str | None:
+        words = re.findall(r"[a-z]+", captions.get(image_id, "").lower())
+        return words[-1] if words else None
+
+    return context
+
+
+def context_leak(dataset: Any, indices: Sequence[int], preds: Mapping[str, np.ndarray]) -> dict:
+    """:func:`context_leak_table` over a rendered toy dataset (``ssrseg.data`` 'toy'): the
+    context of each image is the last word of its caption (:func:`caption_contexts`)."""
+    context = caption_contexts(dataset.root)
 
     def items() -> Iterable[tuple[np.ndarray, np.ndarray, Iterable[int], str | None]]:
         for i in indices:
             s = dataset[i]
             if s.image_id not in preds:
                 continue
-            words = re.findall(r"[a-z]+", captions.get(s.image_id, "").lower())
-            yield preds[s.image_id], s.mask, s.labels, (words[-1] if words else None)
+            yield preds[s.image_id], s.mask, s.labels, context(s.image_id)
 
-    return context_leak_table(items(), homes)
+    return context_leak_table(items(), home_contexts(dataset.class_names))

@@ -19,10 +19,25 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from ssrseg.config import SSRConfig
+    from ssrseg.pseudo.labeler import PseudoLabeler
+
+
+def preset_labeler(config: str | None, overrides: Sequence[str]) -> tuple[SSRConfig, PseudoLabeler]:
+    """(the preset ``config`` (default configs/toy.yaml) with ``overrides``, its pseudo
+    labeller on the CPU): the base every probe here derives its rows' labellers from."""
+    from ssrseg.config import load_config
+    from ssrseg.engine.demo import default_config_path
+    from ssrseg.pseudo.labeler import build_pseudo_labeler
+
+    cfg = load_config(config or default_config_path(), list(overrides))
+    return cfg, build_pseudo_labeler(cfg, "cpu")
 
 
 def score_candidate(
@@ -35,15 +50,11 @@ def score_candidate(
 ) -> dict[str, Any]:
     """mIoU / P / R (%) of each Table 3 row (all, or those whose name contains one of
     ``rows``) on ``indices`` of the toy ``train`` split under ``root``."""
-    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.engine.cam_rows import TABLE3_ROWS, row_labeler, score_labeler
-    from ssrseg.engine.demo import default_config_path
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
 
-    cfg = load_config(config or default_config_path(), list(overrides))
+    cfg, base = preset_labeler(config, overrides)
     dataset = build_dataset("toy", root, "train")
-    base = build_pseudo_labeler(cfg, "cpu")
     out: dict[str, Any] = {"images": f"train {indices[0]}..{indices[-1]}", "rows": {}}
     for name, row in TABLE3_ROWS:
         if rows and not any(r in name for r in rows):
@@ -105,20 +116,14 @@ def mask_share_table(
     column masks' area on ground-truth background (``background``) and the share of the
     class's own pixels they keep (``object_kept``), on ``indices`` of the toy ``train`` split
     under ``root``. What SGC is for: less of the mask on the home context, the object kept."""
-    import re
-
-    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
-    from ssrseg.data.toy import HOME
     from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
-    from ssrseg.engine.demo import default_config_path
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
+    from ssrseg.toy.diagnostics import caption_contexts, home_contexts
 
-    cfg = load_config(config or default_config_path(), list(overrides))
+    cfg, base = preset_labeler(config, overrides)
     dataset = build_dataset("toy", root, "train")
-    homes = {i: HOME.get(name) for i, name in enumerate(dataset.class_names)}
-    captions = json.loads((Path(root) / "captions.json").read_text())
-    base = build_pseudo_labeler(cfg, "cpu")
+    homes = home_contexts(dataset.class_names)
+    context = caption_contexts(root)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in rows:
         labeler = row_labeler(base, cfg, dict(TABLE3_ROWS)[name])
@@ -130,10 +135,8 @@ def mask_share_table(
             ):
                 if sample.mask is None:
                     raise ValueError(f"{sample.image_id}: no ground-truth mask under {root}")
-                words = re.findall(r"[a-z]+", captions.get(sample.image_id, "").lower())
                 mask = out.masks[j].detach().float().cpu().numpy()
-                context = words[-1] if words else None
-                one = mask_shares(mask, sample.mask, sample.labels, context, homes)
+                one = mask_shares(mask, sample.mask, sample.labels, context(sample.image_id), homes)
                 for k in acc:
                     acc[k] += one[k]
         table[name] = {
@@ -159,11 +162,8 @@ def class_cam_figure(
     """Write a PNG: for the first ``n_images`` of ``indices`` whose only tag is ``class_name``,
     one row (image | its ground-truth mask | the class's initial CAM under each CLIP). Returns
     the image indices shown."""
-    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
-    from ssrseg.engine.demo import default_config_path
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.viz import make_panel
 
     dataset = build_dataset("toy", root, "train")
@@ -181,10 +181,8 @@ def class_cam_figure(
         )
     labelers = []
     for clip in clips:
-        cfg = load_config(config or default_config_path(), [*overrides, f"backbone.clip={clip}"])
-        labelers.append(
-            row_labeler(build_pseudo_labeler(cfg), cfg, dict(TABLE3_ROWS)["initial CAM"])
-        )
+        cfg, base = preset_labeler(config, [*overrides, f"backbone.clip={clip}"])
+        labelers.append(row_labeler(base, cfg, dict(TABLE3_ROWS)["initial CAM"]))
     rows = []
     for i, sample in shown.items():
         items: list[tuple[str, Any]] = [(f"train {i}", sample.image), ("truth", sample.mask)]
