@@ -217,3 +217,26 @@ def test_object_background_cosine_by_hand() -> None:
     data.masks = torch.zeros(2, 8, 16, dtype=torch.long)
     data.masks[1, :, 8:] = 2
     assert object_background_cosine(data, [0, 1]) == round(0.8 / (0.68**0.5), 3)
+
+
+def test_run_probe_scores_the_chosen_scenes() -> None:
+    # the raw row on scenes 3..5 of a 6-scene cache equals the labeller's mIoU on those scenes
+    # rendered on their own; a scored range outside the cache is refused
+    from ssrseg.engine.demo import default_config_path
+    from ssrseg.toy.cmpa_probe import (
+        INITIAL_CAM,
+        build_labeler,
+        label_and_score,
+        merged,
+        render,
+        run_probe,
+    )
+
+    rows = run_probe(6, 3, 2, 4, match=["no such run"], lean=True, progress=False, score_start=3)
+    assert len(rows) == 1 and rows[0]["row"].startswith("raw CLIP CAM")
+    cfg = merged(load_config(default_config_path(), []), INITIAL_CAM)
+    images, masks, labels, _ = render("train", 3, 0, start=3)
+    expected = label_and_score(build_labeler(cfg), images, masks, labels)
+    assert rows[0]["miou"] == round(expected, 1)
+    with pytest.raises(ValueError, match="not cached"):
+        run_probe(6, 3, 2, 4, match=["no such run"], lean=True, progress=False, score_start=4)

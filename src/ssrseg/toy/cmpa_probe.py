@@ -579,6 +579,8 @@ def run_probe(
     ``n_train`` cached ones (the heads train on all of them, as the demo's do)."""
     from ssrseg.engine.demo import default_config_path
 
+    if score_start < 0 or score_start + n_score > n_train:
+        raise ValueError(f"scored scenes {score_start}..{score_start + n_score - 1} not cached")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     cfg = load_config(config if config is not None else default_config_path(), list(overrides))
@@ -596,8 +598,6 @@ def run_probe(
     if bg_emb.shape[0] != len(BACKGROUNDS):
         raise ValueError(f"expected the {len(BACKGROUNDS)} toy background words in the prompts")
     data = cache_inputs(raw_labeler, n_train, seed)
-    if score_start < 0 or score_start + n_score > n_train:
-        raise ValueError(f"scored scenes {score_start}..{score_start + n_score - 1} not cached")
     score_idx = list(range(score_start, score_start + n_score))
     s_img, s_mask = data.images[score_idx], data.masks[score_idx]
     s_lab = [data.labels[i] for i in score_idx]
