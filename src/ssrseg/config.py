@@ -34,7 +34,12 @@ class BackboneConfig:
     # DINOv2 in the slot, run on CLIP's patch grid (docs/dinov2.md)
     dino: str = "dino_vit_s16"
     use_dino: bool = True  # [paper] needed for the "+DINO attention" rows; off saves its forward
-    half_precision: bool = True  # [decision] frozen backbones in bf16/fp16 on GPU (ignored on CPU)
+    half_precision: bool = True  # [decision] backbones in half precision on GPU (see precision)
+    # [CLIP-ES, WeCLIP] auto (half_precision: true -> fp16, false -> fp32) | fp32 | fp16 (fp16
+    # weights and activations, LayerNorm in fp32: OpenAI CLIP on a GPU) | bf16 (bf16 autocast);
+    # acts on CUDA only (ssrseg.precision); the label maths after the backbones stays fp32
+    precision: str = "auto"
+    precision_cpu: bool = False  # [decision] apply precision on the CPU too (tests, benchmarks)
     # [CLIP-ES] CLIP's position table to the input grid: bilinear_fp16 (CLIP-ES / WeCLIP: bilinear,
     # table rounded to fp16) | bicubic (ssrseg before; transformers). DINO keeps bicubic.
     pos_embed_resize: str = "bilinear_fp16"
@@ -558,6 +563,7 @@ PROBABILITY = between(0.0, 1.0)
 FIELD_RULES: dict[str, Rule] = {
     "backbone.clip": NON_EMPTY,
     "backbone.dino": NON_EMPTY,
+    "backbone.precision": one_of("auto", "fp32", "fp16", "bf16"),
     "backbone.pos_embed_resize": one_of("bilinear_fp16", "bicubic"),
     "backbone.dino_pos_embed_resize": one_of("bicubic", "bicubic_offset"),
     "prompts.dataset": NON_EMPTY,
