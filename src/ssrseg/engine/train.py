@@ -259,15 +259,19 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def _half_backbones(self) -> None:
-        """Frozen backbones in half precision on GPU (``backbone.half_precision``)."""
-        if self.device.type != "cuda" or not self.cfg.backbone.half_precision:
-            return
-        dtype = torch.float16 if self.amp == torch.float16 else torch.bfloat16
+        """Frozen backbones in their precision (``backbone.precision``, CUDA only unless
+        ``backbone.precision_cpu``): fp16 = the references' fp16 weights with float32
+        LayerNorms (the labeller's own conversion), bf16 = bf16 weights under the labeller's
+        bf16 autocast."""
         labeler = self.model.labeler
-        for name in ("clip", "dino"):
-            sub = getattr(labeler, name, None)
-            if isinstance(sub, nn.Module):
-                sub.to(dtype)
+        precision = labeler.precision(self.device)
+        if precision == "fp16":
+            labeler.use_fp16_weights()
+        elif precision == "bf16":
+            for name in ("clip", "dino"):
+                sub = getattr(labeler, name, None)
+                if isinstance(sub, nn.Module):
+                    sub.to(torch.bfloat16)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp is None:
