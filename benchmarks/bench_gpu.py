@@ -1,4 +1,4 @@
-"""Run every benchmark on a CUDA device with bf16 backbones; JSON goes to the folder ``$OUT``.
+"""Run every benchmark on a CUDA device with half-precision backbones; JSON goes to ``$OUT``.
 
     OUT=/some/folder python benchmarks/bench_gpu.py                        # on a GPU machine
     OUT=/tmp/gpu_smoke python benchmarks/bench_gpu.py --device cpu --tiny  # CPU smoke test

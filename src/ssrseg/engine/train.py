@@ -42,6 +42,7 @@ from ssrseg.engine.distributed import (
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
 from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
+from ssrseg.precision import resolve_precision
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
 
 LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym", "proto_bg")
@@ -264,9 +265,9 @@ class Trainer:
         LayerNorms (the labeller's own conversion), bf16 = bf16 weights under the labeller's
         bf16 autocast."""
         labeler = self.model.labeler
-        precision = labeler.precision(self.device)
-        if precision == "fp16":
-            labeler.use_fp16_weights()
+        precision = resolve_precision(self.cfg.backbone, self.device)
+        if precision == "fp16":  # the labeller also converts itself at its first forward
+            getattr(labeler, "use_fp16_weights", lambda: None)()
         elif precision == "bf16":
             for name in ("clip", "dino"):
                 sub = getattr(labeler, name, None)
