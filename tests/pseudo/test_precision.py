@@ -174,3 +174,22 @@ def test_half_precision_keeps_the_toy_pseudo_labels(
     assert fp32["miou"] > 30.0  # the labeller works at all on these scenes
     assert row["pixels_changed_pct"] < 1.0, row
     assert abs(row["miou"] - fp32["miou"]) < 0.5, (row, fp32)
+
+
+def test_bf16_weights_as_the_trainer_casts_them_run_through_the_labeller(
+    make_labeler: Callable[..., PseudoLabeler],
+) -> None:
+    """The trainer's bf16 mode casts CLIP and DINO to bf16: Grad-CAM's float32 last block and
+    the float32 LayerNorm path must take those weights."""
+    labeler = make_labeler(
+        "affinity.mask=box", "backbone.precision=bf16", "backbone.precision_cpu=true"
+    )
+    labeler.clip.to(torch.bfloat16)
+    assert labeler.dino is not None
+    labeler.dino.to(torch.bfloat16)
+    torch.manual_seed(0)
+    out = labeler(torch.rand(2, 3, 32, 32), [(0, 2), (1,)])
+    assert out.clip_out.tokens[0].dtype == torch.bfloat16
+    assert out.clip_out.tokens[-1].dtype == torch.float32  # the last block ran in float32
+    for cam in out.cams:
+        assert cam.dtype == torch.float32 and float(cam.amax()) > 0.5

@@ -79,12 +79,16 @@ class ViTOutput:
 class LayerNorm(nn.LayerNorm):
     """LayerNorm that computes in float32 when its input is half precision and autocast is
     off, then casts back (OpenAI CLIP's ``LayerNorm`` subclass: its weights stay float32 when
-    the rest of the model is converted to fp16). A float32 input takes ``nn.LayerNorm``'s own
-    path unchanged; under autocast, autocast already runs ``layer_norm`` in float32."""
+    the rest of the model is converted to fp16). A float32 input with float32 weights takes
+    ``nn.LayerNorm``'s own path unchanged; under autocast, autocast already runs ``layer_norm``
+    in float32."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32 or torch.is_autocast_enabled(x.device.type):
+        params_fp32 = self.weight is None or self.weight.dtype == torch.float32
+        if (x.dtype == torch.float32 and params_fp32) or torch.is_autocast_enabled(x.device.type):
             return super().forward(x)
+        # also float32 input with bf16 weights (the trainer's bf16 backbones, Grad-CAM's
+        # float32 last block reading them): torch has no layer_norm for that mix
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
