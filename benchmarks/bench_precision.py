@@ -323,7 +323,9 @@ def toy_labeler_factory(
     return make
 
 
-def toy_leg(n: int, root: str, modes: Sequence[str], sections: bool) -> dict[str, Any]:
+def toy_leg(
+    n: int, root: str, modes: Sequence[str], sections: dict[str, torch.dtype]
+) -> dict[str, Any]:
     """The toy world: ``n`` train scenes of seed 0, ``configs/toy.yaml``."""
     images, masks, labels = toy_scenes(n)
     make = toy_labeler_factory(root)
@@ -336,12 +338,14 @@ def toy_leg(n: int, root: str, modes: Sequence[str], sections: bool) -> dict[str
         base = make([])
         leg["sections"] = {
             name: section_errors(base, images[:8], labels[:8], dtype)
-            for name, dtype in HALF.items()
+            for name, dtype in sections.items()
         }
     return leg
 
 
-def voc_leg(n: int, modes: Sequence[str], sections: bool, tiny: bool = False) -> dict[str, Any]:
+def voc_leg(
+    n: int, modes: Sequence[str], sections: dict[str, torch.dtype], tiny: bool = False
+) -> dict[str, Any]:
     """VOC-size random-weight towers: ``n`` smooth 512 x 384 images, the ``voc`` preset."""
     hw = (64, 96) if tiny else (384, 512)
     images = torch.cat(
@@ -361,7 +365,7 @@ def voc_leg(n: int, modes: Sequence[str], sections: bool, tiny: bool = False) ->
         base = make([])
         leg["sections"] = {
             name: section_errors(base, images[:1], labels[:1], dtype)
-            for name, dtype in HALF.items()
+            for name, dtype in sections.items()
         }
     return leg
 
@@ -428,6 +432,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--repeats", type=int, default=3, help="device leg: timed passes")
     parser.add_argument("--device-leg", action="store_true", help="the device leg on the CPU")
+    parser.add_argument("--modes", default=None, help="comma-separated subset of MODES")
+    parser.add_argument("--voc-modes", default=None, help="modes of the VOC leg (default: --modes)")
+    parser.add_argument(
+        "--section-dtypes", default="bf16,fp16", help="autocast dtypes of the section errors"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -442,16 +451,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(report["device_leg"], flush=True)
         print(f"wrote {write_json(out_path(args.out, 'precision', device), report)}")
         return report
-    modes = available_modes()
-    report = {"machine": machine_info(device), "modes": modes}
+    modes = [m for m in available_modes() if args.modes is None or m in args.modes.split(",")]
+    voc_modes = modes if args.voc_modes is None else args.voc_modes.split(",")
+    voc_modes = [m for m in voc_modes if m in available_modes()]
+    dtypes = {k: HALF[k] for k in args.section_dtypes.split(",") if k}
+    sections = dtypes if not args.no_sections else {}
+    report = {"machine": machine_info(device), "modes": modes, "voc_modes": voc_modes}
+    path = out_path(args.out, "precision", torch.device("cpu"))
     if args.toy_images:
-        report["toy"] = toy_leg(args.toy_images, args.root, modes, not args.no_sections)
+        report["toy"] = toy_leg(args.toy_images, args.root, modes, sections)
         print("toy", report["toy"]["labels"], flush=True)
+        write_json(path, report)  # each leg as soon as it is done
     if args.voc_images:
-        report["voc_random"] = voc_leg(args.voc_images, modes, not args.no_sections, args.tiny)
+        report["voc_random"] = voc_leg(args.voc_images, voc_modes, sections, args.tiny)
         print("voc", report["voc_random"]["labels"], flush=True)
-    path = write_json(out_path(args.out, "precision", torch.device("cpu")), report)
-    print(f"wrote {path}")
+    print(f"wrote {write_json(path, report)}")
     return report
 
 
