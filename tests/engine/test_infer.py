@@ -281,7 +281,7 @@ def test_from_checkpoint_runs_the_real_model(
     model = build(tiny_config(), 4).eval()
     state = state_from(3, model.cfg, 4, [rng_state()])
     save_checkpoint(tmp_path, 3, model.trainable_state_dict(), {}, state)
-    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+    monkeypatch.setattr("ssrseg.pseudo.labeler.build_ssr_model", build)
 
     seg = Segmenter.from_checkpoint(tmp_path, infer=InferConfig(long_side=48))
     assert (seg.patch_size, seg.num_classes, seg.config) == (8, 4, model.cfg)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssrseg.backbones.bpe import BPETokenizer
 from ssrseg.backbones.clip import CLIP, CLIPConfig
 from ssrseg.backbones.native import (
     WeightsError,
@@ -43,7 +44,7 @@ from ssrseg.backbones.native import (
     save_native,
     vit_config_from_dict,
 )
-from ssrseg.backbones.tokenizer import Tokenizer, tokenizer_from_dict
+from ssrseg.backbones.tokenizer import Tokenizer, WordTokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
 
 __all__ = [
@@ -541,8 +542,6 @@ def load_clip_model(
 def clip_tokenizer_for(raw: RawWeights, cfg: CLIPConfig) -> Tokenizer:
     """The tokenizer that goes with a CLIP file: stored in native files; for public weights the
     BPE vocabulary beside the file, then in the cache, else the OpenAI asset (downloaded)."""
-    from ssrseg.backbones.bpe import BPETokenizer
-
     tok: Tokenizer
     if is_native(raw.metadata):
         _, _, tok_dict, _ = native_info(raw.path, raw.metadata)
@@ -630,3 +629,16 @@ def load_dino(
     load_state_strict(model, state, str(path))
     _finish(model, device)
     return model
+
+
+def tokenizer_from_dict(data: dict[str, object]) -> Tokenizer:
+    """Rebuild a tokenizer from its ``to_dict()`` (stored in native weight files)."""
+    kind = data.get("kind")
+    if kind == "word":
+        words, ctx = data.get("words"), data.get("context_length", 16)
+        if not isinstance(words, list) or not isinstance(ctx, int):
+            raise ValueError("a word tokenizer dict needs a list 'words' and an int length")
+        return WordTokenizer(words, ctx)
+    if kind == "bpe":
+        return BPETokenizer.from_dict(data)
+    raise ValueError(f"unknown tokenizer kind {kind!r} (known: word, bpe)")

@@ -242,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.data.base import SkipLog, read_image
+    from ssrseg.errors import BadInputError
     from ssrseg.runrecord import check_output, prepare_output
 
     out = Path(args.out)

@@ -1,7 +1,7 @@
 """Datasets (VOC, COCO, your own folder, the toy world), tags, transforms.
 
 ``build_dataset(name, root, split)`` is the one entry point; every dataset yields
-:class:`~ssrseg.data.base.Sample` items and raises :class:`~ssrseg.data.base.BadInputError`
+:class:`~ssrseg.data.base.Sample` items and raises :class:`~ssrseg.errors.BadInputError`
 for bad files, which jobs skip and report via :func:`~ssrseg.data.base.iter_valid`.
 """
 
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ssrseg.data.base import (
-    BadInputError,
     SafeDataset,
     Sample,
     SegDataset,
@@ -23,6 +22,7 @@ from ssrseg.data.base import (
     read_mask,
 )
 from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES
+from ssrseg.errors import BadInputError
 
 DATASETS = ("voc", "coco", "folder", "toy")
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    BadInputError,
     SegDataset,
     find_image,
     first_file,
@@ -34,6 +33,7 @@ from ssrseg.data.base import (
 )
 from ssrseg.data.classes import COCO_CATEGORIES, COCO_CLASSES
 from ssrseg.data.tags import Tags, coco_instances_tags
+from ssrseg.errors import BadInputError
 
 
 def coco_split_folder(split: str) -> str:

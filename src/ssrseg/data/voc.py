@@ -19,9 +19,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssrseg.data.base import BadInputError, SegDataset, find_image, open_tags, read_id_list
+from ssrseg.data.base import SegDataset, find_image, open_tags, read_id_list
 from ssrseg.data.classes import VOC_CLASSES
 from ssrseg.data.tags import Tags, voc_xml_tags
+from ssrseg.errors import BadInputError
 
 SPLITS_WITHOUT_MASKS = ("test",)
 

@@ -286,7 +286,7 @@ def load_model(
 
     path: a checkpoint folder or a run folder (its ``last`` checkpoint).
     """
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)

@@ -64,7 +64,8 @@ def export_voc_test(
     """
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, read_image
+    from ssrseg.data.base import read_image
+    from ssrseg.errors import BadInputError
     from ssrseg.viz import save_label_png
 
     if segmenter.num_classes != VOC_NUM_CLASSES:

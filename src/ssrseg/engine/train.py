@@ -68,8 +68,9 @@ class TrainItems(Dataset[Any]):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        from ssrseg.data.base import BadInputError, Skipped
+        from ssrseg.data.base import Skipped
         from ssrseg.data.transforms import TrainTransform
+        from ssrseg.errors import BadInputError
 
         index, seed = item
         try:
@@ -453,7 +454,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Segmentation mIoU on the val split and pseudo-label mIoU on train images with masks
         (each at most ``train.val_images`` images; single scale, no CRF)."""
-        from ssrseg.data.base import BadInputError
+        from ssrseg.errors import BadInputError
         from ssrseg.metrics import ConfusionMatrix
 
         model, limit = self.model, self.cfg.train.val_images
@@ -605,8 +606,8 @@ def run_training(
 ) -> int:
     """Build datasets and the model from ``cfg`` and train; returns the step reached."""
     from ssrseg.data import build_dataset
-    from ssrseg.data.base import BadInputError
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.errors import BadInputError
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     d = cfg.data
     train_set = build_dataset(d.dataset, d.root, d.train_split, d.tag_file, require_labels=True)

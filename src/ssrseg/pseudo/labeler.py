@@ -41,6 +41,7 @@ from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig
 from ssrseg.data.resize import RESIZE_MODES
 from ssrseg.model.dino_branch import select_attention_layers, weight_cams
+from ssrseg.model.ssr import SSRModel
 from ssrseg.rectify.affinity import (
     box_mask,
     fuse_affinity,
@@ -496,3 +497,11 @@ def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> 
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
     return PseudoLabeler(clip, tokenizer, dino, prompts, cfg).to(device)
+
+
+def build_ssr_model(
+    cfg: SSRConfig, num_classes: int, device: str | torch.device = "cpu"
+) -> SSRModel:
+    """Build the pseudo labeller (frozen backbones by name from ``cfg.backbone``) and the model."""
+    labeler = build_pseudo_labeler(cfg, device)
+    return SSRModel(cfg, labeler, num_classes).to(device)

@@ -123,7 +123,7 @@ def label_samples(
     Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
     are at the working size. Same-size samples already at the working size share one call.
     """
-    from ssrseg.commands.pseudo_labels import to_tensor, work_size
+    from ssrseg.data.resize import resize_to_tensor01, work_size
 
     device = next(iter(labeler.buffers())).device
     patch = labeler.patch_size
@@ -137,7 +137,7 @@ def label_samples(
     for s in samples:  # as `ssrseg pseudo-labels`: labels come back at the image's size
         hs, ws = s.image.shape[:2]
         size = work_size(hs, ws, patch, long_side)
-        x = to_tensor(s.image, size, device, labeler.cfg.cam.input_resize)
+        x = resize_to_tensor01(s.image, size, labeler.cfg.cam.input_resize, device)
         out = labeler(x, [s.labels], cmpa=cmpa, out_size=(hs, ws))
         results.append((out.labels[0].cpu().numpy().astype(np.uint8), out, 0))
     return results
@@ -161,7 +161,7 @@ def score_labeler(
     """
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError
+    from ssrseg.errors import BadInputError
     from ssrseg.metrics import ConfusionMatrix
 
     conf = ConfusionMatrix(dataset.num_classes)

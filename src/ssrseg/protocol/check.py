@@ -149,7 +149,7 @@ def check_split(
     """(facts, problems, warnings) of one split; ``full`` stats every file of every id.
 
     facts: split name, size, the paper's size, root, tag source and the class names. Raises
-    :class:`~ssrseg.data.base.BadInputError` when the split cannot be opened at all."""
+    :class:`~ssrseg.errors.BadInputError` when the split cannot be opened at all."""
     from ssrseg.engine.report import PAPER_SPLIT_SIZES
 
     d = cfg.data
@@ -237,7 +237,7 @@ def run_check(
             res.weights[kind] = spec
             if problem:
                 res.problems.append(f"{kind} weights: {problem}")
-    from ssrseg.data.base import BadInputError
+    from ssrseg.errors import BadInputError
 
     class_names: tuple[str, ...] | None = None
     unopened: dict[str, list[str]] = {}  # error -> the splits it stops (one root, one message)

@@ -832,7 +832,7 @@ def stage_eval(run: Run, resumed: bool) -> dict[str, Any]:
 
 def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
     """VOC test predictions, without and with CRF, each tree archived for the server."""
-    from ssrseg.data.base import BadInputError, read_image
+    from ssrseg.data.base import read_image
     from ssrseg.engine.export import (
         archive_voc_results,
         check_voc_mask,
@@ -840,6 +840,7 @@ def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
         voc_test_path,
     )
     from ssrseg.engine.infer import Segmenter, run_crf
+    from ssrseg.errors import BadInputError
     from ssrseg.viz import save_label_png
 
     if not run.check.get("has_test"):
