@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ssrseg.config import ConfigError
-    from ssrseg.engine.demo import QUICK_PLAN, DemoPlan, run_demo
-    from ssrseg.engine.reproduce import ReproduceError
+    from ssrseg.protocol.demo import QUICK_PLAN, DemoPlan, run_demo
+    from ssrseg.protocol.plan import ReproduceError
 
     plan = QUICK_PLAN if args.quick else DemoPlan()
     changes = {

@@ -70,7 +70,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ssrseg.config import ConfigError, load_config
-    from ssrseg.engine.reproduce import ReproduceError, ReproducePlan, run_reproduce
+    from ssrseg.protocol.plan import ReproduceError, ReproducePlan
+    from ssrseg.protocol.reproduce import run_reproduce
 
     overrides = list(args.overrides)
     if args.root:

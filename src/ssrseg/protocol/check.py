@@ -150,7 +150,7 @@ def check_split(
 
     facts: split name, size, the paper's size, root, tag source and the class names. Raises
     :class:`~ssrseg.errors.BadInputError` when the split cannot be opened at all."""
-    from ssrseg.engine.report import PAPER_SPLIT_SIZES
+    from ssrseg.protocol.report import PAPER_SPLIT_SIZES
 
     d = cfg.data
     hint = DATA_HINTS.get(d.dataset, "see docs/datasets.md")

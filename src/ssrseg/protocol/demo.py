@@ -1,7 +1,7 @@
 """The toy-world demo (``ssrseg demo`` / ``make demo``): ``ssrseg reproduce`` on the toy preset.
 
 :func:`run_demo` renders the toy world as its first stage, then runs the same stages as a VOC
-reproduction (check, seeds, train, cmpa, eval, report; see :mod:`ssrseg.engine.reproduce`)
+reproduction (check, seeds, train, cmpa, eval, report; see :mod:`ssrseg.protocol.reproduce`)
 plus the toy-only rows defined here: trivial baselines, the background over-activation split
 by home context (the failure SGC targets) and the fully supervised bound (the same decoder on
 ground-truth masks) with SSR's share of it. The default plan fits in about 10 minutes on 2 CPU
@@ -18,23 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ssrseg.engine.cam_rows import EXTRA_ROWS, TABLE3_ROWS, score_labeler
-
-__all__ = [
-    "EXTRA_ROWS",
-    "QUICK_PLAN",
-    "TABLE3_ROWS",
-    "VARIANTS",
-    "DemoPlan",
-    "baseline_scores",
-    "default_config_path",
-    "demo_setup",
-    "run_demo",
-    "run_variants",
-    "score_labeler",
-]
+__all__ = ["QUICK_PLAN", "DemoPlan", "default_config_path", "demo_setup", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -68,47 +52,6 @@ QUICK_PLAN = DemoPlan(
     grouping_images=4,
 )
 
-# The variants stage's extra trainings [decision]: (config overrides, what is scored).
-# "segmentation": the val split like `eval` (without and with CRF); "cmpa_cam": Table 4's CMPA
-# initial CAM on the seed split, like the first row of `cmpa`.
-VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    # WeCLIP+'s DINO decoder branch (ssrseg.model.dino_branch), with the toy DINO
-    "dino_branch": ({"decoder": {"dino_branch": True}}, ("segmentation",)),
-    # the paper's CMPA: K-means prototypes (cmpa.prototypes=kmeans)
-    "kmeans": ({"cmpa": {"prototypes": "kmeans"}}, ("cmpa_cam",)),
-    # plain SSR: the reference when the variants train for fewer iterations than `train`
-    "plain": ({}, ("segmentation", "cmpa_cam")),
-    # both in one training: its segmentation is the DINO branch's row, its CMPA CAM the K-means
-    # row. Valid while cam.projected is false (the toy preset): the pseudo labels then never
-    # read the CMPA heads, so the prototypes cannot reach the decoder, and the heads' loss never
-    # reads the decoder; with cam.projected the stage runs the two separately.
-    "dino_branch+kmeans": (
-        {"decoder": {"dino_branch": True}, "cmpa": {"prototypes": "kmeans"}},
-        ("segmentation", "cmpa_cam"),
-    ),
-}
-# Which row a combined variant's outputs stand for.
-ROLE_OF = {"segmentation": "dino_branch", "cmpa_cam": "kmeans"}
-
-
-def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
-    """All-background and a centred-Gaussian prior painted with the true tags."""
-    from ssrseg.metrics import ConfusionMatrix
-
-    allbg = ConfusionMatrix(dataset.num_classes)
-    centre = ConfusionMatrix(dataset.num_classes)
-    for i in indices:
-        s = dataset[i]
-        h, w = s.mask.shape
-        allbg.update(np.zeros_like(s.mask), s.mask)
-        yy, xx = np.mgrid[0:h, 0:w]
-        g = np.exp(-(((yy - h / 2) / (0.25 * h)) ** 2 + ((xx - w / 2) / (0.25 * w)) ** 2) / 2)
-        pred = np.zeros_like(s.mask)
-        if s.labels:
-            pred[g > 0.5] = s.labels[0] + 1
-        centre.update(pred, s.mask)
-    return {"all background": allbg, "centre prior (true tags)": centre}
-
 
 def default_config_path() -> Path:
     """``configs/toy.yaml`` of the working directory, else of the source checkout."""
@@ -137,7 +80,7 @@ def demo_setup(
     """(config, reproduce plan) of a demo run: the toy preset with the world in
     ``out_dir/data``, the plan's seed and iterations, periodic validation off."""
     from ssrseg.config import load_config
-    from ssrseg.engine.reproduce import ReproducePlan, WorldPlan
+    from ssrseg.protocol.plan import ReproducePlan, WorldPlan
 
     out = Path(out_dir)
     extra = [
@@ -176,92 +119,7 @@ def run_demo(
     stages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the report dict (also ``out_dir/report.json``)."""
-    from ssrseg.engine.reproduce import run_reproduce
+    from ssrseg.protocol.reproduce import run_reproduce
 
     cfg, rplan = demo_setup(out_dir, plan, config, overrides, device, stages)
     return run_reproduce(cfg, out_dir, rplan)
-
-
-def run_variants(run: Any, resumed: bool) -> dict[str, Any]:
-    """The ``variants`` stage: each variant of ``run.plan.variants`` trained from the train
-    config with its overrides (same seed, ``plan.variant_iterations``) into
-    ``variants/<name>/train`` and scored as :data:`VARIANTS` says.
-
-    When the variants train for fewer iterations than ``train``, the plain configuration is
-    trained at that length too, so each variant has a reference of its own length. Every part
-    resumes: training from its checkpoint, evaluation per image, the CAM row from its cache.
-    """
-    from ssrseg.engine.cam_rows import merge_config, score_rows
-    from ssrseg.engine.checkpoint import load_model
-    from ssrseg.engine.report import row_summary
-    from ssrseg.engine.reproduce import (
-        ReproduceError,
-        _evaluate_stage,
-        open_dataset,
-        resolve_seed_split,
-        seed_indices,
-        train_into,
-    )
-
-    cfg, plan = run.cfg, run.plan
-    unknown = sorted(set(plan.variants) - set(VARIANTS))
-    if unknown:
-        raise ReproduceError(
-            f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}"
-        )
-    iterations = plan.variant_iterations or cfg.train.iterations
-    names = list(dict.fromkeys(plan.variants))
-    if cfg.cam.projected and "dino_branch+kmeans" in names:  # the heads then feed the decoder
-        at = names.index("dino_branch+kmeans")
-        names[at : at + 1] = [n for n in ("dino_branch", "kmeans") if n not in names]
-    if iterations != cfg.train.iterations and "plain" not in names:
-        names.append("plain")
-    out: dict[str, Any] = {"iterations": iterations, "variants": {}}
-    for name in names:
-        overrides, scored = VARIANTS[name]
-        vcfg = merge_config(cfg, {**overrides, "train": {"iterations": iterations}})
-        folder = run.folder("variants") / name
-        print(f"  variant {name}: {overrides or 'plain SSR'}, {iterations} iterations")
-        entry: dict[str, Any] = {
-            "overrides": overrides,
-            "train": train_into(run, vcfg, folder / "train"),
-        }
-        if "segmentation" in scored:
-            entry["segmentation"] = _evaluate_stage(run, folder / "train", folder)
-        if "cmpa_cam" in scored:
-            model, _ = load_model(folder / "train", run.device)
-            if model.cmpa is None:
-                entry["cmpa_cam"] = None
-            else:
-                split, _ = resolve_seed_split(cfg, plan)
-                dataset = open_dataset(cfg, split, labels=True)
-                indices = seed_indices(cfg, plan, dataset)
-                row = ("initial CAM", {**TABLE3_ROWS[0][1], "cam": {"projected": True}})
-                rows = score_rows(
-                    model.labeler,
-                    vcfg,
-                    [row],
-                    dataset,
-                    indices,
-                    folder / "rows",
-                    batch=plan.seed_batch,
-                    cmpa=model.cmpa.eval(),
-                    long_side=plan.long_side,
-                    progress=plan.progress,
-                )
-                entry["cmpa_cam"] = {
-                    "split": split,
-                    "images": len(indices),
-                    **row_summary(rows["initial CAM"]["result"]),
-                }
-        if "+" in name:  # a combined run: each output stands for its own variant's row
-            for key, role in ROLE_OF.items():
-                out["variants"][role] = {
-                    "overrides": overrides,
-                    "train": entry["train"],
-                    "trained_as": name,
-                    key: entry[key],
-                }
-        else:
-            out["variants"][name] = entry
-    return out

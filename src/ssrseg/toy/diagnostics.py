@@ -2,7 +2,8 @@
 with the paper's, where do a class's pixels leak onto its home context.
 
 The maths are pure functions of tensors / arrays (tested on hand-made cases); thin wrappers run
-a ViT over images. Used by the demo / ``ssrseg reproduce`` and by ``ssrseg.toy.cmpa_probe``.
+a ViT over images. Used by the demo / ``ssrseg reproduce`` and by the probes in ``research/``
+(outside the package).
 """
 
 from __future__ import annotations

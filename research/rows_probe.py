@@ -1,10 +1,10 @@
 """Table 3 rows of candidate toy backbones, scored on training images the demo never scores.
 
-``python -m ssrseg.toy.rows_probe --root runs/demo/data --clip FILE [--dino FILE] [overrides]``
+``python -m research.rows_probe --root runs/demo/data --clip FILE [--dino FILE] [overrides]``
 
 Choosing backbones, layers or thresholds on the scored images would be tuning on them (issue
 11's rule), so this scores the Table 3 seed rows (initial CAM, + CLIP attention, + DINO
-attention, + SGC, + PAR; the demo's definitions in :data:`ssrseg.engine.cam_rows.TABLE3_ROWS`)
+attention, + SGC, + PAR; the demo's definitions in :data:`ssrseg.protocol.cam_rows.TABLE3_ROWS`)
 on train images ``--first``..``--first + --n - 1`` (default 100..299; the demo scores 0..99) of
 a rendered toy world, with the toy preset and the given backbones. Prints one JSON line: each
 row's mIoU, precision and recall (in %), and the per-class IoU of the initial CAM.
@@ -33,7 +33,7 @@ def preset_labeler(config: str | None, overrides: Sequence[str]) -> tuple[SSRCon
     """(the preset ``config`` (default configs/toy.yaml) with ``overrides``, its pseudo
     labeller on the CPU): the base every probe here derives its rows' labellers from."""
     from ssrseg.config import load_config
-    from ssrseg.engine.demo import default_config_path
+    from ssrseg.protocol.demo import default_config_path
     from ssrseg.pseudo.labeler import build_pseudo_labeler
 
     cfg = load_config(config or default_config_path(), list(overrides))
@@ -51,7 +51,7 @@ def score_candidate(
     """mIoU / P / R (%) of each Table 3 row (all, or those whose name contains one of
     ``rows``) on ``indices`` of the toy ``train`` split under ``root``."""
     from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, row_labeler, score_labeler
+    from ssrseg.protocol.cam_rows import TABLE3_ROWS, row_labeler, score_labeler
 
     cfg, base = preset_labeler(config, overrides)
     dataset = build_dataset("toy", root, "train")
@@ -117,7 +117,7 @@ def mask_share_table(
     class's own pixels they keep (``object_kept``), on ``indices`` of the toy ``train`` split
     under ``root``. What SGC is for: less of the mask on the home context, the object kept."""
     from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
+    from ssrseg.protocol.cam_rows import TABLE3_ROWS, label_samples, row_labeler
     from ssrseg.toy.diagnostics import caption_contexts, home_contexts
 
     cfg, base = preset_labeler(config, overrides)
@@ -163,7 +163,7 @@ def class_cam_figure(
     one row (image | its ground-truth mask | the class's initial CAM under each CLIP). Returns
     the image indices shown."""
     from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
+    from ssrseg.protocol.cam_rows import TABLE3_ROWS, label_samples, row_labeler
     from ssrseg.viz import make_panel
 
     dataset = build_dataset("toy", root, "train")

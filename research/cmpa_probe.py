@@ -1,6 +1,6 @@
 """Why does CMPA lower the toy world's initial CAM? One cheap measurement per hypothesis.
 
-``python -m ssrseg.toy.cmpa_probe`` (or ``--quick`` for a seconds-long smoke run) prints a table.
+``python -m research.cmpa_probe`` (or ``--quick`` for a seconds-long smoke run) prints a table.
 
 The CMPA heads only see frozen inputs: the raw CLIP patch embeddings and the detached initial
 CAMs of each training image. The probe computes those once (one Grad-CAM pass over the training
@@ -577,7 +577,7 @@ def run_probe(
     ``pair_acc`` and ``bg_acc`` (no rescaled, recalibrated or word-less re-scoring).
     ``score_start``: the scored scenes are ``score_start .. score_start + n_score - 1`` of the
     ``n_train`` cached ones (the heads train on all of them, as the demo's do)."""
-    from ssrseg.engine.demo import default_config_path
+    from ssrseg.protocol.demo import default_config_path
 
     if score_start < 0 or score_start + n_score > n_train:
         raise ValueError(f"scored scenes {score_start}..{score_start + n_score - 1} not cached")
