@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ssrseg.atomic import atomic_path
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig, dino_vit_s16_config
 
 __all__ = [
@@ -135,8 +136,6 @@ def write_random_dinov2(
     """Write random weights in the official file layout of registry name ``name``
     (``dinov2_vits14`` ... ``dinov2_vitl14_reg``) to ``out`` (a ``torch.save`` state dict, as
     Meta's ``.pth``); ``tiny``: real layout and depth, width 64. Returns ``[out]``."""
-    from ssrseg.atomic import atomic_path
-
     if name not in DINOV2_NAMES:
         raise ValueError(f"{name!r} is not a DINOv2 name ({', '.join(DINOV2_NAMES)})")
     size, registers = DINOV2_NAMES[name]

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from ssrseg.backbones.bpe import BPETokenizer
 from ssrseg.backbones.clip import CLIP, CLIPConfig
+from ssrseg.backbones.convert import convert_clip, convert_vit
 from ssrseg.backbones.native import (
     WeightsError,
     clip_config_from_dict,
@@ -45,7 +46,9 @@ from ssrseg.backbones.native import (
     vit_config_from_dict,
 )
 from ssrseg.backbones.tokenizer import Tokenizer, WordTokenizer
+from ssrseg.backbones.torchscript import read_torchscript
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.pickles import refusal_message, refused_global
 
 __all__ = [
     "REGISTRY",
@@ -452,16 +455,12 @@ def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            from ssrseg.backbones.torchscript import read_torchscript
-
             return RawWeights(path, read_torchscript(path, trust=trust_torchscript), {})
     elif len(head) < 8:
         raise WeightsError(f"{path}: file is empty or truncated")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        from ssrseg.pickles import refusal_message, refused_global
-
         if refused_global(err) or "weights only" in str(err).lower():
             raise WeightsError(refusal_message(path, err, UNSAFE_PICKLE_WAY)) from None
         raise WeightsError(f"{path}: cannot read: a truncated or damaged pickle ({err})") from None
@@ -528,8 +527,6 @@ def load_clip_model(
         cfg = clip_config_from_dict(cfg_dict, str(path))
         state = raw.tensors
     else:
-        from ssrseg.backbones.convert import convert_clip
-
         state, cfg = convert_clip(
             raw.tensors, str(path), vision_heads, text_heads, _hf_config(path)
         )
@@ -622,8 +619,6 @@ def load_dino(
         cfg = vit_config_from_dict(cfg_dict, str(path))
         state = raw.tensors
     else:
-        from ssrseg.backbones.convert import convert_vit
-
         state, cfg = convert_vit(raw.tensors, str(path), heads, _hf_config(path))
     model = VisionTransformer(cfg)
     load_state_strict(model, state, str(path))

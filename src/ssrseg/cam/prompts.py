@@ -24,6 +24,7 @@ from torch import Tensor
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import Tokenizer
 from ssrseg.data.classes import background_header_length
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
 DEFAULT_TEMPLATE = "a clean origami {}."  # [CLIP-ES]
 
@@ -242,7 +243,6 @@ def _toy_prompts(data_root: str | os.PathLike[str] | None) -> ClassPrompts:
     """The toy world's classes: the root's files when present, else the generator's constants."""
     if data_root is not None and (Path(data_root) / "classes.txt").is_file():
         return ClassPrompts.from_toy_root(data_root)
-    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
     return ClassPrompts(names=CLASS_NAMES, prompts=CLASS_NAMES, background=BACKGROUNDS)
 

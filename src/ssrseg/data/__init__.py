@@ -21,7 +21,10 @@ from ssrseg.data.base import (
     read_image,
     read_mask,
 )
-from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES
+from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
+from ssrseg.data.coco import CocoDataset
+from ssrseg.data.folder import FolderDataset
+from ssrseg.data.voc import ToyDataset, VOCDataset
 from ssrseg.errors import BadInputError
 
 DATASETS = ("voc", "coco", "folder", "toy")
@@ -57,27 +60,17 @@ def build_dataset(
     (``min_size``, ``require_labels``, ``with_masks``, ...) go to the dataset class.
     Raises :class:`BadInputError` when the dataset as a whole cannot be opened.
     """
-    from ssrseg.data.classes import read_class_file
-
     names: Sequence[str] | None
     if isinstance(class_names, str):
         names = read_class_file(class_names)
     else:
         names = class_names
     if name == "voc":
-        from ssrseg.data.voc import VOCDataset
-
         return VOCDataset(root, split, tag_file, names, **kwargs)
     if name == "toy":
-        from ssrseg.data.voc import ToyDataset
-
         return ToyDataset(root, split, tag_file, names, **kwargs)
     if name == "coco":
-        from ssrseg.data.coco import CocoDataset
-
         return CocoDataset(root, split, tag_file, names, **kwargs)
     if name == "folder":
-        from ssrseg.data.folder import FolderDataset
-
         return FolderDataset(root, split, tag_file, names, **kwargs)
     raise ValueError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")

@@ -23,6 +23,11 @@ import numpy as np
 import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, merge_values
+from ssrseg.data.resize import resize_to_tensor01, work_size
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix, json_safe
+from ssrseg.pseudo.labeler import PseudoLabeler
+from ssrseg.viz import colorize, overlay_cam, save_label_png, save_panel
 
 # The spec's Table 3 rows as config overrides of the pseudo labeller. CAM-seed rows are scored
 # before PAR (a [decision]: the paper does not say); "+ PAR" is the full pseudo label.
@@ -123,8 +128,6 @@ def label_samples(
     Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
     are at the working size. Same-size samples already at the working size share one call.
     """
-    from ssrseg.data.resize import resize_to_tensor01, work_size
-
     device = next(iter(labeler.buffers())).device
     patch = labeler.patch_size
     h, w = samples[0].image.shape[:2]
@@ -161,9 +164,6 @@ def score_labeler(
     """
     from tqdm import tqdm
 
-    from ssrseg.errors import BadInputError
-    from ssrseg.metrics import ConfusionMatrix
-
     conf = ConfusionMatrix(dataset.num_classes)
     bar = tqdm(total=len(indices), desc=desc, leave=False, disable=not progress)
     for chunk in _chunks(indices, max(1, batch)):
@@ -194,8 +194,6 @@ def score_labeler(
 
 def row_labeler(base: Any, cfg: SSRConfig, overrides: dict[str, Any]) -> Any:
     """A labeller sharing ``base``'s backbones and prompts, configured for one row."""
-    from ssrseg.pseudo.labeler import PseudoLabeler
-
     device = next(iter(base.buffers())).device
     return PseudoLabeler(
         base.clip, base.tokenizer, base.dino, base.prompts, merge_config(cfg, overrides)
@@ -226,9 +224,6 @@ def score_rows(
     the rows named in ``hook_rows``; ``label_row``'s labels are written to ``label_dir`` as
     palette PNGs (``<id>.png``).
     """
-    from ssrseg.metrics import json_safe
-    from ssrseg.viz import save_label_png
-
     out: dict[str, dict[str, Any]] = {}
     for name, overrides in rows:
         path = cache_dir / f"{slug(name)}.json"
@@ -280,8 +275,6 @@ def write_panels(
     """image | initial CAM | refined CAM | pseudo label | prediction | truth, one PNG each."""
     import torch.nn.functional as F
 
-    from ssrseg.viz import colorize, overlay_cam, save_panel
-
     written = []
     for i in indices:
         s = dataset[i]
@@ -310,8 +303,6 @@ def write_panels(
 
 def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
     """All-background and a centred-Gaussian prior painted with the true tags."""
-    from ssrseg.metrics import ConfusionMatrix
-
     allbg = ConfusionMatrix(dataset.num_classes)
     centre = ConfusionMatrix(dataset.num_classes)
     for i in indices:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssrseg.backbones import weights as W
+from ssrseg.cam.prompts import prompts_from_config
 from ssrseg.config import SSRConfig
+from ssrseg.data import build_dataset
+from ssrseg.data.voc import find_voc_root
+from ssrseg.errors import BadInputError
+from ssrseg.protocol.report import PAPER_SPLIT_SIZES
 
 DATA_HINTS: dict[str, str] = {
     "voc": "PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar from "
@@ -67,8 +73,6 @@ def weights_problem(spec: str) -> str | None:
     Never downloads: a registry name is looked up in the cache (and its tokenizer vocabulary
     for CLIP), a path must exist, a hub id must be in the Hugging Face cache.
     """
-    from ssrseg.backbones import weights as W
-
     if spec in W.REGISTRY:
         entry = W.REGISTRY[spec]
         if entry.package_file is not None:
@@ -118,8 +122,6 @@ def _missing(paths: list[Path], what: str) -> str:
 
 def open_split(cfg: SSRConfig, split: str, masks: bool) -> Any:
     """The split as a dataset, without reading tags (cheap: COCO's instances JSON is big)."""
-    from ssrseg.data import build_dataset
-
     d = cfg.data
     kwargs: dict[str, Any] = {"require_labels": False}
     if masks:
@@ -150,8 +152,6 @@ def check_split(
 
     facts: split name, size, the paper's size, root, tag source and the class names. Raises
     :class:`~ssrseg.errors.BadInputError` when the split cannot be opened at all."""
-    from ssrseg.protocol.report import PAPER_SPLIT_SIZES
-
     d = cfg.data
     hint = DATA_HINTS.get(d.dataset, "see docs/datasets.md")
     dataset = open_split(cfg, split, masks)  # BadInputError: the caller groups them
@@ -197,8 +197,6 @@ def check_split(
 
 def check_classes(cfg: SSRConfig, class_names: tuple[str, ...]) -> list[str]:
     """Problems with the prompts' class list against the dataset's."""
-    from ssrseg.cam.prompts import prompts_from_config
-
     p = cfg.prompts
     try:
         prompts = prompts_from_config(
@@ -237,7 +235,6 @@ def run_check(
             res.weights[kind] = spec
             if problem:
                 res.problems.append(f"{kind} weights: {problem}")
-    from ssrseg.errors import BadInputError
 
     class_names: tuple[str, ...] | None = None
     unopened: dict[str, list[str]] = {}  # error -> the splits it stops (one root, one message)
@@ -258,8 +255,6 @@ def run_check(
     if class_names is not None:
         res.problems += check_classes(cfg, class_names)
     if test_split and cfg.data.dataset == "voc":
-        from ssrseg.data.voc import find_voc_root
-
         try:
             listing = find_voc_root(cfg.data.root) / "ImageSets" / "Segmentation" / "test.txt"
         except Exception:  # the problem is already reported for the other splits

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ssrseg.config import load_config
+from ssrseg.protocol.plan import ReproducePlan, WorldPlan
+from ssrseg.protocol.reproduce import run_reproduce
+
 __all__ = ["QUICK_PLAN", "DemoPlan", "default_config_path", "demo_setup", "run_demo"]
 
 
@@ -79,9 +83,6 @@ def demo_setup(
 ) -> tuple[Any, Any]:
     """(config, reproduce plan) of a demo run: the toy preset with the world in
     ``out_dir/data``, the plan's seed and iterations, periodic validation off."""
-    from ssrseg.config import load_config
-    from ssrseg.protocol.plan import ReproducePlan, WorldPlan
-
     out = Path(out_dir)
     extra = [
         f"data.root={out / 'data'}",
@@ -119,7 +120,5 @@ def run_demo(
     stages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out_dir``; returns the report dict (also ``out_dir/report.json``)."""
-    from ssrseg.protocol.reproduce import run_reproduce
-
     cfg, rplan = demo_setup(out_dir, plan, config, overrides, device, stages)
     return run_reproduce(cfg, out_dir, rplan)

@@ -17,6 +17,10 @@ from typing import Any
 import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict
+from ssrseg.data import build_dataset
+from ssrseg.engine.infer import check_crf
+from ssrseg.metrics import json_safe
+from ssrseg.runrecord import diff_records, make_record, record_hash
 
 STAGES: tuple[str, ...] = (
     "render",
@@ -233,8 +237,6 @@ def stage_record(
     upstream: dict[str, str],
 ) -> dict[str, Any]:
     """What made ``stage``'s outputs: its config subset, options and upstream tokens."""
-    from ssrseg.runrecord import make_record
-
     include, exclude = STAGE_CONFIG[stage]
     options = stage_options(stage, cfg, plan, device_type, crf_modes)
     options["after"] = dict(sorted(upstream.items()))
@@ -260,8 +262,6 @@ def read_state(folder: Path) -> dict[str, Any] | None:
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
-    from ssrseg.metrics import json_safe
-
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / STATE_FILE, json.dumps(json_safe(state), indent=1) + "\n")
 
@@ -309,8 +309,6 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_crf(choice: str) -> tuple[tuple[bool, ...], str]:
     """CRF modes for ``--crf`` and a note; ``on`` without pydensecrf2 is an error."""
-    from ssrseg.engine.infer import check_crf
-
     if choice == "off":
         return (False,), "CRF off (--crf off)"
     if choice not in ("auto", "on"):
@@ -382,8 +380,6 @@ def plan_work(run: Run) -> dict[str, str]:
     """Each work stage's fate: ``run``, ``reuse`` (finished with the same record), ``n/a``,
     or, for stages not asked for, ``missing`` / ``stale`` (outputs absent or made with another
     configuration). A chosen stage whose input stage is missing or stale is an error."""
-    from ssrseg.runrecord import record_hash
-
     cfg, plan = run.cfg, run.plan
     chosen = selected_stages(cfg, plan)
     status: dict[str, str] = {}
@@ -425,8 +421,6 @@ def plan_work(run: Run) -> dict[str, str]:
 
 def _prepare_folder(run: Run, stage: str, record: dict[str, Any]) -> bool:
     """Make ``stage``'s folder ready; returns True when resuming an unfinished attempt."""
-    from ssrseg.runrecord import diff_records, record_hash
-
     folder = run.folder(stage)
     state = read_state(folder)
     if state is not None and stage not in run.plan.redo:
@@ -451,8 +445,6 @@ def _prepare_folder(run: Run, stage: str, record: dict[str, Any]) -> bool:
 
 def execute(run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]]) -> None:
     """Run one stage with its record, wall time and peak memory; the token comes last."""
-    from ssrseg.runrecord import record_hash
-
     record = run.record(stage)
     resumed = _prepare_folder(run, stage, record)
     state: dict[str, Any] = {
@@ -488,8 +480,6 @@ def execute(run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]]) -> 
 
 
 def open_dataset(cfg: SSRConfig, split: str, labels: bool, masks: bool = True) -> Any:
-    from ssrseg.data import build_dataset
-
     d = cfg.data
     kwargs: dict[str, Any] = {"require_labels": labels}
     if masks:

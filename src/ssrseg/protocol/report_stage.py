@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.config import atomic_write_text, config_to_dict
+from ssrseg.engine.checkpoint import load_model
+from ssrseg.engine.infer import Segmenter
 from ssrseg.protocol import report as R
+from ssrseg.protocol.cam_rows import TABLE3_ROWS, row_labeler, write_panels
+from ssrseg.protocol.check import environment
+from ssrseg.protocol.plan import STAGES, open_dataset, resolve_seed_split
 from ssrseg.protocol.report_tables import _result, _summary, _tables
+from ssrseg.runrecord import make_record, record_hash
+from ssrseg.toy.diagnostics import bar_chart
 
 STATUS_TEXT = {
     "reuse": "reused (finished earlier with this configuration)",
@@ -57,8 +64,6 @@ def toy_chart_tables(
     measured mIoU, paper mIoU or None)), with the paper numbers the tables give (in the raw
     space only the initial CAM has one, Table 4's raw 58.6: the paper's Table 3 is in the
     CMPA space); paper-only rows are left out."""
-    from ssrseg.protocol.cam_rows import TABLE3_ROWS
-
     seed_rows = {name for name, _ in TABLE3_ROWS}
     panels = []
     for key, title in (
@@ -83,8 +88,6 @@ def toy_chart_tables(
 
 
 def _toy_tables_figure(report: dict[str, Any], path: Path) -> Path | None:
-    from ssrseg.toy.diagnostics import bar_chart
-
     panels = toy_chart_tables(report)
     if not panels:
         return None
@@ -94,11 +97,6 @@ def _toy_tables_figure(report: dict[str, Any], path: Path) -> Path | None:
 
 def _panels(run: Any) -> list[Path]:
     """Example panels of the first images of the seed split (cached per trained model)."""
-    from ssrseg.engine.checkpoint import load_model
-    from ssrseg.engine.infer import Segmenter
-    from ssrseg.protocol.cam_rows import row_labeler, write_panels
-    from ssrseg.protocol.plan import open_dataset, resolve_seed_split
-
     plan, cfg = run.plan, run.cfg
     if plan.panels <= 0 or _result(run, "train") is None:
         return []
@@ -130,8 +128,6 @@ def _panels(run: Any) -> list[Path]:
 
 
 def _stages(run: Any, report: dict[str, Any], total_s: float) -> None:
-    from ssrseg.protocol.plan import STAGES
-
     for stage in STAGES:
         status = run.status.get(stage, "n/a")
         if stage in ("check", "report"):
@@ -158,9 +154,6 @@ def _stages(run: Any, report: dict[str, Any], total_s: float) -> None:
 
 def build_report(run: Any, elapsed_s: float) -> dict[str, Any]:
     """Assemble, print and write the report of ``run`` (a :class:`~ssrseg.protocol.plan.Run`)."""
-    from ssrseg.protocol.check import environment
-    from ssrseg.runrecord import make_record, record_hash
-
     t0 = time.perf_counter()
     cfg, plan = run.cfg, run.plan
     import dataclasses

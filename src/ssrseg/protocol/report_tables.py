@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssrseg.protocol import report as R
+from ssrseg.toy.diagnostics import best_last_k
 
 
 def _result(run: Any, stage: str) -> dict[str, Any] | None:
@@ -260,8 +261,6 @@ _COMBINED = (
 
 def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
     """Per-block same-object attention mass / chance of the CLIP and DINO backbones."""
-    from ssrseg.toy.diagnostics import best_last_k
-
     rows_in = grouping["rows"]
     columns = [
         c

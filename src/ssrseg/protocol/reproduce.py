@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.config import SSRConfig, save_config
+from ssrseg.protocol.check import CheckError, run_check
 from ssrseg.protocol.plan import (
     WORK_STAGES,
     ReproduceError,
@@ -47,6 +48,7 @@ from ssrseg.protocol.plan import (
     resolve_seed_split,
     write_state,
 )
+from ssrseg.protocol.report_stage import build_report
 from ssrseg.protocol.stages import (
     stage_cmpa,
     stage_eval,
@@ -109,8 +111,6 @@ def check_roles(run: Run) -> dict[str, tuple[str, bool, bool, bool]]:
 
 
 def stage_check(run: Run) -> dict[str, Any]:
-    from ssrseg.protocol.check import CheckError, run_check
-
     t0 = time.perf_counter()
     runs = {s for s, v in run.status.items() if v == "run"}
     try:
@@ -143,8 +143,6 @@ def stage_check(run: Run) -> dict[str, Any]:
 
 def run_reproduce(cfg: SSRConfig, out_dir: str | Path, plan: ReproducePlan) -> dict[str, Any]:
     """Run the chosen stages into ``out_dir``; returns the report dict (also written)."""
-    from ssrseg.protocol.report_stage import build_report
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(plan.device)

@@ -16,7 +16,29 @@ import numpy as np
 import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
-from ssrseg.protocol.cam_rows import AFTER_PAR_ROWS, EXTRA_ROWS, TABLE3_ROWS, RowHook, merge_config
+from ssrseg.data.base import SkipLog, iter_valid, read_image
+from ssrseg.data.toy import write_toy_dataset
+from ssrseg.engine.checkpoint import LAST_FILE, load_model, resolve_checkpoint
+from ssrseg.engine.distributed import cleanup, setup
+from ssrseg.engine.export import (
+    archive_voc_results,
+    check_voc_mask,
+    missing_voc_test,
+    voc_test_path,
+)
+from ssrseg.engine.infer import Segmenter, run_crf
+from ssrseg.engine.train import run_training
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix, json_safe
+from ssrseg.protocol.cam_rows import (
+    AFTER_PAR_ROWS,
+    EXTRA_ROWS,
+    TABLE3_ROWS,
+    RowHook,
+    baseline_scores,
+    merge_config,
+    score_rows,
+)
 from ssrseg.protocol.plan import (
     LEAK_ROWS,
     ReproduceError,
@@ -25,14 +47,16 @@ from ssrseg.protocol.plan import (
     resolve_seed_split,
     seed_indices,
 )
+from ssrseg.protocol.report import row_summary
+from ssrseg.pseudo.labeler import build_pseudo_labeler
+from ssrseg.toy.diagnostics import backbone_grouping, context_leak
+from ssrseg.viz import save_label_png
 
 # ----------------------------------------------------------------------------------------------
 # Stages
 
 
 def stage_render(run: Run, resumed: bool) -> dict[str, Any]:
-    from ssrseg.data.toy import write_toy_dataset
-
     world = run.plan.world
     assert world is not None
     root = Path(run.cfg.data.root)
@@ -47,8 +71,6 @@ def stage_render(run: Run, resumed: bool) -> dict[str, Any]:
 
 def _base_labeler(cfg: SSRConfig, device: torch.device) -> Any:
     """Labeller whose backbones every row shares (DINO loaded when the config allows it)."""
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
-
     over: dict[str, Any] = {"cam": {"projected": False}}
     if cfg.backbone.use_dino:
         over["affinity"] = {"use_dino_attention": True}
@@ -56,8 +78,6 @@ def _base_labeler(cfg: SSRConfig, device: torch.device) -> Any:
 
 
 def _toy_hook() -> RowHook:
-    from ssrseg.toy.diagnostics import context_leak
-
     def hook(name: str, dataset: Any, indices: Sequence[int], preds: dict) -> dict[str, Any]:
         return {"context_leak": context_leak(dataset, indices, preds)}
 
@@ -66,9 +86,6 @@ def _toy_hook() -> RowHook:
 
 def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
     """Table 3 in the raw CLIP space (plus after-PAR rows), toy baselines when asked."""
-    from ssrseg.protocol.cam_rows import score_rows
-    from ssrseg.protocol.report import row_summary
-
     cfg, plan = run.cfg, run.plan
     torch.manual_seed(cfg.train.seed)
     split, _ = resolve_seed_split(cfg, plan)
@@ -101,8 +118,6 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
         "class_names": list(dataset.class_names),
     }
     if plan.toy_rows:
-        from ssrseg.protocol.cam_rows import baseline_scores
-
         result["baselines"] = {
             k: row_summary(v.compute()) for k, v in baseline_scores(dataset, indices).items()
         }
@@ -110,8 +125,6 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
             name: scored[name]["extra"]["context_leak"] for name in LEAK_ROWS if name in scored
         }
     if plan.toy_rows and plan.grouping_images > 0:
-        from ssrseg.toy.diagnostics import backbone_grouping
-
         # the world's `val` split: rendered on the fly, never scored (choose dino_layers here)
         seed = plan.world.seed if plan.world is not None else 0
         vits = {"clip": base.clip.visual, "dino": base.dino}
@@ -125,8 +138,6 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
 
 
 def _write_metrics(path: Path, results: dict[str, Any]) -> None:
-    from ssrseg.metrics import json_safe
-
     atomic_write_text(path, json.dumps(json_safe(results), indent=1) + "\n")
 
 
@@ -158,8 +169,6 @@ def torchrun_command(
 
 def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming from its last checkpoint when there is one."""
-    from ssrseg.engine.checkpoint import LAST_FILE, resolve_checkpoint
-
     resume = (run_dir / LAST_FILE).is_file()
     if gpus > 1:
         config_file = save_config(cfg, run_dir, name="reproduce_train.yaml")
@@ -173,9 +182,6 @@ def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[s
                 "command to resume from the last checkpoint in " + str(run_dir)
             )
     else:
-        from ssrseg.engine.distributed import cleanup, setup
-        from ssrseg.engine.train import run_training
-
         ctx = setup(str(run.device))
         # seed before the model is built: its initialisation must not depend on earlier stages
         torch.manual_seed(cfg.train.seed)
@@ -209,10 +215,6 @@ def stage_train(run: Run, resumed: bool) -> dict[str, Any]:
 
 def stage_cmpa(run: Run, resumed: bool) -> dict[str, Any]:
     """Table 3 in the CMPA-projected space (its first row is Table 4's CMPA initial CAM)."""
-    from ssrseg.engine.checkpoint import load_model
-    from ssrseg.protocol.cam_rows import score_rows
-    from ssrseg.protocol.report import row_summary
-
     cfg, plan = run.cfg, run.plan
     model, _ = load_model(run.folder("train"), run.device)
     if model.cmpa is None:
@@ -257,11 +259,6 @@ def evaluate_into(
 ) -> dict[bool, Any]:
     """Score ``dataset[indices]`` once per CRF mode from one multi-scale forward per image;
     predictions go to ``pred_dir/{no_crf,crf}/<id>.png`` and are read back on a resume."""
-    from ssrseg.data.base import SkipLog, iter_valid
-    from ssrseg.engine.infer import run_crf
-    from ssrseg.metrics import ConfusionMatrix
-    from ssrseg.viz import save_label_png
-
     log = SkipLog()
     matrices = {m: ConfusionMatrix(seg.num_classes) for m in modes}
     for sample in iter_valid(dataset, log, indices, progress=progress, desc="evaluate"):
@@ -286,9 +283,6 @@ def evaluate_into(
 
 
 def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
-    from ssrseg.engine.infer import Segmenter
-    from ssrseg.protocol.report import row_summary
-
     cfg, plan = run.cfg, run.plan
     # this run's inference and CRF settings, not the ones saved with the checkpoint
     seg = Segmenter.from_checkpoint(ckpt_dir, run.device, infer=cfg.infer, crf=cfg.crf)
@@ -319,17 +313,6 @@ def stage_eval(run: Run, resumed: bool) -> dict[str, Any]:
 
 def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
     """VOC test predictions, without and with CRF, each tree archived for the server."""
-    from ssrseg.data.base import read_image
-    from ssrseg.engine.export import (
-        archive_voc_results,
-        check_voc_mask,
-        missing_voc_test,
-        voc_test_path,
-    )
-    from ssrseg.engine.infer import Segmenter, run_crf
-    from ssrseg.errors import BadInputError
-    from ssrseg.viz import save_label_png
-
     if not run.check.get("has_test"):
         return {"skipped": "no VOC test split"}
     cfg = run.cfg

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssrseg.protocol.cam_rows import TABLE3_ROWS
+from ssrseg.engine.checkpoint import load_model
+from ssrseg.protocol.cam_rows import TABLE3_ROWS, merge_config, score_rows
+from ssrseg.protocol.plan import ReproduceError, open_dataset, resolve_seed_split, seed_indices
+from ssrseg.protocol.report import row_summary
+from ssrseg.protocol.stages import _evaluate_stage, train_into
 
 # The variants stage's extra trainings [decision]: (config overrides, what is scored).
 # "segmentation": the val split like `eval` (without and with CRF); "cmpa_cam": Table 4's CMPA
@@ -39,12 +43,6 @@ def run_variants(run: Any, resumed: bool) -> dict[str, Any]:
     trained at that length too, so each variant has a reference of its own length. Every part
     resumes: training from its checkpoint, evaluation per image, the CAM row from its cache.
     """
-    from ssrseg.engine.checkpoint import load_model
-    from ssrseg.protocol.cam_rows import merge_config, score_rows
-    from ssrseg.protocol.plan import ReproduceError, open_dataset, resolve_seed_split, seed_indices
-    from ssrseg.protocol.report import row_summary
-    from ssrseg.protocol.stages import _evaluate_stage, train_into
-
     cfg, plan = run.cfg, run.plan
     unknown = sorted(set(plan.variants) - set(VARIANTS))
     if unknown:

@@ -36,6 +36,7 @@ from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.dino import run_on_grid
 from ssrseg.backbones.tokenizer import Tokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTOutput
+from ssrseg.backbones.weights import load_clip, load_dino
 from ssrseg.cam.gradcam import gradcam
 from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig
@@ -484,8 +485,6 @@ class PseudoLabeler(nn.Module):
 
 def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> PseudoLabeler:
     """Load the frozen backbones named by ``cfg.backbone`` and the prompts of ``cfg.prompts``."""
-    from ssrseg.backbones.weights import load_clip, load_dino
-
     clip, tokenizer = load_clip(cfg.backbone.clip, device=device)
     clip.visual.pos_embed_resize = cfg.backbone.pos_embed_resize  # CLIP-ES: bilinear, fp16
     dino = None

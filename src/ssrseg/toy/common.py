@@ -14,71 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
-from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig, vocabulary
+from ssrseg.backbones.vit import VisionTransformer
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig
 from ssrseg.toy import POOLS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 PROMPT_TEMPLATE = "a photo of a {}."
 BACKGROUND_TEMPLATE = "a photo of {}."
-
-
-def toy_tokenizer(context_length: int = 32) -> WordTokenizer:
-    """Word tokenizer over the toy world's whole vocabulary."""
-    return WordTokenizer(vocabulary(), context_length=context_length)
-
-
-def toy_clip_config(
-    tokenizer: WordTokenizer,
-    image_size: int = 128,
-    patch_size: int = 8,
-    width: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    embed_dim: int = 128,
-    text_layers: int = 2,
-) -> CLIPConfig:
-    """The tiny CLIP: CLIP ViT-B/16's code path (pre-LN, QuickGELU) at toy width and depth."""
-    vision = ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        width=width,
-        layers=layers,
-        heads=heads,
-        output_dim=embed_dim,
-    )
-    text = TextConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=tokenizer.context_length,
-        width=width,
-        layers=text_layers,
-        heads=heads,
-        eot_token_id=tokenizer.eot_token_id,
-        sot_token_id=tokenizer.sot_token_id,
-    )
-    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim)
-
-
-def toy_dino_config(
-    image_size: int = 96, patch_size: int = 8, width: int = 128, layers: int = 4, heads: int = 4
-) -> ViTConfig:
-    """The tiny DINO ViT: DINO's code path (GELU, no ln_pre, patch bias, ImageNet stats)."""
-    return ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        width=width,
-        layers=layers,
-        heads=heads,
-        act="gelu",
-        ln_eps=1e-6,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
 
 
 def check_pool(pool: str) -> str:

@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
+from ssrseg.backbones.native import save_native
+from ssrseg.backbones.toy_shapes import toy_clip_config, toy_tokenizer
+from ssrseg.backbones.weights import load_clip
 from ssrseg.data.toy import weakened_config
 from ssrseg.toy.common import (
     Budget,
@@ -27,8 +30,6 @@ from ssrseg.toy.common import (
     check_pool,
     cosine_lr,
     image_embedding,
-    toy_clip_config,
-    toy_tokenizer,
     zero_shot_scores,
 )
 
@@ -79,8 +80,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def save_clip(model: CLIP, path: Path, extra: dict[str, Any]) -> None:
-    from ssrseg.backbones.native import save_native
-
     tokenizer = toy_tokenizer(model.cfg.text.context_length)
     save_native(path, model, "clip", model.cfg, tokenizer=tokenizer, extra=extra)
 
@@ -119,8 +118,6 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     )
     model = CLIP(cfg)
     if args.init is not None:
-        from ssrseg.backbones.weights import load_clip
-
         start, _ = load_clip(args.init)
         if start.cfg != cfg:
             raise ValueError(f"{args.init}: its shape differs from the requested tiny CLIP")

@@ -29,15 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssrseg.backbones.native import save_native
+from ssrseg.backbones.toy_shapes import toy_dino_config
 from ssrseg.backbones.vit import Block, VisionTransformer, interpolate_pos_embed
-from ssrseg.toy.common import (
-    Budget,
-    RenderedImages,
-    ToyTrainArgs,
-    batches,
-    cosine_lr,
-    toy_dino_config,
-)
+from ssrseg.toy.common import Budget, RenderedImages, ToyTrainArgs, batches, cosine_lr
+from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
 
 @dataclass(frozen=True)
@@ -320,23 +316,17 @@ def attention_foreground_auc(
 def grouping_scenes(n: int, seed: int) -> tuple[Tensor, Tensor]:
     """The scenes the training run scores attention grouping on: the first ``n`` of the biased
     ``val`` split (never scored by the demo; the debiased split stays held out)."""
-    from ssrseg.toy.diagnostics import toy_scenes
-
     return toy_scenes("val", n, seed)
 
 
 def grouping(backbone: VisionTransformer, scenes: tuple[Tensor, Tensor]) -> dict[str, float]:
     """Same-label attention mass / chance of every block (``ssrseg.toy.diagnostics``),
     keyed by the 0-based block index as a string (JSON)."""
-    from ssrseg.toy.diagnostics import attention_grouping_by_layer
-
     by_layer = attention_grouping_by_layer(backbone, *scenes)
     return {str(k): round(v, 3) for k, v in by_layer.items()}
 
 
 def save_dino(backbone: VisionTransformer, path: Path, extra: dict[str, Any]) -> None:
-    from ssrseg.backbones.native import save_native
-
     save_native(path, backbone, "dino", backbone.cfg, extra=extra)
 
 
