@@ -13,6 +13,7 @@ names; masks are never read for tags.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,6 @@ def environment(device: Any) -> dict[str, Any]:
     """Software versions, device and machine, for the report."""
     import importlib.metadata as md
     import platform
-    import subprocess
     import sys
 
     import torch
@@ -314,23 +314,20 @@ def environment(device: Any) -> dict[str, Any]:
     src = Path(__file__).resolve().parents[3]
     if (src / ".git").exists():
         try:
-            commit = subprocess.run(
-                ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
+            commit = _git(src, 5, "rev-parse", "--short", "HEAD")
+            dirty = _git(src, 10, "status", "--porcelain", "--untracked-files=no")
             env["git commit"] = commit + (" (with local changes)" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             pass
     env["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     return env
+
+
+def _git(repo: Path, timeout: float, *args: str) -> str:
+    """The stripped standard output of ``git -C repo args...``."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout
+    ).stdout.strip()
 
 
 def _cpu_name() -> str:

@@ -331,26 +331,20 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
             )
         )
     t4_set, t4 = R.paper_rows("table4")
-    if seeds and "initial CAM" in seeds["rows"]:
-        add(
-            R.summary_row(
-                "Table 4: raw CLIP initial CAM, mIoU",
-                seeds["rows"]["initial CAM"]["miou"],
-                t4["raw CLIP CAM"]["miou"],
-                t4_set,
-                dataset,
+    for stage, space, paper_row in (
+        (seeds, "raw CLIP", "raw CLIP CAM"),
+        (cmpa, "CMPA", "CMPA CAM"),
+    ):
+        if stage and "initial CAM" in stage["rows"]:
+            add(
+                R.summary_row(
+                    f"Table 4: {space} initial CAM, mIoU",
+                    stage["rows"]["initial CAM"]["miou"],
+                    t4[paper_row]["miou"],
+                    t4_set,
+                    dataset,
+                )
             )
-        )
-    if cmpa and "initial CAM" in cmpa["rows"]:
-        add(
-            R.summary_row(
-                "Table 4: CMPA initial CAM, mIoU",
-                cmpa["rows"]["initial CAM"]["miou"],
-                t4["CMPA CAM"]["miou"],
-                t4_set,
-                dataset,
-            )
-        )
     paper_val = p["val"].get(dataset)
     val_set = dataset if paper_val else "voc"
     paper_val = paper_val or p["val"]["voc"]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,6 +147,23 @@ class Budget:
     def done(self, step: int) -> bool:
         over_time = self.minutes is not None and self.elapsed() > self.minutes * 60
         return over_time or (self.steps is not None and step >= self.steps)
+
+
+def training_record(
+    args: ToyTrainArgs, step: int, seconds: float, ema_loss: float | None, **extra: Any
+) -> dict[str, Any]:
+    """What a toy training stores with its weights: seed, steps, images, time, the final
+    (smoothed) loss, ``extra`` and the arguments (without the output path)."""
+    return {
+        "seed": args.seed,
+        "steps": step,
+        "batch_size": args.batch_size,
+        "images_seen": step * args.batch_size,
+        "train_seconds": round(seconds, 1),
+        "final_loss": round(float(ema_loss or 0.0), 4),
+        **extra,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+    }
 
 
 def cosine_lr(step: int, total: int | None, base: float, warmup: int) -> float:

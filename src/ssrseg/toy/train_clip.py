@@ -30,6 +30,7 @@ from ssrseg.toy.common import (
     check_pool,
     cosine_lr,
     image_embedding,
+    training_record,
     zero_shot_scores,
 )
 
@@ -157,16 +158,8 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     bar.close()
     seconds = budget.elapsed()
     model.eval()
-    record: dict[str, Any] = {
-        "seed": args.seed,
-        "steps": step,
-        "batch_size": args.batch_size,
-        "images_seen": step * args.batch_size,
-        "train_seconds": round(seconds, 1),
-        "final_loss": round(float(ema_loss or 0.0), 4),
-        "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
-    }
+    final_scale = round(float(model.logit_scale.detach().exp()), 3)
+    record = training_record(args, step, seconds, ema_loss, logit_scale=final_scale)
     record["zero_shot_debiased"] = zero_shot_scores(model, tokenizer, "debiased", args.eval_images)
     record["zero_shot_val"] = zero_shot_scores(model, tokenizer, "val", args.eval_images)
     if args.pool != "mean":  # the class-token zero-shot, as CLIP reports it

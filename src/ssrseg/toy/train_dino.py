@@ -32,7 +32,14 @@ from torch import Tensor, nn
 from ssrseg.backbones.native import save_native
 from ssrseg.backbones.toy_shapes import toy_dino_config
 from ssrseg.backbones.vit import Block, VisionTransformer, interpolate_pos_embed
-from ssrseg.toy.common import Budget, RenderedImages, ToyTrainArgs, batches, cosine_lr
+from ssrseg.toy.common import (
+    Budget,
+    RenderedImages,
+    ToyTrainArgs,
+    batches,
+    cosine_lr,
+    training_record,
+)
 from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
 
@@ -463,15 +470,7 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             last_save = time.monotonic()
     bar.close()
     seconds = budget.elapsed()
-    record: dict[str, Any] = {
-        "seed": args.seed,
-        "steps": step,
-        "batch_size": args.batch_size,
-        "images_seen": step * args.batch_size,
-        "train_seconds": round(seconds, 1),
-        "final_loss": round(float(ema_loss or 0.0), 4),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
-    }
+    record = training_record(args, step, seconds, ema_loss)
     record["attention"] = attention_foreground_auc(kept.backbone, args.eval_images)
     record["attention"]["same_label_mass_by_block"] = grouping(kept.backbone, eval_images)
     record["attention"]["grouping_scenes"] = f"val 0..{args.grouping_images - 1}"
