@@ -176,6 +176,20 @@ def cosine_lr(step: int, total: int | None, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def scheduled_lr(
+    budget: Budget, step: int, bar: Any, opt: torch.optim.Optimizer, args: ToyTrainArgs
+) -> tuple[int | None, float]:
+    """(the budget's current step estimate, the cosine learning rate of ``step``), the rate set
+    on every group of ``opt`` and the progress bar's total kept to the estimate."""
+    total = budget.total(step)
+    if total is not None and bar.total != total:
+        bar.total = total
+    lr = cosine_lr(step, total, args.lr, args.warmup)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return total, lr
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as handle:

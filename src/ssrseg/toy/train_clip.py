@@ -28,8 +28,8 @@ from ssrseg.toy.common import (
     ToyTrainArgs,
     batches,
     check_pool,
-    cosine_lr,
     image_embedding,
+    scheduled_lr,
     training_record,
     zero_shot_scores,
 )
@@ -134,12 +134,7 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
         images, captions, _, _ = next(stream)
         flip = torch.rand(images.shape[0]) < 0.5  # captions do not depend on left/right
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        total = budget.total(step)
-        if total is not None and bar.total != total:
-            bar.total = total
-        lr = cosine_lr(step, total, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        _, lr = scheduled_lr(budget, step, bar, opt, args)
         img = F.normalize(image_embedding(model.visual, images, args.pool), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(captions).to(images.device)), dim=-1)
         scale = model.logit_scale.clamp(max=4.6052).exp()  # at most 100, as CLIP

@@ -37,7 +37,7 @@ from ssrseg.toy.common import (
     RenderedImages,
     ToyTrainArgs,
     batches,
-    cosine_lr,
+    scheduled_lr,
     training_record,
 )
 from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
@@ -392,12 +392,7 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             if use_dino
             else None
         )
-        total = budget.total(step)
-        if total is not None and bar.total != total:
-            bar.total = total
-        lr = cosine_lr(step, total, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        total, lr = scheduled_lr(budget, step, bar, opt, args)
         student.train()
         mask = (
             block_masks(globals_.shape[0], (g, g), args.mim_prob, args.mim_ratio, gen)
