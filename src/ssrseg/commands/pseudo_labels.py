@@ -31,7 +31,6 @@ from ssrseg.commands.common import (
     resolve_device,
     resolve_split,
 )
-from ssrseg.commands.prefetch import PrefetchedDataset, Prepared, superpixels_for
 
 if TYPE_CHECKING:
     import torch
@@ -200,6 +199,8 @@ def labeler_images(job: Job, sample: Sample) -> torch.Tensor:
 def prepare(job: Job, sample: Sample) -> Prepared:
     """The labeller's inputs of one image: its resized tensor and, with the SGC mask, its SLIC
     superpixels computed as the labeller would (for the prefetch thread)."""
+    from ssrseg.commands.prefetch import Prepared, superpixels_for
+
     images01 = labeler_images(job, sample)
     return Prepared(images01, superpixels_for(images01, job.cfg))
 
@@ -342,6 +343,7 @@ def run_job(
     thread while the current one runs. Returns the exit code."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
     from ssrseg.metrics import ConfusionMatrix
 
