@@ -7,9 +7,11 @@ models.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import ViTConfig
+from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
 from ssrseg.data.toy import vocabulary
 
 
@@ -52,18 +54,13 @@ def toy_clip_config(
 def toy_dino_config(
     image_size: int = 96, patch_size: int = 8, width: int = 128, layers: int = 4, heads: int = 4
 ) -> ViTConfig:
-    """The tiny DINO ViT: DINO's code path (GELU, no ln_pre, patch bias, ImageNet stats)."""
-    return ViTConfig(
+    """The tiny DINO ViT: DINO's code path (GELU, no ln_pre, patch bias, ImageNet stats) of
+    :func:`~ssrseg.backbones.vit.dino_vit_s16_config` at toy size."""
+    return dataclasses.replace(
+        dino_vit_s16_config(),
         image_size=image_size,
         patch_size=patch_size,
         width=width,
         layers=layers,
         heads=heads,
-        act="gelu",
-        ln_eps=1e-6,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
     )

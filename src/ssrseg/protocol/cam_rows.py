@@ -29,44 +29,23 @@ from ssrseg.metrics import ConfusionMatrix, json_safe
 from ssrseg.pseudo.labeler import PseudoLabeler
 from ssrseg.viz import colorize, overlay_cam, save_label_png, save_panel
 
+
+def _seed_row(clip: bool, dino: bool, mask: str, par: bool) -> dict[str, Any]:
+    """Labeller overrides of one row: which attentions refine the CAM, the column mask, PAR."""
+    return {
+        "affinity": {"use_clip_attention": clip, "use_dino_attention": dino, "mask": mask},
+        "par": {"enabled": par},
+    }
+
+
 # The spec's Table 3 rows as config overrides of the pseudo labeller. CAM-seed rows are scored
 # before PAR (a [decision]: the paper does not say); "+ PAR" is the full pseudo label.
 TABLE3_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    (
-        "initial CAM",
-        {
-            "affinity": {"use_clip_attention": False, "use_dino_attention": False, "mask": "none"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ CLIP attention (box mask)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": False, "mask": "box"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ DINO attention (box mask)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "box"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ SGC mask",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ PAR (pseudo labels)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
-            "par": {"enabled": True},
-        },
-    ),
+    ("initial CAM", _seed_row(False, False, "none", False)),
+    ("+ CLIP attention (box mask)", _seed_row(True, False, "box", False)),
+    ("+ DINO attention (box mask)", _seed_row(True, True, "box", False)),
+    ("+ SGC mask", _seed_row(True, True, "sgc", False)),
+    ("+ PAR (pseudo labels)", _seed_row(True, True, "sgc", True)),
 )
 
 # The first three seed rows again after PAR (the fourth after PAR is "+ PAR (pseudo labels)").
@@ -76,13 +55,7 @@ AFTER_PAR_ROWS: tuple[tuple[str, dict[str, Any]], ...] = tuple(
 
 # Diagnostic row: attention refinement without any column mask, to show what the masks fix.
 EXTRA_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    (
-        "CLIP+DINO attention, no mask",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "none"},
-            "par": {"enabled": False},
-        },
-    ),
+    ("CLIP+DINO attention, no mask", _seed_row(True, True, "none", False)),
 )
 
 # A row's hook sees (row name, dataset, scored indices, {image id: H x W label map}) and returns
