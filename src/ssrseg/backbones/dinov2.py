@@ -18,6 +18,7 @@ official ``.pth``, transformers and timm layouts).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -62,21 +63,13 @@ def dinov2_config(size: str = "s", registers: bool = False) -> ViTConfig:
     if size not in DINOV2_SIZES:
         raise ValueError(f"DINOv2 size must be one of {sorted(DINOV2_SIZES)}, got {size!r}")
     width, layers, heads = DINOV2_SIZES[size]
-    v1 = dino_vit_s16_config()
-    return ViTConfig(
+    return dataclasses.replace(
+        dino_vit_s16_config(),  # DINO v1's code path and statistics, at DINOv2's shape
         image_size=DINOV2_IMAGE_SIZE,
         patch_size=14,
         width=width,
         layers=layers,
         heads=heads,
-        mlp_ratio=4.0,
-        act="gelu",
-        ln_eps=1e-6,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=v1.mean,
-        std=v1.std,
         layer_scale=True,
         num_registers=DINOV2_REGISTERS if registers else 0,
         pos_antialias=registers,
