@@ -10,7 +10,7 @@ see it fail (it cannot pass by reading nothing).
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,13 +115,25 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module}: its package {key!r} has no layer in LAYERS; add it there")
 
 
-def upward_imports(table: Mapping[str, Iterable[Import]]) -> list[str]:
+def offences(
+    table: Mapping[str, Iterable[Import]],
+    bad: Callable[[str, Import], bool],
+    why: Callable[[str, Import], str],
+) -> list[str]:
+    """One line per import of ``table`` that is ``bad``: where, what, and ``why``."""
     return sorted(
-        f"{mod}:{imp.line} imports {imp.target} (layer {LAYERS[layer_of(imp.target)]} is above "
-        f"{LAYERS[layer_of(mod)]})"
+        f"{mod}:{imp.line} imports {imp.target} {why(mod, imp)}"
         for mod, imports in table.items()
         for imp in imports
-        if layer_of(imp.target) < layer_of(mod)
+        if bad(mod, imp)
+    )
+
+
+def upward_imports(table: Mapping[str, Iterable[Import]]) -> list[str]:
+    return offences(
+        table,
+        lambda mod, imp: layer_of(imp.target) < layer_of(mod),
+        lambda mod, imp: f"(layer {LAYERS[layer_of(imp.target)]} is above {LAYERS[layer_of(mod)]})",
     )
 
 
@@ -162,12 +174,13 @@ def circles(table: Mapping[str, Iterable[Import]]) -> list[list[str]]:
 
 
 def unexplained_local_imports(table: Mapping[str, Iterable[Import]]) -> list[str]:
-    return sorted(
-        f"{mod}:{imp.line} imports {imp.target} inside a function without a "
-        f"'{LAZY_MARKER} <why>' comment (move it to the top of the module)"
-        for mod, imports in table.items()
-        for imp in imports
-        if imp.local and not imp.reason
+    return offences(
+        table,
+        lambda mod, imp: imp.local and not imp.reason,
+        lambda mod, imp: (
+            f"inside a function without a '{LAZY_MARKER} <why>' comment "
+            "(move it to the top of the module)"
+        ),
     )
 
 
