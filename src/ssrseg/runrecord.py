@@ -29,6 +29,8 @@ NOT_COMPARED: tuple[str, ...] = (
     "config.train.output_dir",
     "config.train.tensorboard",
     "config.train.log_every",
+    "options.max_steps",
+    "options.device",
 )
 DEFAULT_HINT = (
     "Use another --out, rerun with the same settings to resume, or pass --overwrite to redo "

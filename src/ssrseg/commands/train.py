@@ -95,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.output_dir:
         resumed = Path(args.resume)
         run_dir = resumed if not resumed.name.startswith("ckpt_") else resumed.parent
+    # config.yaml and run.json record where the run really lives
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
     # a run folder holds one configuration: refuse another before anything is built
-    options = {"command": "train"}
+    options: dict[str, Any] = {"command": "train"}
     check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
     device = resolve_device(args.device) if args.device else None
     if args.resume:
@@ -111,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     ctx = setup(device)
     try:
         if ctx.is_main:
+            # how far this call goes and where it runs: recorded, not compared
+            options.update(max_steps=args.max_steps, device=str(ctx.device))
             prepare_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
         step = run_training(cfg, ctx, run_dir, args.resume, args.max_steps)
     finally:

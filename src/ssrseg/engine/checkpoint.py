@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ssrseg.atomic import atomic_dir, atomic_write_text
+from ssrseg.backbones.weights import content_digest, local_file
 from ssrseg.config import SSRConfig, config_from_dict, config_to_dict
 
 MODEL_FILE = "model.safetensors"
@@ -96,11 +98,11 @@ def save_checkpoint(
         # a temporary folder renamed into place, with the permissions of a plain mkdir
         with atomic_dir(final) as tmp:
             writing = final / MODEL_FILE
-            save_file(
+            blob = save(
                 {k: v.detach().contiguous().cpu() for k, v in weights.items()},
-                str(tmp / MODEL_FILE),
                 metadata={"format": "ssrseg-trainable", "step": str(step)},
             )
+            (tmp / MODEL_FILE).write_bytes(canonical_safetensors(blob))
             writing = final / OPTIM_FILE
             torch.save(optimizer_state, tmp / OPTIM_FILE)
             writing = final / STATE_FILE
@@ -127,6 +129,19 @@ def save_checkpoint(
             if old_ckpt != final:
                 shutil.rmtree(old_ckpt)
     return final
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (safetensors writes them in
+    hash-map order, so two saves of equal tensors differ in bytes); tensor data is untouched.
+
+    Layout: 8-byte little-endian header length, the JSON header (space-padded to 8 bytes), data.
+    """
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + length :]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -216,12 +231,43 @@ def checkpoint_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(ckpt.resolve()), "step": read_state(ckpt).step}
 
 
-def _same_backbone(a: str, b: str) -> bool:
-    """Registry names compare as text; two paths to one file are the same backbone."""
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+BACKBONES = ("clip", "dino")
+
+
+def backbone_identity(cfg: SSRConfig) -> dict[str, dict[str, str | None]]:
+    """What identifies each frozen backbone a run uses: its spec and the sha256 of its weight
+    file (None where the file is not on this machine, e.g. a hub id not yet downloaded)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for name in BACKBONES:
+        spec = getattr(cfg.backbone, name)
+        path = local_file(spec)
+        out[name] = {"spec": spec, "sha256": content_digest(path) if path else None}
+    return out
+
+
+def _backbone_problem(name: str, saved_spec: str, saved_hash: str | None, spec: str) -> str | None:
+    """Why the job's ``backbone.<name>=spec`` is not the backbone a checkpoint was trained on, or
+    None when it is: the files' contents decide (the checkpoint's recorded hash, else the file
+    its spec names here); names decide only where no file is at hand."""
+    path = local_file(spec)
+    digest = content_digest(path) if path else None
+    if saved_hash is None:
+        saved_path = local_file(saved_spec)
+        saved_hash = content_digest(saved_path) if saved_path else None
+    if digest is not None and saved_hash is not None:
+        if digest == saved_hash:
+            return None
+        return (
+            f"backbone.{name} differs: it was trained on {saved_spec!r} (sha256 "
+            f"{saved_hash[:12]}) but this job's backbone.{name}={spec!r} is {path} (sha256 "
+            f"{digest[:12]})"
+        )
+    if saved_spec == spec:
+        return None
+    return (
+        f"backbone.{name} differs: it was trained on {saved_spec!r} but this job uses "
+        f"backbone.{name}={spec!r}"
+    )
 
 
 def check_compatible(
@@ -242,11 +288,15 @@ def check_compatible(
     state = read_state(ckpt)
     saved = read_config(ckpt, state)
     problems = []
-    if cfg is not None and not _same_backbone(saved.backbone.clip, cfg.backbone.clip):
-        problems.append(
-            f"it was trained on CLIP {saved.backbone.clip!r} but this job uses "
-            f"backbone.clip={cfg.backbone.clip!r}"
+    if cfg is not None:
+        recorded = state.extra.get("backbones") or {}
+        # the CLIP decides (the heads read its features); a swapped DINO only refines labels
+        clip = recorded.get("clip") or {}
+        problem = _backbone_problem(
+            "clip", saved.backbone.clip, clip.get("sha256"), cfg.backbone.clip
         )
+        if problem:
+            problems.append(problem)
     if num_classes is not None and state.num_classes != num_classes:
         problems.append(
             f"it has {state.num_classes} classes (background included) but the dataset has "
