@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -146,6 +147,20 @@ def param_groups(model: SSRModel, cfg: SSRConfig) -> list[dict[str, Any]]:
     for g in groups:
         g["lr"] = g["base_lr"]
     return groups
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, cpus: int) -> int:
+    """``data.num_workers`` capped at the machine's cores: more workers than cores only add
+    processes that wait (a preset's 4 on a 2-core machine gives 2). Data order and
+    augmentation do not depend on the worker count (seeds come from the sampler)."""
+    return max(0, min(requested, cpus))
 
 
 def _schedule(config: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +340,7 @@ class Trainer:
         loader = DataLoader(
             TrainItems(self.train_set, self.cfg, with_sp),
             batch_sampler=sampler,
-            num_workers=d.num_workers,
+            num_workers=loader_workers(d.num_workers, available_cpus()),
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             # own generator: creating the iterator must not draw from the global torch RNG

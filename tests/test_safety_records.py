@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
+sys.path.insert(0, str(Path(__file__).parent / "model"))
 from tests_model_fakes import (  # one_thread: autouse fixture
     TinySegDataset,
     one_thread,  # noqa: F401
