@@ -106,9 +106,29 @@ def read_record(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RunMismatchError(f"{path}: unreadable run record ({exc})") from None
-    if not isinstance(data, dict):
-        raise RunMismatchError(f"{path}: not a run record")
+    problem = record_problem(data)
+    if problem:
+        raise RunMismatchError(
+            f"{path}: {problem}; the file was damaged or edited: restore it, or pass "
+            "--overwrite to redo the folder"
+        )
     return data
+
+
+def record_problem(data: Any) -> str | None:
+    """What is wrong with a parsed run record (None when nothing is)."""
+    if not isinstance(data, dict):
+        return "not a run record (expected a JSON object)"
+    unknown = sorted(set(data) - {"version", "config", "options", "done"})
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    version = data.get("version")
+    if version != RECORD_VERSION:
+        return f"version must be {RECORD_VERSION}, got {version!r}"
+    for name in ("config", "options"):
+        if not isinstance(data.get(name), dict):
+            return f"field {name!r} must be an object, got {data.get(name)!r:.60}"
+    return None
 
 
 def check_output(

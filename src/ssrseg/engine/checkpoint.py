@@ -166,7 +166,15 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         return p
     last = p / LAST_FILE
     if last.is_file():
-        target = p / last.read_text().strip()
+        name = last.read_text(errors="replace").strip()
+        suffix = name[len("ckpt_") :]
+        if not (name.startswith("ckpt_") and suffix.isdigit()):
+            # only a checkpoint folder of this run: the file could name any path
+            raise CheckpointError(
+                f"{last}: names {name[:60]!r}, not a ckpt_<step> folder of this run; write the "
+                "newest ckpt_<step> folder's name into it"
+            )
+        target = p / name
         if not (target / STATE_FILE).is_file():
             raise CheckpointError(f"{last}: points to {target}, which is not a checkpoint")
         return target
@@ -176,12 +184,80 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def read_state(ckpt: Path) -> TrainState:
+    """``state.json`` with every field checked (type and range), so a damaged or hand-edited
+    file is one line naming the field, never a traceback later in a resume."""
     path = ckpt / STATE_FILE
     try:
         data = json.loads(path.read_text())
-        return TrainState(**data)
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated state file ({exc})") from None
+    problem = state_problem(data)
+    if problem:
+        raise CheckpointError(
+            f"{path}: {problem}; the file was damaged or edited: resume from another checkpoint "
+            "of the run (or retrain)"
+        )
+    return TrainState(**data)
+
+
+RNG_KEYS = ("python", "numpy", "torch")
+
+
+def state_problem(data: Any) -> str | None:
+    """What is wrong with a parsed ``state.json`` (None when nothing is)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    fields = {"step", "config", "num_classes", "rng", "extra"}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    missing = sorted({"step", "config", "num_classes"} - set(data))
+    if missing:
+        return f"missing field(s) {missing}"
+    checks: list[tuple[str, bool, str]] = [
+        ("step", _is_int(data["step"]) and data["step"] >= 0, "an integer >= 0"),
+        ("config", isinstance(data["config"], dict), "an object (the resolved config)"),
+        (
+            "num_classes",
+            _is_int(data["num_classes"]) and data["num_classes"] >= 2,
+            "an integer >= 2",
+        ),
+        ("rng", isinstance(data.get("rng", []), list), "a list (one entry per rank)"),
+        ("extra", isinstance(data.get("extra", {}), dict), "an object"),
+    ]
+    for name, ok, want in checks:
+        if not ok:
+            return f"field {name!r} must be {want}, got {data[name]!r:.60}"
+    for rank, entry in enumerate(data.get("rng", [])):
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), list) for k in RNG_KEYS):
+            return f"rng[{rank}] must hold the lists {list(RNG_KEYS)}"
+    extra = data.get("extra", {})
+    for rank, entry in (
+        enumerate(extra.get("log", [])) if isinstance(extra.get("log"), list) else []
+    ):
+        sums = entry.get("sums") if isinstance(entry, dict) else None
+        if not (
+            isinstance(sums, dict)
+            and all(isinstance(v, int | float) for v in sums.values())
+            and _is_int(entry.get("count"))
+            and entry["count"] >= 0
+        ):
+            return f"extra.log[{rank}] must be {{'sums': {{name: number}}, 'count': int >= 0}}"
+    if "log" in extra and not isinstance(extra["log"], list):
+        return "extra.log must be a list (one entry per rank)"
+    backbones = extra.get("backbones", {})
+    if not isinstance(backbones, dict) or any(
+        not isinstance(v, dict)
+        or not isinstance(v.get("spec"), str)
+        or not (v.get("sha256") is None or isinstance(v.get("sha256"), str))
+        for v in backbones.values()
+    ):
+        return "extra.backbones must map a backbone to {'spec': str, 'sha256': str | null}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
