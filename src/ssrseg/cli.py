@@ -76,6 +76,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.data.base", "BadInputError"),
     ("ssrseg.commands.common", "DeviceError"),
     ("ssrseg.commands.common", "DependencyError"),
+    ("ssrseg.commands.common", "OutputError"),
     ("ssrseg.cam.prompts", "PromptError"),
     ("ssrseg.commands.toy", "ToyCommandError"),
     ("ssrseg.commands.predict", "InputListError"),

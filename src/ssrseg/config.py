@@ -235,6 +235,7 @@ class DataConfig:
     train_split: str = "train_aug"  # [WeCLIP] 10,582 images
     val_split: str = "val"  # [paper]
     tag_file: str | None = None  # [decision] image_id -> class names; None: from annotations
+    classes: str | None = None  # [decision] class-name file of a folder dataset (None: its own)
     crop_size: int = 320  # [WeCLIP]
     scale_range: tuple[float, float] = (0.5, 2.0)  # [WeCLIP]
     hflip: bool = True  # [WeCLIP]
@@ -645,6 +646,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data.train_split": NON_EMPTY,
     "data.val_split": ANY_TEXT,  # empty: no validation split
     "data.tag_file": NON_EMPTY,
+    "data.classes": NON_EMPTY,
     "data.crop_size": at_least(1),
     "data.scale_range": Rule(
         lambda v: (

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,76 @@ def plain_doc(text: str | None) -> str:
     return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
 
 
+# ----------------------------------------------------------------------------- outputs
+class OutputError(ValueError):
+    """An output location would overwrite or mix with a user's inputs (the message names both
+    and the fix). A ValueError like a bad option: one line, exit 2."""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_overlap(
+    out: str | os.PathLike[str],
+    option: str,
+    folders: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+    files: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+) -> None:
+    """Refuse, before any work, an output that is, holds or lies inside an input folder
+    (``folders``: the dataset root, an input folder, a checkpoint's run folder), or that is or
+    holds an input file (``files``: a tag file, a class file, an input image). Each entry is
+    ``(what it is, path)``; None entries are ignored. Paths are compared resolved (symlinks,
+    ``..``), so another spelling of the same folder is caught."""
+    target = Path(out).expanduser().resolve()
+    fix = f"choose an {option} outside it (e.g. runs/<name>)"
+    for what, raw in folders:
+        if raw is None or str(raw) == "":
+            continue
+        folder = Path(raw).expanduser().resolve()
+        if _inside(target, folder) or _inside(folder, target):
+            relation = (
+                "is" if target == folder else "lies inside" if _inside(target, folder) else "holds"
+            )
+            raise OutputError(
+                f"{option} {out}: {relation} the {what} {raw}; outputs never go into "
+                f"(or around) inputs: {fix}"
+            )
+    for what, raw in files:
+        if raw is None or str(raw) == "":
+            continue
+        file = Path(raw).expanduser().resolve()
+        if _inside(file, target):
+            relation = "is" if file == target else "holds"
+            raise OutputError(f"{option} {out}: {relation} the {what} {raw}; {fix}")
+
+
+def run_folder(checkpoint: str | None) -> Path | None:
+    """The run folder of a checkpoint option (a ``ckpt_<step>`` folder's parent); None for a
+    release name or nothing."""
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    path = Path(checkpoint)
+    return path.parent if path.name.startswith("ckpt_") else path
+
+
+def input_paths(cfg: Any, args: argparse.Namespace) -> dict[str, list[tuple[str, Any]]]:
+    """What a dataset command reads, as :func:`refuse_overlap`'s keyword arguments: the
+    dataset root and the checkpoint's run folder; the tag, class and prompt files."""
+    prompt_file = cfg.prompts.dataset if Path(cfg.prompts.dataset).is_file() else None
+    return {
+        "folders": [
+            ("dataset folder (data.root)", cfg.data.root),
+            ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
+        ],
+        "files": [
+            ("tag file", cfg.data.tag_file),
+            ("class file", getattr(args, "classes", None)),
+            ("prompt file", prompt_file),
+        ],
+    }
+
+
 # ----------------------------------------------------------------------------- datasets
 # ssrseg.data.DATASETS, repeated so that building the parser does not import torch
 DATASETS = ("voc", "coco", "folder", "toy")
@@ -150,6 +221,22 @@ def add_dataset_args(
         )
 
 
+JOB_GROUP = "job (the same options in every command that reads a dataset and writes outputs)"
+
+
+def add_job_args(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """``--overwrite --allow-skipped --no-progress``: how a job treats finished outputs, bad
+    inputs and the terminal, the same in every command."""
+    g = parser.add_argument_group(JOB_GROUP)
+    g.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    g.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even if bad images were skipped (data.allow_skipped)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def apply_dataset_args(cfg: Any, args: argparse.Namespace) -> Any:
     """``cfg`` with the dataset options applied to ``data.*`` (checked like any config).
 
@@ -161,7 +248,12 @@ def apply_dataset_args(cfg: Any, args: argparse.Namespace) -> Any:
 
     changes = {
         key: getattr(args, opt)
-        for opt, key in (("dataset", "dataset"), ("root", "root"), ("tag_file", "tag_file"))
+        for opt, key in (
+            ("dataset", "dataset"),
+            ("root", "root"),
+            ("tag_file", "tag_file"),
+            ("classes", "classes"),
+        )
         if getattr(args, opt, None) is not None
     }
     if not changes:

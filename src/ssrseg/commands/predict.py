@@ -18,8 +18,10 @@ from ssrseg.commands.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    refuse_overlap,
     require_crf,
     resolve_device,
+    run_folder,
 )
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
@@ -167,9 +169,14 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
 
 
 def write_outputs(
-    paths: dict[str, Path], image: np.ndarray, mask: np.ndarray, palette: np.ndarray
+    paths: dict[str, Path],
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: np.ndarray,
+    text: dict[str, str] | None = None,
 ) -> None:
-    """Mask PNG (last, so its presence means the image is done), overlay and panel."""
+    """Mask PNG (last, so its presence means the image is done; ``text``: its PNG text chunks,
+    the job stamp), overlay and panel."""
     from ssrseg.viz import save_label_png, save_panel
 
     colours = palette[mask]
@@ -181,7 +188,7 @@ def write_outputs(
             paths["panel"],
             [("image", image), ("prediction", colours), ("overlay", blend(image, colours))],
         )
-    save_label_png(paths["mask"], mask, palette)
+    save_label_png(paths["mask"], mask, palette, text)
 
 
 # ------------------------------------------------------------------------------- run
@@ -243,12 +250,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssrseg.data.base import BadInputError, SkipLog, read_image
-    from ssrseg.runrecord import check_output, prepare_output
+    from ssrseg.runrecord import STAMP_KEY, check_output, job_stamp, prepare_output, written_by
 
     out = Path(args.out)
     items = collect_inputs(args.inputs)
     if not items:
         raise InputListError(f"no images found in {' '.join(args.inputs)}")
+    # before any work: the outputs must not land among the inputs (or replace them)
+    given = [Path(raw) for raw in args.inputs]
+    folders: list[tuple[str, Path | None]] = [("input folder", p) for p in given if p.is_dir()]
+    folders.append(("checkpoint's run folder", run_folder(args.checkpoint)))
+    files = [("input list", p) for p in given if p.is_file() and p.suffix.lower() == ".txt"]
+    files += [("input image", it.path) for it in items]  # --out may not hold any of them
+    refuse_overlap(out, "--out", folders, files)
     # the record (checkpoint config with this command's inference settings) is checked
     # before the model is loaded
     saved, identity = describe_checkpoint(args.checkpoint)
@@ -260,10 +274,15 @@ def run(args: argparse.Namespace) -> int:
     check_output(out, cfg, options, overwrite=args.overwrite, command=name)
     segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
     segmenter.infer = cfg.infer
-    prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    record = prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    stamp = job_stamp(record)
+
+    def finished(paths: dict[str, Path]) -> bool:
+        # the mask, written last, carries the job's stamp: "done" is "written by this job"
+        return written_by(paths["mask"], stamp) and all(v.is_file() for v in paths.values())
 
     jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
-    todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]
+    todo = [(it, p) for it, p in jobs if args.overwrite or not finished(p)]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} images already done, skipping them")
     skip_log = SkipLog()
@@ -272,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     def flush() -> None:
         masks = segmenter.predict_batch([image for image, _ in batch])
         for (image, paths), mask in zip(batch, masks, strict=True):
-            write_outputs(paths, image, mask, segmenter.palette)
+            write_outputs(paths, image, mask, segmenter.palette, {STAMP_KEY: stamp})
         batch.clear()
 
     for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
@@ -665,19 +666,30 @@ def run_training(
     run_dir: str | Path,
     resume: str | Path | None = None,
     stop_after: int | None = None,
+    progress: bool = True,
 ) -> int:
-    """Build datasets and the model from ``cfg`` and train; returns the step reached."""
+    """Build datasets and the model from ``cfg`` and train; returns the step reached
+    (``progress``: the training bar)."""
     from ssrseg.data import build_dataset
     from ssrseg.data.base import BadInputError
     from ssrseg.model.ssr import build_ssr_model
 
     d = cfg.data
-    train_set = build_dataset(d.dataset, d.root, d.train_split, d.tag_file, require_labels=True)
+    train_set = build_dataset(
+        d.dataset, d.root, d.train_split, d.tag_file, d.classes, require_labels=True
+    )
+    # the prompts must name the dataset's classes (by name: a count alone lets one class's
+    # pixels be labelled with another's prompt), with their background words, before any work
+    p = cfg.prompts
+    prompts = prompts_from_config(
+        p.dataset, p.template, p.background_words, p.use_background_words, data_root=d.root
+    )
+    check_prompt_classes(prompts, train_set.class_names, p.dataset, f"{d.dataset} at {d.root}")
     val_set = None
     if cfg.train.val_every > 0 and d.val_split:
         try:
             val_set = build_dataset(
-                d.dataset, d.root, d.val_split, d.tag_file, require_labels=False
+                d.dataset, d.root, d.val_split, d.tag_file, d.classes, require_labels=False
             )
         except BadInputError as exc:
             if ctx.is_main:
@@ -687,7 +699,7 @@ def run_training(
     # checkpoint's generators) for data order and dropout.
     seed_everything(cfg.train.seed)
     model = build_ssr_model(cfg, train_set.num_classes, ctx.device)
-    trainer = Trainer(cfg, model, train_set, run_dir, ctx, val_set)
+    trainer = Trainer(cfg, model, train_set, run_dir, ctx, val_set, progress=progress)
     step = trainer.fit(resume, stop_after)
     if trainer.skipped and not d.allow_skipped:
         return -1
