@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict_cli import CountingNet, fake_model, predict, save_image  # noqa: F401
 
 from cli_fakes import write_cli_world
 from ssrseg.cli import main
 from ssrseg.runrecord import STAMP_KEY, file_stamp
+from test_predict_cli import CountingNet, fake_model, predict, save_image  # noqa: F401
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -47,6 +47,17 @@ def _float_within(lo: float, hi: float = math.inf, lo_open: bool = True) -> Call
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, 0 .. 2**32 - 1 (what NumPy's generators accept)."""
+    value = non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {value}")
+    return value
+
+
+seed_int.__name__ = "seed (integer 0 .. 2**32 - 1)"
 positive_float = _float_within(0.0)
 unit_float = _float_within(0.0, 1.0, lo_open=False)  # a number in [0, 1]
 
@@ -219,6 +230,37 @@ def add_dataset_args(
             default=None,
             help="class-name file of a folder dataset (default: ROOT/classes.txt)",
         )
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # key.path=value (a dotted key first)
+
+
+def split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Positional tokens -> (the others, the ``key.path=value`` overrides): a command whose
+    positionals are paths takes overrides among them, as the docs say every command does."""
+    overrides = [t for t in tokens if OVERRIDE.match(t)]
+    return [t for t in tokens if not OVERRIDE.match(t)], overrides
+
+
+def with_overrides(
+    cfg: Any, overrides: list[str], sections: tuple[str, ...] | None = None, where: str = ""
+) -> Any:
+    """``cfg`` with ``key.path=value`` overrides applied and validated; ``sections``: the only
+    top-level sections this command may change (others are refused in one line)."""
+    from ssrseg.config import ConfigError, merge_values, parse_overrides, validate_config
+
+    if not overrides:
+        return cfg
+    values = parse_overrides(overrides)
+    if sections is not None:
+        other = sorted(set(values) - set(sections))
+        if other:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise ConfigError(
+                f"override {other[0]}.*: {where} takes {allowed} overrides only (the rest of "
+                "the configuration comes from the checkpoint)"
+            )
+    return validate_config(merge_values(cfg, values))
 
 
 JOB_GROUP = "job (the same options in every command that reads a dataset and writes outputs)"

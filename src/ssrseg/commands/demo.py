@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from ssrseg.commands.common import positive_int, resolve_device, seed_int
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -19,13 +21,17 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="report folder (default: runs/demo)")
     p.add_argument("--config", default=None, help="preset (default: configs/toy.yaml)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in seconds")
-    p.add_argument("--n-train", type=int, default=None, help="rendered training images")
-    p.add_argument("--n-score", type=int, default=None, help="training images scored per row")
-    p.add_argument("--n-val", type=int, default=None, help="held-out (debiased) images")
-    p.add_argument("--iterations", type=int, default=None, help="SSR training iterations")
-    p.add_argument("--gt-iterations", type=int, default=None, help="upper-bound iterations")
+    p.add_argument("--n-train", type=positive_int, default=None, help="rendered training images")
+    p.add_argument(
+        "--n-score", type=positive_int, default=None, help="training images scored per row"
+    )
+    p.add_argument("--n-val", type=positive_int, default=None, help="held-out (debiased) images")
+    p.add_argument("--iterations", type=positive_int, default=None, help="SSR training iterations")
+    p.add_argument(
+        "--gt-iterations", type=positive_int, default=None, help="upper-bound iterations"
+    )
     p.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
-    p.add_argument("--seed", type=int, default=None, help="world and training seed")
+    p.add_argument("--seed", type=seed_int, default=None, help="world and training seed")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
         "--stages",
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.engine.demo import QUICK_PLAN, DemoPlan, run_demo
     from ssrseg.engine.reproduce import ReproduceError
 
+    resolve_device(args.device)  # --device cuda without CUDA: one line before any folder
     plan = QUICK_PLAN if args.quick else DemoPlan()
     changes = {
         field: getattr(args, field)

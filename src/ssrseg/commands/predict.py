@@ -22,6 +22,8 @@ from ssrseg.commands.common import (
     require_crf,
     resolve_device,
     run_folder,
+    split_overrides,
+    with_overrides,
 )
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
@@ -52,7 +54,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         nargs="+",
         metavar="INPUT",
         help="image files, folders (searched recursively) or .txt list files (one image path "
-        "per line, relative to the list file's folder)",
+        "per line, relative to the list file's folder); KEY=VALUE config overrides (infer.*, "
+        "crf.*) may be given among them, e.g. infer.scales=[1.0]",
     )
     p.add_argument(
         "--checkpoint",
@@ -253,6 +256,9 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.runrecord import STAMP_KEY, check_output, job_stamp, prepare_output, written_by
 
     out = Path(args.out)
+    args.inputs, overrides = split_overrides(list(args.inputs))
+    if not args.inputs:
+        raise InputListError("no INPUT given (only KEY=VALUE overrides)")
     items = collect_inputs(args.inputs)
     if not items:
         raise InputListError(f"no images found in {' '.join(args.inputs)}")
@@ -266,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
     # the record (checkpoint config with this command's inference settings) is checked
     # before the model is loaded
     saved, identity = describe_checkpoint(args.checkpoint)
+    # before any work: overrides checked (and applied) first, then the options on top
+    saved = with_overrides(saved, overrides, ("infer", "crf"), "ssrseg predict")
     cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
     if cfg.infer.crf:
         require_crf(cfg.crf)  # fail now, not after the first batch
@@ -273,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     name = "ssrseg predict"
     check_output(out, cfg, options, overwrite=args.overwrite, command=name)
     segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
-    segmenter.infer = cfg.infer
+    segmenter.infer, segmenter.crf_cfg = cfg.infer, cfg.crf
     record = prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
     stamp = job_stamp(record)
 
