@@ -224,3 +224,15 @@ def test_a_prompt_word_outside_a_tiny_vocabulary_is_one_line(
     assert _pseudo(out, overrides, "prompts.background_words=[zebra]") == 2
     line = _one_line(capsys.readouterr().err)
     assert "'zebra'" in line and "prompts.background_words" in line
+
+
+def test_reproduce_refuses_a_run_folder_inside_the_dataset(
+    world: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, _ = world
+    root, out = base / "toy", base / "toy" / "repro"
+    config = Path(__file__).parents[1] / "configs" / "toy.yaml"
+    argv = ["reproduce", "--config", str(config), "--root", str(root), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 2
+    assert "lies inside the dataset folder (data.root)" in _one_line(capsys.readouterr().err)
+    assert not out.exists()

@@ -142,19 +142,22 @@ def refuse_overlap(
     option: str,
     folders: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
     files: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+    *,
+    holds_ok: bool = False,
 ) -> None:
     """Refuse, before any work, an output that is, holds or lies inside an input folder
     (``folders``: the dataset root, an input folder, a checkpoint's run folder), or that is or
     holds an input file (``files``: a tag file, a class file, an input image). Each entry is
     ``(what it is, path)``; None entries are ignored. Paths are compared resolved (symlinks,
-    ``..``), so another spelling of the same folder is caught."""
+    ``..``), so another spelling of the same folder is caught. ``holds_ok``: an output folder
+    may hold an input folder (``reproduce`` renders the toy world into ``OUT/data``)."""
     target = Path(out).expanduser().resolve()
     fix = f"choose an {option} outside it (e.g. runs/<name>)"
     for what, raw in folders:
         if raw is None or str(raw) == "":
             continue
         folder = Path(raw).expanduser().resolve()
-        if _inside(target, folder) or _inside(folder, target):
+        if _inside(target, folder) or (_inside(folder, target) and not holds_ok):
             relation = (
                 "is" if target == folder else "lies inside" if _inside(target, folder) else "holds"
             )
@@ -180,21 +183,23 @@ def run_folder(checkpoint: str | None) -> Path | None:
     return path.parent if path.name.startswith("ckpt_") else path
 
 
-def input_paths(cfg: Any, args: argparse.Namespace) -> dict[str, list[tuple[str, Any]]]:
-    """What a dataset command reads, as :func:`refuse_overlap`'s keyword arguments: the
+Named = list[tuple[str, Any]]  # (what it is, path or None)
+
+
+def input_paths(cfg: Any, args: argparse.Namespace) -> tuple[Named, Named]:
+    """What a dataset command reads, as :func:`refuse_overlap`'s ``(folders, files)``: the
     dataset root and the checkpoint's run folder; the tag, class and prompt files."""
     prompt_file = cfg.prompts.dataset if Path(cfg.prompts.dataset).is_file() else None
-    return {
-        "folders": [
-            ("dataset folder (data.root)", cfg.data.root),
-            ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
-        ],
-        "files": [
-            ("tag file", cfg.data.tag_file),
-            ("class file", getattr(args, "classes", None)),
-            ("prompt file", prompt_file),
-        ],
-    }
+    folders: Named = [
+        ("dataset folder (data.root)", cfg.data.root),
+        ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
+    ]
+    files: Named = [
+        ("tag file", cfg.data.tag_file),
+        ("class file", getattr(args, "classes", None) or cfg.data.classes),
+        ("prompt file", prompt_file),
+    ]
+    return folders, files
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -141,7 +141,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
             file=sys.stderr,
         )
     cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
-    refuse_overlap(args.out, "--out", **input_paths(cfg, args))
+    refuse_overlap(args.out, "--out", *input_paths(cfg, args))
     split = resolve_split(args.split, cfg, "train")
     dataset = build_dataset(
         cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file, class_names=args.classes

@@ -18,7 +18,12 @@ import argparse
 import sys
 from typing import Any
 
-from ssrseg.commands.common import non_negative_int, positive_int, resolve_device
+from ssrseg.commands.common import (
+    non_negative_int,
+    positive_int,
+    refuse_overlap,
+    resolve_device,
+)
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -84,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.root}")
     try:
         cfg = load_config(args.config, overrides)
+        # the run folder may hold the dataset (the toy world is rendered into OUT/data) but
+        # never be it or lie inside it
+        refuse_overlap(args.out, "--out", [("dataset folder (data.root)", cfg.data.root)],
+                       holds_ok=True)  # fmt: skip
         plan = ReproducePlan(
             stages=_names(args.stages),
             redo=_names(args.redo) or (),

@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_skipped:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, allow_skipped=True))
     # the run folder is the output: never the dataset or around it, never a tag / class file
-    paths = input_paths(cfg, args)
-    paths["folders"] = paths["folders"][:1]  # its own checkpoint (--resume) is no input here
-    refuse_overlap(run_dir, "--output-dir", **paths)
+    folders, files = input_paths(cfg, args)
+    # its own checkpoint (--resume) is no input here: only the dataset folder
+    refuse_overlap(run_dir, "--output-dir", folders[:1], files)
     # a run folder holds one configuration: refuse another before anything is built
     options: dict[str, Any] = {"command": "train"}
     overwrite = bool(args.overwrite) and not args.resume
