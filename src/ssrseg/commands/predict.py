@@ -1,8 +1,9 @@
 """``ssrseg predict``: segment image files, folders or list files with a trained checkpoint.
 
 Writes ``OUT/<name>.png`` (palette PNG: 0 background, c + 1 class c), optionally
-``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images whose outputs exist are
-skipped (resumable); unreadable images are skipped and listed at the end.
+``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images this job already wrote (their
+mask carries the job's stamp) are skipped (resumable); unreadable images are skipped and listed
+at the end. ``--out`` may not be or hold an input, nor be, hold or lie inside an input folder.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     description = (
         "Segment images with a trained checkpoint. Writes OUT/<name>.png (palette PNG: 0 "
         "background, c + 1 class c), optionally OUT/overlays/<name>.jpg and "
-        "OUT/panels/<name>.png. Images whose outputs exist are skipped (resumable); unreadable "
+        "OUT/panels/<name>.png. Images this job already wrote are skipped (resumable); unreadable "
         "images are skipped and listed at the end (exit 3 unless --allow-skipped)."
     )
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
@@ -82,7 +83,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--batch-size", type=positive_int, help="images per forward (same-size images only)"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo every image, also those this job wrote"
+    )
     p.add_argument(
         "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
     )
