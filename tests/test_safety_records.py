@@ -15,6 +15,8 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent / "model"))
+sys.path.insert(0, str(Path(__file__).parent / "engine"))
+from test_train import FAST  # the trainer tests' small, fast settings
 from tests_model_fakes import (  # one_thread: autouse fixture
     TinySegDataset,
     one_thread,  # noqa: F401
@@ -36,16 +38,6 @@ from ssrseg.engine.checkpoint import (
 )
 from ssrseg.engine.train import Trainer
 
-FAST = {
-    "data__crop_size": 32,
-    "data__num_workers": 0,
-    "data__scale_range": "[0.75, 1.25]",
-    "train__batch_size": 2,
-    "train__val_every": 0,
-    "cmpa__refresh_every": 2,
-    "affinity__mask": "none",
-}
-
 
 def _metrics(run: Path) -> list[dict[str, object]]:
     """metrics.jsonl less the wall-clock rate (the only field a rerun cannot repeat)."""
@@ -56,7 +48,9 @@ def _metrics(run: Path) -> list[dict[str, object]]:
 def test_metrics_after_resume_off_the_log_grid_equal_an_uninterrupted_run(tmp_path: Path) -> None:
     # log every 2 steps, stopped (and checkpointed) at step 3: the step-4 line must average
     # steps 3 and 4, as in the uninterrupted run, and the early stop's line must go
-    cfg = tiny_config(**FAST, train__iterations=6, train__ckpt_every=3, train__log_every=2)
+    cfg = tiny_config(
+        **{**FAST, "train__iterations": 6, "train__ckpt_every": 3, "train__log_every": 2}
+    )
     Trainer(cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path / "a", progress=False).fit()
     first = Trainer(cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path / "b", progress=False)
     first.fit(stop_after=3)
@@ -71,7 +65,7 @@ def test_metrics_after_resume_off_the_log_grid_equal_an_uninterrupted_run(tmp_pa
 
 
 def test_identical_runs_write_identical_weight_files(tmp_path: Path) -> None:
-    cfg = tiny_config(**FAST, train__iterations=2, train__ckpt_every=2, train__log_every=1)
+    cfg = tiny_config(**{**FAST, "train__iterations": 2, "train__ckpt_every": 2})
     for name in ("a", "b"):
         Trainer(
             cfg, tiny_ssr_model(cfg, 0), TinySegDataset(), tmp_path / name, progress=False
