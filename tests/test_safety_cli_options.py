@@ -233,3 +233,19 @@ def test_an_error_under_a_progress_bar_starts_its_own_line(
     assert main(["pseudo-labels", "--out", "o"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("ssrseg pseudo-labels: error: No space left on device (out/x.png)")
+
+
+@pytest.mark.slow
+def test_reproduce_no_progress_silences_the_training_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
+
+    make_fake_voc(tmp_path / "data")
+    clip, dino = write_weights(tmp_path)
+    argv = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"), "--out",
+            str(tmp_path / "run"), "--stages", "train", "--crf", "off", "--device", "cpu"]  # fmt: skip
+    overrides = tiny_overrides(clip, dino, tmp_path / "data")
+    assert main([*argv, "--no-progress", *overrides]) == 0
+    assert "train:" not in capsys.readouterr().err  # tqdm's "train: 100%|..." bar
+    assert (tmp_path / "run" / "train" / "last").is_file()
