@@ -243,8 +243,9 @@ def test_reproduce_no_progress_silences_the_training_bar(
 
     make_fake_voc(tmp_path / "data")
     clip, dino = write_weights(tmp_path)
-    argv = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"), "--out",
-            str(tmp_path / "run"), "--stages", "train", "--crf", "off", "--device", "cpu"]  # fmt: skip
+    config, out = REPO / "configs" / "voc.yaml", tmp_path / "run"
+    argv = ["reproduce", "--config", str(config), "--out", str(out), "--stages", "train",
+            "--crf", "off", "--device", "cpu"]  # fmt: skip
     overrides = tiny_overrides(clip, dino, tmp_path / "data")
     assert main([*argv, "--no-progress", *overrides]) == 0
     assert "train:" not in capsys.readouterr().err  # tqdm's "train: 100%|..." bar
