@@ -157,3 +157,29 @@ def test_backbone_check_on_an_old_checkpoint_resolves_its_name(tmp_path: Path) -
     save_checkpoint(tmp_path / "run", 3, {}, {}, state_from(3, cfg, 3, [rng_state()]))
     toy = package_path(REGISTRY["toy_clip"])
     check_compatible(tmp_path / "run", load_config(None, [f"backbone.clip={toy}"]), 3)
+
+
+@pytest.mark.slow
+def test_train_overwrite_starts_afresh_and_keeps_other_files(tmp_path: Path) -> None:
+    cfg_path = write_tiny_world(tmp_path / "world")
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(cfg_path), "--device", "cpu", "--output-dir", str(run)]
+    assert main([*argv, "--max-steps", "2", "train.lr=0.5", "train.ckpt_every=1"]) == 0
+    (run / "notes.txt").write_text("mine")
+    assert main([*argv, "--max-steps", "1"]) == 2  # another config: refused
+    assert main([*argv, "--max-steps", "1", "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_1"]  # ckpt_2 of the old run gone
+    assert (run / "notes.txt").read_text() == "mine"
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["train"]["lr"] == 0.001
+
+
+def test_train_takes_the_class_file_of_a_folder_dataset(tmp_path: Path) -> None:
+    from ssrseg.cli import _parse, build_parser
+    from ssrseg.commands.common import apply_dataset_args
+
+    classes = tmp_path / "mine.txt"
+    argv = ["train", "--dataset", "folder", "--root", str(tmp_path), "--classes", str(classes)]
+    args = _parse(build_parser(), argv)
+    cfg = apply_dataset_args(load_config(None, []), args)
+    assert cfg.data.classes == str(classes) and cfg.prompts.dataset == str(classes)
