@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+from ssrseg.atomic import atomic_path
 
 PaletteLike = str | np.ndarray
 
@@ -107,10 +110,6 @@ def _as_rgb(item: np.ndarray, pal: PaletteLike) -> np.ndarray:
 def _atomic_save(
     img: Image.Image, path: str | os.PathLike[str], text: dict[str, str] | None = None
 ) -> Path:
-    from PIL.PngImagePlugin import PngInfo
-
-    from ssrseg.atomic import atomic_path
-
     info = None
     if text:
         info = PngInfo()

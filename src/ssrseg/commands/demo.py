@@ -8,6 +8,9 @@ from typing import Any
 
 from ssrseg.commands.common import positive_int, resolve_device, seed_int
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -46,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ssrseg.config import ConfigError
-    from ssrseg.engine.demo import QUICK_PLAN, DemoPlan, run_demo
-    from ssrseg.engine.reproduce import ReproduceError
+    from ssrseg.protocol.demo import QUICK_PLAN, DemoPlan, run_demo
+    from ssrseg.protocol.plan import ReproduceError
 
     resolve_device(args.device)  # --device cuda without CUDA: one line before any folder
     plan = QUICK_PLAN if args.quick else DemoPlan()

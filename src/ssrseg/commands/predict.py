@@ -26,6 +26,10 @@ from ssrseg.commands.common import (
     split_overrides,
     with_overrides,
 )
+from ssrseg.errors import BadInputError
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
@@ -255,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.data.base import SkipLog, read_image
     from ssrseg.runrecord import STAMP_KEY, check_output, job_stamp, prepare_output, written_by
 
     out = Path(args.out)

@@ -25,6 +25,9 @@ from ssrseg.commands.common import (
     resolve_device,
 )
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -81,7 +84,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ssrseg.config import ConfigError, load_config
-    from ssrseg.engine.reproduce import ReproduceError, ReproducePlan, run_reproduce
+    from ssrseg.protocol.plan import ReproduceError, ReproducePlan
+    from ssrseg.protocol.reproduce import run_reproduce
 
     resolve_device(args.device)  # --device cuda without CUDA: one line before any stage folder
     overrides = list(args.overrides)

@@ -30,6 +30,9 @@ from ssrseg.commands.common import (
 )
 from ssrseg.toy import POOLS
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
 TRAINERS: dict[str, tuple[str, float, int]] = {

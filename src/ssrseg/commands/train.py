@@ -15,11 +15,17 @@ from typing import Any
 from ssrseg.commands.common import (
     add_dataset_args,
     add_job_args,
+    apply_dataset_args,
     input_paths,
     plain_doc,
     positive_int,
     refuse_overlap,
+    resolve_device,
+    resolve_split,
 )
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
@@ -87,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from ssrseg.commands.common import apply_dataset_args, resolve_device, resolve_split
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import (
         LAST_FILE,
