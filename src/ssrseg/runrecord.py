@@ -160,7 +160,7 @@ def record_problem(data: Any) -> str | None:
     """What is wrong with a parsed run record (None when nothing is)."""
     if not isinstance(data, dict):
         return "not a run record (expected a JSON object)"
-    unknown = sorted(set(data) - {"version", "config", "options", "done"})
+    unknown = sorted(set(data) - {"version", "config", "options"})
     if unknown:
         return f"unknown field(s) {unknown}"
     version = data.get("version")
