@@ -236,3 +236,21 @@ def test_reproduce_refuses_a_run_folder_inside_the_dataset(
     assert main([*argv, "--device", "cpu", "--no-progress"]) == 2
     assert "lies inside the dataset folder (data.root)" in _one_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--out", "--save-pred"])
+def test_evaluate_writes_nothing_into_the_dataset(
+    world: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    base, _ = world
+    root = base / "toy"
+    before = _digest(root)
+    target = root / ("metrics.json" if option == "--out" else "SegmentationClass")
+    argv = ["evaluate", "--pred", str(root / "SegmentationClass"), "--dataset", "toy", "--root",
+            str(root), "--split", "train", option, str(target), "--no-progress"]  # fmt: skip
+    if option == "--save-pred":
+        argv += ["--checkpoint", str(tmp_path / "no_run")]
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert option in line and "dataset folder (data.root)" in line
+    assert _digest(root) == before
