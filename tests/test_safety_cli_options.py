@@ -250,3 +250,19 @@ def test_reproduce_no_progress_silences_the_training_bar(
     assert main([*argv, "--no-progress", *overrides]) == 0
     assert "train:" not in capsys.readouterr().err  # tqdm's "train: 100%|..." bar
     assert (tmp_path / "run" / "train" / "last").is_file()
+
+
+def test_demo_no_progress_reaches_the_reproduce_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssrseg.protocol.demo as demo
+
+    seen = {}
+
+    def fake_run_demo(out: str, plan: demo.DemoPlan, *args: object) -> None:
+        _, rplan = demo.demo_setup(out, plan, None, [], "cpu", None)
+        seen["progress"] = rplan.progress
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert seen == {"progress": False}

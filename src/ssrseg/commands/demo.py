@@ -34,6 +34,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--gt-iterations", type=positive_int, default=None, help="upper-bound iterations"
     )
     p.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--seed", type=seed_int, default=None, help="world and training seed")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument(
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.no_crf:
         changes["crf"] = False
+    if args.no_progress:
+        changes["progress"] = False
     plan = dataclasses.replace(plan, **changes)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     try:

@@ -43,6 +43,7 @@ class DemoPlan:
     variants: tuple[str, ...] = ("dino_branch+kmeans",)
     variant_iterations: int = 0  # 0: the same as `iterations` (then the plain run is the reference)
     grouping_images: int = 64  # `val` scenes of the attention grouping table (0: none)
+    progress: bool = True  # progress bars (the stages' and the training's)
 
 
 QUICK_PLAN = DemoPlan(
@@ -106,6 +107,7 @@ def demo_setup(
         variants=tuple(plan.variants),
         variant_iterations=plan.variant_iterations,
         grouping_images=plan.grouping_images,
+        progress=plan.progress,
         title="SSR on the toy world",
     )
     return cfg, rplan
