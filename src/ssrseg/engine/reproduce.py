@@ -15,6 +15,10 @@ Stages, in order (each writes ``OUT/<stage>/`` with a ``stage.json``):
   split is present (with and without CRF: two archives);
 - ``fully_supervised`` (toy world only): the same decoder on ground-truth masks, evaluated
   like ``eval`` (the denominator of the share of fully supervised);
+- ``variants`` (toy world only): extra SSR trainings (:data:`ssrseg.engine.demo.VARIANTS`);
+- ``eval_in_distribution`` (toy world only): the in-distribution val split (drawn like train:
+  the paper's protocol) rendered and scored with every trained segmentation model
+  (:mod:`ssrseg.engine.in_distribution`);
 - ``report``: ``report.md``, ``report.json`` and ``figures/``; always rewritten.
 
 A stage is skipped when its ``stage.json`` says it finished with the same *record*: the part
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
 from ssrseg.engine.cam_rows import (
     AFTER_PAR_ROWS,
     EXTRA_ROWS,
@@ -64,6 +69,7 @@ STAGES: tuple[str, ...] = (
     "export",
     "fully_supervised",
     "variants",
+    "eval_in_distribution",
     "report",
 )
 # Stages with outputs other stages read (check and report are always run, never cached).
@@ -76,6 +82,7 @@ WORK_STAGES = (
     "export",
     "fully_supervised",
     "variants",
+    "eval_in_distribution",
 )
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "render": (),
@@ -86,6 +93,8 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "export": ("train",),
     "fully_supervised": ("render",),
     "variants": ("render",),
+    # the stage renders its own split into the world's folder and scores the trained models
+    "eval_in_distribution": ("render", "train", "fully_supervised", "variants"),
 }
 # (config keys that shape a stage's outputs, keys left out). A key is a section or
 # "section.field". The pseudo-label rows set the attention / mask / PAR switches themselves.
@@ -141,6 +150,7 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # toy world: extra trainings from the train config (ssrseg.engine.demo.VARIANTS), scored
     # like cmpa / eval
     "variants": ((*_TRAINING_SECTIONS, "infer", "crf"), _NOT_SHAPING),
+    "eval_in_distribution": (("infer", "crf", "data.dataset", "data.root"), ()),
 }
 # Pseudo-label evaluation split and default number of images per dataset: VOC train (1,464)
 # [convention of the field]; COCO's first 5,000 train images [decision: all 82,081 would take
@@ -192,6 +202,9 @@ class ReproducePlan:
     variants: tuple[str, ...] = ()
     variant_iterations: int = 0  # their training iterations (0: train.iterations)
     grouping_images: int = 0  # > 0: toy attention grouping table on that many `val` scenes
+    # > 0 (toy world): render that many in-distribution val images (drawn like train: the
+    # paper's protocol) and score every trained segmentation model on them too
+    in_distribution_images: int = 0
     title: str | None = None
     progress: bool = True
 
@@ -254,6 +267,13 @@ def stage_options(
             "iterations": plan.variant_iterations or cfg.train.iterations,
             "crf": list(crf_modes),
             "val_images": plan.val_images,
+            "device": device_type,
+        },
+        "eval_in_distribution": {
+            "split": IN_DISTRIBUTION_SPLIT,
+            "images": plan.in_distribution_images,
+            "world": dataclasses.asdict(plan.world) if plan.world else None,
+            "crf": list(crf_modes),
             "device": device_type,
         },
     }
@@ -399,6 +419,8 @@ def applicable(stage: str, cfg: SSRConfig, plan: ReproducePlan) -> bool:
         return plan.fully_supervised_iterations > 0
     if stage == "variants":
         return bool(plan.variants)
+    if stage == "eval_in_distribution":
+        return plan.world is not None and plan.in_distribution_images > 0
     if stage == "export":
         return cfg.data.dataset == "voc"
     return True
@@ -799,14 +821,23 @@ def evaluate_into(
 
 
 def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the val split into ``folder``."""
+    return evaluate_checkpoint(run, ckpt_dir, folder, run.cfg.data.val_split, run.plan.val_images)
+
+
+def evaluate_checkpoint(
+    run: Run, ckpt_dir: Path, folder: Path, split: str, images: int | None
+) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the first ``images`` (None: all) of ``split``
+    in every CRF mode; predictions and ``metrics.json`` go to ``folder``."""
     from ssrseg.engine.infer import Segmenter
     from ssrseg.engine.report import row_summary
 
     cfg, plan = run.cfg, run.plan
     # this run's inference and CRF settings, not the ones saved with the checkpoint
     seg = Segmenter.from_checkpoint(ckpt_dir, run.device, infer=cfg.infer, crf=cfg.crf)
-    dataset = open_dataset(cfg, cfg.data.val_split, labels=False)
-    n = len(dataset) if plan.val_images is None else min(plan.val_images, len(dataset))
+    dataset = open_dataset(cfg, split, labels=False)
+    n = len(dataset) if images is None else min(images, len(dataset))
     matrices = evaluate_into(
         seg, dataset, run.crf_modes, folder / "pred", list(range(n)), plan.progress
     )
@@ -898,6 +929,14 @@ def stage_variants(run: Run, resumed: bool) -> dict[str, Any]:
     return run_variants(run, resumed)
 
 
+def stage_eval_in_distribution(run: Run, resumed: bool) -> dict[str, Any]:
+    """Toy world: the in-distribution val split
+    (:func:`ssrseg.engine.in_distribution.stage_eval_in_distribution`)."""
+    from ssrseg.engine.in_distribution import stage_eval_in_distribution as stage
+
+    return stage(run, resumed)
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "render": stage_render,
     "seeds": stage_seeds,
@@ -907,6 +946,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "export": stage_export,
     "fully_supervised": stage_fully_supervised,
     "variants": stage_variants,
+    "eval_in_distribution": stage_eval_in_distribution,
 }
 
 
