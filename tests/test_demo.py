@@ -191,5 +191,5 @@ def test_demo_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None
         main(["demo", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--n-train", "--iterations", "--no-crf", "--out"):
+    for flag in ("--quick", "--n-train", "--n-val-id", "--iterations", "--no-crf", "--out"):
         assert flag in out
