@@ -38,8 +38,9 @@ SEGMENTED_VARIANTS = ("dino_branch", "plain")
 
 
 def _current(run: Any, stage: str) -> bool:
+    """The stage finished in this run or earlier with this run's record."""
     status = str(run.status.get(stage, "n/a"))
-    return status == "reuse" or status.startswith("ran") or status == "run"
+    return status == "reuse" or status.startswith("ran")
 
 
 def model_folders(run: Any) -> dict[str, Path]:
@@ -71,7 +72,9 @@ def stage_eval_in_distribution(run: Any, resumed: bool) -> dict[str, Any]:
     assert world is not None and n > 0
     root = Path(run.cfg.data.root)
     listing = root / "ImageSets" / "Segmentation" / f"{IN_DISTRIBUTION_SPLIT}.txt"
-    if not (listing.is_file() and len(listing.read_text().split()) == n):
+    # like the render stage: an earlier attempt's images are kept only when resuming it (a
+    # finished listing); with another record (e.g. another world seed) they are drawn again
+    if not (resumed and listing.is_file() and len(listing.read_text().split()) == n):
         write_toy_dataset(root, n, split=IN_DISTRIBUTION_SPLIT, seed=world.seed,
                           image_size=world.image_size, progress=run.plan.progress)  # fmt: skip
     models = {}
