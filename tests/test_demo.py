@@ -15,11 +15,11 @@ from PIL import Image
 from ssrseg.cli import main
 from ssrseg.data import build_dataset
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, ToyWorld
-from ssrseg.engine import reproduce as rp
-from ssrseg.engine.cam_rows import TABLE3_ROWS
-from ssrseg.engine.demo import QUICK_PLAN, run_demo
-from ssrseg.engine.report import measured
 from ssrseg.metrics import ConfusionMatrix
+from ssrseg.protocol import reproduce as rp
+from ssrseg.protocol.cam_rows import TABLE3_ROWS
+from ssrseg.protocol.demo import QUICK_PLAN, run_demo
+from ssrseg.protocol.report import measured
 
 
 def _tokens(out: Path) -> dict[str, str]:
@@ -147,7 +147,7 @@ def test_quick_demo_runs_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # column recomputed independently from the toy DINO on the same scenes.
     from ssrseg.backbones.weights import load_dino
     from ssrseg.config import load_config
-    from ssrseg.engine.demo import default_config_path
+    from ssrseg.protocol.demo import default_config_path
     from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
     grouping = measured(report, "attention_grouping")

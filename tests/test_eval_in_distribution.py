@@ -11,8 +11,8 @@ import numpy as np
 from PIL import Image
 
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, ToyWorld, WorldConfig, write_toy_dataset
-from ssrseg.engine import in_distribution as ind
-from ssrseg.engine.reproduce import WorldPlan
+from ssrseg.protocol import in_distribution as ind
+from ssrseg.protocol.plan import WorldPlan
 
 
 def _run(tmp_path: Path, seed: int, status: dict[str, str], states: dict[str, Any]) -> Any:

@@ -167,3 +167,15 @@ def test_rendered_statistics_match_train(rendered: dict[str, list[ToySample]]) -
     assert 0.08 < fg_h < 0.2
     assert np.abs(col_h - col_t).max() < 10.0  # channel means, 0..255 (sd of the difference ~3)
     assert tags_h == pytest.approx(tags_t, abs=0.25)
+
+
+def test_training_on_it_is_refused(tmp_path: Path) -> None:
+    from ssrseg.config import ConfigError, load_config
+    from ssrseg.engine.train import run_training
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / "toy.yaml", [f"data.root={tmp_path}",
+                                                       f"data.train_split={SPLIT}"])  # fmt: skip
+    with pytest.raises(ConfigError, match=f"data.train_split={SPLIT}: .* only ever scored"):
+        run_training(cfg, None, tmp_path / "run")  # type: ignore[arg-type]
+    assert not (tmp_path / "run").exists()

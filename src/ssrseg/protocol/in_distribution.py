@@ -23,8 +23,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
-from ssrseg.engine import report as R
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, write_toy_dataset
+from ssrseg.protocol import report as R
+from ssrseg.protocol.plan import Run
+from ssrseg.protocol.stages import evaluate_checkpoint
 
 STAGE = "eval_in_distribution"
 # What each toy split's segmentation score measures (the headline rows' labels).
@@ -37,13 +39,13 @@ CRF_LABELS = (("no_crf", "without CRF"), ("crf", "with CRF"))
 SEGMENTED_VARIANTS = ("dino_branch", "plain")
 
 
-def _current(run: Any, stage: str) -> bool:
+def _current(run: Run, stage: str) -> bool:
     """The stage finished in this run or earlier with this run's record."""
     status = str(run.status.get(stage, "n/a"))
     return status == "reuse" or status.startswith("ran")
 
 
-def model_folders(run: Any) -> dict[str, Path]:
+def model_folders(run: Run) -> dict[str, Path]:
     """Checkpoint folder of each model to score, by role: ``ssr`` (the train stage),
     ``dino_branch`` / ``plain`` (the variants stage's segmentation runs) and
     ``fully_supervised``; only those whose stage is current in this run."""
@@ -62,12 +64,9 @@ def model_folders(run: Any) -> dict[str, Path]:
     return out
 
 
-def stage_eval_in_distribution(run: Any, resumed: bool) -> dict[str, Any]:
+def stage_eval_in_distribution(run: Run, resumed: bool) -> dict[str, Any]:
     """Render the in-distribution split (when its listing lacks images) and score every
     trained segmentation model on it, like ``eval``; per model and image resumable."""
-    from ssrseg.data.toy import write_toy_dataset
-    from ssrseg.engine.reproduce import evaluate_checkpoint
-
     world, n = run.plan.world, run.plan.in_distribution_images
     assert world is not None and n > 0
     root = Path(run.cfg.data.root)
