@@ -36,6 +36,7 @@ from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
 from ssrseg.data import build_dataset
 from ssrseg.data.base import Skipped
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
 from ssrseg.data.transforms import TrainTransform, collate_train
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
@@ -668,6 +669,11 @@ def run_training(
     """Build datasets and the model from ``cfg`` and train; returns the step reached
     (``progress``: the training bar)."""
     d = cfg.data
+    if d.dataset == "toy" and d.train_split == IN_DISTRIBUTION_SPLIT:
+        raise ConfigError(
+            f"data.train_split={d.train_split}: the toy world's in-distribution split is only "
+            "ever scored (the paper's protocol, docs/toy_world.md); train on 'train'"
+        )
     train_set = build_dataset(
         d.dataset, d.root, d.train_split, d.tag_file, d.classes, require_labels=True
     )
