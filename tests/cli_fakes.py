@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP, CLIPConfig
 from ssrseg.backbones.native import save_native
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
 
 CLASSES = ("square", "disk")
@@ -44,10 +45,7 @@ def _write_weights(folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     tok = WordTokenizer(WORDS, context_length=8)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
+    text = word_text_config(tok, width=32, layers=1, heads=4)
     ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
     clip_path = save_native(folder / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
     dcfg = dataclasses.replace(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import ViTConfig
 from ssrseg.config import SSRConfig, load_config
 from ssrseg.model.ssr import SSRModel
@@ -54,10 +55,7 @@ def word_clip(words: tuple[str, ...], seed: int = 0) -> tuple[CLIP, WordTokenize
     torch.manual_seed(seed)
     tok = WordTokenizer(words, context_length=8)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
+    text = word_text_config(tok, width=32, layers=1, heads=4)
     return CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16)), tok, vision
 
 
@@ -223,15 +221,7 @@ def write_tiny_world(root: Path, n_train: int = 6, n_val: int = 2, size: int = 3
     tok = WordTokenizer(words, context_length=8)
     torch.manual_seed(0)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=2, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size,
-        context_length=8,
-        width=16,
-        layers=1,
-        heads=2,
-        eot_token_id=tok.eot_token_id,
-        sot_token_id=tok.sot_token_id,
-    )
+    text = word_text_config(tok, width=16, layers=1, heads=2)
     ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
     save_native(root / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
     dcfg = ViTConfig(
