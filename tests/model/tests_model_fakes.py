@@ -23,6 +23,7 @@ from ssrseg.backbones.tokenizer import WordTokenizer
 from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import ViTConfig
 from ssrseg.config import SSRConfig, load_config
+from ssrseg.engine.train import Trainer
 from ssrseg.model.ssr import SSRModel
 
 
@@ -128,6 +129,27 @@ def tiny_ssr_model(cfg: SSRConfig, seed: int) -> SSRModel:
     clip = tiny_clip()
     torch.manual_seed(seed)
     return SSRModel(cfg, FakeLabeler(clip, 3), 4)
+
+
+def kill_and_resume(cfg: SSRConfig, tmp_path: Path, stop_after: int) -> SSRModel:
+    """Train ``cfg`` on :class:`TinySegDataset` uninterrupted (``tmp_path/a``) and, in
+    ``tmp_path/b``, stopped after ``stop_after`` steps then resumed by a model that starts from
+    other rng states and weights (a "new process"); asserts the resumed run ends at
+    ``cfg.train.iterations`` with exactly the uninterrupted trainable state. Returns the
+    resumed model."""
+    straight = tiny_ssr_model(cfg, 0)
+    Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
+    first = tiny_ssr_model(cfg, 0)
+    Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=stop_after)
+    torch.manual_seed(123)
+    resumed = tiny_ssr_model(cfg, 7)
+    trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
+    assert trainer.fit(resume=tmp_path / "b") == cfg.train.iterations
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    return resumed
 
 
 def record_loss_targets(model: SSRModel) -> list[Tensor]:
