@@ -152,6 +152,23 @@ def kill_and_resume(cfg: SSRConfig, tmp_path: Path, stop_after: int) -> SSRModel
     return resumed
 
 
+def proto_inputs(
+    model: SSRModel, batch: dict[str, Any], bg: Tensor | None = None
+) -> dict[str, Any]:
+    """The labeller's outputs on ``batch`` as :meth:`SSRModel.losses` takes them: ``tokens``,
+    ``grid``, ``pseudo`` and the ``proto`` inputs (``bg_emb``: ``bg``, ``n_bg x in_dim``)."""
+    out = model.labeler(batch["images"], batch["labels"])
+    proto = {
+        "patch_emb": out.patch_emb,
+        "cams": out.cams,
+        "labels": batch["labels"],
+        "text_emb": model.labeler.class_emb,
+    }
+    if bg is not None:
+        proto["bg_emb"] = bg
+    return {"tokens": out.clip_out.tokens, "grid": out.grid, "pseudo": out.labels, "proto": proto}
+
+
 def record_loss_targets(model: SSRModel) -> list[Tensor]:
     """Wrap ``model.losses.forward`` so each call's pseudo-label targets ``(B, H, W)`` are
     copied into the returned list (the trainer's padding / ignore handling shows there)."""
