@@ -103,6 +103,7 @@ from _timing import (
     reset_peak_memory,
     run_in_child,
     torch_threads,
+    vs_pairs,
     write_json,
 )
 from ssrseg.backbones.vit import VisionTransformer
@@ -298,11 +299,13 @@ def bench_setting(
         "ssr_overlapped": lambda: overlapped(ssr, calls, pool, timers["ssr_overlapped"]),
         "clip_es": calls_fn(calls, lambda x, lab, _: clip_es(x, lab, timer=timers["clip_es"])),
     }
-    for fn in fns.values():  # warm-up round (allocator, first autograd call, PAR kernels)
-        fn()
-    for timer in timers.values():
-        timer.clear()
-    times = interleaved(fns, device, repeats, warmup=0)
+
+    def clear_timers() -> None:
+        for timer in timers.values():
+            timer.clear()
+
+    # one warm-up round (allocator, first autograd call, PAR kernels), not in the sections
+    times = interleaved(fns, device, repeats, warmup=1, after_warmup=clear_timers)
     sections = {
         name: {k: round(v / repeats, 4) for k, v in timer.items()} for name, timer in timers.items()
     }
@@ -315,33 +318,18 @@ def bench_setting(
         "times": times,
         "sections_s_per_round": sections,
     }
-    result.update(
-        ratio_tables(
-            times,
-            {
-                "ssr_vs_clip_es": ("ssr", "clip_es"),
-                "ssr_given_sp_vs_clip_es": ("ssr_given_sp", "clip_es"),
-                "ssr_overlapped_vs_clip_es": ("ssr_overlapped", "clip_es"),
-                # issue 14 target 1: CLIP-ES's own loop, of which this leg is a lower bound
-                "ssr_vs_clip_es_reference_network": ("ssr", "clip_es_reference_network"),
-                "ssr_given_sp_vs_clip_es_reference_network": (
-                    "ssr_given_sp",
-                    "clip_es_reference_network",
-                ),
-                "ssr_overlapped_vs_clip_es_reference_network": (
-                    "ssr_overlapped",
-                    "clip_es_reference_network",
-                ),
-                "clip_es_vs_clip_es_reference_network": ("clip_es", "clip_es_reference_network"),
-                "ssr_vs_backbone_ssr": ("ssr", "backbone_ssr"),
-                "ssr_given_sp_vs_backbone_ssr": ("ssr_given_sp", "backbone_ssr"),
-                "ssr_overlapped_vs_backbone_ssr": ("ssr_overlapped", "backbone_ssr"),
-                "clip_es_vs_backbone_clip_es": ("clip_es", "backbone_clip_es"),
-                # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
-                "floor_backbone_ssr_vs_backbone_clip_es": ("backbone_ssr", "backbone_clip_es"),
-            },
-        )
+    ssr_legs = ("ssr", "ssr_given_sp", "ssr_overlapped")
+    pairs = vs_pairs(
+        *[(leg, "clip_es") for leg in ssr_legs],
+        # issue 14 target 1: CLIP-ES's own loop, of which this leg is a lower bound
+        *[(leg, "clip_es_reference_network") for leg in ssr_legs],
+        ("clip_es", "clip_es_reference_network"),
+        *[(leg, "backbone_ssr") for leg in ssr_legs],
+        ("clip_es", "backbone_clip_es"),
     )
+    # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
+    pairs["floor_backbone_ssr_vs_backbone_clip_es"] = ("backbone_ssr", "backbone_clip_es")
+    result.update(ratio_tables(times, pairs))
     # steady state of a long run: the pipeline fill (first call's SLIC) taken off
     fill = sections["ssr_overlapped"].get("first_sp_wait", 0.0)
     result["ssr_overlapped_fill_s_per_round"] = fill

@@ -52,6 +52,7 @@ from _timing import (
     ratio_tables,
     reset_peak_memory,
     torch_threads,
+    vs_pairs,
     write_json,
 )
 from ssrseg.config import SSRConfig
@@ -149,11 +150,12 @@ def bench(
         "step": step,
         "weclip_floor": weclip_floor,
     }
-    for fn in fns.values():  # warm-up
-        fn()
-    sections.clear()
-    reset_peak_memory(device)
-    times = interleaved(fns, device, repeats, warmup=0)
+
+    def clear_sections_and_peak() -> None:
+        sections.clear()
+        reset_peak_memory(device)
+
+    times = interleaved(fns, device, repeats, warmup=1, after_warmup=clear_sections_and_peak)
     per_call = {k: round(v / repeats, 4) for k, v in sections.items()}
     memory = {
         "kind": "CUDA max allocated (MiB)"
@@ -170,17 +172,8 @@ def bench(
         ),
         "memory": memory,
     }
-    result.update(
-        ratio_tables(
-            times,
-            {
-                "step_vs_backbones": ("step", "backbones"),
-                "labeller_vs_backbones": ("labeller", "backbones"),
-                "heads_vs_backbones": ("heads", "backbones"),
-                "step_vs_weclip_floor": ("step", "weclip_floor"),
-            },
-        )
-    )
+    on_backbones = [(leg, "backbones") for leg in ("step", "labeller", "heads")]
+    result.update(ratio_tables(times, vs_pairs(*on_backbones, ("step", "weclip_floor"))))
     if device.type == "cuda":
         step_s = times["step"]["median_wall_s"]
         result["projection_voc"] = {
