@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tests_model_fakes import (  # one_thread: autouse fixture
+    FAST_TRAIN,
     TinySegDataset,
     kill_and_resume,
     one_thread,  # noqa: F401
@@ -19,17 +20,7 @@ from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
 from ssrseg.rectify.cmpa import FeatureBank
 
-KMEANS = {
-    "data__crop_size": 32,
-    "data__num_workers": 0,
-    "data__scale_range": "[0.75, 1.25]",
-    "train__batch_size": 2,
-    "train__val_every": 0,
-    "train__log_every": 1,
-    "affinity__mask": "none",
-    "cmpa__prototypes": "kmeans",
-    "cmpa__refresh_every": 3,
-}
+KMEANS = {**FAST_TRAIN, "cmpa__prototypes": "kmeans", "cmpa__refresh_every": 3}
 
 
 def _cfg(**over: object) -> SSRConfig:

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tests_model_fakes import (  # one_thread: autouse fixture
+    FAST_TRAIN,
     TinySegDataset,
     kill_and_resume,
     one_thread,  # noqa: F401
@@ -23,16 +24,7 @@ from ssrseg.config import SSRConfig, load_config
 from ssrseg.engine.schedule import StepBatchSampler, batch_indices, lr_factor
 from ssrseg.engine.train import Trainer, amp_dtype, fit_to_patch, param_groups
 
-FAST = {
-    "data__crop_size": 32,
-    "data__num_workers": 0,
-    "data__scale_range": "[0.75, 1.25]",
-    "train__batch_size": 2,
-    "train__val_every": 0,
-    "train__log_every": 1,
-    "cmpa__refresh_every": 2,
-    "affinity__mask": "none",
-}
+FAST = {**FAST_TRAIN, "cmpa__refresh_every": 2}
 
 
 def _cfg(**over: object) -> SSRConfig:

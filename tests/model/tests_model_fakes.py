@@ -131,6 +131,19 @@ def tiny_ssr_model(cfg: SSRConfig, seed: int) -> SSRModel:
     return SSRModel(cfg, FakeLabeler(clip, 3), 4)
 
 
+# tiny_config overrides of a quick training run on TinySegDataset (crop 32, batch 2, a log line
+# every step, no validation, no affinity mask)
+FAST_TRAIN = {
+    "data__crop_size": 32,
+    "data__num_workers": 0,
+    "data__scale_range": "[0.75, 1.25]",
+    "train__batch_size": 2,
+    "train__val_every": 0,
+    "train__log_every": 1,
+    "affinity__mask": "none",
+}
+
+
 def kill_and_resume(cfg: SSRConfig, tmp_path: Path, stop_after: int) -> SSRModel:
     """Train ``cfg`` on :class:`TinySegDataset` uninterrupted (``tmp_path/a``) and, in
     ``tmp_path/b``, stopped after ``stop_after`` steps then resumed by a model that starts from
