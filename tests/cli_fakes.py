@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,12 @@ def write_cli_world(base: Path, fast: bool = False) -> list[str]:
         f"par.iterations={1 if fast else 2}",
         "sgc.n_segments=10",
     ]
+
+
+def with_broken_image(overrides: list[str], copy: Path, image_id: str) -> list[str]:
+    """``overrides`` (of :func:`write_cli_world`) pointed at a copy of the dataset, made at
+    ``copy``, in which image ``image_id`` is not a readable PNG."""
+    root = Path(next(s for s in overrides if s.startswith("data.root=")).split("=", 1)[1])
+    shutil.copytree(root, copy)
+    (copy / "JPEGImages" / f"{image_id}.png").write_bytes(b"not a png")
+    return [s for s in overrides if not s.startswith("data.root=")] + [f"data.root={copy}"]
