@@ -7,6 +7,7 @@ decoder / CMPA / trainer tests do not depend on the pseudo-label stage.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -276,16 +277,9 @@ def write_tiny_world(root: Path, n_train: int = 6, n_val: int = 2, size: int = 3
     text = word_text_config(tok, width=16, layers=1, heads=2)
     ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
     save_native(root / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
-    dcfg = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        width=24,
-        layers=2,
-        heads=2,
-        act="gelu",
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
+    # the DINO stand-in: the CLIP's image tower shape on DINO's code path, narrower and shallower
+    dcfg = dataclasses.replace(
+        vision, width=24, layers=2, output_dim=None, act="gelu", ln_pre=False, patch_bias=True
     )
     save_native(root / "dino.safetensors", VisionTransformer(dcfg), "dino", dcfg)
     cfg = {
