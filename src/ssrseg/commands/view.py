@@ -1,0 +1,85 @@
+"""``ssrseg view PATH``: a static site to look at an output folder image by image.
+
+Writes ``PATH/view/index.html`` (``--out`` elsewhere) with the images, their overlays
+(ground truth, pseudo labels, predictions, errors against the ground truth, superpixels, each
+class's CAM) as files beside it: it opens from ``file://`` without a server or network.
+PATH is any folder ssrseg writes: a ``reproduce`` / ``demo`` run, a ``pseudo-labels``, ``cams``
+or ``predict`` folder, an ``evaluate`` result (folder or JSON). Rebuilding redoes only the
+images whose files changed. ``--serve`` serves the site on 127.0.0.1 (for a remote machine:
+forward the port with ssh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ssrseg.commands.common import non_negative_int, plain_doc, positive_int
+
+
+def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=plain_doc(__doc__)
+    )
+    p.add_argument("path", metavar="PATH", help="an output folder (or evaluate JSON) of ssrseg")
+    p.add_argument("--out", help="site folder (default: PATH/view)")
+    p.add_argument(
+        "--images", help="predict folders: the source images given to `ssrseg predict`"
+    )
+    p.add_argument("--thumb", type=positive_int, default=128, help="thumbnail long side (px)")
+    p.add_argument(
+        "--display", type=positive_int, default=512, help="detail view long side (px)"
+    )
+    p.add_argument(
+        "--no-superpixels", action="store_true", help="no SLIC superpixel overlay (faster)"
+    )
+    p.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1")
+    p.add_argument(
+        "--port", type=non_negative_int, default=8000, help="--serve port (0: any free one)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def site_folder(path: Path, out: str | None) -> Path:
+    """``--out``, else ``PATH/view`` (beside a JSON file: ``<folder>/view``)."""
+    if out:
+        return Path(out)
+    return (path.parent if path.is_file() else path) / "view"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssrseg.view.build import build_site
+    from ssrseg.view.discover import discover
+    from ssrseg.view.render import RenderSettings
+
+    path = Path(args.path)
+    source = discover(path, args.images)
+    site = site_folder(path, args.out)
+
+    def progress(items: Any) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(items, desc="view", unit="img", disable=args.no_progress)
+
+    result = build_site(
+        source,
+        site,
+        RenderSettings(display=args.display, thumb=args.thumb),
+        superpixels=not args.no_superpixels,
+        progress=progress,
+    )
+    print(
+        f"{len(source.items)} images: rendered {result.rendered}, reused {result.reused}, "
+        f"{result.placeholders} shown as placeholders ({result.seconds:.1f} s)"
+    )
+    for note in source.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"page: {result.index.resolve()}")
+    if args.serve:
+        from ssrseg.view.serve import serve
+
+        serve(site, args.port)
+    return 0

@@ -1,0 +1,199 @@
+"""The incremental, resumable build of a site.
+
+``SITE/manifest.json`` keeps, per image, a signature of its sources (path, size and
+modification time of the image and of each layer file, its tags, the render settings) and the
+entry :func:`~ssrseg.view.render.render_item` returned. A build renders only the images whose
+signature changed or whose files are gone, reuses the others, and saves the manifest every
+:data:`SAVE_EVERY` rendered images (every file is written atomically), so a killed build
+resumes where it stopped. The page files (``index.html``, ``data.js``) are written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ssrseg.atomic import atomic_write_text
+from ssrseg.metrics import json_safe, scores_from_hist
+from ssrseg.view.discover import CAMS, SCORED, Item, Source
+from ssrseg.view.layers import dense_hist
+from ssrseg.view.render import CamLabeller, RenderSettings, Segmenter, render_item
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+SAVE_EVERY = 500
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build did."""
+
+    site: Path  # the site folder
+    rendered: int  # images whose files were written now
+    reused: int  # images taken from the manifest
+    placeholders: int  # images shown as a placeholder tile
+    seconds: float
+
+    @property
+    def index(self) -> Path:
+        return self.site / "index.html"
+
+
+def _stat(path: Path | None) -> list[Any]:
+    if path is None:
+        return [None]
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def signature(item: Item, settings: dict[str, Any]) -> str:
+    """Hash of what an item's files are made from: its sources' paths, sizes and modification
+    times, its tags and the build settings."""
+    parts = [
+        settings,
+        _stat(item.image),
+        sorted([name, *_stat(p)] for name, p in item.layers.items()),
+        list(item.tags),
+    ]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_manifest(site: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``{key: {"sig", "entry"}}`` of an earlier build with the same settings (else empty)."""
+    path = site / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # a damaged manifest only costs a rebuild
+    if data.get("version") != MANIFEST_VERSION or data.get("settings") != settings:
+        return {}
+    items = data.get("items")
+    return items if isinstance(items, dict) else {}
+
+
+def save_manifest(site: Path, settings: dict[str, Any], items: dict[str, Any]) -> None:
+    text = json.dumps(
+        {"version": MANIFEST_VERSION, "settings": settings, "items": json_safe(items)},
+        separators=(",", ":"),
+    )
+    atomic_write_text(site / MANIFEST, text)
+
+
+def _files_present(site: Path, entry: dict[str, Any]) -> bool:
+    """Are the files of a finished entry still there (its image and first thumbnail)?"""
+    if entry.get("error"):
+        return True
+    folder = site / entry["dir"]
+    return (folder / "image.jpg").is_file() and (folder / "image.t.jpg").is_file()
+
+
+def aggregate(entries: Iterable[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+    """Per scored layer, the metrics of all its images together (one confusion matrix summed
+    from the images' cells): ``{layer: scores_from_hist dict + hist + images}``."""
+    hists: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for entry in entries:
+        for name, cells in (entry.get("hists") or {}).items():
+            hist = hists.setdefault(name, np.zeros((num_classes, num_classes), np.int64))
+            hist += dense_hist(cells, num_classes)
+            counts[name] = counts.get(name, 0) + 1
+    out = {}
+    for name in SCORED:
+        if name in hists:
+            scores = scores_from_hist(hists[name])
+            out[name] = {**scores, "hist": hists[name].tolist(), "images": counts[name]}
+    return out
+
+
+def cam_labeller(source: Source) -> CamLabeller | None:
+    """The labels ``ssrseg cams --eval`` scores (``argmax([(1 - max cam) ** power, cams])``,
+    from the float16 values the file holds), with the folder's pseudo-label settings."""
+    if source.kind != "cams":
+        return None
+    import torch
+
+    from ssrseg.config import ConfigError, config_from_dict
+    from ssrseg.rectify.labels import scores_to_labels
+
+    try:
+        pseudo = config_from_dict(source.config).pseudo
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+    def label(maps: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+        values = torch.from_numpy(maps.astype(np.float16).astype(np.float32))
+        return scores_to_labels(values, classes, pseudo).numpy().astype(np.uint8)
+
+    return label
+
+
+def superpixel_segmenter(source: Source) -> Segmenter | None:
+    """SLIC as the SGC mask runs it (the folder's ``sgc.n_segments`` / ``compactness``), or
+    None when the configuration has no SGC settings."""
+    sgc = source.config.get("sgc")
+    if not isinstance(sgc, dict) or "n_segments" not in sgc:
+        return None
+    from ssrseg.rectify.sgc import slic_superpixels
+
+    n, compactness = int(sgc["n_segments"]), float(sgc.get("compactness", 10.0))
+
+    def segment(image: np.ndarray) -> np.ndarray:
+        return slic_superpixels(image, n, compactness).numpy()
+
+    return segment
+
+
+def build_site(
+    source: Source,
+    site: Path,
+    settings: RenderSettings = RenderSettings(),
+    superpixels: bool = True,
+    progress: Callable[[Iterable[Item]], Iterable[Item]] | None = None,
+) -> BuildResult:
+    """Render what changed, then write the page (see the module docstring)."""
+    from ssrseg.view.site import write_site
+
+    t0 = time.perf_counter()
+    segmenter = superpixel_segmenter(source) if superpixels else None
+    labeller = cam_labeller(source) if any(CAMS in i.layers for i in source.items) else None
+    sgc = source.config.get("sgc") or {}
+    build_settings = {
+        **settings.as_dict(),
+        "classes": list(source.class_names),
+        "superpixels": [sgc.get("n_segments"), sgc.get("compactness")] if segmenter else None,
+        "cam_labels": source.config.get("pseudo") if labeller else None,
+    }
+    site.mkdir(parents=True, exist_ok=True)
+    old = load_manifest(site, build_settings)
+    done: dict[str, Any] = {}
+    rendered = reused = 0
+    items: Iterable[Item] = source.items if progress is None else progress(source.items)
+    for item in items:
+        sig = signature(item, build_settings)
+        prior = old.get(item.key)
+        if prior and prior.get("sig") == sig and _files_present(site, prior["entry"]):
+            done[item.key] = prior
+            reused += 1
+            continue
+        entry = render_item(item, source, site, settings, labeller, segmenter)
+        done[item.key] = {"sig": sig, "entry": entry}
+        rendered += 1
+        if rendered % SAVE_EVERY == 0:  # a killed build resumes from here
+            save_manifest(site, build_settings, {**old, **done})
+    save_manifest(site, build_settings, done)
+    entries = [v["entry"] for v in done.values()]
+    write_site(site, source, entries, aggregate(entries, source.num_classes))
+    placeholders = sum(1 for e in entries if e.get("error"))
+    return BuildResult(site, rendered, reused, placeholders, time.perf_counter() - t0)
