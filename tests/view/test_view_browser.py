@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from browser import element_pixels, require_browser, save_artifact, start_browser
+from view_fakes import TRAIN, VAL, iou_by_hand, make_run, read_labels
+
 from ssrseg.view.build import build_site
 from ssrseg.view.discover import discover
 from ssrseg.viz import palette
-from view_fakes import TRAIN, VAL, iou_by_hand, make_run, read_labels
 
 SCORED_FOLDER = {TRAIN: "seeds/labels", VAL: "eval/pred/no_crf"}
 

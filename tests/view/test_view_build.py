@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from view_fakes import TRAIN, VAL, make_run, read_labels
 
 from ssrseg.cli import main
 from ssrseg.view import build as build_module
@@ -19,7 +20,6 @@ from ssrseg.view.build import build_site
 from ssrseg.view.discover import discover
 from ssrseg.view.serve import addresses, make_server
 from ssrseg.viz import save_label_png
-from view_fakes import TRAIN, VAL, make_run, read_labels
 
 
 def site_files(site: Path) -> dict[Path, int]:

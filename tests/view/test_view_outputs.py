@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from view_fakes import REPO, TRAIN, VAL, degrade, iou_by_hand, make_run, read_labels, render_toy
 
 from ssrseg.cli import main
 from ssrseg.config import load_config
@@ -19,12 +20,12 @@ from ssrseg.data.classes import VOC_CLASSES
 from ssrseg.metrics import ConfusionMatrix
 from ssrseg.runrecord import prepare_output
 from ssrseg.viz import save_label_png
-from view_fakes import REPO, TRAIN, VAL, degrade, iou_by_hand, make_run, read_labels, render_toy
 
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "data"))
-from cli_fakes import SIZES, write_cli_world  # noqa: E402
-from data_fakes import make_voc  # noqa: E402
+from data_fakes import make_voc
+
+from cli_fakes import SIZES, write_cli_world
 
 
 def page(site: Path) -> dict[str, Any]:
@@ -124,9 +125,7 @@ def test_predict_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     for name, (h, w) in sizes.items():
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         ramp = np.linspace(0, 255, w, dtype=np.uint8)  # smooth: JPEG keeps it close
-        Image.fromarray(np.stack([np.tile(ramp, (h, 1))] * 3, axis=-1)).save(
-            images / f"{name}.png"
-        )
+        Image.fromarray(np.stack([np.tile(ramp, (h, 1))] * 3, axis=-1)).save(images / f"{name}.png")
         mask = np.zeros((h, w), np.uint8)
         mask[: h // 2] = 15  # VOC class 15: person
         save_label_png(out / f"{name}.png", mask)

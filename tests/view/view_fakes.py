@@ -61,7 +61,10 @@ def make_run(out: Path, n_train: int = 5, n_val: int = 4) -> dict[str, list[str]
     ids = {TRAIN: render_toy(data, TRAIN, n_train), VAL: render_toy(data, VAL, n_val, seed=1)}
     cfg = load_config(REPO / "configs" / "toy.yaml", [f"data.root={data}"])
     save_config(cfg, out)
-    for split, folders in ((TRAIN, ("seeds/labels",)), (VAL, ("eval/pred/no_crf", "eval/pred/crf"))):
+    for split, folders in (
+        (TRAIN, ("seeds/labels",)),
+        (VAL, ("eval/pred/no_crf", "eval/pred/crf")),
+    ):
         for k, sub in enumerate(folders):
             for i, image_id in enumerate(ids[split]):
                 gt = read_labels(data / "SegmentationClass" / f"{image_id}.png")

@@ -25,13 +25,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="an output folder (or evaluate JSON) of ssrseg")
     p.add_argument("--out", help="site folder (default: PATH/view)")
-    p.add_argument(
-        "--images", help="predict folders: the source images given to `ssrseg predict`"
-    )
+    p.add_argument("--images", help="predict folders: the source images given to `ssrseg predict`")
     p.add_argument("--thumb", type=positive_int, default=128, help="thumbnail long side (px)")
-    p.add_argument(
-        "--display", type=positive_int, default=512, help="detail view long side (px)"
-    )
+    p.add_argument("--display", type=positive_int, default=512, help="detail view long side (px)")
     p.add_argument(
         "--no-superpixels", action="store_true", help="no SLIC superpixel overlay (faster)"
     )

@@ -158,13 +158,15 @@ def superpixel_segmenter(source: Source) -> Segmenter | None:
 def build_site(
     source: Source,
     site: Path,
-    settings: RenderSettings = RenderSettings(),
+    settings: RenderSettings | None = None,
     superpixels: bool = True,
     progress: Callable[[Iterable[Item]], Iterable[Item]] | None = None,
 ) -> BuildResult:
-    """Render what changed, then write the page (see the module docstring)."""
+    """Render what changed, then write the page (see the module docstring); ``settings``
+    None: the default sizes."""
     from ssrseg.view.site import write_site
 
+    settings = settings or RenderSettings()
     t0 = time.perf_counter()
     segmenter = superpixel_segmenter(source) if superpixels else None
     labeller = cam_labeller(source) if any(CAMS in i.layers for i in source.items) else None

@@ -16,7 +16,7 @@ HOST = "127.0.0.1"  # never on a public interface: the site may show private dat
 class QuietHandler(SimpleHTTPRequestHandler):
     """Serves the site folder without a log line per file."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
