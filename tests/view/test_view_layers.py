@@ -94,5 +94,5 @@ def test_present_classes_and_fit_size() -> None:
 def test_item_folder_and_slug_are_safe_and_distinct() -> None:
     a, b = item_folder("train/a b"), item_folder("train/a_b")
     assert a != b and " " not in a and a.count("/") == 2
-    assert layer_slug("CAM: traffic light") == "cam-traffic-light"
+    assert layer_slug("CAM (refined): traffic light") == "cam-refined-traffic-light"
     assert layer_slug("prediction (CRF)") == "prediction-crf"

@@ -89,15 +89,20 @@ def test_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_labeller_folders(tmp_path: Path) -> None:
-    """Real ``ssrseg pseudo-labels`` and ``ssrseg cams`` outputs (random-weight backbones)."""
+    """Real ``ssrseg pseudo-labels`` and ``ssrseg cams`` outputs (random-weight backbones),
+    alone and together (``--add``)."""
     from ssrseg.commands.cams import cam_labels, read_cams
 
     overrides = write_cli_world(tmp_path / "world", fast=True)
     root = tmp_path / "world" / "toy"
-    for command in ("pseudo-labels", "cams"):
-        out = tmp_path / command
+    runs = {"pseudo-labels": [], "cams": [], "initial": ["--kind", "initial"]}
+    for run, extra in runs.items():
+        command = "cams" if run == "initial" else run
+        out = tmp_path / run
         args = [command, "--split", "train", "--out", str(out), "--no-progress", "--no-prefetch"]
-        assert main([*args, *overrides]) == 0
+        assert main([*args, *extra, *overrides]) == 0
+        if run == "initial":
+            continue
         assert main(["view", str(out), "--no-progress"]) == 0
         data = page(out / "view")
         assert data["kind"] == command and data["classes"] == ["background", "square", "disk"]
@@ -114,9 +119,30 @@ def test_labeller_folders(tmp_path: Path) -> None:
                 cfg = load_config(None, overrides)
                 labels = cam_labels(cams, classes, cfg)
                 names = [("square", "disk")[c] for c in classes]
-                assert {f"CAM: {n}" for n in names} <= set(layers_of(data, item))
+                assert {f"CAM (refined): {n}" for n in names} <= set(layers_of(data, item))
                 assert "CAM labels" in layers_of(data, item)
             assert item["m"] == pytest.approx(iou_by_hand(labels, gt))
+    # one page: the pseudo labels with both kinds of CAM of the same images
+    pl = tmp_path / "pseudo-labels"
+    extra = ["--add", str(tmp_path / "cams"), "--add", str(tmp_path / "initial")]
+    assert main(["view", str(pl), *extra, "--no-progress", "--no-superpixels"]) == 0
+    data = page(pl / "view")
+    item = by_key(data)["train/img2"]  # tagged square and disk
+    shown = set(layers_of(data, item))
+    for kind in ("initial", "refined"):
+        assert {f"CAM ({kind}): square", f"CAM ({kind}): disk"} <= shown
+    assert {"pseudo label", "CAM labels", "ground truth"} <= shown
+    assert item["ml"] == "pseudo label"
+    assert set(data["computed"]) == {"pseudo label", "CAM labels"}
+    files = pl / "view" / item["d"]
+    assert (files / "cam-initial-disk.jpg").is_file() and (files / "cam-labels.t.png").is_file()
+    # a folder of other images adds nothing: one line
+    other = tmp_path / "elsewhere"
+    make_voc(other, {"train": {"2007_000009": [0]}}, VOC_CLASSES)
+    cfg = load_config(None, ["data.dataset=voc", f"data.root={other / 'VOCdevkit/VOC2012'}"])
+    prepare_output(other / "pl", cfg, {"command": "pseudo-labels", "split": "train"})
+    save_label_png(other / "pl" / "2007_000009.png", np.zeros((8, 8), np.uint8))
+    assert main(["view", str(pl), "--add", str(other / "pl")]) == 2
 
 
 def test_predict_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,14 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="an output folder (or evaluate JSON) of ssrseg")
     p.add_argument("--out", help="site folder (default: PATH/view)")
     p.add_argument("--images", help="predict folders: the source images given to `ssrseg predict`")
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="also show the layers of this output folder on the same images (e.g. the "
+        "initial and refined `ssrseg cams` of a pseudo-label folder's split); repeatable",
+    )
     p.add_argument("--thumb", type=positive_int, default=128, help="thumbnail long side (px)")
     p.add_argument("--display", type=positive_int, default=512, help="detail view long side (px)")
     p.add_argument(
@@ -52,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.view.render import RenderSettings
 
     path = Path(args.path)
-    source = discover(path, args.images)
+    source = discover(path, args.images, args.add)
     site = site_folder(path, args.out)
 
     def progress(items: Any) -> Any:

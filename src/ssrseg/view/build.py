@@ -22,7 +22,7 @@ import numpy as np
 
 from ssrseg.atomic import atomic_write_text
 from ssrseg.metrics import json_safe, scores_from_hist
-from ssrseg.view.discover import CAMS, SCORED, Item, Source
+from ssrseg.view.discover import SCORED, Item, Source, is_cam_file
 from ssrseg.view.layers import dense_hist
 from ssrseg.view.render import CamLabeller, RenderSettings, Segmenter, render_item
 
@@ -110,7 +110,7 @@ def aggregate(entries: Iterable[dict[str, Any]], num_classes: int) -> dict[str, 
             hist += dense_hist(cells, num_classes)
             counts[name] = counts.get(name, 0) + 1
     out = {}
-    for name in SCORED:
+    for name in [*(n for n in SCORED if n in hists), *(n for n in hists if n not in SCORED)]:
         if name in hists:
             scores = scores_from_hist(hists[name])
             out[name] = {**scores, "hist": hists[name].tolist(), "images": counts[name]}
@@ -120,7 +120,7 @@ def aggregate(entries: Iterable[dict[str, Any]], num_classes: int) -> dict[str, 
 def cam_labeller(source: Source) -> CamLabeller | None:
     """The labels ``ssrseg cams --eval`` scores (``argmax([(1 - max cam) ** power, cams])``,
     from the float16 values the file holds), with the folder's pseudo-label settings."""
-    if source.kind != "cams":
+    if source.cam_pseudo is None:
         return None
     import torch
 
@@ -128,7 +128,7 @@ def cam_labeller(source: Source) -> CamLabeller | None:
     from ssrseg.rectify.labels import scores_to_labels
 
     try:
-        pseudo = config_from_dict(source.config).pseudo
+        pseudo = config_from_dict({"pseudo": source.cam_pseudo}).pseudo
     except (ConfigError, TypeError, ValueError):
         return None
 
@@ -169,13 +169,14 @@ def build_site(
     settings = settings or RenderSettings()
     t0 = time.perf_counter()
     segmenter = superpixel_segmenter(source) if superpixels else None
-    labeller = cam_labeller(source) if any(CAMS in i.layers for i in source.items) else None
+    has_cams = any(is_cam_file(f) for i in source.items for f in i.layers.values())
+    labeller = cam_labeller(source) if has_cams else None
     sgc = source.config.get("sgc") or {}
     build_settings = {
         **settings.as_dict(),
         "classes": list(source.class_names),
         "superpixels": [sgc.get("n_segments"), sgc.get("compactness")] if segmenter else None,
-        "cam_labels": source.config.get("pseudo") if labeller else None,
+        "cam_labels": source.cam_pseudo if labeller else None,
     }
     site.mkdir(parents=True, exist_ok=True)
     old = load_manifest(site, build_settings)

@@ -17,7 +17,9 @@ Anything else raises :class:`ViewInputError` (one line naming the folder).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,21 @@ PRED = "prediction"
 PRED_CRF = "prediction (CRF)"
 FULLY = "fully supervised"
 CAM_LABELS = "CAM labels"
-CAMS = "cams"  # the source npz; shown as one "CAM: <class>" layer per class
 ERRORS = "errors"
 SUPERPIXELS = "superpixels"
 # Label layers scored against the ground truth, first found is the image's score.
 SCORED = (PRED, PRED_CRF, PSEUDO, CAM_LABELS, FULLY)
-LABEL_LAYERS = (GT, PSEUDO, PRED, PRED_CRF, FULLY)
+
+
+def cam_layer(kind: str) -> str:
+    """Name of a CAM file layer (``ssrseg cams --kind``): ``CAM (refined)``; the page shows
+    one ``CAM (refined): <class>`` layer per class in the file."""
+    return f"CAM ({kind})"
+
+
+def is_cam_file(path: Path) -> bool:
+    """A layer file holding CAMs (``.npz``) rather than labels (a PNG)."""
+    return path.suffix == ".npz"
 
 
 class ViewInputError(ValueError):
@@ -66,6 +77,7 @@ class Source:
     palette: np.ndarray  # 256 x 3 uint8
     items: list[Item]
     config: dict[str, Any] = field(default_factory=dict)  # the effective configuration
+    cam_pseudo: dict[str, Any] | None = None  # pseudo.* of the CAM files' run (CAM labels)
     tables: list[dict[str, Any]] = field(default_factory=list)  # report tables
     recorded: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> metrics dict
     notes: list[str] = field(default_factory=list)
@@ -75,8 +87,44 @@ class Source:
         return len(self.class_names) + 1
 
 
-def discover(path: str | Path, images: str | Path | None = None) -> Source:
-    """The :class:`Source` of ``path`` (``images``: the source images of a predict folder)."""
+def discover(
+    path: str | Path, images: str | Path | None = None, add: Sequence[str | Path] = ()
+) -> Source:
+    """The :class:`Source` of ``path`` (``images``: the source images of a predict folder),
+    with the layers of the output folders ``add`` (:func:`merge`)."""
+    source = _discover(path, images)
+    for extra in add:
+        merge(source, _discover(extra, images))
+    return source
+
+
+def merge(source: Source, extra: Source) -> None:
+    """Add ``extra``'s layers to the images of ``source`` with the same id (e.g. the initial and
+    the refined CAMs of a pseudo-label folder's split); a layer name both have gets the extra
+    folder's name (``pseudo label [pl_crf]``). Images only ``extra`` has are left out."""
+    by_id: dict[str, Item] = {}
+    for item in extra.items:
+        by_id.setdefault(item.image_id, item)
+    matched = 0
+    for index, item in enumerate(source.items):
+        other = by_id.get(item.image_id)
+        if other is None:
+            continue
+        matched += 1
+        layers = dict(item.layers)
+        for name, file in other.layers.items():
+            if name == GT and GT in layers:
+                continue
+            layers[name if name not in layers else f"{name} [{extra.path.name}]"] = file
+        source.items[index] = dataclasses.replace(item, layers=layers)
+    if not matched:
+        raise ViewInputError(f"{extra.path}: none of its images is in {source.path}")
+    if source.cam_pseudo is None:
+        source.cam_pseudo = extra.cam_pseudo
+    source.notes.append(f"layers added from {extra.path} ({matched} images)")
+
+
+def _discover(path: str | Path, images: str | Path | None) -> Source:
     p = Path(path)
     if not p.exists():
         raise ViewInputError(f"{p}: no such file or folder")
@@ -323,7 +371,10 @@ def _labeller_source(folder: Path, record: dict[str, Any], command: str) -> Sour
     options = record.get("options") or {}
     split = options.get("split") or "train"
     dataset = _open_dataset(cfg, split, folder, options.get("classes"))
-    suffix, layer = (".png", PSEUDO) if command == "pseudo-labels" else (".npz", CAMS)
+    if command == "pseudo-labels":
+        suffix, layer = ".png", PSEUDO
+    else:
+        suffix, layer = ".npz", cam_layer(str(options.get("kind") or "refined"))
     if dataset is None:
         items = _folder_items(folder, suffix, split, layer)
         notes = [f"the dataset of {folder / 'run.json'} was not found: no images or ground truth"]
@@ -336,6 +387,7 @@ def _labeller_source(folder: Path, record: dict[str, Any], command: str) -> Sour
         palette=_palette(dataset),
         items=items,
         config=cfg,
+        cam_pseudo=cfg.get("pseudo", {}) if command == "cams" else None,
         notes=notes,
     )
 

@@ -21,15 +21,14 @@ from PIL import Image
 from ssrseg.atomic import atomic_path
 from ssrseg.view.discover import (
     CAM_LABELS,
-    CAMS,
     ERRORS,
     GT,
     IMAGE,
-    LABEL_LAYERS,
     SCORED,
     SUPERPIXELS,
     Item,
     Source,
+    is_cam_file,
 )
 from ssrseg.view.layers import (
     boundary_rgba,
@@ -64,7 +63,7 @@ class Unshowable(Exception):
 
 
 def layer_slug(name: str) -> str:
-    """A layer name as a file name: ``CAM: traffic light`` -> ``cam-traffic-light``."""
+    """A layer name as a file name: ``CAM (refined): traffic light`` -> ``cam-refined-traffic-light``."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "layer"
 
 
@@ -121,17 +120,22 @@ def load_layers(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(image ``H x W x 3``, label layers ``{name: H x W}``, CAMs ``{name: H x W}``), every
     layer checked against the image's size (:class:`Unshowable` otherwise)."""
-    labels = {n: _read_labels(p, source) for n, p in item.layers.items() if n in LABEL_LAYERS}
+    labels = {n: _read_labels(p, source) for n, p in item.layers.items() if not is_cam_file(p)}
     cams: dict[str, np.ndarray] = {}
-    if CAMS in item.layers:
-        maps, classes = _read_cams(item.layers[CAMS])
+    where: dict[str, Path] = dict(item.layers)  # the file each layer comes from
+    for layer, file in item.layers.items():
+        if not is_cam_file(file):
+            continue
+        maps, classes = _read_cams(file)
         if maps.shape[0] != len(classes):
-            raise Unshowable(f"{item.layers[CAMS]}: {maps.shape[0]} CAMs for {len(classes)} ids")
+            raise Unshowable(f"{file}: {maps.shape[0]} CAMs for {len(classes)} class ids")
         for c, cam in zip(classes, maps, strict=True):
             name = source.class_names[c] if 0 <= c < len(source.class_names) else f"class {c}"
-            cams[f"CAM: {name}"] = cam
-        if cam_labeller is not None:
+            cams[f"{layer}: {name}"] = cam
+            where[f"{layer}: {name}"] = file
+        if cam_labeller is not None and CAM_LABELS not in labels:
             labels[CAM_LABELS] = cam_labeller(maps, classes)
+            where[CAM_LABELS] = file
     if item.image is not None:
         image = _read_rgb(item.image)
     else:  # no source image: a grey stand-in of the first layer's size
@@ -140,11 +144,8 @@ def load_layers(
             raise Unshowable(f"no image and no layer for {item.key}")
         image = np.full((*first.shape[-2:], 3), GREY, dtype=np.uint8)
     size = (int(image.shape[0]), int(image.shape[1]))
-    for name, arr in labels.items():
-        _check_size(item.layers.get(name, item.layers.get(CAMS, Path(name))), arr.shape,
-                    item.image, size)  # fmt: skip
-    for arr in cams.values():
-        _check_size(item.layers[CAMS], arr.shape, item.image, size)
+    for name, arr in [*labels.items(), *cams.items()]:
+        _check_size(where[name], arr.shape, item.image, size)
     return image, labels, cams
 
 
@@ -155,6 +156,7 @@ def item_stats(
     with a ground truth, each scored layer's confusion cells and mIoU."""
     gt = labels.get(GT)
     scored = [n for n in SCORED if n in labels]
+    scored += [n for n in labels if n not in scored and n != GT]  # added folders' layers
     if gt is not None:
         classes = present_classes(gt)
     elif tags:
@@ -234,7 +236,6 @@ def render_item(
         "dir": rel,
         "size": [int(image.shape[1]), int(image.shape[0])],
         "layers": shown,
-        "exts": ["png" if n in labels or n in (ERRORS, SUPERPIXELS) else "jpg" for n in shown],
         "classes": stats["classes"],
         "scored": scored,
         "miou": stats["mious"].get(scored) if scored else None,

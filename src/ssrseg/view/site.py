@@ -18,7 +18,8 @@ from ssrseg.view.discover import ERRORS, GT, IMAGE, SCORED, SUPERPIXELS, Source
 
 STATIC = ("index.html", "style.css", "app.js")
 DATA = "data.js"
-# Fixed layer order on the page; CAM layers ("CAM: <class>") follow in class order.
+# Fixed layer order on the page; the others (CAM layers "CAM (refined): <class>", layers of
+# added folders) follow in first-seen order.
 ORDER = (IMAGE, GT, *SCORED, ERRORS, SUPERPIXELS)
 METRIC_KEYS = (
     "iou",
@@ -34,7 +35,7 @@ METRIC_KEYS = (
 
 
 def layer_order(entries: list[dict[str, Any]]) -> list[str]:
-    """Every layer any image has: the fixed ones first, then the CAMs in first-seen order."""
+    """Every layer any image has: the fixed ones first, then the others in first-seen order."""
     seen: dict[str, None] = {}
     for entry in entries:
         for name in entry.get("layers", ()):

@@ -6,7 +6,8 @@
   var D = window.SSRSEG_VIEW;
   var PAGE = 60; // tiles drawn at a time: 10,000 images stay fast
   var $ = function (id) { return document.getElementById(id); };
-  var state = { layer: "", opacity: 0.6, sort: "name", cls: "", split: "", page: 0, open: null };
+  var ZOOM_TO = 384; // "auto" zoom: small images are enlarged by a whole factor up to this
+  var state = { layer: "", opacity: 0.6, sort: "name", cls: "", split: "", page: 0, open: null, zoom: "auto" };
   var shown = [];
 
   function el(tag, attrs, text) {
@@ -19,7 +20,8 @@
   function slug(name) {
     return name.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "") || "layer";
   }
-  function ext(name) { return name === "image" || name.indexOf("CAM: ") === 0 ? "jpg" : "png"; }
+  // JPEG for the photo and the CAM heat maps ("CAM (refined): dog"), PNG for label layers
+  function ext(name) { return name === "image" || /^CAM \(.*\): /.test(name) ? "jpg" : "png"; }
   function has(item, name) {
     var i = D.layers.indexOf(name);
     return item.L !== undefined && item.L.indexOf(i) >= 0;
@@ -54,6 +56,7 @@
       if ((state.page + 1) * PAGE < shown.length) { state.page++; draw(); }
     };
     $("close").onclick = function () { state.open = null; $("detail").hidden = true; };
+    $("zoom").onchange = function () { state.zoom = $("zoom").value; applyZoom(); };
   }
 
   // ------------------------------------------------------------------ gallery
@@ -85,8 +88,9 @@
     var ov = el("img", { "class": "ov", loading: "lazy", alt: "" });
     stack.appendChild(ov);
     t.appendChild(stack);
-    var cap = item.id + (item.m !== undefined && item.m !== null ? "  mIoU " + pct(item.m) : "");
-    t.appendChild(el("div", { "class": "cap" }, cap));
+    t.appendChild(el("div", { "class": "cap" }, item.id));
+    var score = item.m !== undefined && item.m !== null ? "mIoU " + pct(item.m) + " (" + item.ml + ")" : "\u00a0";
+    t.appendChild(el("div", { "class": "cap score" }, score));
     t.onclick = function () { openDetail(item); };
     setOverlay(ov, item, true);
     return t;
@@ -133,6 +137,7 @@
     if (item.m !== undefined && item.m !== null) { info += ", mIoU " + pct(item.m) + " (" + item.ml + ")"; }
     $("detail-info").textContent = info;
     var base = $("detail-base");
+    base.onload = applyZoom;
     base.src = src(item, "image", false);
     setOverlay($("detail-ov"), item, false);
     var legend = $("legend");
@@ -147,6 +152,16 @@
       legend.appendChild(s);
     });
     $("detail").scrollIntoView();
+  }
+
+  // whole factors only: each image pixel becomes z x z screen pixels (no blending)
+  function applyZoom() {
+    var base = $("detail-base"), w = base.naturalWidth, h = base.naturalHeight;
+    if (!w || !h) { return; }
+    var z = state.zoom === "auto" ? Math.max(1, Math.floor(ZOOM_TO / Math.max(w, h))) : Number(state.zoom);
+    base.style.width = w * z + "px";
+    base.style.height = h * z + "px";
+    $("stage").setAttribute("data-zoom", String(z));
   }
 
   // ------------------------------------------------------------------ summary
