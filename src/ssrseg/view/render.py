@@ -63,7 +63,8 @@ class Unshowable(Exception):
 
 
 def layer_slug(name: str) -> str:
-    """A layer name as a file name: ``CAM (refined): traffic light`` -> ``cam-refined-traffic-light``."""
+    """A layer name as a file name: ``CAM (refined): traffic light`` ->
+    ``cam-refined-traffic-light``."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "layer"
 
 
