@@ -331,15 +331,23 @@ def _run_source(folder: Path) -> Source:
                 items += _dataset_items(val, split, folders, ".png", first)
     if not items and not report:
         raise ViewInputError(f"{folder}: a run folder without pseudo labels or predictions yet")
+    return _source(
+        "run", folder, cfg, dataset, items, tables=list(report.get("tables") or []), notes=notes
+    )
+
+
+def _source(
+    kind: str, folder: Path, cfg: dict[str, Any], dataset: Any, items: list[Item], **rest: Any
+) -> Source:
+    """A :class:`Source` with the class names and palette of ``dataset`` (None: of ``cfg``)."""
     return Source(
-        kind="run",
+        kind=kind,
         path=folder,
         class_names=_class_names(cfg, folder, dataset),
-        palette=_palette(dataset),
+        palette=_palette(dataset),  # every dataset's palette is the VOC colour map
         items=items,
         config=cfg,
-        tables=list(report.get("tables") or []),
-        notes=notes,
+        **rest,
     )
 
 
@@ -380,13 +388,12 @@ def _labeller_source(folder: Path, record: dict[str, Any], command: str) -> Sour
         notes = [f"the dataset of {folder / 'run.json'} was not found: no images or ground truth"]
     else:
         items, notes = _dataset_items(dataset, split, {layer: folder}, suffix, layer), []
-    return Source(
-        kind=command,
-        path=folder,
-        class_names=_class_names(cfg, folder, dataset),
-        palette=_palette(dataset),
-        items=items,
-        config=cfg,
+    return _source(
+        command,
+        folder,
+        cfg,
+        dataset,
+        items,
         cam_pseudo=cfg.get("pseudo", {}) if command == "cams" else None,
         notes=notes,
     )
@@ -417,15 +424,7 @@ def _predict_source(folder: Path, record: dict[str, Any], images: str | Path | N
         Item(f"predict/{name}", name, "predict", sources.get(name), {PRED: path})
         for name, path in masks.items()
     ]
-    return Source(
-        kind="predict",
-        path=folder,
-        class_names=_class_names(cfg, folder, None),
-        palette=_palette(None),  # every dataset's palette is the VOC colour map
-        items=items,
-        config=cfg,
-        notes=notes,
-    )
+    return _source("predict", folder, cfg, None, items, notes=notes)
 
 
 def _evaluate_source(path: Path, data: dict[str, Any], pred_dir: Path | None = None) -> Source:
@@ -457,13 +456,4 @@ def _evaluate_source(path: Path, data: dict[str, Any], pred_dir: Path | None = N
         notes.append(f"dataset {options.get('dataset')} at {options.get('root')} not found")
     else:
         items = _dataset_items(dataset, split, {PRED: pred}, ".png", None)
-    return Source(
-        kind="evaluate",
-        path=folder,
-        class_names=_class_names(cfg, folder, dataset),
-        palette=_palette(dataset),
-        items=items,
-        config=cfg,
-        recorded=recorded,
-        notes=notes,
-    )
+    return _source("evaluate", folder, cfg, dataset, items, recorded=recorded, notes=notes)
