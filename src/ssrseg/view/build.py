@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ssrseg.atomic import atomic_write_text
+from ssrseg.config import ConfigError, config_from_dict
 from ssrseg.metrics import json_safe, scores_from_hist
+from ssrseg.rectify.labels import scores_to_labels
+from ssrseg.rectify.sgc import slic_superpixels
 from ssrseg.view.discover import SCORED, Item, Source, is_cam_file
 from ssrseg.view.layers import dense_hist
 from ssrseg.view.render import CamLabeller, RenderSettings, Segmenter, render_item
+from ssrseg.view.site import write_site
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -122,11 +127,6 @@ def cam_labeller(source: Source) -> CamLabeller | None:
     from the float16 values the file holds), with the folder's pseudo-label settings."""
     if source.cam_pseudo is None:
         return None
-    import torch
-
-    from ssrseg.config import ConfigError, config_from_dict
-    from ssrseg.rectify.labels import scores_to_labels
-
     try:
         pseudo = config_from_dict({"pseudo": source.cam_pseudo}).pseudo
     except (ConfigError, TypeError, ValueError):
@@ -145,8 +145,6 @@ def superpixel_segmenter(source: Source) -> Segmenter | None:
     sgc = source.config.get("sgc")
     if not isinstance(sgc, dict) or "n_segments" not in sgc:
         return None
-    from ssrseg.rectify.sgc import slic_superpixels
-
     n, compactness = int(sgc["n_segments"]), float(sgc.get("compactness", 10.0))
 
     def segment(image: np.ndarray) -> np.ndarray:
@@ -164,8 +162,6 @@ def build_site(
 ) -> BuildResult:
     """Render what changed, then write the page (see the module docstring); ``settings``
     None: the default sizes."""
-    from ssrseg.view.site import write_site
-
     settings = settings or RenderSettings()
     t0 = time.perf_counter()
     segmenter = superpixel_segmenter(source) if superpixels else None

@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+
+from ssrseg.data import BadInputError, build_dataset
+from ssrseg.data.base import IMAGE_EXTENSIONS
+from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
+from ssrseg.viz import palette
 
 # Layer names (the page shows them as they are).
 IMAGE = "image"
@@ -192,8 +198,6 @@ def resolve_root(root: str | None, folder: Path) -> Path | None:
 
 def _open_dataset(cfg: dict[str, Any], split: str, folder: Path, classes: Any = None) -> Any:
     """The recorded dataset split with its masks where present (None if it cannot be found)."""
-    from ssrseg.data import BadInputError, build_dataset
-
     data = cfg.get("data") or {}
     root = resolve_root(data.get("root"), folder)
     if root is None or not data.get("dataset"):
@@ -216,8 +220,6 @@ def _class_names(cfg: dict[str, Any], folder: Path, dataset: Any) -> tuple[str, 
     root's ``classes.txt``; empty when none is known."""
     if dataset is not None:
         return tuple(dataset.class_names)
-    from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
-
     data = cfg.get("data") or {}
     name = data.get("dataset")
     if name == "voc":
@@ -231,8 +233,6 @@ def _class_names(cfg: dict[str, Any], folder: Path, dataset: Any) -> tuple[str, 
 
 
 def _palette(dataset: Any) -> np.ndarray:
-    from ssrseg.viz import palette
-
     return palette(dataset.palette_name if dataset is not None else "voc")
 
 
@@ -269,8 +269,6 @@ def _dataset_items(
 
 def _safe(fn: Any) -> Any:
     """``fn()``, or None when the dataset cannot name the file (bad id, missing folder)."""
-    from ssrseg.data import BadInputError
-
     try:
         return fn()
     except (BadInputError, OSError, ValueError):
@@ -278,8 +276,6 @@ def _safe(fn: Any) -> Any:
 
 
 def _tags(dataset: Any, index: int) -> tuple[int, ...]:
-    from ssrseg.data import BadInputError
-
     try:
         return tuple(dataset.labels(index))
     except (BadInputError, OSError, ValueError, KeyError):
@@ -361,8 +357,6 @@ def _stage_result(stage: Path) -> dict[str, Any] | None:
 
 def _config_file(folder: Path) -> dict[str, Any]:
     """The folder's ``config.yaml`` as a plain dict (empty when absent or unreadable)."""
-    import yaml
-
     path = folder / "config.yaml"
     if not path.is_file():
         return {}
@@ -402,8 +396,6 @@ def _labeller_source(folder: Path, record: dict[str, Any], command: str) -> Sour
 def image_files(folder: Path) -> dict[str, Path]:
     """``{name: file}`` of the images under ``folder``, named as ``ssrseg predict`` names its
     outputs (path below the folder without the extension)."""
-    from ssrseg.data.base import IMAGE_EXTENSIONS
-
     exts = {e.lower() for e in IMAGE_EXTENSIONS}
     found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in found}

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ssrseg.atomic import atomic_path
+from ssrseg.data import BadInputError, read_image, read_mask
 from ssrseg.view.discover import (
     CAM_LABELS,
     ERRORS,
@@ -77,8 +78,6 @@ def item_folder(key: str) -> str:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    from ssrseg.data import BadInputError, read_image
-
     if not path.is_file():
         raise Unshowable(f"image not found: {path}")
     try:
@@ -88,8 +87,6 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def _read_labels(path: Path, source: Source) -> np.ndarray:
-    from ssrseg.data import BadInputError, read_mask
-
     if not path.is_file():
         raise Unshowable(f"file not found: {path}")
     try:
