@@ -71,6 +71,9 @@ class Item:
     image: Path | None  # None: the source image is not known (predict without --images)
     layers: dict[str, Path]  # layer name -> source file (label PNG, or the CAM npz)
     tags: tuple[int, ...] = ()
+    # the dataset reads the ground truth (COCO masks may hold category ids to map)
+    dataset: Any = field(default=None, compare=False, repr=False)
+    index: int = -1
 
 
 @dataclass
@@ -262,6 +265,8 @@ def _dataset_items(
                 image=_safe(lambda i=image_id: dataset.image_path(i)),
                 layers=layers,
                 tags=_tags(dataset, index),
+                dataset=dataset,
+                index=index,
             )
         )
     return items

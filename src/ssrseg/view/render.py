@@ -95,6 +95,19 @@ def _read_labels(path: Path, source: Source) -> np.ndarray:
         raise Unshowable(str(exc)) from None
 
 
+def _read_gt(item: Item, path: Path, source: Source) -> np.ndarray:
+    """The ground truth as the dataset reads it (its own decoding), else as a label PNG."""
+    if item.dataset is None:
+        return _read_labels(path, source)
+    try:
+        mask = item.dataset.load_mask(item.index)
+    except BadInputError as exc:
+        raise Unshowable(str(exc)) from None
+    if mask is None:
+        raise Unshowable(f"file not found: {path}")
+    return np.asarray(mask)
+
+
 def _read_cams(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     if not path.is_file():
         raise Unshowable(f"file not found: {path}")
@@ -118,7 +131,11 @@ def load_layers(
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(image ``H x W x 3``, label layers ``{name: H x W}``, CAMs ``{name: H x W}``), every
     layer checked against the image's size (:class:`Unshowable` otherwise)."""
-    labels = {n: _read_labels(p, source) for n, p in item.layers.items() if not is_cam_file(p)}
+    labels = {
+        n: _read_gt(item, p, source) if n == GT else _read_labels(p, source)
+        for n, p in item.layers.items()
+        if not is_cam_file(p)
+    }
     cams: dict[str, np.ndarray] = {}
     where: dict[str, Path] = dict(item.layers)  # the file each layer comes from
     for layer, file in item.layers.items():
