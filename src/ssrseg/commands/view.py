@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,27 +55,30 @@ def site_folder(path: Path, out: str | None) -> Path:
     return (path.parent if path.is_file() else path) / "view"
 
 
-def run(args: argparse.Namespace) -> int:
+def build_page(
+    path: str | Path,
+    out: str | None = None,
+    images: str | None = None,
+    add: Sequence[str] = (),
+    settings: Any = None,
+    superpixels: bool = True,
+    progress: bool = False,
+) -> Path:
+    """Build the site of ``path`` (see the module docstring), print what was done and the
+    page's path; returns the site folder. ``ssrseg demo`` ends with it."""
+    # the view package loads numpy, torch and PIL: only when a page is built (fast --help)
     from ssrseg.view.build import build_site
     from ssrseg.view.discover import discover
-    from ssrseg.view.render import RenderSettings
 
-    path = Path(args.path)
-    source = discover(path, args.images, args.add)
-    site = site_folder(path, args.out)
+    source = discover(path, images, add)
+    site = site_folder(Path(path), out)
 
-    def progress(items: Any) -> Any:
+    def bar(items: Any) -> Any:
         from tqdm import tqdm
 
-        return tqdm(items, desc="view", unit="img", disable=args.no_progress)
+        return tqdm(items, desc="view", unit="img", disable=not progress)
 
-    result = build_site(
-        source,
-        site,
-        RenderSettings(display=args.display, thumb=args.thumb),
-        superpixels=not args.no_superpixels,
-        progress=progress,
-    )
+    result = build_site(source, site, settings, superpixels=superpixels, progress=bar)
     print(
         f"{len(source.items)} images: rendered {result.rendered}, reused {result.reused}, "
         f"{result.placeholders} shown as placeholders ({result.seconds:.1f} s)"
@@ -82,6 +86,21 @@ def run(args: argparse.Namespace) -> int:
     for note in source.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"page: {result.index.resolve()}")
+    return site
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssrseg.view.render import RenderSettings  # see build_page
+
+    site = build_page(
+        args.path,
+        args.out,
+        args.images,
+        args.add,
+        RenderSettings(display=args.display, thumb=args.thumb),
+        superpixels=not args.no_superpixels,
+        progress=not args.no_progress,
+    )
     if args.serve:
         from ssrseg.view.serve import serve
 
