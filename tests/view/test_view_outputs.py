@@ -211,3 +211,25 @@ def test_fake_voc_labels(tmp_path: Path) -> None:
     assert items["train/2007_000001"]["c"] == [0, 14]
     assert all(item["m"] == pytest.approx(1.0) for item in items.values())
     assert data["palette"][15] == [192, 128, 128]  # the VOC colour map's person
+
+
+def test_checkpoint_evaluation_json_shows_its_metrics(tmp_path: Path) -> None:
+    """``evaluate --checkpoint`` without ``--save-pred``: the JSON's numbers, no gallery."""
+    from ssrseg.runrecord import make_record
+
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:2] = 1
+    pred = np.zeros_like(gt)
+    pred[:1] = 1
+    conf = ConfusionMatrix(3)
+    conf.update(pred, gt)
+    options = {"command": "evaluate", "dataset": "toy", "root": str(tmp_path / "absent")}
+    result = {"record": make_record(None, options), "no_crf": conf.compute()}
+    path = tmp_path / "metrics_toy_val.json"
+    path.write_text(json.dumps(result))
+    assert main(["view", str(path), "--no-progress"]) == 0
+    data = page(tmp_path / "view")
+    assert data["items"] == [] and "metrics only" in " ".join(data["notes"])
+    recorded = data["recorded"]["without CRF"]
+    # background: 8 right of 12 predicted or true; class 1: 4 right of 8
+    assert recorded["iou"][:2] == pytest.approx([8 / 12, 4 / 8])
