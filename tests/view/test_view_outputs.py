@@ -136,6 +136,15 @@ def test_labeller_folders(tmp_path: Path) -> None:
     assert set(data["computed"]) == {"pseudo label", "CAM labels"}
     files = pl / "view" / item["d"]
     assert (files / "cam-initial-disk.jpg").is_file() and (files / "cam-labels.t.png").is_file()
+    # `evaluate --pred` of the pseudo labels: the folder stays a pseudo-label folder, with the
+    # recorded numbers beside the ones summed from its images
+    root_args = ["--dataset", "toy", "--root", str(root), "--split", "train", "--quiet"]
+    assert main(["evaluate", "--pred", str(pl), *root_args]) == 0
+    assert main(["view", str(pl), "--no-progress", "--no-superpixels"]) == 0
+    data = page(pl / "view")
+    assert data["kind"] == "pseudo-labels"
+    recorded, computed = data["recorded"]["result"], data["computed"]["pseudo label"]
+    assert computed["miou"] == pytest.approx(recorded["miou"])
     # a folder of other images adds nothing: one line
     other = tmp_path / "elsewhere"
     make_voc(other, {"train": {"2007_000009": [0]}}, VOC_CLASSES)

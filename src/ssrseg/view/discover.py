@@ -148,16 +148,21 @@ def _discover(path: str | Path, images: str | Path | None) -> Source:
     ):
         return _run_source(p)
     metrics = p / "metrics.json"
-    if metrics.is_file():
-        data = _read_json(metrics)
-        if _command(data.get("record")) == "evaluate":
-            return _evaluate_source(metrics, data)
+    scores = _read_json(metrics) if metrics.is_file() else {}
+    if _command(scores.get("record")) != "evaluate":
+        scores = {}
     record = _read_json(p / "run.json") if (p / "run.json").is_file() else {}
     command = _command(record)
-    if command in ("pseudo-labels", "cams"):
-        return _labeller_source(p, record, command)
-    if command == "predict":
-        return _predict_source(p, record, images)
+    if command in ("pseudo-labels", "cams", "predict"):
+        # an `evaluate --pred` of this folder leaves its numbers in metrics.json: shown too
+        if command == "predict":
+            source = _predict_source(p, record, images)
+        else:
+            source = _labeller_source(p, record, command)
+        source.recorded = _recorded(scores)
+        return source
+    if scores:
+        return _evaluate_source(metrics, scores)
     if command == "evaluate":
         return _evaluate_source(p / "run.json", {"record": record}, pred_dir=p)
     raise ViewInputError(
@@ -337,6 +342,13 @@ def _run_source(folder: Path) -> Source:
     )
 
 
+def _recorded(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metrics an ``evaluate`` JSON holds: ``result`` (``--pred``), ``without CRF`` /
+    ``with CRF`` (``--checkpoint``)."""
+    found = (("result", data), ("without CRF", data.get("no_crf")), ("with CRF", data.get("crf")))
+    return {name: value for name, value in found if isinstance(value, dict) and "iou" in value}
+
+
 def _source(
     kind: str, folder: Path, cfg: dict[str, Any], dataset: Any, items: list[Item], **rest: Any
 ) -> Source:
@@ -437,13 +449,7 @@ def _evaluate_source(path: Path, data: dict[str, Any], pred_dir: Path | None = N
     folder = path.parent
     dataset = _open_dataset(cfg, split, folder, options.get("classes"))
     pred = pred_dir or (Path(options["pred"]) if options.get("pred") else None)
-    recorded = {
-        name: value
-        for name, value in (("result", data), ("without CRF", data.get("no_crf")))
-        if isinstance(value, dict) and "iou" in value
-    }
-    if isinstance(data.get("crf"), dict):
-        recorded["with CRF"] = data["crf"]
+    recorded = _recorded(data)
     items: list[Item] = []
     notes = []
     if pred is None or not pred.is_dir():
