@@ -19,7 +19,7 @@ from ssrseg.config import load_config
 from ssrseg.data.classes import VOC_CLASSES
 from ssrseg.metrics import ConfusionMatrix
 from ssrseg.runrecord import prepare_output
-from ssrseg.viz import save_label_png
+from ssrseg.viz import palette, save_label_png
 
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "data"))
@@ -83,9 +83,18 @@ def test_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (table,) = data["tables"]
     assert table["rows"][0]["paper"]["miou"] == 63.3
     assert "n_segments" in data["config"] and str(run / "data") in data["config"]
-    # thumbnails are small and the display files never larger than the image
-    thumb = Image.open(run / "view" / items[f"{TRAIN}/{ids[TRAIN][0]}"]["d"] / "image.t.jpg")
-    assert max(thumb.size) == 128
+    # a 128 px image is its own 128 px thumbnail: one file, two names
+    files = run / "view" / items[f"{TRAIN}/{ids[TRAIN][0]}"]["d"]
+    assert (files / "image.t.jpg").stat().st_ino == (files / "image.jpg").stat().st_ino
+    assert Image.open(files / "ground-truth.t.png").size == (128, 128)
+    # smaller thumbnails are their own files; label layers keep their colours (nearest)
+    assert main(["view", str(run), "--thumb", "32", "--out", str(tmp_path / "small")]) == 0
+    files = tmp_path / "small" / items[f"{TRAIN}/{ids[TRAIN][0]}"]["d"]
+    with Image.open(files / "pseudo-label.t.png") as small:
+        assert small.size == (32, 32)
+        colours = {tuple(c) for c in np.asarray(small)[..., :3].reshape(-1, 3)}
+    allowed = {tuple(c) for c in palette("voc")[: len(classes) + 1]}
+    assert colours <= allowed
 
 
 def test_labeller_folders(tmp_path: Path) -> None:
@@ -201,6 +210,8 @@ def test_evaluate_result(tmp_path: Path) -> None:
         recorded, computed = data["recorded"]["result"], data["computed"]["prediction"]
         assert computed["miou"] == pytest.approx(recorded["miou"])
         assert computed["iou"] == pytest.approx(recorded["iou"], nan_ok=True)
+        # no configuration recorded: superpixels with the SGC defaults
+        assert "superpixels" in data["layers"]
         worst = min(data["items"], key=lambda it: it["m"])
         assert worst["k"] == f"train/{ids[-1]}"  # the widest band erased
 

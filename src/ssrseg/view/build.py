@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ssrseg.atomic import atomic_write_text
-from ssrseg.config import ConfigError, config_from_dict
+from ssrseg.config import ConfigError, SGCConfig, config_from_dict
 from ssrseg.metrics import json_safe, scores_from_hist
 from ssrseg.rectify.labels import scores_to_labels
 from ssrseg.rectify.sgc import slic_superpixels
@@ -139,13 +139,19 @@ def cam_labeller(source: Source) -> CamLabeller | None:
     return label
 
 
-def superpixel_segmenter(source: Source) -> Segmenter | None:
-    """SLIC as the SGC mask runs it (the folder's ``sgc.n_segments`` / ``compactness``), or
-    None when the configuration has no SGC settings."""
+def slic_settings(source: Source) -> tuple[int, float]:
+    """(n_segments, compactness) of the folder's ``sgc`` section; a folder without one (an
+    ``evaluate`` result) gets the defaults of :class:`~ssrseg.config.SGCConfig`."""
+    default = SGCConfig()
     sgc = source.config.get("sgc")
-    if not isinstance(sgc, dict) or "n_segments" not in sgc:
-        return None
-    n, compactness = int(sgc["n_segments"]), float(sgc.get("compactness", 10.0))
+    sgc = sgc if isinstance(sgc, dict) else {}
+    n = int(sgc.get("n_segments", default.n_segments))
+    return n, float(sgc.get("compactness", default.compactness))
+
+
+def superpixel_segmenter(settings: tuple[int, float]) -> Segmenter:
+    """SLIC as the SGC mask runs it, with ``settings`` from :func:`slic_settings`."""
+    n, compactness = settings
 
     def segment(image: np.ndarray) -> np.ndarray:
         return slic_superpixels(image, n, compactness).numpy()
@@ -164,14 +170,14 @@ def build_site(
     None: the default sizes."""
     settings = settings or RenderSettings()
     t0 = time.perf_counter()
-    segmenter = superpixel_segmenter(source) if superpixels else None
+    slic = slic_settings(source) if superpixels else None
+    segmenter = superpixel_segmenter(slic) if slic else None
     has_cams = any(is_cam_file(f) for i in source.items for f in i.layers.values())
     labeller = cam_labeller(source) if has_cams else None
-    sgc = source.config.get("sgc") or {}
     build_settings = {
         **settings.as_dict(),
         "classes": list(source.class_names),
-        "superpixels": [sgc.get("n_segments"), sgc.get("compactness")] if segmenter else None,
+        "superpixels": list(slic) if slic else None,
         "cam_labels": source.cam_pseudo if labeller else None,
     }
     site.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,9 @@ so instead of a broken image.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +211,24 @@ def write_layer(
     h, w = arr.shape[:2]
     ext = "png" if arr.ndim == 3 and arr.shape[2] == 4 else "jpg"
     slug = layer_slug(name)
-    _save(_resize(arr, fit_size(h, w, settings.display), nearest), folder / f"{slug}.{ext}")
-    _save(_resize(arr, fit_size(h, w, settings.thumb), nearest), folder / f"{slug}.t.{ext}")
+    full, thumb = folder / f"{slug}.{ext}", folder / f"{slug}.t.{ext}"
+    size = fit_size(h, w, settings.display)
+    _save(_resize(arr, size, nearest), full)
+    if fit_size(h, w, settings.thumb) == size:  # a small image is its own thumbnail
+        _link(full, thumb)
+    else:
+        _save(_resize(arr, fit_size(h, w, settings.thumb), nearest), thumb)
+
+
+def _link(src: Path, dest: Path) -> None:
+    """``dest`` as a hard link to ``src`` (no second encode, no extra bytes on disk), put in
+    place atomically; a copy where the file system has no hard links."""
+    with atomic_path(dest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def render_item(
