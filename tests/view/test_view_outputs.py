@@ -187,6 +187,17 @@ def test_predict_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert grey.shape == (20, 30, 3) and abs(int(grey.mean()) - 128) <= 1
     assert items["predict/a"]["c"] == [14]  # no ground truth: the prediction's classes
 
+    # a checkpoint of a dataset this machine does not know: labels shown without names
+    prepare_output(
+        tmp_path / "unknown",
+        load_config(None, ["data.dataset=folder", f"data.root={tmp_path / 'absent'}"]),
+        {"command": "predict"},
+    )
+    save_label_png(tmp_path / "unknown" / "x.png", np.full((6, 6), 7, np.uint8))
+    assert main(["view", str(tmp_path / "unknown"), "--no-progress"]) == 0
+    (unknown,) = page(tmp_path / "unknown" / "view")["items"]
+    assert "e" not in unknown and unknown["c"] == [6]
+
     assert main(["view", str(out), "--images", str(images), "--no-progress"]) == 0
     items = by_key(page(out / "view"))
     shown = np.asarray(Image.open(out / "view" / items["predict/sub/b"]["d"] / "image.jpg"))

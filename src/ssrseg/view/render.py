@@ -92,7 +92,8 @@ def _read_labels(path: Path, source: Source) -> np.ndarray:
     if not path.is_file():
         raise Unshowable(f"file not found: {path}")
     try:
-        return read_mask(path, source.num_classes or None, source.palette)
+        # without class names (a predict folder of an unknown dataset) any label is shown
+        return read_mask(path, source.num_classes if source.class_names else None, source.palette)
     except BadInputError as exc:
         raise Unshowable(str(exc)) from None
 
