@@ -19,6 +19,9 @@ from typing import Any
 
 from ssrseg.commands.common import non_negative_int, plain_doc, positive_int
 
+# lazy: `ssrseg --help` imports every command module; the view package loads numpy, torch and
+# PIL, so it is imported inside the functions that build a page.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -66,7 +69,6 @@ def build_page(
 ) -> Path:
     """Build the site of ``path`` (see the module docstring), print what was done and the
     page's path; returns the site folder. ``ssrseg demo`` ends with it."""
-    # the view package loads numpy, torch and PIL: only when a page is built (fast --help)
     from ssrseg.view.build import build_site
     from ssrseg.view.discover import discover
 
@@ -90,7 +92,7 @@ def build_page(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssrseg.view.render import RenderSettings  # see build_page
+    from ssrseg.view.render import RenderSettings
 
     site = build_page(
         args.path,
