@@ -27,6 +27,7 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--disable-dev-shm-usage",  # containers (CI) often have a tiny /dev/shm
     "--force-device-scale-factor=1",  # one screenshot pixel per CSS pixel
     "--window-size=1280,1600",
 )
