@@ -156,6 +156,16 @@ def test_overlays_switch_and_blend(driver: Any, world: dict[str, Any]) -> None:
     assert (with_pred[lost] == plain[lost]).all()  # the erased band shows the image
     assert not np.array_equal(with_gt, with_pred)
 
+    # the arrow keys walk the gallery's order in the detail view
+    from selenium.webdriver.common.keys import Keys
+
+    order = shown_keys(driver)
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    nxt = next(k for k in order[order.index(key) + 1 :] if k != world["gone"])
+    assert driver.find_element(By.ID, "detail-title").text == nxt
+    driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+    assert driver.find_element(By.ID, "detail-title").text == key
+
     # blending: at half opacity a class pixel lies between the image and the palette colour
     driver.execute_script(
         "var o = document.getElementById('opacity'); o.value = 50;"

@@ -57,6 +57,15 @@
     };
     $("close").onclick = function () { state.open = null; $("detail").hidden = true; };
     $("zoom").onchange = function () { state.zoom = $("zoom").value; applyZoom(); };
+    // left / right arrows: the previous / next image of the current order in the detail view
+    document.addEventListener("keydown", function (ev) {
+      if (!state.open || ev.target.tagName === "SELECT" || ev.target.tagName === "INPUT") { return; }
+      var step = ev.key === "ArrowRight" ? 1 : ev.key === "ArrowLeft" ? -1 : 0;
+      if (!step) { return; }
+      var at = shown.indexOf(state.open) + step;
+      while (at >= 0 && at < shown.length && shown[at].e !== undefined) { at += step; } // placeholders
+      if (at >= 0 && at < shown.length) { openDetail(shown[at]); }
+    });
   }
 
   // ------------------------------------------------------------------ gallery
