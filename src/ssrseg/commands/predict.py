@@ -21,6 +21,10 @@ from ssrseg.commands.common import (
     require_crf,
     resolve_device,
 )
+from ssrseg.errors import BadInputError
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
@@ -242,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.data.base import SkipLog, read_image
     from ssrseg.runrecord import check_output, prepare_output
 
     out = Path(args.out)
