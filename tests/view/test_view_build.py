@@ -151,3 +151,22 @@ def test_help_does_not_load_the_view_package() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_demo_ends_by_building_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ssrseg demo`` (``make demo``) builds the run's page last and prints its path (the run
+    itself is stood in for by a finished demo-like folder; tests/test_demo.py runs the real one)."""
+    from ssrseg.protocol import demo
+
+    def finished_run(out: str, *args: object) -> dict:
+        make_run(Path(out), n_train=2, n_val=2)
+        return {}
+
+    monkeypatch.setattr(demo, "run_demo", finished_run)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"page: {(out / 'view' / 'index.html').resolve()}"
+    assert (out / "view" / "data.js").is_file()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ssrseg.cli import main
 from ssrseg.config import config_to_dict, load_config, save_config
-from ssrseg.engine.report import PAPER, make_row, make_table
+from ssrseg.protocol.report import PAPER, make_row, make_table
 from ssrseg.viz import save_label_png
 
 REPO = Path(__file__).resolve().parents[2]
