@@ -12,7 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from view_fakes import REPO, TRAIN, VAL, degrade, iou_by_hand, make_run, read_labels, render_toy
+from view_fakes import (
+    IN_DIST,
+    REPO,
+    TRAIN,
+    VAL,
+    degrade,
+    iou_by_hand,
+    make_run,
+    read_labels,
+    render_toy,
+)
 
 from ssrseg.cli import main
 from ssrseg.config import load_config
@@ -47,11 +57,11 @@ def layers_of(data: dict[str, Any], item: dict[str, Any]) -> list[str]:
 
 def test_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    ids = make_run(run)
+    ids = make_run(run, n_id=2)
     assert main(["view", str(run), "--no-progress"]) == 0
     assert f"page: {(run / 'view' / 'index.html').resolve()}" in capsys.readouterr().out
     data = page(run / "view")
-    assert data["kind"] == "run" and data["splits"] == sorted([TRAIN, VAL])
+    assert data["kind"] == "run" and data["splits"] == sorted([TRAIN, VAL, IN_DIST])
     classes = (run / "data" / "classes.txt").read_text().split()
     assert data["classes"] == ["background", *classes]
     items = by_key(data)
@@ -73,12 +83,25 @@ def test_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 conf.update(pred, gt)
             files = run / "view" / item["d"]
             assert (files / "image.jpg").is_file() and (files / "errors.t.png").is_file()
+    # the in-distribution stage: SSR's predictions scored, the fully supervised ones beside
+    for image_id in ids[IN_DIST]:
+        item = items[f"{IN_DIST}/{image_id}"]
+        gt = read_labels(run / "data" / "SegmentationClass" / f"{image_id}.png")
+        pred = read_labels(run / "eval_in_distribution/ssr/pred/no_crf" / f"{image_id}.png")
+        assert item["ml"] == "prediction" and item["m"] == pytest.approx(iou_by_hand(pred, gt))
+        assert "fully supervised" in layers_of(data, item)
     # the page's per-class table is the val split's matrix, as ssrseg.metrics computes it
-    computed = data["computed"]["prediction"]
+    computed = data["computed"][f"prediction ({VAL})"]
     expected = conf.compute()
     assert computed["miou"] == pytest.approx(expected["miou"])
     assert np.array_equal(np.array(computed["hist"]), conf.hist)
     assert computed["images"] == len(ids[VAL])
+    # one table per layer and split: the in-distribution split is never mixed in
+    assert set(data["computed"]) == {
+        f"pseudo label ({TRAIN})",
+        *(f"{layer} ({VAL})" for layer in ("prediction", "prediction (CRF)")),
+        *(f"{layer} ({IN_DIST})" for layer in ("prediction", "fully supervised")),
+    }
     # the report's table with the paper's numbers beside it, and the effective config
     (table,) = data["tables"]
     assert table["rows"][0]["paper"]["miou"] == 63.3
@@ -142,7 +165,7 @@ def test_labeller_folders(tmp_path: Path) -> None:
         assert {f"CAM ({kind}): square", f"CAM ({kind}): disk"} <= shown
     assert {"pseudo label", "CAM labels", "ground truth"} <= shown
     assert item["ml"] == "pseudo label"
-    assert set(data["computed"]) == {"pseudo label", "CAM labels"}
+    assert set(data["computed"]) == {"pseudo label (train)", "CAM labels (train)"}
     files = pl / "view" / item["d"]
     assert (files / "cam-initial-disk.jpg").is_file() and (files / "cam-labels.t.png").is_file()
     # `evaluate --pred` of the pseudo labels: the folder stays a pseudo-label folder, with the
@@ -152,7 +175,7 @@ def test_labeller_folders(tmp_path: Path) -> None:
     assert main(["view", str(pl), "--no-progress", "--no-superpixels"]) == 0
     data = page(pl / "view")
     assert data["kind"] == "pseudo-labels"
-    recorded, computed = data["recorded"]["result"], data["computed"]["pseudo label"]
+    recorded, computed = data["recorded"]["result"], data["computed"]["pseudo label (train)"]
     assert computed["miou"] == pytest.approx(recorded["miou"])
     # a folder of other images adds nothing: one line
     other = tmp_path / "elsewhere"
@@ -218,7 +241,7 @@ def test_evaluate_result(tmp_path: Path) -> None:
         data = page(tmp_path / "v")
         assert data["kind"] == "evaluate" and len(data["items"]) == len(ids)
         # the page's matrix, summed from the images, scores as evaluate did
-        recorded, computed = data["recorded"]["result"], data["computed"]["prediction"]
+        recorded, computed = data["recorded"]["result"], data["computed"]["prediction (train)"]
         assert computed["miou"] == pytest.approx(recorded["miou"])
         assert computed["iou"] == pytest.approx(recorded["iou"], nan_ok=True)
         # no configuration recorded: superpixels with the SGC defaults

@@ -13,11 +13,12 @@ from PIL import Image
 
 from ssrseg.cli import main
 from ssrseg.config import config_to_dict, load_config, save_config
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
 from ssrseg.protocol.report import PAPER, make_row, make_table
 from ssrseg.viz import save_label_png
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN, VAL = "train", "debiased"
+TRAIN, VAL, IN_DIST = "train", "debiased", IN_DISTRIBUTION_SPLIT
 
 
 def render_toy(root: Path, split: str, n: int, seed: int = 0) -> list[str]:
@@ -53,18 +54,24 @@ def write_stage(folder: Path, result: dict) -> None:
     )
 
 
-def make_run(out: Path, n_train: int = 5, n_val: int = 4) -> dict[str, list[str]]:
+def make_run(out: Path, n_train: int = 5, n_val: int = 4, n_id: int = 0) -> dict[str, list[str]]:
     """A finished-run folder: rendered data, ``config.yaml``, seeds (pseudo labels), eval
-    (predictions without / with CRF) and a ``report.json`` with a Table 3 row beside the
-    paper's. Returns ``{split: ids}``."""
+    (predictions without / with CRF), with ``n_id`` the in-distribution stage (SSR's and the
+    fully supervised decoder's predictions), and a ``report.json`` with a Table 3 row beside
+    the paper's. Returns ``{split: ids}``."""
     data = out / "data"
     ids = {TRAIN: render_toy(data, TRAIN, n_train), VAL: render_toy(data, VAL, n_val, seed=1)}
+    groups = [(TRAIN, ("seeds/labels",)), (VAL, ("eval/pred/no_crf", "eval/pred/crf"))]
+    if n_id:
+        ids[IN_DIST] = render_toy(data, IN_DIST, n_id, seed=2)
+        stage = "eval_in_distribution"
+        groups.append(
+            (IN_DIST, (f"{stage}/ssr/pred/no_crf", f"{stage}/fully_supervised/pred/no_crf"))
+        )
+        write_stage(out / stage, {"split": IN_DIST, "images": n_id})
     cfg = load_config(REPO / "configs" / "toy.yaml", [f"data.root={data}"])
     save_config(cfg, out)
-    for split, folders in (
-        (TRAIN, ("seeds/labels",)),
-        (VAL, ("eval/pred/no_crf", "eval/pred/crf")),
-    ):
+    for split, folders in groups:
         for k, sub in enumerate(folders):
             for i, image_id in enumerate(ids[split]):
                 gt = read_labels(data / "SegmentationClass" / f"{image_id}.png")

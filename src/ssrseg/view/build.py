@@ -105,20 +105,23 @@ def _files_present(site: Path, entry: dict[str, Any]) -> bool:
 
 
 def aggregate(entries: Iterable[dict[str, Any]], num_classes: int) -> dict[str, Any]:
-    """Per scored layer, the metrics of all its images together (one confusion matrix summed
-    from the images' cells): ``{layer: scores_from_hist dict + hist + images}``."""
-    hists: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    """Per scored layer and split, the metrics of its images together (one confusion matrix
+    summed from the images' cells; splits are never mixed): ``{"<layer> (<split>)":
+    scores_from_hist dict + hist + images}``, the layers in :data:`SCORED` order."""
+    hists: dict[tuple[str, str], np.ndarray] = {}
+    counts: dict[tuple[str, str], int] = {}
     for entry in entries:
         for name, cells in (entry.get("hists") or {}).items():
-            hist = hists.setdefault(name, np.zeros((num_classes, num_classes), np.int64))
+            key = (name, entry["split"])
+            hist = hists.setdefault(key, np.zeros((num_classes, num_classes), np.int64))
             hist += dense_hist(cells, num_classes)
-            counts[name] = counts.get(name, 0) + 1
+            counts[key] = counts.get(key, 0) + 1
+    rank = {name: i for i, name in enumerate(SCORED)}
     out = {}
-    for name in [*(n for n in SCORED if n in hists), *(n for n in hists if n not in SCORED)]:
-        if name in hists:
-            scores = scores_from_hist(hists[name])
-            out[name] = {**scores, "hist": hists[name].tolist(), "images": counts[name]}
+    for name, split in sorted(hists, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1])):
+        scores = scores_from_hist(hists[name, split])
+        entry = {**scores, "hist": hists[name, split].tolist(), "images": counts[name, split]}
+        out[f"{name} ({split})"] = entry
     return out
 
 

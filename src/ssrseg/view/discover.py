@@ -302,44 +302,64 @@ def _folder_items(folder: Path, suffix: str, split: str, layer: str) -> list[Ite
 # the output kinds
 
 
+# A run's prediction stages: (stage folder, SSR's predictions, the fully supervised decoder's
+# predictions without CRF), relative to the run folder. `eval` scores the val split (the toy
+# world's debiased one); the toy world's `eval_in_distribution` its in-distribution split.
+RUN_PREDICTIONS = (
+    ("eval", "eval/pred", "fully_supervised/pred/no_crf"),
+    ("eval_in_distribution", "eval_in_distribution/ssr/pred",
+     "eval_in_distribution/fully_supervised/pred/no_crf"),
+)  # fmt: skip
+
+
 def _run_source(folder: Path) -> Source:
-    """A reproduce / demo run folder."""
+    """A reproduce / demo run folder: the seed split's pseudo labels, each prediction stage's
+    split with its predictions."""
     report = _read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
     cfg = report.get("config") or _config_file(folder)
     notes = [] if report else ["no report.json yet: the run has not finished its report stage"]
+    data = cfg.get("data") or {}
     items: list[Item] = []
-    dataset = None
+    datasets = []
     seeds = _stage_result(folder / "seeds")
-    if seeds is not None and (folder / "seeds" / "labels").is_dir():
-        split = seeds.get("split") or (cfg.get("data") or {}).get("train_split", "train")
-        dataset = _open_dataset(cfg, split, folder)
-        labels = folder / "seeds" / "labels"
-        if dataset is None:
-            items += _folder_items(labels, ".png", split, PSEUDO)
-        else:
-            items += _dataset_items(dataset, split, {PSEUDO: labels}, ".png", PSEUDO)
-    evals = _stage_result(folder / "eval")
-    pred_root = folder / "eval" / "pred"
-    if evals is not None and pred_root.is_dir():
-        split = evals.get("split") or (cfg.get("data") or {}).get("val_split", "val")
-        val = _open_dataset(cfg, split, folder)
-        dataset = dataset or val
-        folders = {PRED: pred_root / "no_crf", PRED_CRF: pred_root / "crf"}
-        fully = folder / "fully_supervised" / "pred" / "no_crf"
-        if fully.is_dir():
-            folders[FULLY] = fully
-        folders = {n: f for n, f in folders.items() if f.is_dir()}
-        first = next(iter(folders), None)
-        if first is not None:
-            if val is None:
-                items += _folder_items(folders[first], ".png", split, first)
-            else:
-                items += _dataset_items(val, split, folders, ".png", first)
+    if seeds is not None:
+        split = seeds.get("split") or data.get("train_split", "train")
+        found, dataset = _split_items(folder, cfg, split, {PSEUDO: folder / "seeds" / "labels"})
+        items += found
+        datasets.append(dataset)
+    for stage, ssr, fully in RUN_PREDICTIONS:
+        result = _stage_result(folder / stage)
+        if result is None:
+            continue
+        split = result.get("split") or data.get("val_split", "val")
+        layers = {
+            PRED: folder / ssr / "no_crf",
+            PRED_CRF: folder / ssr / "crf",
+            FULLY: folder / fully,
+        }
+        found, dataset = _split_items(folder, cfg, split, layers)
+        items += found
+        datasets.append(dataset)
     if not items and not report:
         raise ViewInputError(f"{folder}: a run folder without pseudo labels or predictions yet")
-    return _source(
-        "run", folder, cfg, dataset, items, tables=list(report.get("tables") or []), notes=notes
-    )
+    dataset = next((d for d in datasets if d is not None), None)
+    tables = list(report.get("tables") or [])
+    return _source("run", folder, cfg, dataset, items, tables=tables, notes=notes)
+
+
+def _split_items(
+    folder: Path, cfg: dict[str, Any], split: str, layers: dict[str, Path]
+) -> tuple[list[Item], Any]:
+    """(items, dataset) of one split of a run: the ids with a file in the first of ``layers``'
+    folders that exists, each with its files in all of them."""
+    present = {name: f for name, f in layers.items() if f.is_dir()}
+    if not present:
+        return [], None
+    first = next(iter(present))
+    dataset = _open_dataset(cfg, split, folder)
+    if dataset is None:
+        return _folder_items(present[first], ".png", split, first), None
+    return _dataset_items(dataset, split, present, ".png", first), dataset
 
 
 def _recorded(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
