@@ -23,10 +23,13 @@ import numpy as np
 
 from ssrseg.commands.common import (
     add_dataset_args,
+    add_job_args,
     apply_dataset_args,
+    input_paths,
     non_negative_int,
     plain_doc,
     positive_int,
+    refuse_overlap,
     require_crf,
     resolve_device,
     resolve_split,
@@ -67,11 +70,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="only the first N images of the split")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
-    p.add_argument(
-        "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_job_args(p, "redo every image, also those this job finished (and a folder made with "
+                 "other settings)")  # fmt: skip
     p.add_argument(
         "--no-prefetch",
         action="store_true",
@@ -125,8 +125,8 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
 
     import torch
 
-    from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.config import ConfigError, load_config
+    from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
+    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.runrecord import check_output, prepare_output
@@ -143,6 +143,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
             file=sys.stderr,
         )
     cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
+    refuse_overlap(args.out, "--out", *input_paths(cfg, args))
     split = resolve_split(args.split, cfg, "train")
     dataset = build_dataset(
         cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file, class_names=args.classes
@@ -151,12 +152,9 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     prompts = prompts_from_config(
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
-    if prompts.num_classes != len(dataset.class_names):
-        raise ConfigError(
-            f"prompts '{p.dataset}' have {prompts.num_classes} classes but dataset "
-            f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
-            "set prompts.dataset to match"
-        )
+    check_prompt_classes(
+        prompts, dataset.class_names, p.dataset, f"{cfg.data.dataset} at {cfg.data.root}"
+    )
     record_options: dict[str, Any] = {
         "command": command,
         "split": split,
@@ -346,12 +344,15 @@ def run_job(
     from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
     from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.runrecord import output_stamp, written_by
 
     def destination(sample: Sample) -> Path:
         return job.out / f"{sample.image_id}{suffix}"
 
+    stamp = output_stamp(job.out)  # the job of OUT/run.json: its files are the done ones
+
     def done(sample: Sample) -> bool:
-        return destination(sample).is_file() and not args.overwrite
+        return not args.overwrite and written_by(destination(sample), stamp)
 
     def prepare_unless_done(sample: Sample) -> Prepared | None:
         return None if done(sample) else prepare(job, sample)
@@ -409,11 +410,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ssrseg.engine.crf import dense_crf
     from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.runrecord import STAMP_KEY, output_stamp
     from ssrseg.viz import save_label_png
 
     if args.crf:
         require_crf()  # before anything is loaded
     job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
+    stamp = {STAMP_KEY: output_stamp(job.out) or ""}  # marks each file as this job's
 
     def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray:
         scores = resize_maps(out.scores[0], sample.image.shape[:2])
@@ -423,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
             scores = torch.as_tensor(crf_probs)
         labels = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
         labels_np: np.ndarray = labels.cpu().numpy().astype(np.uint8)
-        save_label_png(dest, labels_np)
+        save_label_png(dest, labels_np, text=stamp)
         return labels_np
 
     return run_job(args, job, ".png", "pseudo labels vs ground truth", read_label_png, make)
