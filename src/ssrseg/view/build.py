@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ssrseg.atomic import atomic_write_text
 from ssrseg.config import ConfigError, SGCConfig, config_from_dict
 from ssrseg.metrics import json_safe, scores_from_hist
-from ssrseg.rectify.labels import scores_to_labels
+from ssrseg.rectify.labels import stored_cam_labels
 from ssrseg.rectify.sgc import slic_superpixels
 from ssrseg.view.discover import SCORED, Item, Source, is_cam_file
 from ssrseg.view.layers import dense_hist
@@ -126,8 +125,8 @@ def aggregate(entries: Iterable[dict[str, Any]], num_classes: int) -> dict[str, 
 
 
 def cam_labeller(source: Source) -> CamLabeller | None:
-    """The labels ``ssrseg cams --eval`` scores (``argmax([(1 - max cam) ** power, cams])``,
-    from the float16 values the file holds), with the folder's pseudo-label settings."""
+    """The labels ``ssrseg cams --eval`` scores (:func:`~ssrseg.rectify.labels.
+    stored_cam_labels`), with the pseudo-label settings of the CAM files' run."""
     if source.cam_pseudo is None:
         return None
     try:
@@ -136,8 +135,7 @@ def cam_labeller(source: Source) -> CamLabeller | None:
         return None
 
     def label(maps: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
-        values = torch.from_numpy(maps.astype(np.float16).astype(np.float32))
-        return scores_to_labels(values, classes, pseudo).numpy().astype(np.uint8)
+        return stored_cam_labels(maps, classes, pseudo)
 
     return label
 
