@@ -141,6 +141,13 @@ def test_serve_answers_on_localhost(tmp_path: Path) -> None:
     assert server.server_address[0] == "127.0.0.1"
 
 
+def test_port_is_range_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("70000", "-1"):
+        with pytest.raises(SystemExit) as exc:
+            main(["view", ".", "--serve", "--port", bad])
+        assert exc.value.code == 2 and "--port" in capsys.readouterr().err
+
+
 def test_help_does_not_load_the_view_package() -> None:
     code = (
         "import sys; from ssrseg.cli import build_parser; build_parser(); "

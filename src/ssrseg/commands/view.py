@@ -23,6 +23,14 @@ from ssrseg.commands.common import non_negative_int, plain_doc, positive_int
 # PIL, so it is imported inside the functions that build a page.
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    value = non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be <= 65535, got {value}")
+    return value
+
+
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         name, help=help_text, description=plain_doc(__doc__)
@@ -44,9 +52,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--no-superpixels", action="store_true", help="no SLIC superpixel overlay (faster)"
     )
     p.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1")
-    p.add_argument(
-        "--port", type=non_negative_int, default=8000, help="--serve port (0: any free one)"
-    )
+    p.add_argument("--port", type=port_number, default=8000, help="--serve port (0: any free one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
