@@ -29,6 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("weights", "weights", "list, fetch, convert or fake (random) backbone weights"),
     ("toy", "toy", "toy world: render data, train the tiny CLIP and DINO"),
     ("tags", "tags", "write an image-level tag file from dataset annotations"),
+    ("view", "view", "write a static page to look at an output folder image by image"),
 )
 
 
@@ -80,6 +81,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.cam.prompts", "PromptError"),
     ("ssrseg.commands.toy", "ToyCommandError"),
     ("ssrseg.commands.predict", "InputListError"),
+    ("ssrseg.view.discover", "ViewInputError"),
 )
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)

@@ -48,15 +48,10 @@ def read_cams(path: Any) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 def cam_labels(cams: np.ndarray, classes: tuple[int, ...], cfg: Any) -> np.ndarray:
-    """``argmax([(1 - max_c cam_c) ** power, cams])`` (no PAR) as ``H x W`` uint8 labels, from
-    the float16 values the file holds (so a resumed run scores the same)."""
-    import torch
+    """The labels ``--eval`` scores (:func:`ssrseg.rectify.labels.stored_cam_labels`)."""
+    from ssrseg.rectify.labels import stored_cam_labels
 
-    from ssrseg.rectify.labels import scores_to_labels
-
-    values = torch.from_numpy(cams.astype(np.float16).astype(np.float32))
-    labels: np.ndarray = scores_to_labels(values, classes, cfg.pseudo).numpy().astype(np.uint8)
-    return labels
+    return stored_cam_labels(cams, classes, cfg.pseudo)
 
 
 def run(args: argparse.Namespace) -> int:
