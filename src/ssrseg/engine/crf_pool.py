@@ -143,6 +143,14 @@ class OrderedPool(Generic[KeyT]):
         self._pending.append((key, future))
         return self._collect(self.max_pending if self.workers else 0)
 
+    def put(self, key: KeyT, value: Any) -> Iterator[tuple[KeyT, Any]]:
+        """Queue a value that is already known (no work for the pool), so it is handed out in
+        order with the others; returns what must be collected now, as :meth:`submit`."""
+        future: Future[Any] = Future()
+        future.set_result(value)
+        self._pending.append((key, future))
+        return self._collect(self.max_pending if self.workers else 0)
+
     def drain(self) -> Iterator[tuple[KeyT, Any]]:
         """Every result still in flight, in submission order."""
         return self._collect(0)

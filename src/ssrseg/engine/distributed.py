@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ssrseg.engine.shard import Shard, parse_shard
+from ssrseg.engine.shard import Shard, parse_shard, share_indices
 
 # A rank that finished its share waits for the slowest one at the final barrier; COCO shares
 # can take hours, so the default 30-minute collective timeout would kill healthy jobs.
@@ -224,3 +224,30 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def main_then_all(view: StageContext, fn: Any) -> Any:
+    """Run ``fn()`` (e.g. write the run record) on the main rank, then let every rank go on
+    (barrier). Independent ``--shard`` processes each run it: their writes are atomic and
+    identical. Returns ``fn()``'s value on the processes that ran it, else None."""
+    result = fn() if view.is_main or not view.dist.distributed else None
+    barrier(view.dist)
+    return result
+
+
+def share_list(items: list[Any], view: StageContext, cost: Any = None) -> list[Any]:
+    """The items of ``items`` this process handles (:func:`ssrseg.engine.shard.share_indices`
+    over positions; ``cost(position)`` weighs them, None: all equal)."""
+    return [items[p] for p in share_indices(range(len(items)), view.share, cost)]
+
+
+def gather_skipped(
+    skipped: list[tuple[str, str]], order: list[str], ctx: DistContext
+) -> list[tuple[str, str]]:
+    """Every rank's skipped (id, message) pairs, in the order of ``order`` (the image list one
+    process would visit), so N ranks report them as one process does."""
+    merged = [pair for part in all_gather_objects(list(skipped), ctx) for pair in part]
+    if not ctx.distributed:
+        return merged
+    position = {image_id: i for i, image_id in enumerate(order)}
+    return sorted(merged, key=lambda pair: position.get(pair[0], len(position)))
