@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from ssrseg.config import CRFConfig
-from ssrseg.engine.crf import dense_crf
+from ssrseg.engine import crf as crf_module  # looked up per call: tests stand in for it
 
 KeyT = TypeVar("KeyT")
 
@@ -58,7 +58,7 @@ def default_crf_workers(local_world_size: int = 1) -> int:
 def crf_probs(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
     """Dense CRF of one image: ``H x W x 3`` uint8 and ``K x H x W`` float32 probabilities ->
     refined ``K x H x W`` float32 (:func:`ssrseg.engine.crf.dense_crf`)."""
-    return np.asarray(dense_crf(image, probs, cfg), dtype=np.float32)
+    return np.asarray(crf_module.dense_crf(image, probs, cfg), dtype=np.float32)
 
 
 def crf_mask(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:

@@ -171,7 +171,11 @@ def guard_image(view: StageContext, image: str | None = None) -> Iterator[None]:
     """Re-raise any error while ``image`` is processed as :class:`StageError` naming the
     process (rank / shard) and the image (for an error that carries ``image_key``, such as a
     pooled CRF's :class:`ssrseg.engine.crf_pool.TaskError`, that key); the message also goes to
-    stderr at once, because torchrun reports only the first failed rank's exit code."""
+    stderr at once, because torchrun reports only the first failed rank's exit code. One plain
+    process (no torchrun, no ``--shard``) keeps its errors as they are."""
+    if not view.label:
+        yield
+        return
     try:
         yield
     except (KeyboardInterrupt, SystemExit, StageError):
@@ -181,8 +185,7 @@ def guard_image(view: StageContext, image: str | None = None) -> Iterator[None]:
         named = getattr(exc, "image_key", None) or image or "?"
         text = str(exc) if hasattr(exc, "image_key") else f"{type(exc).__name__}: {exc}"
         message = f"{named}{where}: {text}"
-        if view.label:
-            print(f"ssrseg: failed on {message}", file=sys.stderr, flush=True)
+        print(f"ssrseg: failed on {message}", file=sys.stderr, flush=True)
         raise StageError(message) from exc
 
 
