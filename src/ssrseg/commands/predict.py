@@ -2,7 +2,10 @@
 
 Writes ``OUT/<name>.png`` (palette PNG: 0 background, c + 1 class c), optionally
 ``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images whose outputs exist are
-skipped (resumable); unreadable images are skipped and listed at the end.
+skipped (resumable); unreadable images are skipped and listed at the end. Under ``torchrun``
+every rank (and with ``--shard K/N`` every process) segments its share of the inputs (balanced
+by pixel count); the files equal one process's. The CRF runs in ``--crf-workers`` processes
+while the next batch's forward runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from ssrseg.commands.common import (
+    add_parallel_args,
+    crf_workers,
     non_negative_int,
     positive_float,
     positive_int,
@@ -82,6 +87,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_args(p)
     return p
 
 
@@ -243,8 +249,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.engine.crf_pool import OrderedPool, crf_mask
+    from ssrseg.engine.distributed import (
+        barrier,
+        gather_skipped,
+        guard_image,
+        main_then_all,
+        share_list,
+        stage_context,
+        stage_device,
+    )
+    from ssrseg.engine.shard import pixel_costs
     from ssrseg.runrecord import check_output, prepare_output
 
+    view = stage_context(getattr(args, "shard", None))
     out = Path(args.out)
     items = collect_inputs(args.inputs)
     if not items:
@@ -258,38 +276,62 @@ def run(args: argparse.Namespace) -> int:
     options = {"command": "predict", "checkpoint": identity}
     name = "ssrseg predict"
     check_output(out, cfg, options, overwrite=args.overwrite, command=name)
-    segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
+    segmenter = load_segmenter(
+        args.checkpoint, stage_device(resolve_device(args.device), view.dist)
+    )
     segmenter.infer = cfg.infer
-    prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    main_then_all(
+        view, lambda: prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    )
 
-    jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
+    mine = share_list(items, view, pixel_costs(lambda i: items[i].path))
+    jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in mine]
     todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} images already done, skipping them")
     skip_log = SkipLog()
-    batch: list[tuple[np.ndarray, dict[str, Path]]] = []
+    batch: list[tuple[Item, np.ndarray, dict[str, Path]]] = []
+    use_crf = bool(segmenter.infer.crf)
 
-    def flush() -> None:
-        masks = segmenter.predict_batch([image for image, _ in batch])
-        for (image, paths), mask in zip(batch, masks, strict=True):
-            write_outputs(paths, image, mask, segmenter.palette)
-        batch.clear()
+    def write(results: Any) -> None:
+        for (item, image, paths), mask in results:
+            with guard_image(view, str(item.path)):
+                write_outputs(paths, image, mask, segmenter.palette)
 
-    for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
-        notes: list[str] = []
-        try:
-            image = read_image(item.path, notes)
-        except BadInputError as exc:
-            skip_log.skip(str(item.path), exc)
-            continue
-        for note in notes:  # listed at the end with the skipped files
-            skip_log.note(str(item.path), note)
-        batch.append((image, paths))
-        if len(batch) >= segmenter.infer.batch_size:
+    with guard_image(view), OrderedPool[Any](crf_workers(args, view.dist.local_world_size)) as pool:
+
+        def flush() -> None:
+            with guard_image(view, ", ".join(str(it.path) for it, _, _ in batch)):
+                found = segmenter.predict_batch(
+                    [image for _, image, _ in batch], return_probs=True, crf=False
+                )
+            for key, (mask, probs) in zip(batch, found, strict=True):
+                if use_crf:
+                    write(pool.submit(key, crf_mask, key[1], probs, segmenter.crf_cfg))
+                else:
+                    write(pool.put(key, mask))
+            batch.clear()
+
+        for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
+            notes: list[str] = []
+            try:
+                image = read_image(item.path, notes)
+            except BadInputError as exc:
+                skip_log.skip(str(item.path), exc)
+                continue
+            for note in notes:  # listed at the end with the skipped files
+                skip_log.note(str(item.path), note)
+            batch.append((item, image, paths))
+            if len(batch) >= segmenter.infer.batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        write(pool.drain())
     done = len(todo) - len(skip_log)
-    print(f"wrote {done} prediction(s) to {out}")
+    print(f"wrote {done} prediction(s) to {out}" + (f" ({view.label})" if view.label else ""))
+    skip_log.skipped = gather_skipped(skip_log.skipped, [str(it.path) for it in items], view.dist)
+    barrier(view.dist)
+    if not view.is_main:
+        return 0
     skip_log.report()
     return skip_log.exit_code(args.allow_skipped)
