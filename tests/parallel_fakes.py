@@ -46,7 +46,7 @@ def _checkpoint(run: Path, config: str | None, overrides: list[str], classes: in
 
 def toy_world(base: Path) -> World:
     """The toy CLI world (3 images of uneven sizes, 2 classes) and a checkpoint."""
-    overrides = write_cli_world(base, fast=True) + ["cmpa.in_dim=16", "cmpa.hidden_dim=8"]
+    overrides = [*write_cli_world(base, fast=True), "cmpa.in_dim=16", "cmpa.hidden_dim=8"]
     overrides += ["cmpa.out_dim=8", "decoder.embed_dim=16", "decoder.num_heads=2"]
     overrides += ["decoder.num_layers=1", "infer.scales=[1.0]", "crf.iterations=2"]
     ckpt = _checkpoint(base / "run", None, overrides, 3)

@@ -75,5 +75,5 @@ def test_present_labels_run_the_crf_over_background_and_the_argmax_classes() -> 
 
 def test_crf_labels_is_range_checked() -> None:
     assert load_config(None, ["crf.labels=present"]).crf.labels == "present"
-    with pytest.raises(ConfigError, match="crf.labels"):
+    with pytest.raises(ConfigError, match=r"crf\.labels"):
         load_config(None, ["crf.labels=some"])

@@ -13,19 +13,27 @@ several times faster; the other classes get probability 0 and can no longer win 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
 from ssrseg.config import CRFConfig
+
+if TYPE_CHECKING:
+    import torch
 
 CRF_MISSING = (
     "dense CRF needs pydensecrf2: pip install 'ssrseg[crf]' (compiles from source, ~1 minute)"
 )
 _CLIP = 1e-5  # smallest probability before the log: log(0) would give an infinite unary
 
-ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
+ArrayT = TypeVar("ArrayT", "torch.Tensor", np.ndarray)
+
+
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, told without importing torch: this module is all a CRF pool worker
+    imports (ssrseg.engine.crf_pool), so its processes start without loading torch."""
+    return type(value).__module__.split(".")[0] == "torch"
 
 
 def _import_densecrf() -> Any:
@@ -70,7 +78,8 @@ def dense_crf(image: np.ndarray, probs: ArrayT, cfg: CRFConfig) -> ArrayT:
         )
     dcrf = _import_densecrf()
     k_all, h, w = probs.shape
-    p_all = probs.detach().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+    given: Any = probs  # a tensor or an array (told apart without importing torch)
+    p_all = given.detach().cpu().numpy() if _is_tensor(given) else np.asarray(given)
     keep = crf_labels(p_all, getattr(cfg, "labels", "all"))
     p = p_all if keep.size == k_all else p_all[keep]
     k = p.shape[0]
@@ -92,13 +101,16 @@ def dense_crf(image: np.ndarray, probs: ArrayT, cfg: CRFConfig) -> ArrayT:
     return _restore(q, keep, k_all, probs, p_all.dtype)
 
 
-def _restore(q: np.ndarray, keep: np.ndarray, k_all: int, probs: ArrayT, dtype: Any) -> ArrayT:
+def _restore(q: np.ndarray, keep: np.ndarray, k_all: int, probs: Any, dtype: Any) -> Any:
     """``len(keep) x H x W`` marginals back to ``k_all`` channels (0 for the labels left out),
     of the same kind as ``probs``."""
     if keep.size != k_all:
         full = np.zeros((k_all, *q.shape[1:]), dtype=np.float32)
         full[keep] = q
         q = full
-    if isinstance(probs, torch.Tensor):
-        return torch.from_numpy(q).to(device=probs.device, dtype=probs.dtype)
+    given: Any = probs
+    if _is_tensor(given):
+        import torch  # loaded already (probs is a tensor); not at the top: see _is_tensor
+
+        return torch.from_numpy(q).to(device=given.device, dtype=given.dtype)
     return q.astype(dtype, copy=False)
