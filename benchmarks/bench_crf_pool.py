@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from _timing import RESULTS, load_average, machine_info, write_json
 from PIL import Image
 
+from _timing import RESULTS, load_average, machine_info, write_json
 from ssrseg.config import CRFConfig, InferConfig
 from ssrseg.data import build_dataset
 from ssrseg.engine.infer import Segmenter, evaluate_dataset
@@ -45,7 +45,7 @@ def write_voc(root: Path, n: int, h: int, w: int, labels: int) -> None:
     ids = []
     for i in range(n):
         base = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
-        image = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(base).resize((w, h), Image.Resampling.BILINEAR))
         Image.fromarray(image).save(root / "JPEGImages" / f"{i:06d}.jpg", quality=95)
         mask = rng.integers(0, min(labels, 4), (h, w)).astype(np.uint8)
         save_label_png(root / "SegmentationClass" / f"{i:06d}.png", mask)
