@@ -104,7 +104,7 @@ def launch(
     commands: list[list[str]], folder: Path, nproc: int = 2, **kw: int
 ) -> subprocess.Popen[str]:
     """Start ``torchrun`` running ``commands`` (ssrseg argv lists) one after the other."""
-    plan = folder / f"plan-{kw.get('node_rank', 0)}.json"
+    plan = folder / f".plan-{kw.get('node_rank', 0)}.json"  # a dot-file: not an output
     plan.write_text(json.dumps(commands))
     port = kw.pop("port", None) or free_port()
     argv = [*torchrun_args(nproc, port, **kw), str(DRIVER), str(plan)]
