@@ -217,6 +217,25 @@ def add_parallel_args(parser: argparse.ArgumentParser, crf: bool = True) -> None
             "(default: this process's cores split between the ranks on this machine; 0: in "
             "the main process)",
         )
+        g.add_argument(
+            "--crf-labels",
+            choices=("all", "present"),
+            default=None,
+            help="labels the CRF runs over (crf.labels): all (default, WeCLIP) or present = "
+            "background + the classes the image's prediction uses (faster for COCO)",
+        )
+
+
+def with_crf_labels(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` (an SSRConfig or a CRFConfig) with ``--crf-labels`` applied when given."""
+    import dataclasses
+
+    labels = getattr(args, "crf_labels", None)
+    if labels is None:
+        return cfg
+    if hasattr(cfg, "crf"):
+        return dataclasses.replace(cfg, crf=dataclasses.replace(cfg.crf, labels=labels))
+    return dataclasses.replace(cfg, labels=labels)
 
 
 def crf_workers(args: argparse.Namespace, local_world_size: int) -> int:

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from ssrseg.commands.common import add_dataset_args as common_dataset_args
-from ssrseg.commands.common import add_parallel_args, crf_workers, non_negative_int, positive_float
+from ssrseg.commands.common import (
+    add_parallel_args,
+    crf_workers,
+    non_negative_int,
+    positive_float,
+    with_crf_labels,
+)
 
 if TYPE_CHECKING:
     from ssrseg.data import SegDataset, SkipLog
@@ -384,6 +390,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     modes = crf_modes(args.crf)
     seg = load_segmenter(folder, stage_device(resolve_device(args.device), view.dist))
     seg.infer = infer_overrides(args, seg.infer)
+    seg.crf_cfg = with_crf_labels(seg.crf_cfg, args)
     workers = crf_workers(args, view.dist.local_world_size)
 
     def guard(image_id: str) -> Any:
@@ -398,7 +405,11 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             )
             return 2
         options = eval_options(args, checkpoint=checkpoint_identity(folder))
-        run_cfg = dataclasses.replace(seg.config, infer=seg.infer) if seg.config else None
+        run_cfg = (
+            dataclasses.replace(seg.config, infer=seg.infer, crf=seg.crf_cfg)
+            if seg.config
+            else None
+        )
         if args.save_pred:
             # always rewritten in full: the record says what the PNGs come from
             main_then_all(

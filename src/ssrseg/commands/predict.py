@@ -25,6 +25,7 @@ from ssrseg.commands.common import (
     positive_int,
     require_crf,
     resolve_device,
+    with_crf_labels,
 )
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
@@ -270,7 +271,9 @@ def run(args: argparse.Namespace) -> int:
     # the record (checkpoint config with this command's inference settings) is checked
     # before the model is loaded
     saved, identity = describe_checkpoint(args.checkpoint)
-    cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
+    cfg = with_crf_labels(
+        dataclasses.replace(saved, infer=infer_overrides(args, saved.infer)), args
+    )
     if cfg.infer.crf:
         require_crf(cfg.crf)  # fail now, not after the first batch
     options = {"command": "predict", "checkpoint": identity}
@@ -280,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, stage_device(resolve_device(args.device), view.dist)
     )
     segmenter.infer = cfg.infer
+    segmenter.crf_cfg = cfg.crf
     main_then_all(
         view, lambda: prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
     )

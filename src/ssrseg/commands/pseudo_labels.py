@@ -36,6 +36,7 @@ from ssrseg.commands.common import (
     require_crf,
     resolve_device,
     resolve_split,
+    with_crf_labels,
 )
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
 
     view = stage_context(getattr(args, "shard", None))
     cfg = apply_dataset_args(load_config(args.config, list(args.overrides)), args)
+    cfg = with_crf_labels(cfg, args)
     device = torch.device(stage_device(resolve_device(args.device), view.dist))
     # CAMs come from the CMPA-projected space only when a checkpoint gives trained heads;
     # the record says what was actually used
