@@ -147,11 +147,13 @@ def test_shards_and_merge_equal_one_process(voc: World, voc_ref: dict, tmp_path:
     assert main(["evaluate", "--merge", str(shard_files[0]), "--out", "x.json"]) == 2
 
 
+@pytest.mark.parametrize("victim", ["job", "rank"])
 def test_kill_and_resume_with_another_process_count(
-    toy: World, toy_ref: dict, tmp_path: Path
+    victim: str, toy: World, toy_ref: dict, tmp_path: Path
 ) -> None:
-    """kill -9 of the whole 2-rank job once a file is written; rerun with 1 process: the files
-    written before the kill are kept as they are, the rest equals the uninterrupted run."""
+    """kill -9 of the whole 2-rank job (or of one rank: torchrun then stops the other, whose
+    SIGTERM unwinds) once a file is written; rerun with 1 process: the files written before the
+    kill are kept as they are, the rest equals the uninterrupted run."""
     plan = commands(toy, tmp_path, "1")[:1]  # pseudo-labels
     proc = launch(plan, tmp_path, 2)
     pl = tmp_path / "pl"
@@ -160,8 +162,13 @@ def test_kill_and_resume_with_another_process_count(
         if any(pl.glob("*.png")):
             break
         time.sleep(0.02)
-    kill_tree(proc.pid)
-    proc.wait()
+    if victim == "job":
+        kill_tree(proc.pid)
+    else:
+        ranks = children(proc.pid)
+        if ranks:
+            kill_tree(ranks[0])
+    proc.communicate(timeout=300)
     before = {p.name: p.stat().st_mtime_ns for p in pl.glob("*.png")}
     assert main(commands(toy, tmp_path, "0")[0]) == 0
     after = {p.name: p.stat().st_mtime_ns for p in pl.glob("*.png")}
@@ -170,11 +177,20 @@ def test_kill_and_resume_with_another_process_count(
     assert {k: v for k, v in outputs(tmp_path).items() if k.startswith("pl/")} == expected
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (started by any of its threads), oldest first."""
+    found: list[int] = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or process has just ended
+            continue
+    return sorted(found)
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and its descendants (torchrun and its ranks)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
-    for kid in kids:
+    for kid in children(pid):
         kill_tree(kid)
     try:
         os.kill(pid, signal.SIGKILL)

@@ -344,7 +344,7 @@ def shard_path(out: Path, shard: Any) -> Path:
     return out if shard.whole else out.with_name(f"{out.stem}.{shard.tag()}{out.suffix}")
 
 
-def _sum_matrices(matrices: dict[bool, Any], ctx: Any) -> None:
+def sum_matrices(matrices: dict[bool, Any], ctx: Any) -> None:
     """Sum every rank's counts into ``matrices`` (exact: integers, never averaged scores)."""
     from ssrseg.engine.distributed import sum_arrays
 
@@ -433,7 +433,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             crf_workers=workers,
             guard=guard,
         )
-        _sum_matrices(matrices, view.dist)
+        sum_matrices(matrices, view.dist)
         skipped = gather_skipped(skip_log.skipped, ids, view.dist)
         summary: dict[str, Any] = {
             "record": make_record(run_cfg, options),

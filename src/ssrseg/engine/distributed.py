@@ -247,8 +247,9 @@ def share_list(items: list[Any], view: StageContext, cost: Any = None) -> list[A
 def gather_skipped(
     skipped: list[tuple[str, str]], order: list[str], ctx: DistContext
 ) -> list[tuple[str, str]]:
-    """Every rank's skipped (id, message) pairs, in the order of ``order`` (the image list one
-    process would visit), so N ranks report them as one process does."""
+    """Every rank's skipped (id, message) pairs (or any (key, text) pairs keyed like ``order``,
+    e.g. conversion notes), in the order of ``order`` (the image list one process would visit),
+    so N ranks report them as one process does."""
     merged = [pair for part in all_gather_objects(list(skipped), ctx) for pair in part]
     if not ctx.distributed:
         return merged
