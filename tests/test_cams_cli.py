@@ -14,7 +14,7 @@ from PIL import Image
 from cli_fakes import SIZES, write_cli_world
 from ssrseg.cli import main
 from ssrseg.commands.cams import read_cams
-from ssrseg.commands.pseudo_labels import work_size
+from ssrseg.data.resize import work_size
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_pseudo_labels_with_crf(setup: list[str], tmp_path: Path) -> None:
 def test_checkpoint_cmpa_heads_give_projected_cams(setup: list[str], tmp_path: Path) -> None:
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     heads = ["cmpa.in_dim=16", "cmpa.out_dim=8", "cmpa.hidden_dim=8", "decoder.embed_dim=16"]
     cfg = load_config(None, [*setup, *heads])

@@ -12,10 +12,10 @@ import pytest
 
 from ssrseg.cli import main
 from ssrseg.data import build_dataset
-from ssrseg.engine.cam_rows import TABLE3_ROWS
-from ssrseg.engine.demo import QUICK_PLAN, run_demo
-from ssrseg.engine.report import measured
 from ssrseg.metrics import ConfusionMatrix
+from ssrseg.protocol.cam_rows import TABLE3_ROWS
+from ssrseg.protocol.demo import QUICK_PLAN, run_demo
+from ssrseg.protocol.report import measured
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     # column recomputed independently from the toy DINO on the same scenes.
     from ssrseg.backbones.weights import load_dino
     from ssrseg.config import load_config
-    from ssrseg.engine.demo import default_config_path
+    from ssrseg.protocol.demo import default_config_path
     from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
     grouping = measured(report, "attention_grouping")

@@ -218,7 +218,7 @@ def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     state = state_from(2, model.cfg, 21, [rng_state()])
     save_checkpoint(run, 2, model.trainable_state_dict(), {}, state)
-    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+    monkeypatch.setattr("ssrseg.engine.checkpoint.build_ssr_model", build)
     return run
 
 

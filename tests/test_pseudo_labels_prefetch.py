@@ -21,7 +21,8 @@ from cli_fakes import SIZES, write_cli_world
 from ssrseg.cli import main
 from ssrseg.commands.prefetch import PrefetchedDataset, Prepared, superpixels_for
 from ssrseg.config import SSRConfig, load_config
-from ssrseg.data.base import BadInputError, SkipLog, iter_valid
+from ssrseg.data.base import SkipLog, iter_valid
+from ssrseg.errors import BadInputError
 from ssrseg.pseudo.labeler import images_to_uint8
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from reproduce_fakes import REPO, make_fake_coco, tiny_overrides, write_weights
 from ssrseg.config import load_config
-from ssrseg.engine import report as R
-from ssrseg.engine.cam_rows import TABLE3_ROWS, slug
+from ssrseg.protocol import report as R
+from ssrseg.protocol.cam_rows import TABLE3_ROWS, slug
 
 
 def test_paper_rows_name_our_rows() -> None:
@@ -74,7 +74,8 @@ def test_slug() -> None:
 
 @pytest.fixture(scope="module")
 def coco_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from ssrseg.engine import reproduce as rp
+    from ssrseg.protocol import plan as rplan
+    from ssrseg.protocol import reproduce as rp
 
     base = tmp_path_factory.mktemp("coco")
     make_fake_coco(base / "coco")
@@ -83,7 +84,7 @@ def coco_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         REPO / "configs" / "coco.yaml",
         [*tiny_overrides(clip, dino, base / "coco"), "cmpa.enabled=false", "cam.projected=false"],
     )
-    plan = rp.ReproducePlan(device="cpu", progress=False, panels=0, crf="off")
+    plan = rplan.ReproducePlan(device="cpu", progress=False, panels=0, crf="off")
     return {"out": base / "run", "report": rp.run_reproduce(cfg, base / "run", plan)}
 
 
@@ -116,7 +117,7 @@ def _seg(no_crf: float, crf: float, images: int = 10) -> dict[str, Any]:
 def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
     """Variants shorter than `train`: their rows carry the length and the DINO branch is read
     against the plain run of that length, not against the (longer) main SSR run."""
-    from ssrseg.engine import reproduce_report as RR
+    from ssrseg.protocol import report_tables as RR
 
     var = {
         "iterations": 100,
@@ -168,7 +169,7 @@ def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
 def test_toy_chart_panels_from_report_tables() -> None:
     """Raw Table 3 keeps the seed rows (not the after-PAR ones) with the paper numbers its
     table gives; Table 4 keeps measured rows with the paper's and drops the paper-only ones."""
-    from ssrseg.engine import reproduce_report as RR
+    from ssrseg.protocol import report_stage as RS
 
     report = R.new_report("T", "toy", "abc")
     m = {"precision": 1.0, "recall": 2.0}
@@ -184,7 +185,7 @@ def test_toy_chart_panels_from_report_tables() -> None:
     ]
     R.add_table(report, R.make_table("table3_raw", "raw", raw))
     R.add_table(report, R.make_table("table4", "t4", t4))
-    panels = RR.toy_chart_tables(report)
+    panels = RS.toy_chart_tables(report)
     assert panels == [
         ("Table 3, raw CLIP space", [("initial CAM", 33.0, 58.6), ("+ SGC mask", 36.0, None)]),
         (

@@ -73,7 +73,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.runrecord", "RunMismatchError"),
     ("ssrseg.engine.checkpoint", "CheckpointError"),
     ("ssrseg.backbones.native", "WeightsError"),
-    ("ssrseg.data.base", "BadInputError"),
+    ("ssrseg.errors", "BadInputError"),
     ("ssrseg.commands.common", "DeviceError"),
     ("ssrseg.commands.common", "DependencyError"),
     ("ssrseg.cam.prompts", "PromptError"),

@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ssrseg.atomic import atomic_write_text as write
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -490,8 +492,6 @@ def config_from_dict(values: dict[str, Any]) -> SSRConfig:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, with
     the permissions a plain write gives (see :mod:`ssrseg.atomic`)."""
-    from ssrseg.atomic import atomic_write_text as write
-
     write(path, text)
 
 

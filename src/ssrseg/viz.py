@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssrseg.atomic import atomic_path
+
 PaletteLike = str | np.ndarray
 
 
@@ -105,8 +107,6 @@ def _as_rgb(item: np.ndarray, pal: PaletteLike) -> np.ndarray:
 
 
 def _atomic_save(img: Image.Image, path: str | os.PathLike[str]) -> Path:
-    from ssrseg.atomic import atomic_path
-
     with atomic_path(path, suffix=".tmp") as tmp:
         img.save(tmp, format="PNG")
     return Path(path)

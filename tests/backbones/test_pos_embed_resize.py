@@ -85,13 +85,13 @@ def test_config_default_and_labeler_wiring(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="pos_embed_resize"):
         load_config(overrides=["backbone.pos_embed_resize=bilinear"])
 
-    import ssrseg.backbones.weights as weights
+    import ssrseg.pseudo.labeler as labeler_module
     from ssrseg.pseudo.labeler import build_pseudo_labeler
 
     cfg_model = tiny_clip_config()
     words = ["a", "clean", "origami", "cat", "dog", "sky", *(f"w{i}" for i in range(90))]
     tok = WordTokenizer(words, context_length=cfg_model.text.context_length)
-    monkeypatch.setattr(weights, "load_clip", lambda *a, **k: (CLIP(cfg_model).eval(), tok))
+    monkeypatch.setattr(labeler_module, "load_clip", lambda *a, **k: (CLIP(cfg_model).eval(), tok))
     (tmp_path / "classes.txt").write_text("cat\ndog\n[background]\nsky\n")
     common = [
         f"prompts.dataset={tmp_path / 'classes.txt'}",

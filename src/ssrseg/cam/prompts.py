@@ -24,6 +24,7 @@ from torch import Tensor
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import Tokenizer
 from ssrseg.data.classes import background_header_length
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
 DEFAULT_TEMPLATE = "a clean origami {}."  # [CLIP-ES]
 
@@ -136,20 +137,23 @@ class ClassPrompts:
         return [self.template.format(w) for w in self.background]
 
     @classmethod
-    def voc(cls) -> ClassPrompts:
+    def from_table(
+        cls, table: Sequence[tuple[str, str]], background: Sequence[str]
+    ) -> ClassPrompts:
+        """From ``(class name, prompt)`` pairs and the background words."""
         return cls(
-            names=tuple(n for n, _ in VOC_PROMPTS),
-            prompts=tuple(p for _, p in VOC_PROMPTS),
-            background=VOC_BACKGROUND,
+            names=tuple(n for n, _ in table),
+            prompts=tuple(p for _, p in table),
+            background=tuple(background),
         )
 
     @classmethod
+    def voc(cls) -> ClassPrompts:
+        return cls.from_table(VOC_PROMPTS, VOC_BACKGROUND)
+
+    @classmethod
     def coco(cls) -> ClassPrompts:
-        return cls(
-            names=tuple(n for n, _ in COCO_PROMPTS),
-            prompts=tuple(p for _, p in COCO_PROMPTS),
-            background=COCO_BACKGROUND,
-        )
+        return cls.from_table(COCO_PROMPTS, COCO_BACKGROUND)
 
     @classmethod
     def from_toy_root(cls, root: str | os.PathLike[str]) -> ClassPrompts:
@@ -242,7 +246,6 @@ def _toy_prompts(data_root: str | os.PathLike[str] | None) -> ClassPrompts:
     """The toy world's classes: the root's files when present, else the generator's constants."""
     if data_root is not None and (Path(data_root) / "classes.txt").is_file():
         return ClassPrompts.from_toy_root(data_root)
-    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
     return ClassPrompts(names=CLASS_NAMES, prompts=CLASS_NAMES, background=BACKGROUNDS)
 

@@ -23,6 +23,9 @@ from ssrseg.commands.pseudo_labels import (
     setup_job,
 )
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(

@@ -10,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def _int_at_least(lo: int) -> Callable[[str], int]:
     def parse(text: str) -> int:

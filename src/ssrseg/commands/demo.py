@@ -6,6 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -40,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ssrseg.config import ConfigError
-    from ssrseg.engine.demo import QUICK_PLAN, DemoPlan, run_demo
-    from ssrseg.engine.reproduce import ReproduceError
+    from ssrseg.protocol.demo import QUICK_PLAN, DemoPlan, run_demo
+    from ssrseg.protocol.plan import ReproduceError
 
     plan = QUICK_PLAN if args.quick else DemoPlan()
     changes = {

@@ -30,14 +30,22 @@ import numpy as np
 from ssrseg.commands.common import add_dataset_args as common_dataset_args
 from ssrseg.commands.common import (
     add_parallel_args,
+    apply_dataset_args,
     crf_workers,
     non_negative_int,
     positive_float,
+    require_crf,
+    resolve_device,
+    resolve_split,
     with_crf_labels,
 )
+from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
 
 if TYPE_CHECKING:
     from ssrseg.data import SegDataset, SkipLog
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +73,6 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
     """Fill the dataset options left unset, from (first found) ``--config``, the checkpoint's
     config (checkpoint mode), the prediction folder's run record (its config and split), or
     the defaults. Tags are never needed to score, so ``--tag-file`` is not taken from them."""
-    from ssrseg.commands.common import apply_dataset_args, resolve_split
     from ssrseg.config import SSRConfig, config_from_dict, load_config
     from ssrseg.runrecord import read_record
 
@@ -74,7 +81,6 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         cfg = load_config(args.config)
     elif checkpoint:
-        from ssrseg.commands.predict import checkpoint_folder
         from ssrseg.engine.checkpoint import read_config, resolve_checkpoint
 
         if Path(checkpoint_folder(checkpoint)).exists():
@@ -323,7 +329,6 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 def crf_modes(choice: str) -> tuple[bool, ...]:
     """CRF settings to score; 'on'/'both' raise the install hint when pydensecrf2 is missing."""
-    from ssrseg.commands.common import require_crf
     from ssrseg.engine.infer import check_crf
 
     if choice == "off":
@@ -360,8 +365,6 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     Data-parallel under torchrun / ``--shard`` (module docstring)."""
     import dataclasses
 
-    from ssrseg.commands.common import resolve_device
-    from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
     from ssrseg.config import config_to_dict
     from ssrseg.data import SkipLog, build_dataset
     from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity

@@ -27,6 +27,10 @@ from ssrseg.commands.common import (
     resolve_device,
     with_crf_labels,
 )
+from ssrseg.errors import BadInputError
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
@@ -249,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, SkipLog, read_image
+    from ssrseg.data.base import SkipLog, read_image
     from ssrseg.engine.crf_pool import OrderedPool, crf_mask
     from ssrseg.engine.distributed import (
         barrier,

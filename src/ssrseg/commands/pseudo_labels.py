@@ -16,7 +16,6 @@ matrices of all ranks. ``--crf`` runs in ``--crf-workers`` processes while the n
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +46,9 @@ if TYPE_CHECKING:
     from ssrseg.data.base import Sample, SegDataset, SkipLog
     from ssrseg.engine.distributed import StageContext
     from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2
 
@@ -200,32 +202,13 @@ def load_cmpa(path: str, device: torch.device) -> Any:
     return load_cmpa_heads(path, device)
 
 
-def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int, int]:
-    """Size the labeller runs at: shrunk to ``long_side`` if larger (0: never), then each side
-    rounded up to a multiple of the patch size (CLIP-ES rounds up)."""
-    scale = 1.0
-    if long_side and max(height, width) > long_side:
-        scale = long_side / max(height, width)
-    h = max(patch, math.ceil(round(height * scale) / patch) * patch)
-    w = max(patch, math.ceil(round(width * scale) / patch) * patch)
-    return h, w
-
-
-def to_tensor(
-    image: np.ndarray, size: tuple[int, int], device: torch.device, mode: str = "pil_bicubic"
-) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``1 x 3 x h x w`` float in [0, 1], resized by ``mode``
-    (``cam.input_resize``: pil_bicubic as CLIP-ES, or torch_bilinear)."""
-    from ssrseg.data.resize import resize_to_tensor01
-
-    return resize_to_tensor01(image, size, mode, device)
-
-
 def labeler_images(job: Job, sample: Sample) -> torch.Tensor:
     """``1 x 3 x h x w`` in [0, 1]: the image resized to its work size (the labeller's input)."""
     h, w = sample.image.shape[:2]
+    from ssrseg.data.resize import resize_to_tensor01, work_size  # lazy: torch, for --help speed
+
     size = work_size(h, w, job.labeler.patch_size, job.long_side)
-    return to_tensor(sample.image, size, job.device, job.cfg.cam.input_resize)
+    return resize_to_tensor01(sample.image, size, job.cfg.cam.input_resize, job.device)
 
 
 def prepare(job: Job, sample: Sample) -> Prepared:

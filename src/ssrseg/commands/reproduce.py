@@ -18,6 +18,9 @@ import argparse
 import sys
 from typing import Any
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -70,7 +73,8 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ssrseg.config import ConfigError, load_config
-    from ssrseg.engine.reproduce import ReproduceError, ReproducePlan, run_reproduce
+    from ssrseg.protocol.plan import ReproduceError, ReproducePlan
+    from ssrseg.protocol.reproduce import run_reproduce
 
     overrides = list(args.overrides)
     if args.root:

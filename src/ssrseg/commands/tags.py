@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ssrseg.data.base import SkipLog
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)

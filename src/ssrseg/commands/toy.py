@@ -24,6 +24,9 @@ from typing import Any
 from ssrseg.commands.common import plain_doc, positive_float, positive_int, unit_float
 from ssrseg.toy import POOLS
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
 TRAINERS: dict[str, tuple[str, float, int]] = {

@@ -12,7 +12,17 @@ import argparse
 import sys
 from typing import Any
 
-from ssrseg.commands.common import add_dataset_args, plain_doc, positive_int
+from ssrseg.commands.common import (
+    add_dataset_args,
+    apply_dataset_args,
+    plain_doc,
+    positive_int,
+    resolve_device,
+    resolve_split,
+)
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
@@ -57,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from ssrseg.commands.common import apply_dataset_args, resolve_device, resolve_split
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import (
         CheckpointError,

@@ -8,6 +8,9 @@ from typing import Any
 
 from ssrseg.commands.common import positive_int
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 DESCRIPTION = """\
 Backbone weights.
 

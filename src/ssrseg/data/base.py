@@ -14,16 +14,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ssrseg.data.classes import normalize_class_name
-
-if TYPE_CHECKING:
-    from ssrseg.data.tags import Tags
+from ssrseg.data.tags import Tags, read_tag_file
+from ssrseg.errors import BadInputError
+from ssrseg.viz import palette
 
 log = logging.getLogger("ssrseg.data")
 
@@ -31,16 +31,6 @@ IGNORE_INDEX = 255
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 # Exit status of a job that skipped inputs without --allow-skipped.
 EXIT_SKIPPED = 3
-
-
-class BadInputError(Exception):
-    """A user file that cannot be used: ``path`` names the file, ``reason`` says what is wrong."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, image_id: str | None = None):
-        self.path = str(path)
-        self.reason = reason
-        self.image_id = image_id
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -254,8 +244,6 @@ def open_tags(
     else ``(None, own_source)`` (the dataset's own annotations, read by the dataset). With
     ``need_own`` (labels required, no tag file) a missing ``own_source`` is bad input saying
     ``missing``."""
-    from ssrseg.data.tags import read_tag_file
-
     if tag_file is not None:
         return read_tag_file(tag_file, class_names), str(tag_file)
     if need_own and not Path(own_source).exists():
@@ -408,8 +396,6 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         path = self.mask_path(image_id)
         if path is None:
             return None
-        from ssrseg.viz import palette
-
         try:
             return read_mask(path, self.num_classes, palette(self.palette_name))
         except BadInputError as exc:

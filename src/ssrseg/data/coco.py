@@ -25,15 +25,16 @@ import numpy as np
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    BadInputError,
     SegDataset,
     find_image,
     first_file,
     open_tags,
     read_id_list,
+    read_mask,
 )
 from ssrseg.data.classes import COCO_CATEGORIES, COCO_CLASSES
 from ssrseg.data.tags import Tags, coco_instances_tags
+from ssrseg.errors import BadInputError
 
 
 def coco_split_folder(split: str) -> str:
@@ -167,7 +168,6 @@ class CocoDataset(SegDataset):
     def load_mask(self, index: int) -> np.ndarray | None:
         if not self.mask_category_ids:
             return super().load_mask(index)
-        from ssrseg.data.base import read_mask
 
         image_id = self.checked_id(index)
         path = self.mask_path(image_id)

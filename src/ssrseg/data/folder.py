@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    BadInputError,
     SegDataset,
     find_image,
     first_file,
@@ -27,6 +26,7 @@ from ssrseg.data.base import (
 )
 from ssrseg.data.classes import read_class_file
 from ssrseg.data.tags import Tags
+from ssrseg.errors import BadInputError
 
 
 class FolderDataset(SegDataset):

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ssrseg.config import atomic_write_text
-from ssrseg.data.base import BadInputError
 from ssrseg.data.classes import COCO_CATEGORY_TO_INDEX, COCO_CLASSES
+from ssrseg.errors import BadInputError
 
 Tags = dict[str, list[str]]
 

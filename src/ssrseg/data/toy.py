@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssrseg.config import atomic_write_text
+
 CLASS_NAMES: tuple[str, ...] = (
     "boat",
     "plane",
@@ -606,8 +608,6 @@ def _save_png_atomic(img: Image.Image, path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    from ssrseg.config import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=0, sort_keys=True) + "\n")
 
 
@@ -664,7 +664,6 @@ def write_toy_dataset(
         tags[image_id] = s.tags
         captions[image_id] = s.caption
         ids.append(image_id)
-    from ssrseg.config import atomic_write_text
 
     atomic_write_text(list_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in CLASS_NAMES))

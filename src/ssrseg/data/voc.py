@@ -19,9 +19,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssrseg.data.base import BadInputError, SegDataset, find_image, open_tags, read_id_list
-from ssrseg.data.classes import VOC_CLASSES
+from ssrseg.data.base import SegDataset, find_image, open_tags, read_id_list
+from ssrseg.data.classes import VOC_CLASSES, read_class_file
 from ssrseg.data.tags import Tags, voc_xml_tags
+from ssrseg.errors import BadInputError
 
 SPLITS_WITHOUT_MASKS = ("test",)
 
@@ -161,8 +162,6 @@ class ToyDataset(VOCDataset):
         class_names: Sequence[str] | None = None,
         **kwargs: object,
     ) -> None:
-        from ssrseg.data.classes import read_class_file
-
         base = Path(root)
         if class_names is None:
             class_names = read_class_file(str(base / "classes.txt"))

@@ -25,6 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from ssrseg.atomic import atomic_dir, atomic_write_text
 from ssrseg.config import SSRConfig, config_from_dict, config_to_dict
+from ssrseg.pickles import refusal_message
+from ssrseg.pseudo.labeler import build_ssr_model
+from ssrseg.rectify.cmpa import CMPA
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -182,8 +185,6 @@ def read_optimizer(ckpt: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        from ssrseg.pickles import refusal_message
-
         raise CheckpointError(
             refusal_message(
                 path,
@@ -263,8 +264,6 @@ def load_cmpa_heads(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
     """The CMPA heads of a checkpoint alone (no backbones are loaded), eval mode."""
-    from ssrseg.rectify.cmpa import CMPA
-
     ckpt = check_compatible(path, need_cmpa=True)
     state = read_state(ckpt)
     cfg = read_config(ckpt, state)
@@ -286,8 +285,6 @@ def load_model(
 
     path: a checkpoint folder or a run folder (its ``last`` checkpoint).
     """
-    from ssrseg.model.ssr import build_ssr_model
-
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
     cfg = read_config(ckpt, state)

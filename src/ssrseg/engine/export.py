@@ -8,6 +8,7 @@ data beyond VOC, here CLIP's pre-training).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 from collections.abc import Sequence
@@ -15,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ssrseg.atomic import atomic_path
+from ssrseg.data.base import read_image
+from ssrseg.engine.crf_pool import OrderedPool, crf_mask
+from ssrseg.errors import BadInputError
+from ssrseg.viz import save_label_png
 
 VOC_TEST_SUBDIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 VOC_NUM_CLASSES = 21  # background + 20 classes
@@ -67,13 +74,7 @@ def export_voc_test(
     around each image's work (:func:`ssrseg.engine.distributed.guard_image`).
     Returns the ids written in this call.
     """
-    import contextlib
-
     from tqdm import tqdm
-
-    from ssrseg.data.base import BadInputError, read_image
-    from ssrseg.engine.crf_pool import OrderedPool, crf_mask
-    from ssrseg.viz import save_label_png
 
     if segmenter.num_classes != VOC_NUM_CLASSES:
         raise ValueError(
@@ -125,7 +126,6 @@ def archive_voc_results(out_root: str | os.PathLike[str]) -> Path:
     if not (root / "results").is_dir():
         raise FileNotFoundError(f"{root / 'results'}: nothing to archive")
     target = root / "results.tar.gz"
-    from ssrseg.atomic import atomic_path
 
     with atomic_path(target, suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(root / "results", arcname="results")

@@ -12,6 +12,7 @@ they work with :class:`ssrseg.model.ssr.SSRModel` as with any other segmentation
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -24,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.config import CRFConfig, InferConfig, SSRConfig
+from ssrseg.data.base import SkipLog, iter_valid, read_image
+from ssrseg.engine.checkpoint import load_model
+from ssrseg.engine.crf import dense_crf
+from ssrseg.engine.crf_pool import OrderedPool, crf_mask
+from ssrseg.metrics import ConfusionMatrix
+from ssrseg.viz import palette, save_label_png
 
 LogitsFn = Callable[[Tensor], Tensor]
 PAD_MODES = ("replicate", "zeros")
@@ -146,8 +154,6 @@ def as_uint8_image(image: Any) -> np.ndarray:
     """Any accepted image (``H x W x 3`` uint8 array, ``H x W`` grayscale, PIL image, or a path)
     -> ``H x W x 3`` uint8 RGB array. Raises ``ValueError`` naming the problem."""
     if isinstance(image, str | os.PathLike):
-        from ssrseg.data.base import read_image
-
         return read_image(str(image))
     if not isinstance(image, np.ndarray):
         from PIL import Image
@@ -219,7 +225,6 @@ def _patch_size_of(model: nn.Module) -> int:
     stated = getattr(model, "patch_size", None)
     if isinstance(stated, int) and stated > 0:
         return stated
-    from ssrseg.backbones.vit import VisionTransformer
 
     sizes = {m.cfg.patch_size for m in model.modules() if isinstance(m, VisionTransformer)}
     if not sizes:
@@ -284,8 +289,6 @@ class Segmenter:
 
         ``infer`` / ``crf`` override the checkpoint's own inference and CRF settings.
         """
-        from ssrseg.engine.checkpoint import load_model
-
         model, cfg = load_model(str(path), device=device)
         model.eval()
         patch = _patch_size_of(model)
@@ -328,8 +331,6 @@ class Segmenter:
     def palette(self) -> np.ndarray:
         """``256 x 3`` uint8 colours of the label indices (the VOC palette by default)."""
         if self._palette is None:
-            from ssrseg.viz import palette
-
             self._palette = np.asarray(palette("voc"), dtype=np.uint8).reshape(-1, 3)
         return self._palette
 
@@ -443,8 +444,6 @@ class Segmenter:
 def run_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
     """Dense CRF on one image: ``H x W x 3`` uint8 and ``K x H x W`` probabilities ->
     refined ``K x H x W`` float32 probabilities (see :func:`ssrseg.engine.crf.dense_crf`)."""
-    from ssrseg.engine.crf import dense_crf
-
     refined = dense_crf(image, probs, cfg)
     if isinstance(refined, Tensor):
         refined = refined.detach().cpu().numpy()
@@ -491,13 +490,6 @@ def evaluate_dataset(
         :func:`ssrseg.engine.distributed.guard_image` to name the rank and image of a failure).
     Returns ``{crf_mode: ConfusionMatrix}`` accumulated over the images scored.
     """
-    import contextlib
-
-    from ssrseg.data.base import SkipLog, iter_valid
-    from ssrseg.engine.crf_pool import OrderedPool, crf_mask
-    from ssrseg.metrics import ConfusionMatrix
-    from ssrseg.viz import save_label_png
-
     if not crf_modes:
         raise ValueError("at least one CRF mode (False and/or True) is needed")
     if True in crf_modes:

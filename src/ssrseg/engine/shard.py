@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ssrseg.data.base import BadInputError
+from ssrseg.errors import BadInputError
 
 __all__ = [
     "Shard",

@@ -32,6 +32,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
+from ssrseg.data import build_dataset
+from ssrseg.data.base import Skipped
+from ssrseg.data.transforms import TrainTransform, collate_train
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
     DistContext,
@@ -40,9 +43,13 @@ from ssrseg.engine.distributed import (
     barrier,
 )
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix
 from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
+from ssrseg.pseudo.labeler import build_ssr_model
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
+from ssrseg.rectify.sgc import slic_superpixels
 
 LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym", "proto_bg")
 
@@ -68,9 +75,6 @@ class TrainItems(Dataset[Any]):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        from ssrseg.data.base import BadInputError, Skipped
-        from ssrseg.data.transforms import TrainTransform
-
         index, seed = item
         try:
             sample = self.dataset[index]
@@ -78,8 +82,6 @@ class TrainItems(Dataset[Any]):
             return Skipped(exc.image_id or self.dataset.ids[index], str(exc))
         sp = None
         if self.with_superpixels:
-            from ssrseg.rectify.sgc import slic_superpixels
-
             sgc = self.cfg.sgc
             sp = slic_superpixels(sample.image, sgc.n_segments, sgc.compactness).numpy()
         d = self.cfg.data
@@ -94,8 +96,6 @@ class TrainItems(Dataset[Any]):
 
 
 def _collate(samples: Sequence[Any]) -> dict[str, Any]:
-    from ssrseg.data.transforms import collate_train
-
     return collate_train(samples)
 
 
@@ -453,9 +453,6 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Segmentation mIoU on the val split and pseudo-label mIoU on train images with masks
         (each at most ``train.val_images`` images; single scale, no CRF)."""
-        from ssrseg.data.base import BadInputError
-        from ssrseg.metrics import ConfusionMatrix
-
         model, limit = self.model, self.cfg.train.val_images
         was_training = model.training
         model.eval()
@@ -604,10 +601,6 @@ def run_training(
     stop_after: int | None = None,
 ) -> int:
     """Build datasets and the model from ``cfg`` and train; returns the step reached."""
-    from ssrseg.data import build_dataset
-    from ssrseg.data.base import BadInputError
-    from ssrseg.model.ssr import build_ssr_model
-
     d = cfg.data
     train_set = build_dataset(d.dataset, d.root, d.train_split, d.tag_file, require_labels=True)
     val_set = None
