@@ -19,7 +19,7 @@ from cli_fakes import write_cli_world
 from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
 from ssrseg.config import load_config
 from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
-from ssrseg.model.ssr import build_ssr_model
+from ssrseg.pseudo.labeler import build_ssr_model
 
 DRIVER = Path(__file__).parent / "parallel_driver.py"
 

@@ -254,20 +254,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssrseg.data.base import SkipLog, read_image
+    from ssrseg.engine import distributed as dp
     from ssrseg.engine.crf_pool import OrderedPool, crf_mask
-    from ssrseg.engine.distributed import (
-        barrier,
-        gather_skipped,
-        guard_image,
-        main_then_all,
-        share_list,
-        stage_context,
-        stage_device,
-    )
     from ssrseg.engine.shard import pixel_costs
     from ssrseg.runrecord import check_output, prepare_output
 
-    view = stage_context(getattr(args, "shard", None))
+    view = dp.stage_context(getattr(args, "shard", None))
     out = Path(args.out)
     items = collect_inputs(args.inputs)
     if not items:
@@ -284,15 +276,15 @@ def run(args: argparse.Namespace) -> int:
     name = "ssrseg predict"
     check_output(out, cfg, options, overwrite=args.overwrite, command=name)
     segmenter = load_segmenter(
-        args.checkpoint, stage_device(resolve_device(args.device), view.dist)
+        args.checkpoint, dp.stage_device(resolve_device(args.device), view.dist)
     )
     segmenter.infer = cfg.infer
     segmenter.crf_cfg = cfg.crf
-    main_then_all(
+    dp.main_then_all(
         view, lambda: prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
     )
 
-    mine = share_list(items, view, pixel_costs(lambda i: items[i].path))
+    mine = dp.share_list(items, view, pixel_costs(lambda i: items[i].path))
     jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in mine]
     todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]
     if len(todo) < len(jobs):
@@ -303,13 +295,16 @@ def run(args: argparse.Namespace) -> int:
 
     def write(results: Any) -> None:
         for (item, image, paths), mask in results:
-            with guard_image(view, str(item.path)):
+            with dp.guard_image(view, str(item.path)):
                 write_outputs(paths, image, mask, segmenter.palette)
 
-    with guard_image(view), OrderedPool[Any](crf_workers(args, view.dist.local_world_size)) as pool:
+    with (
+        dp.guard_image(view),
+        OrderedPool[Any](crf_workers(args, view.dist.local_world_size)) as pool,
+    ):
 
         def flush() -> None:
-            with guard_image(view, ", ".join(str(it.path) for it, _, _ in batch)):
+            with dp.guard_image(view, ", ".join(str(it.path) for it, _, _ in batch)):
                 found = segmenter.predict_batch(
                     [image for _, image, _ in batch], return_probs=True, crf=False
                 )
@@ -337,8 +332,10 @@ def run(args: argparse.Namespace) -> int:
         write(pool.drain())
     done = len(todo) - len(skip_log)
     print(f"wrote {done} prediction(s) to {out}" + (f" ({view.label})" if view.label else ""))
-    skip_log.skipped = gather_skipped(skip_log.skipped, [str(it.path) for it in items], view.dist)
-    barrier(view.dist)
+    order = [str(it.path) for it in items]
+    skip_log.skipped = dp.gather_skipped(skip_log.skipped, order, view.dist)
+    skip_log.notes = dp.gather_skipped(skip_log.notes, order, view.dist)  # conversion notes
+    dp.barrier(view.dist)
     if not view.is_main:
         return 0
     skip_log.report()
