@@ -25,21 +25,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from _timing import RESULTS, load_average, machine_info, write_json
-from ssrseg.config import CRFConfig, InferConfig
-from ssrseg.data import build_dataset
-from ssrseg.engine.infer import Segmenter, evaluate_dataset
-from ssrseg.viz import save_label_png
+# The CRF workers are spawned processes, which import this script again (as __mp_main__):
+# torch and the model code are imported inside the functions, so a worker starts in the time
+# ssrseg's own workers take (numpy + pydensecrf), not in the seconds torch takes to load.
+if TYPE_CHECKING:
+    from ssrseg.engine.infer import Segmenter
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def write_voc(root: Path, n: int, h: int, w: int, labels: int) -> None:
     """``n`` random smooth images and masks in the VOC layout (val split)."""
+    from ssrseg.viz import save_label_png  # see the note at the imports
+
     rng = np.random.default_rng(0)
     (root / "JPEGImages").mkdir(parents=True)
     ids = []
@@ -55,7 +58,12 @@ def write_voc(root: Path, n: int, h: int, w: int, labels: int) -> None:
     (lists / "val.txt").write_text("\n".join(ids) + "\n")
 
 
-def segmenter(labels: int, crf: CRFConfig) -> Segmenter:
+def segmenter(labels: int, crf: Any) -> Segmenter:
+    import torch  # see the note at the imports
+
+    from ssrseg.config import InferConfig
+    from ssrseg.engine.infer import Segmenter
+
     torch.manual_seed(0)
     net = torch.nn.Conv2d(3, labels, 16, stride=16).eval()
     with torch.no_grad():
@@ -65,6 +73,13 @@ def segmenter(labels: int, crf: CRFConfig) -> Segmenter:
 
 
 def main() -> int:
+    import torch  # see the note at the imports
+
+    from _timing import load_average, machine_info, write_json
+    from ssrseg.config import CRFConfig
+    from ssrseg.data import build_dataset
+    from ssrseg.engine.infer import evaluate_dataset
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--size", default="500x375", help="W x H")
