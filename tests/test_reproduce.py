@@ -114,6 +114,9 @@ def test_report_sets_every_number_beside_the_papers(full_run: dict[str, Any]) ->
     assert "export/crf/results.tar.gz" in summary["test mIoU, with CRF"]["note"]
     share = summary["share of fully supervised (with CRF)"]
     assert share["measured"] == pytest.approx(100 * val["measured"] / 81.6)
+    # VOC val is the paper's protocol itself: no in-distribution stage, no second share, no gap
+    assert "eval_in_distribution" not in report["stages"]
+    assert not [name for name in summary if "share gap" in name or "split:" in name]
     # split sizes compared with the paper's, as warnings (fake data)
     warning = "train_aug has 5 images where the paper uses 10,582"
     assert any(warning in w for w in report["warnings"])

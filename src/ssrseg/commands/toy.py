@@ -64,8 +64,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default="train",
-        help="train | val | debiased (held-out, no "
-        "context or pair bias) | any name (default: train)",
+        help="train | val (biased; settings are chosen on it) | debiased (held-out, no "
+        "context or pair bias) | in_distribution (held-out, drawn like train: the paper's "
+        "protocol; only scored) | any name (default: train)",
     )
     p.add_argument("--n", type=positive_int, default=1000, help="number of scenes (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")

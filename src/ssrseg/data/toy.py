@@ -16,7 +16,10 @@ Biases (the failures SSR addresses; strengths in :class:`WorldConfig`, measured 
 - look-alike: car and bus share the body-with-wheels shape and swap their typical colours.
 
 The held-out ``debiased`` split turns the context and pair biases off (uniform backgrounds,
-independent classes), so a model that learned "water" instead of "boat" is exposed.
+independent classes), so a model that learned "water" instead of "boat" is exposed. The
+``in_distribution`` split (:data:`IN_DISTRIBUTION_SPLIT`) is the opposite test: the training
+world's generator and biases on a stream of its own, only ever scored (the paper's protocol:
+VOC / COCO val come from the training distribution).
 
 Masks have hard (non anti-aliased) edges, so every pixel's label is exact and no 255 is needed.
 """
@@ -98,7 +101,19 @@ CLASS_COLOURS: dict[str, tuple[str, ...]] = {
 CAPTION_PREFIXES: tuple[str, ...] = ("a photo of", "a picture of", "an image of")
 EXTRA_WORDS: tuple[str, ...] = ("a", "an", "photo", "picture", "image", "of", "and", "on", "the")
 
-SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "debiased": 2, "test": 3}
+# The in-distribution val split: drawn like ``train`` (same generator, same biases) from its
+# own stream, so adding it changes no image of another split. Only scored, never trained on nor
+# used to choose a setting (``val`` is the biased split settings are chosen on), so it plays
+# the role of VOC / COCO val in the paper's protocol.
+IN_DISTRIBUTION_SPLIT = "in_distribution"
+# Stream codes of the named splits; any other name hashes to a code >= 10.
+SPLIT_CODES: dict[str, int] = {
+    "train": 0,
+    "val": 1,
+    "debiased": 2,
+    "test": 3,
+    IN_DISTRIBUTION_SPLIT: 4,
+}
 
 
 @dataclass(frozen=True)

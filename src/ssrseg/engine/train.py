@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
 from ssrseg.data import build_dataset
 from ssrseg.data.base import Skipped
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
 from ssrseg.data.transforms import TrainTransform, collate_train
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
@@ -602,6 +603,11 @@ def run_training(
 ) -> int:
     """Build datasets and the model from ``cfg`` and train; returns the step reached."""
     d = cfg.data
+    if d.dataset == "toy" and d.train_split == IN_DISTRIBUTION_SPLIT:
+        raise ConfigError(
+            f"data.train_split={d.train_split}: the toy world's in-distribution split is only "
+            "ever scored (the paper's protocol, docs/toy_world.md); train on 'train'"
+        )
     train_set = build_dataset(d.dataset, d.root, d.train_split, d.tag_file, require_labels=True)
     val_set = None
     if cfg.train.val_every > 0 and d.val_split:

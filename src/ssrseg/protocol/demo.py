@@ -4,8 +4,10 @@
 reproduction (check, seeds, train, cmpa, eval, report; see :mod:`ssrseg.protocol.reproduce`)
 plus the toy-only rows defined here: trivial baselines, the background over-activation split
 by home context (the failure SGC targets) and the fully supervised bound (the same decoder on
-ground-truth masks) with SSR's share of it. The default plan fits in about 10 minutes on 2 CPU
-cores; a second run into the same folder reuses every finished stage.
+ground-truth masks) with SSR's share of it, on the debiased split (robustness to context) and
+on the in-distribution split (the paper's protocol; :mod:`ssrseg.protocol.in_distribution`).
+The default plan fits in about 10 minutes on 2 CPU cores; a second run into the same folder
+reuses every finished stage.
 
 Nothing here is toy-specific maths: the stages call the same ``PseudoLabeler``, ``Trainer``
 and ``Segmenter`` as the VOC / COCO commands; only the data and weights are the toy world's.
@@ -32,6 +34,9 @@ class DemoPlan:
     n_train: int = 800  # rendered training images (biased world)
     n_score: int = 100  # training images whose CAMs / pseudo labels are scored (VOC-train role)
     n_val: int = 150  # held-out images of the debiased split, for segmentation
+    # held-out images of the in-distribution split (drawn like train: the paper's protocol),
+    # scored with SSR, the DINO-branch variant and the fully supervised decoder (0: none)
+    n_val_id: int = 150
     iterations: int = 240  # SSR training iterations
     gt_iterations: int = 240  # fully supervised upper bound iterations
     panels: int = 6  # figure panels written
@@ -49,6 +54,7 @@ QUICK_PLAN = DemoPlan(
     n_train=24,
     n_score=8,
     n_val=8,
+    n_val_id=6,
     iterations=4,
     gt_iterations=4,
     panels=2,
@@ -106,6 +112,7 @@ def demo_setup(
         variants=tuple(plan.variants),
         variant_iterations=plan.variant_iterations,
         grouping_images=plan.grouping_images,
+        in_distribution_images=plan.n_val_id,
         title="SSR on the toy world",
     )
     return cfg, rplan

@@ -18,6 +18,7 @@ import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict
 from ssrseg.data import build_dataset
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
 from ssrseg.engine.infer import check_crf
 from ssrseg.metrics import json_safe
 from ssrseg.runrecord import diff_records, make_record, record_hash
@@ -32,6 +33,7 @@ STAGES: tuple[str, ...] = (
     "export",
     "fully_supervised",
     "variants",
+    "eval_in_distribution",
     "report",
 )
 # Stages with outputs other stages read (check and report are always run, never cached).
@@ -45,6 +47,8 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "export": ("train",),
     "fully_supervised": ("render",),
     "variants": ("render",),
+    # the stage renders its own split into the world's folder and scores the trained models
+    "eval_in_distribution": ("render", "train", "fully_supervised", "variants"),
 }
 # (config keys that shape a stage's outputs, keys left out). A key is a section or
 # "section.field". The pseudo-label rows set the attention / mask / PAR switches themselves.
@@ -100,6 +104,7 @@ STAGE_CONFIG: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # toy world: extra trainings from the train config (ssrseg.protocol.variants.VARIANTS), scored
     # like cmpa / eval
     "variants": ((*_TRAINING_SECTIONS, "infer", "crf"), _NOT_SHAPING),
+    "eval_in_distribution": (("infer", "crf", "data.dataset", "data.root"), ()),
 }
 # Pseudo-label evaluation split and default number of images per dataset: VOC train (1,464)
 # [convention of the field]; COCO's first 5,000 train images [decision: all 82,081 would take
@@ -151,6 +156,9 @@ class ReproducePlan:
     variants: tuple[str, ...] = ()
     variant_iterations: int = 0  # their training iterations (0: train.iterations)
     grouping_images: int = 0  # > 0: toy attention grouping table on that many `val` scenes
+    # > 0 (toy world): render that many in-distribution val images (drawn like train: the
+    # paper's protocol) and score every trained segmentation model on them too
+    in_distribution_images: int = 0
     title: str | None = None
     progress: bool = True
 
@@ -213,6 +221,13 @@ def stage_options(
             "iterations": plan.variant_iterations or cfg.train.iterations,
             "crf": list(crf_modes),
             "val_images": plan.val_images,
+            "device": device_type,
+        },
+        "eval_in_distribution": {
+            "split": IN_DISTRIBUTION_SPLIT,
+            "images": plan.in_distribution_images,
+            "world": dataclasses.asdict(plan.world) if plan.world else None,
+            "crf": list(crf_modes),
             "device": device_type,
         },
     }
@@ -352,6 +367,8 @@ def applicable(stage: str, cfg: SSRConfig, plan: ReproducePlan) -> bool:
         return plan.fully_supervised_iterations > 0
     if stage == "variants":
         return bool(plan.variants)
+    if stage == "eval_in_distribution":
+        return plan.world is not None and plan.in_distribution_images > 0
     if stage == "export":
         return cfg.data.dataset == "voc"
     return True

@@ -9,6 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from ssrseg.protocol import report as R
+from ssrseg.protocol.in_distribution import (
+    CRF_LABELS,
+    SPLIT_ROLES,
+    share_rows,
+    table6_shares,
+    variant_view,
+)
 from ssrseg.toy.diagnostics import best_last_k
 
 
@@ -126,34 +133,60 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
             ),
         )
     if ev or fs:
-        paper_val = R.PAPER["val"].get(dataset)
-        val_set = dataset if paper_val else "voc"
-        paper_val = paper_val or R.PAPER["val"]["voc"]
-        rows = []
-        split = (ev or fs or {}).get("split", cfg.data.val_split)
-        for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-            if ev and key in ev["rows"]:
-                rows.append(
-                    R.make_row(f"SSR {label}", ev["rows"][key], paper_val[label], val_set, dataset)
-                )
-        rows += _branch_rows(var, ev)  # beside the plain SSR rows
-        for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-            if fs and key in fs["rows"]:
-                rows.append(R.make_row(f"fully supervised {label}", fs["rows"][key]))
-        note = ""
-        if ev and fs:
-            shares = _shares(ev, fs)
-            note = "; ".join(f"SSR / fully supervised ({k}): {v:.1f}%" for k, v in shares.items())
-            note += " (denominator: the same decoder trained on ground-truth masks)."
-        reading = _branch_reading(var, ev, run.cfg.train.iterations)
-        if reading:
-            note = f"{note} {reading}".strip()
-        n = (ev or fs or {}).get("images", 0)
-        tab = R.make_table(
-            "segmentation", f"Segmentation, {split} split ({n:,} images)", rows, note=note
+        R.add_table(report, _segmentation_table(run, "segmentation", ev, fs, var))
+    ind = _result(run, "eval_in_distribution")
+    if ind:
+        models = ind["models"]
+        R.add_table(
+            report,
+            _segmentation_table(
+                run,
+                "segmentation_in_distribution",
+                models.get("ssr"),
+                models.get("fully_supervised"),
+                variant_view(ind, var),
+            ),
         )
-        tab["short"] = "seg"
-        R.add_table(report, tab)
+
+
+def _segmentation_table(
+    run: Any,
+    key: str,
+    ev: dict[str, Any] | None,
+    fs: dict[str, Any] | None,
+    var: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """SSR, the variants' segmentation rows and the fully supervised decoder on one split,
+    with SSR's share of the latter and the DINO branch's reading in the note."""
+    dataset = run.cfg.data.dataset
+    paper_val = R.PAPER["val"].get(dataset)
+    val_set = dataset if paper_val else "voc"
+    paper_val = paper_val or R.PAPER["val"]["voc"]
+    rows = []
+    split = (ev or fs or {}).get("split", run.cfg.data.val_split)
+    for mode, label in CRF_LABELS:
+        if ev and mode in ev["rows"]:
+            rows.append(
+                R.make_row(f"SSR {label}", ev["rows"][mode], paper_val[label], val_set, dataset)
+            )
+    rows += _branch_rows(var, ev)  # beside the plain SSR rows
+    for mode, label in CRF_LABELS:
+        if fs and mode in fs["rows"]:
+            rows.append(R.make_row(f"fully supervised {label}", fs["rows"][mode]))
+    note = ""
+    if ev and fs:
+        shares = table6_shares(ev, fs)
+        note = "; ".join(f"SSR / fully supervised ({k}): {v:.1f}%" for k, v in shares.items())
+        note += " (denominator: the same decoder trained on ground-truth masks)."
+    reading = _branch_reading(var, ev, run.cfg.train.iterations)
+    if reading:
+        note = f"{note} {reading}".strip()
+    n = (ev or fs or {}).get("images", 0)
+    role = SPLIT_ROLES.get(split)
+    title = f"Segmentation, {split} split ({n:,} images)" + (f": {role}" if role else "")
+    tab = R.make_table(key, title, rows, note=note)
+    tab["short"] = "seg" if key == "segmentation" else "seg in-dist."
+    return tab
 
 
 def _variant(var: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -293,15 +326,6 @@ def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
     return tab
 
 
-def _shares(ev: dict[str, Any], fs: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-        if key in ev["rows"] and key in fs["rows"]:
-            den = fs["rows"][key]["miou"]
-            out[label] = 100 * ev["rows"][key]["miou"] / den if den > 0 else float("nan")
-    return out
-
-
 def _summary(run: Any, report: dict[str, Any]) -> None:
     dataset = run.cfg.data.dataset
     add = report["summary"].append
@@ -348,17 +372,23 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
     paper_val = p["val"].get(dataset)
     val_set = dataset if paper_val else "voc"
     paper_val = paper_val or p["val"]["voc"]
-    if ev:
+    ind = _result(run, "eval_in_distribution")
+    ind_ssr = (ind or {}).get("models", {}).get("ssr")
+    for seg in (ind_ssr, ev):
+        if not seg:
+            continue
+        role = SPLIT_ROLES.get(seg["split"])
         for key, label in (("crf", "with CRF"), ("no_crf", "without CRF")):
-            if key in ev["rows"]:
+            if key in seg["rows"]:
                 add(
                     R.summary_row(
-                        f"{ev['split']} mIoU, {label}",
-                        ev["rows"][key]["miou"],
+                        f"{seg['split']} mIoU, {label}",
+                        seg["rows"][key]["miou"],
                         paper_val[label]["miou"],
                         val_set,
                         dataset,
-                        f"{ev['images']:,} images, multi-scale + flip",
+                        f"{seg['images']:,} images, multi-scale + flip"
+                        + (f"; {role}" if role else ""),
                     )
                 )
     if dataset == "voc":
@@ -380,19 +410,14 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
                 )
             )
     share = p["share_fully_supervised"]
+    measured = []
+    ind_fs = (ind or {}).get("models", {}).get("fully_supervised")
+    if ind_ssr and ind_fs:
+        measured.append((ind_ssr["split"], ind_ssr, ind_fs))
     if ev and fs:
-        for label, value in _shares(ev, fs).items():
-            add(
-                R.summary_row(
-                    f"share of fully supervised ({label})",
-                    value,
-                    share["value"],
-                    share["dataset"],
-                    dataset,
-                    "denominator: the same decoder trained on ground-truth masks (the paper: "
-                    f"a fully supervised CLIP ViT-B, {share['denominator']})",
-                )
-            )
+        measured.append((ev["split"], ev, fs))
+    if measured:
+        report["summary"] += share_rows(measured, dataset)
     elif ev and dataset == "voc" and "crf" in ev["rows"]:
         add(
             R.summary_row(

@@ -15,6 +15,10 @@ Stages, in order (each writes ``OUT/<stage>/`` with a ``stage.json``):
   split is present (with and without CRF: two archives);
 - ``fully_supervised`` (toy world only): the same decoder on ground-truth masks, evaluated
   like ``eval`` (the denominator of the share of fully supervised);
+- ``variants`` (toy world only): extra SSR trainings (:data:`ssrseg.protocol.variants.VARIANTS`);
+- ``eval_in_distribution`` (toy world only): the in-distribution val split (drawn like train:
+  the paper's protocol) rendered and scored with every trained segmentation model
+  (:mod:`ssrseg.protocol.in_distribution`);
 - ``report``: ``report.md``, ``report.json`` and ``figures/``; always rewritten.
 
 A stage is skipped when its ``stage.json`` says it finished with the same *record*: the part
@@ -36,6 +40,7 @@ from typing import Any
 
 from ssrseg.config import SSRConfig, save_config
 from ssrseg.protocol.check import CheckError, run_check
+from ssrseg.protocol.in_distribution import stage_eval_in_distribution
 from ssrseg.protocol.plan import (
     WORK_STAGES,
     ReproduceError,
@@ -76,6 +81,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "export": stage_export,
     "fully_supervised": stage_fully_supervised,
     "variants": stage_variants,
+    "eval_in_distribution": stage_eval_in_distribution,
 }
 
 

@@ -283,11 +283,20 @@ def evaluate_into(
 
 
 def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the val split into ``folder``."""
+    return evaluate_checkpoint(run, ckpt_dir, folder, run.cfg.data.val_split, run.plan.val_images)
+
+
+def evaluate_checkpoint(
+    run: Run, ckpt_dir: Path, folder: Path, split: str, images: int | None
+) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the first ``images`` (None: all) of ``split``
+    in every CRF mode; predictions and ``metrics.json`` go to ``folder``."""
     cfg, plan = run.cfg, run.plan
     # this run's inference and CRF settings, not the ones saved with the checkpoint
     seg = Segmenter.from_checkpoint(ckpt_dir, run.device, infer=cfg.infer, crf=cfg.crf)
-    dataset = open_dataset(cfg, cfg.data.val_split, labels=False)
-    n = len(dataset) if plan.val_images is None else min(plan.val_images, len(dataset))
+    dataset = open_dataset(cfg, split, labels=False)
+    n = len(dataset) if images is None else min(images, len(dataset))
     matrices = evaluate_into(
         seg, dataset, run.crf_modes, folder / "pred", list(range(n)), plan.progress
     )
