@@ -192,7 +192,14 @@ def test_bad_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
     save_image(tmp_path / "a.png", 8, 8, 0)
     ckpt = tmp_path / "no_such_run"
     code = main(
-        ["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]
+        [
+            "predict",
+            str(tmp_path / "a.png"),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     assert code == 2
     assert str(ckpt) in capsys.readouterr().err

@@ -76,6 +76,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.errors", "BadInputError"),
     ("ssrseg.commands.common", "DeviceError"),
     ("ssrseg.commands.common", "DependencyError"),
+    ("ssrseg.commands.common", "OutputError"),
     ("ssrseg.cam.prompts", "PromptError"),
     ("ssrseg.commands.toy", "ToyCommandError"),
     ("ssrseg.commands.predict", "InputListError"),
@@ -86,6 +87,7 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
 # error, else the traceback (whose last line still names the rank and the image).
 WRAPPING_ERRORS: tuple[tuple[str, str], ...] = (("ssrseg.engine.distributed", "StageError"),)
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
 def known_error(exc: BaseException) -> bool:
@@ -123,11 +125,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     mod = importlib.import_module(f"ssrseg.commands.{args._module}")
     try:
         return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        close_progress_bars()
+        print(
+            f"ssrseg {args.command}: interrupted; finished outputs and the last checkpoint are "
+            "kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if not known_error(exc):
             raise
+        close_progress_bars()  # the message starts on its own line, not after a bar
         print(f"ssrseg {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars a failed command left open (each ends its line)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -404,6 +404,34 @@ def resolve(spec: str) -> tuple[Path, Pretrained | None]:
     )
 
 
+def local_file(spec: str) -> Path | None:
+    """The weight file ``spec`` names on this machine, without any download: None for a hub
+    id or a registry file that is not there yet."""
+    if spec in REGISTRY:
+        path = local_path(REGISTRY[spec])
+        return path if path.is_file() else None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        try:
+            return _find_in_folder(path)
+        except WeightsError:
+            return None
+    return path if path.is_file() else None
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a weight file, remembered per (path, size, mtime) for this process (a checkpoint
+    check may hash a 600 MB CLIP more than once)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    return _DIGESTS[key]
+
+
 @dataclass
 class RawWeights:
     """A file's tensors (in the file's own layout) and its safetensors metadata."""

@@ -34,10 +34,13 @@ from ssrseg.commands.common import (
     crf_workers,
     non_negative_int,
     positive_float,
+    refuse_overlap,
     require_crf,
     resolve_device,
     resolve_split,
+    run_folder,
     with_crf_labels,
+    with_overrides,
 )
 from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
 
@@ -91,6 +94,7 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
             cfg = config_from_dict(record["config"])
             split = record.get("options", {}).get("split")
     tag_file = args.tag_file
+    cfg = with_overrides(cfg, list(getattr(args, "overrides", None) or []))
     cfg = apply_dataset_args(cfg, args)
     args.dataset, args.root, args.tag_file = cfg.data.dataset, cfg.data.root, tag_file
     args.split = args.split or split or resolve_split(None, cfg, "val")
@@ -107,7 +111,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default="exclude",
         help="predicted 255 pixels: left out (default; pseudo labels) or counted as wrong",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bar"
+    )
     p.add_argument(
         "--merge",
         nargs="+",
@@ -115,6 +121,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="SHARD_JSON",
         help="sum the metrics files of `evaluate --checkpoint --shard K/N` (all N shards) "
         "into --out: the numbers one process gives",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. data.root=... or (with --checkpoint) infer.scales=[1.0]",
     )
     add_checkpoint_args(p)
     add_parallel_args(p)
@@ -256,12 +268,28 @@ def eval_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {**options, **extra}
 
 
+def refuse_eval_overlap(args: argparse.Namespace) -> None:
+    """Before any work: what evaluate writes never goes into (or around) what it reads."""
+    files = [("tag file", args.tag_file), ("class file", args.classes)]
+    folders = [
+        ("dataset folder (data.root)", args.root),
+        ("prediction folder (--pred)", args.pred),
+        ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
+    ]
+    for option in ("save_pred", "export_voc_test"):
+        if getattr(args, option, None):
+            refuse_overlap(getattr(args, option), "--" + option.replace("_", "-"), folders, files)
+    if args.out:  # a metrics file: beside the predictions is fine, never in the dataset
+        refuse_overlap(args.out, "--out", folders[:1], files)
+
+
 def run(args: argparse.Namespace) -> int:
     from ssrseg.data import SkipLog
 
     if getattr(args, "merge", None):
         return run_merge(args)
     resolve_eval_args(args)
+    refuse_eval_overlap(args)
     if getattr(args, "checkpoint", None):
         return run_checkpoint(args)
     if args.pred is None:
@@ -365,7 +393,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     Data-parallel under torchrun / ``--shard`` (module docstring)."""
     import dataclasses
 
-    from ssrseg.config import config_to_dict
+    from ssrseg.config import SSRConfig, config_to_dict
     from ssrseg.data import SkipLog, build_dataset
     from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
     from ssrseg.engine.distributed import (
@@ -392,6 +420,10 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         check_compatible(folder, None, dataset.num_classes if dataset else None)
     modes = crf_modes(args.crf)
     seg = load_segmenter(folder, stage_device(resolve_device(args.device), view.dist))
+    if args.overrides:  # infer.* / crf.* on top of the checkpoint's own
+        base = dataclasses.replace(seg.config or SSRConfig(), infer=seg.infer, crf=seg.crf_cfg)
+        changed = with_overrides(base, list(args.overrides))
+        seg.infer, seg.crf_cfg = changed.infer, changed.crf
     seg.infer = infer_overrides(args, seg.infer)
     seg.crf_cfg = with_crf_labels(seg.crf_cfg, args)
     workers = crf_workers(args, view.dist.local_world_size)

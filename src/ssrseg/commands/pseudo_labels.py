@@ -26,12 +26,15 @@ import numpy as np
 
 from ssrseg.commands.common import (
     add_dataset_args,
+    add_job_args,
     add_parallel_args,
     apply_dataset_args,
     crf_workers,
+    input_paths,
     non_negative_int,
     plain_doc,
     positive_int,
+    refuse_overlap,
     require_crf,
     resolve_device,
     resolve_split,
@@ -74,11 +77,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="only the first N images of the split")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
-    p.add_argument(
-        "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_job_args(p, "redo every image, also those this job finished (and a folder made with "
+                 "other settings)")  # fmt: skip
     p.add_argument(
         "--no-prefetch",
         action="store_true",
@@ -134,8 +134,8 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
 
     import torch
 
-    from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.config import ConfigError, load_config
+    from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
+    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.engine.distributed import main_then_all, stage_context, stage_device
     from ssrseg.pseudo.labeler import build_pseudo_labeler
@@ -155,6 +155,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
             file=sys.stderr,
         )
     cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
+    refuse_overlap(args.out, "--out", *input_paths(cfg, args))
     split = resolve_split(args.split, cfg, "train")
     dataset = build_dataset(
         cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file, class_names=args.classes
@@ -163,12 +164,9 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     prompts = prompts_from_config(
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
-    if prompts.num_classes != len(dataset.class_names):
-        raise ConfigError(
-            f"prompts '{p.dataset}' have {prompts.num_classes} classes but dataset "
-            f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
-            "set prompts.dataset to match"
-        )
+    check_prompt_classes(
+        prompts, dataset.class_names, p.dataset, f"{cfg.data.dataset} at {cfg.data.root}"
+    )
     record_options: dict[str, Any] = {
         "command": command,
         "split": split,
@@ -381,14 +379,17 @@ def run_job(
     from ssrseg.engine.crf_pool import OrderedPool
     from ssrseg.engine.distributed import barrier, gather_skipped, guard_image, sum_arrays
     from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.runrecord import output_stamp, written_by
 
     view = job.view
 
     def destination(sample: Sample) -> Path:
         return job.out / f"{sample.image_id}{suffix}"
 
+    stamp = output_stamp(job.out)  # the job of OUT/run.json: its files are the done ones
+
     def done(sample: Sample) -> bool:
-        return destination(sample).is_file() and not args.overwrite
+        return not args.overwrite and written_by(destination(sample), stamp)
 
     def prepare_unless_done(sample: Sample) -> Prepared | None:
         return None if done(sample) else prepare(job, sample)
@@ -477,16 +478,18 @@ def run(args: argparse.Namespace) -> int:
 
     from ssrseg.engine.crf_pool import crf_probs
     from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.runrecord import STAMP_KEY, output_stamp
     from ssrseg.viz import save_label_png
 
     if args.crf:
         require_crf()  # before anything is loaded
     job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
+    stamp = {STAMP_KEY: output_stamp(job.out) or ""}  # marks each file as this job's
 
     def finish(scores: torch.Tensor | np.ndarray, sample: Sample, dest: Path) -> np.ndarray:
         labels = scores_to_labels(torch.as_tensor(scores), sample.labels, job.cfg.pseudo)
         labels_np: np.ndarray = labels.cpu().numpy().astype(np.uint8)
-        save_label_png(dest, labels_np)
+        save_label_png(dest, labels_np, text=stamp)
         return labels_np
 
     def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray | Deferred:

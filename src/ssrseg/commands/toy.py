@@ -21,7 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssrseg.commands.common import plain_doc, positive_float, positive_int, unit_float
+from ssrseg.commands.common import (
+    plain_doc,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
 from ssrseg.toy import POOLS
 
 # lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
@@ -69,7 +75,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "protocol; only scored) | any name (default: train)",
     )
     p.add_argument("--n", type=positive_int, default=1000, help="number of scenes (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="world seed (default: 0)")
     p.add_argument(
         "--image-size", type=positive_int, default=128, help="side in pixels (default: 128)"
     )
@@ -98,7 +104,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="debiased")
     p.add_argument("--n", type=positive_int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--pool",
         choices=POOLS,
@@ -119,7 +125,7 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
         f"{DEFAULT_OUT_DIR / kind}.safetensors). Never the package: install trained weights "
         "with `ssrseg toy install-weights FILE`",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--steps",
         type=positive_int,

@@ -54,9 +54,16 @@ class Sample:
 # Reading images and masks
 
 
-def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+def _check_file(path: str | os.PathLike[str], what: str) -> None:
+    """Missing and 0-byte files get their own words (PIL says "cannot identify image file")."""
     if not os.path.isfile(path):
         raise BadInputError(path, f"{what} file not found")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, f"empty file (0 bytes), not an {what}: replace or remove it")
+
+
+def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+    _check_file(path, what)
     try:
         img = Image.open(path)
         img.load()  # decode now so truncated files fail here, not later in a worker
@@ -116,13 +123,13 @@ def read_image(path: str | os.PathLike[str], notes: list[str] | None = None) -> 
         log.info("%s: %s", path, note)
         if notes is not None:
             notes.append(note)
-    return np.ascontiguousarray(arr)
+    # np.asarray over a PIL image is read-only, and torch.from_numpy warns about such arrays
+    return np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr, order="C")
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    if not os.path.isfile(path):
-        raise BadInputError(path, "image file not found")
+    _check_file(path, "image")
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -373,6 +380,10 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         return self.tag_source
 
     # shared logic -----------------------------------------------------------------------------
+    def no_tags_reason(self, image_id: str) -> str:
+        """What to say of an image that the tags leave out."""
+        return f"image {image_id!r} has no entry in the tags"
+
     def checked_id(self, index: int) -> str:
         image_id = self.ids[index]
         check_image_id(image_id, self.list_file)
@@ -385,6 +396,8 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         if names is None and not self.require_labels:
             return ()
         where = self.tag_location(image_id)
+        if names is None:
+            raise BadInputError(where, self.no_tags_reason(image_id), image_id)
         labels = resolve_labels(names, self.class_names, where, image_id)
         if not labels and self.require_labels:
             raise BadInputError(where, f"image {image_id!r} has no (foreground) tags", image_id)

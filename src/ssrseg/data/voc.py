@@ -140,6 +140,14 @@ class VOCDataset(SegDataset):
             return self.tag_source
         return str(self.root / "Annotations" / f"{image_id}.xml")
 
+    def no_tags_reason(self, image_id: str) -> str:
+        if self._tags is not None:
+            return super().no_tags_reason(image_id)
+        return (
+            "annotation XML not found (VOC's image-level tags come from Annotations/<id>.xml; "
+            "restore the file or pass --tag-file)"
+        )
+
     def raw_tags(self, image_id: str) -> list[str] | None:
         if self._tags is not None:
             return self._tags.get(image_id)

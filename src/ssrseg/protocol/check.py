@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.backbones import weights as W
-from ssrseg.cam.prompts import prompts_from_config
+from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import SSRConfig
 from ssrseg.data import build_dataset
 from ssrseg.data.voc import find_voc_root
@@ -203,13 +203,10 @@ def check_classes(cfg: SSRConfig, class_names: tuple[str, ...]) -> list[str]:
         prompts = prompts_from_config(
             p.dataset, p.template, p.background_words, p.use_background_words, cfg.data.root
         )
+        # by name: a count alone would let one class's pixels get another class's prompt
+        check_prompt_classes(prompts, class_names, p.dataset, f"{cfg.data.dataset}")
     except (OSError, ValueError, KeyError) as exc:
-        return [f"prompts '{p.dataset}': {exc}"]
-    if prompts.num_classes != len(class_names):
-        return [
-            f"prompts '{p.dataset}' have {prompts.num_classes} classes but the dataset "
-            f"'{cfg.data.dataset}' has {len(class_names)}: set prompts.dataset to match"
-        ]
+        return [str(exc) if str(exc).startswith("prompts.") else f"prompts '{p.dataset}': {exc}"]
     return []
 
 

@@ -48,6 +48,7 @@ class DemoPlan:
     variants: tuple[str, ...] = ("dino_branch+kmeans",)
     variant_iterations: int = 0  # 0: the same as `iterations` (then the plain run is the reference)
     grouping_images: int = 64  # `val` scenes of the attention grouping table (0: none)
+    progress: bool = True  # progress bars (the stages' and the training's)
 
 
 QUICK_PLAN = DemoPlan(
@@ -112,6 +113,7 @@ def demo_setup(
         variants=tuple(plan.variants),
         variant_iterations=plan.variant_iterations,
         grouping_images=plan.grouping_images,
+        progress=plan.progress,
         in_distribution_images=plan.n_val_id,
         title="SSR on the toy world",
     )

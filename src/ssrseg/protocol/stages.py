@@ -173,6 +173,8 @@ def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[s
     if gpus > 1:
         config_file = save_config(cfg, run_dir, name="reproduce_train.yaml")
         cmd = torchrun_command(config_file, run_dir, gpus, run.device.type, resume)
+        if not run.plan.progress:
+            cmd.append("--no-progress")
         print("  " + " ".join(cmd))
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         proc = subprocess.run(cmd, env=env, check=False)
@@ -186,7 +188,9 @@ def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[s
         # seed before the model is built: its initialisation must not depend on earlier stages
         torch.manual_seed(cfg.train.seed)
         try:
-            step = run_training(cfg, ctx, run_dir, run_dir if resume else None)
+            step = run_training(
+                cfg, ctx, run_dir, run_dir if resume else None, progress=run.plan.progress
+            )
         finally:
             cleanup(ctx)
         if step < 0:
