@@ -639,72 +639,44 @@ def run_probe(
         emit({"row": f"raw CLIP CAM at scale {scale_20:g}", "miou": score(raw_20, None)})
         emit({"row": "raw CLIP CAM without background words", "miou": score(raw_nobg, None)})
 
-    runs = [
-        HeadRun(f"CMPA {short} it. (toy preset)", short),
-        HeadRun(f"CMPA {short} it., no symmetric term", short, {"symmetric": False}),
-        HeadRun(
-            f"CMPA {short} it., tau frozen at 1/{raw_scale:g}",
-            short,
-            fixed_scale=raw_scale,
-        ),
-        HeadRun(
-            f"CMPA {short} it., background prompts as negatives", short, background_negatives=True
-        ),
-        HeadRun(f"CMPA {short} it., kmeans prototypes", short, {"prototypes": "kmeans"}),
+    # every variant at the short length (name suffix -> HeadRun fields)
+    bg_nearest = {"background_term": "raw_nearest"}
+    variants: dict[str, dict[str, Any]] = {
+        " (toy preset)": {},
+        ", no symmetric term": {"cmpa": {"symmetric": False}},
+        f", tau frozen at 1/{raw_scale:g}": {"fixed_scale": raw_scale},
+        ", background prompts as negatives": {"background_negatives": True},
+        ", kmeans prototypes": {"cmpa": {"prototypes": "kmeans"}},
         # the background term (cmpa.background_term, our decision): the CAM's background
         # feature pulled to a background prompt in the projected space
-        HeadRun(
-            f"CMPA {short} it., background term raw_nearest",
-            short,
-            {"background_term": "raw_nearest"},
-        ),
-        HeadRun(f"CMPA {short} it., background term any", short, {"background_term": "any"}),
-        HeadRun(
-            f"CMPA {short} it., kmeans + background term raw_nearest",
-            short,
-            {"prototypes": "kmeans", "background_term": "raw_nearest"},
-        ),
+        ", background term raw_nearest": {"cmpa": bg_nearest},
+        ", background term any": {"cmpa": {"background_term": "any"}},
+        ", kmeans + background term raw_nearest": {"cmpa": {"prototypes": "kmeans", **bg_nearest}},
         # one plain Linear per head: mean_p ISA(v_p) = ISA(mean_p v_p), so the CAM's gradient is
         # the same at every patch, as in the raw space
-        HeadRun(f"CMPA {short} it., linear heads", short, {"num_layers": 1}),
-        HeadRun(
-            f"CMPA {short} it., linear heads + background term raw_nearest",
-            short,
-            {"num_layers": 1, "background_term": "raw_nearest"},
-        ),
+        ", linear heads": {"cmpa": {"num_layers": 1}},
+        ", linear heads + background term raw_nearest": {"cmpa": {"num_layers": 1, **bg_nearest}},
         # what the CAM-weighted means carry besides the object: heads trained on features
         # pooled with the true masks, and / or on debiased scenes (classes off their homes)
-        HeadRun(f"CMPA {short} it., ground-truth pooling", short, pooling="gt"),
-        HeadRun(f"CMPA {short} it., debiased scenes", short, scenes="debiased"),
-        HeadRun(
-            f"CMPA {short} it., debiased scenes + ground-truth pooling",
-            short,
-            pooling="gt",
-            scenes="debiased",
-        ),
-        HeadRun(
-            f"CMPA {short} it., linear heads, debiased scenes + ground-truth pooling",
-            short,
-            {"num_layers": 1},
-            pooling="gt",
-            scenes="debiased",
-        ),
-        HeadRun(f"CMPA {long} it.", long),
-        HeadRun(
-            f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
-        ),
-        HeadRun(f"CMPA {long} it., kmeans prototypes", long, {"prototypes": "kmeans"}),
-        HeadRun(
-            f"CMPA {long} it., background term raw_nearest",
-            long,
-            {"background_term": "raw_nearest"},
-        ),
-        HeadRun(
-            f"CMPA {long} it., kmeans + background term raw_nearest",
-            long,
-            {"prototypes": "kmeans", "background_term": "raw_nearest"},
-        ),
-    ]
+        ", ground-truth pooling": {"pooling": "gt"},
+        ", debiased scenes": {"scenes": "debiased"},
+        ", debiased scenes + ground-truth pooling": {"pooling": "gt", "scenes": "debiased"},
+        ", linear heads, debiased scenes + ground-truth pooling": {
+            "cmpa": {"num_layers": 1},
+            "pooling": "gt",
+            "scenes": "debiased",
+        },
+    }
+    # then the plain run and four variants again at the long length
+    again = (
+        ", background prompts as negatives",
+        ", kmeans prototypes",
+        ", background term raw_nearest",
+        ", kmeans + background term raw_nearest",
+    )
+    runs = [HeadRun(f"CMPA {short} it.{name}", short, **kw) for name, kw in variants.items()]
+    runs.append(HeadRun(f"CMPA {long} it.", long))
+    runs += [HeadRun(f"CMPA {long} it.{name}", long, **variants[name]) for name in again]
     if match:
         runs = [r for r in runs if any(m in r.name for m in match)]
     marks = sorted({m for m in (short, long // 4, long // 2, long) if 0 < m < long})

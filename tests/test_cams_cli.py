@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cli_fakes import SIZES, write_cli_world
+from cli_fakes import SIZES, with_broken_image, write_cli_world
 from ssrseg.cli import main
 from ssrseg.commands.cams import read_cams
 from ssrseg.data.resize import work_size
@@ -78,13 +78,7 @@ def test_cams_writes_float16_with_class_ids(setup: list[str], tmp_path: Path) ->
 def test_bad_image_is_skipped_and_reported(
     setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = Path(next(s for s in setup if s.startswith("data.root=")).split("=", 1)[1])
-    bad_root = tmp_path / "bad"
-    import shutil
-
-    shutil.copytree(root, bad_root)
-    (bad_root / "JPEGImages" / "img1.png").write_bytes(b"not a png")
-    overrides = [s for s in setup if not s.startswith("data.root=")] + [f"data.root={bad_root}"]
+    overrides = with_broken_image(setup, tmp_path / "bad", "img1")
     out = tmp_path / "pl"
     code = main(["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress",
                  *overrides])  # fmt: skip

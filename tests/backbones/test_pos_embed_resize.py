@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backbone_fakes import tiny_clip_config, tiny_vision
+from backbone_fakes import cls_and_patch_tokens, tiny_clip_config, tiny_vision
 
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import WordTokenizer
@@ -69,8 +69,7 @@ def test_vision_transformer_switch():
         bicubic, _ = vit.embed(x)
         vit.pos_embed_resize = "bilinear_fp16"
         bilinear, grid = vit.embed(x)
-        patches = vit.patch_embed(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([vit.cls_token.expand(1, 1, -1), patches], dim=1)
+        tokens = cls_and_patch_tokens(vit, x)
         pos = interpolate_pos_embed_bilinear_fp16(vit.pos_embed, (6, 5), 4)
         assert grid == (6, 5)
         assert torch.equal(bilinear, vit.ln_pre(tokens + pos))

@@ -39,16 +39,22 @@ def toy_clip_config(
         heads=heads,
         output_dim=embed_dim,
     )
-    text = TextConfig(
+    text = word_text_config(tokenizer, width, text_layers, heads)
+    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim)
+
+
+def word_text_config(tokenizer: WordTokenizer, width: int, layers: int, heads: int) -> TextConfig:
+    """CLIP's text tower over a word tokenizer (its vocabulary, context length and SOT / EOT
+    ids) at the given width, depth and head count."""
+    return TextConfig(
         vocab_size=tokenizer.vocab_size,
         context_length=tokenizer.context_length,
         width=width,
-        layers=text_layers,
+        layers=layers,
         heads=heads,
         eot_token_id=tokenizer.eot_token_id,
         sot_token_id=tokenizer.sot_token_id,
     )
-    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim)
 
 
 def toy_dino_config(

@@ -25,14 +25,13 @@ import numpy as np
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    SegDataset,
-    find_image,
     first_file,
     open_tags,
     read_id_list,
     read_mask,
 )
 from ssrseg.data.classes import COCO_CATEGORIES, COCO_CLASSES
+from ssrseg.data.stem_files import StemFileDataset
 from ssrseg.data.tags import Tags, coco_instances_tags
 from ssrseg.errors import BadInputError
 
@@ -61,7 +60,7 @@ def _find_layout(root: Path, folder: str) -> tuple[Path, Path, bool]:
     )
 
 
-class CocoDataset(SegDataset):
+class CocoDataset(StemFileDataset):
     """MS COCO 2014 (train 82,081 / val 40,137 images with masks).
 
     Args:
@@ -146,16 +145,6 @@ class CocoDataset(SegDataset):
         if image_id.isdigit():
             return f"COCO_{self.folder}_{int(image_id):012d}"
         return image_id
-
-    def image_path(self, image_id: str) -> Path:
-        return find_image(self.image_dir, self.file_stem(image_id))
-
-    def mask_path(self, image_id: str) -> Path | None:
-        return self.mask_in(self.mask_dir / f"{self.file_stem(image_id)}.png")
-
-    @property
-    def has_masks(self) -> bool:
-        return self.with_masks if self.with_masks is not None else self.mask_dir.is_dir()
 
     def raw_tags(self, image_id: str) -> list[str] | None:
         if self._tags is None:
