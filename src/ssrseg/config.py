@@ -165,6 +165,9 @@ class CRFConfig:
     bilateral_sxy: float = 64.0  # [WeCLIP]
     bilateral_srgb: float = 5.0  # [WeCLIP]
     bilateral_compat: float = 4.0  # [WeCLIP]
+    # [decision] labels the CRF runs over: all (WeCLIP) or present = background + the classes
+    # the image's own argmax uses (far fewer for COCO's 81; docs/reproduction.md measures it)
+    labels: str = "all"
 
 
 @dataclass(frozen=True)
@@ -621,6 +624,7 @@ FIELD_RULES: dict[str, Rule] = {
     "crf.bilateral_sxy": above(0.0),
     "crf.bilateral_srgb": above(0.0),
     "crf.bilateral_compat": at_least(0.0),
+    "crf.labels": one_of("all", "present"),
     "cmpa.in_dim": at_least(1),
     "cmpa.out_dim": at_least(1),
     "cmpa.hidden_dim": at_least(1),

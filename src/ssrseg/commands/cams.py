@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ssrseg.commands.common import plain_doc
+from ssrseg.commands.common import add_parallel_args, plain_doc
 from ssrseg.commands.pseudo_labels import (
     add_common_arguments,
     atomic_save_npz,
@@ -38,6 +38,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default="refined",
         help="refined CAM seeds (default) or initial Grad-CAMs",
     )
+    add_parallel_args(p, crf=False)
     return p
 
 
