@@ -305,3 +305,61 @@ def test_config_subset_is_the_stage_view() -> None:
     ev = rplan.config_subset(cfg, *rplan.STAGE_CONFIG["eval"])
     assert ev["data"] == {"dataset": "voc", "root": cfg.data.root, "val_split": "val"}
     assert np.isclose(ev["crf"]["bilateral_srgb"], 5.0)
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_two_ranks_equal_one_process_and_resume(
+    full_run: dict[str, Any], world: dict, tmp_path: Path
+) -> None:
+    """seeds, cmpa, eval and export on 2 torchrun ranks (gloo; training reused from the
+    1-process run): the same tables, PNG bytes and metrics as one process; then a 2-rank
+    resume of an eval stage killed half-way (PNGs missing, state `running`) ends the same."""
+    from parallel_fakes import run_torchrun
+
+    ref = full_run["out"]
+    work = ("seeds", "cmpa", "eval", "export")
+    fresh, killed = tmp_path / "fresh", tmp_path / "killed"
+    for dest in (fresh, killed):
+        shutil.copytree(ref, dest)
+    for stage in work:
+        shutil.rmtree(fresh / stage)
+    state = _state(killed, "eval")
+    state["status"] = "running"
+    (killed / "eval" / "stage.json").write_text(json.dumps(state))
+    gone = sorted((killed / "eval" / "pred" / "crf").glob("*.png"))[:1]
+    gone += sorted((killed / "eval" / "pred" / "no_crf").glob("*.png"))[1:]
+    for png in gone:
+        png.unlink()
+    (killed / "eval" / "metrics.json").unlink()
+    args = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"), "--device", "cpu",
+            "--crf", "on", "--panels", "1", "--no-progress", "--gpus", "1"]  # fmt: skip
+    out = run_torchrun(
+        [
+            [*args, "--out", str(fresh), "--stages", ",".join(work), *world["overrides"]],
+            [*args, "--out", str(killed), "--stages", "eval", *world["overrides"]],
+        ],
+        tmp_path,
+    )
+    assert "2 processes" in out and "[eval] resumed" in out
+    for run in (fresh, killed):
+        report = json.loads((run / "report.json").read_text())
+        for key in ("table3_raw", "table3_cmpa", "table4", "segmentation"):
+            assert measured(report, key) == measured(full_run["report"], key), (run, key)
+    for stage in work:
+        assert _pngs(fresh / stage) == _pngs(ref / stage), stage
+        metrics = fresh / stage / "metrics.json"
+        if metrics.is_file():
+            assert metrics.read_text() == (ref / stage / "metrics.json").read_text()
+        state = _state(fresh, stage)
+        assert state["status"] == "done"
+        assert state["result"] == _state(ref, stage)["result"], stage
+    assert _pngs(killed / "eval") == _pngs(ref / "eval")
+    assert (killed / "eval" / "metrics.json").read_text() == (
+        ref / "eval" / "metrics.json"
+    ).read_text()
+    for key in ("no_crf", "crf"):  # the archives hold the same files
+        with tarfile.open(fresh / "export" / key / "results.tar.gz") as tar:
+            assert len([n for n in tar.getnames() if n.endswith(".png")]) == 2

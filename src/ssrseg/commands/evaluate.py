@@ -379,13 +379,9 @@ def shard_path(out: Path, shard: Any) -> Path:
 
 def sum_matrices(matrices: dict[bool, Any], ctx: Any) -> None:
     """Sum every rank's counts into ``matrices`` (exact: integers, never averaged scores)."""
-    from ssrseg.engine.distributed import sum_arrays
+    from ssrseg.engine.distributed import sum_confusion
 
-    for cm in matrices.values():
-        cm.hist, cm.pred_ignored, images = sum_arrays(
-            [cm.hist, cm.pred_ignored, np.asarray([cm.images])], ctx
-        )
-        cm.images = int(images[0])
+    sum_confusion(matrices.values(), ctx)
 
 
 def run_checkpoint(args: argparse.Namespace) -> int:

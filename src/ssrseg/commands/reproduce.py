@@ -40,7 +40,20 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root (sets data.root)")
     p.add_argument("--out", required=True, help="run folder (one sub-folder per stage)")
     p.add_argument(
-        "--gpus", type=positive_int, default=1, help="training processes on this machine (torchrun)"
+        "--gpus",
+        type=positive_int,
+        default=None,
+        help="processes on this machine: every stage runs on N ranks under torchrun (default: "
+        "1; inside a torchrun job its size, or 1 to train in the main process only)",
+    )
+    p.add_argument(
+        "--crf-workers",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="processes running the dense CRF of eval / export while the next image's forward "
+        "runs (default: this process's cores split between the ranks on this machine; 0: in "
+        "the main process)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
@@ -82,12 +95,44 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def relaunch_command(args: argparse.Namespace) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N -m ssrseg.cli reproduce ...`` with this
+    command's options, for ``--gpus N`` outside a torchrun job."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(args.gpus), "-m", "ssrseg.cli", "reproduce"]  # fmt: skip
+    for option in ("config", "root", "out", "gpus", "device", "stages", "redo", "crf",
+                   "seed_split", "seed_images", "val_images", "panels", "crf_workers"):  # fmt: skip
+        value = getattr(args, option)
+        if value is not None:
+            cmd += ["--" + option.replace("_", "-"), str(value)]
+    if args.no_progress:
+        cmd.append("--no-progress")
+    return cmd + list(args.overrides)
+
+
 def run(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
     from ssrseg.config import ConfigError, load_config
     from ssrseg.protocol.plan import ReproduceError, ReproducePlan
     from ssrseg.protocol.reproduce import run_reproduce
 
     resolve_device(args.device)  # --device cuda without CUDA: one line before any stage folder
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and (args.gpus or 1) > 1:
+        # every stage on N processes: this command again, under torchrun
+        cmd = relaunch_command(args)
+        print("  " + " ".join(cmd), flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        if code:
+            print(
+                f"ssrseg reproduce: error: torchrun exited with status {code} (the failed rank "
+                f"and image are named above); rerun the same command to resume in {args.out}",
+                file=sys.stderr,
+            )
+        return 2 if code else 0
     overrides = list(args.overrides)
     if args.root:
         overrides.append(f"data.root={args.root}")
@@ -100,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         plan = ReproducePlan(
             stages=_names(args.stages),
             redo=_names(args.redo) or (),
-            gpus=max(1, args.gpus),
+            gpus=args.gpus or world,
+            crf_workers=args.crf_workers,
             device=args.device,
             seed_split=args.seed_split,
             seed_images=args.seed_images,

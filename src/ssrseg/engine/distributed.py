@@ -20,7 +20,7 @@ import datetime
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,20 +129,28 @@ def stage_device(name: str, ctx: DistContext) -> str:
     return name
 
 
-def stage_context(shard: str | Shard | None = None) -> StageContext:
+def stage_context(shard: str | Shard | None = None, backend: str = "gloo") -> StageContext:
     """This process's share of a data-parallel stage: torchrun's RANK / WORLD_SIZE (a gloo
     process group is initialised once, destroyed at exit) combined with ``--shard K/N``.
+    ``backend``: e.g. ``cpu:gloo,cuda:nccl`` where the same group also trains on GPUs (the
+    stage collectives always carry CPU tensors, so gloo must serve the CPU).
 
     Raises :class:`ssrseg.engine.shard.ShardError` for a bad ``--shard``.
     """
     given = shard if isinstance(shard, Shard) else parse_shard(shard)
     ctx = rank_view()
     if ctx.distributed and not dist.is_initialized():
-        dist.init_process_group(backend="gloo", timeout=STAGE_TIMEOUT)
+        dist.init_process_group(backend=backend, timeout=STAGE_TIMEOUT)
         atexit.register(_destroy_group)
     if ctx.distributed or not given.whole:
         unwind_on_sigterm()
     return StageContext(ctx, given.combined(ctx.rank, ctx.world_size), given)
+
+
+def solo_view() -> StageContext:
+    """One plain process's view (no collectives): for work the main rank does alone."""
+    whole = parse_shard(None)
+    return StageContext(DistContext(), whole, whole)
 
 
 def _destroy_group() -> None:
@@ -213,6 +221,21 @@ def sum_arrays(arrays: list[np.ndarray], ctx: DistContext) -> list[np.ndarray]:
         out.append(flat[start : start + a.size].numpy().reshape(a.shape).astype(np.int64))
         start += a.size
     return out
+
+
+def sum_confusion(matrices: Iterable[Any], ctx: DistContext) -> None:
+    """Sum every rank's counts into each :class:`ssrseg.metrics.ConfusionMatrix` of
+    ``matrices`` in place (exact: integers, never averaged scores; no-op for one process)."""
+    for cm in matrices:
+        cm.hist, cm.pred_ignored, images = sum_arrays(
+            [cm.hist, cm.pred_ignored, np.asarray([cm.images])], ctx
+        )
+        cm.images = int(images[0])
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """The main rank's ``obj`` on every rank (a collective: every rank must call it)."""
+    return all_gather_objects(obj, ctx)[0]
 
 
 def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:

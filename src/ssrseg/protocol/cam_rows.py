@@ -24,6 +24,14 @@ import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, merge_values
 from ssrseg.data.resize import resize_to_tensor01, work_size
+from ssrseg.engine.distributed import (
+    StageContext,
+    all_gather_objects,
+    broadcast_object,
+    share_list,
+    solo_view,
+    sum_confusion,
+)
 from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix, json_safe
 from ssrseg.pseudo.labeler import PseudoLabeler
@@ -189,6 +197,7 @@ def score_rows(
     label_dir: Path | None = None,
     label_row: str | None = None,
     progress: bool = True,
+    view: StageContext | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score every row; returns ``{row name: {"result": metrics dict, "extra": ...}}``.
 
@@ -196,11 +205,22 @@ def score_rows(
     DINO are left out when ``base`` has none (``backbone.use_dino=false``). ``hook`` runs on
     the rows named in ``hook_rows``; ``label_row``'s labels are written to ``label_dir`` as
     palette PNGs (``<id>.png``).
+
+    ``view``: under torchrun each rank scores whole labeller batches of ``indices`` (the
+    batches one process would form, so every image's labels are the same), writes its own
+    images' PNGs, and the confusion matrices are summed exactly; the main rank writes the row
+    files. None: one process.
     """
+    view = view if view is not None else solo_view()
+    step = max(1, batch)
+    # whole batches, in list order within a share: re-chunking a share by `batch` gives the
+    # same batches (the only short batch is the list's last, hence its share's last)
+    mine = [i for chunk in share_list(list(_chunks(list(indices), step)), view) for i in chunk]
     out: dict[str, dict[str, Any]] = {}
     for name, overrides in rows:
         path = cache_dir / f"{slug(name)}.json"
-        if path.is_file():
+        # the main rank decides (a row file written during this run must not split the ranks)
+        if broadcast_object(path.is_file(), view.dist):
             out[name] = json.loads(path.read_text())
             print(f"  {name}: reused {path}")
             continue
@@ -226,12 +246,17 @@ def score_rows(
 
         labeler = row_labeler(base, cfg, overrides)
         conf = score_labeler(
-            labeler, dataset, indices, batch, cmpa, name, keep, long_side, progress
+            labeler, dataset, mine, step, cmpa, name, keep, long_side, progress and view.is_main
         )
+        sum_confusion([conf], view.dist)
+        if want_preds and view.dist.distributed:
+            for part in all_gather_objects(preds, view.dist):
+                preds.update(part)
         extra = hook(name, dataset, indices, preds) if want_preds and hook is not None else None
         entry = {"name": name, "overrides": overrides, "result": conf.compute(), "extra": extra}
         entry = json_safe(entry)
-        atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+        if view.is_main:
+            atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
         out[name] = entry
     return out
 

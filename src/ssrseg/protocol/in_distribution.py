@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, write_toy_dataset
+from ssrseg.engine.distributed import broadcast_object
 from ssrseg.protocol import report as R
 from ssrseg.protocol.plan import Run
 from ssrseg.protocol.stages import evaluate_checkpoint
@@ -73,12 +74,20 @@ def stage_eval_in_distribution(run: Run, resumed: bool) -> dict[str, Any]:
     listing = root / "ImageSets" / "Segmentation" / f"{IN_DISTRIBUTION_SPLIT}.txt"
     # like the render stage: an earlier attempt's images are kept only when resuming it (a
     # finished listing); with another record (e.g. another world seed) they are drawn again
-    if not (resumed and listing.is_file() and len(listing.read_text().split()) == n):
-        write_toy_dataset(root, n, split=IN_DISTRIBUTION_SPLIT, seed=world.seed,
-                          image_size=world.image_size, progress=run.plan.progress)  # fmt: skip
+    kept = resumed and listing.is_file() and len(listing.read_text().split()) == n
+    # the main rank's look decides (the listing may appear while another rank looks)
+    if not broadcast_object(kept, run.view.dist):
+        # drawn by the main rank; the others wait for it (barrier), then share the scoring
+        def draw() -> None:
+            assert world is not None
+            write_toy_dataset(root, n, split=IN_DISTRIBUTION_SPLIT, seed=world.seed,
+                              image_size=world.image_size, progress=run.plan.progress)  # fmt: skip
+
+        run.main_only(draw)
     models = {}
     for name, ckpt in model_folders(run).items():
-        print(f"  {name}: {ckpt.relative_to(run.out)}")
+        if run.is_main:
+            print(f"  {name}: {ckpt.relative_to(run.out)}")
         models[name] = evaluate_checkpoint(
             run, ckpt, run.folder(STAGE) / name, IN_DISTRIBUTION_SPLIT, n
         )

@@ -19,6 +19,12 @@ import torch
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict
 from ssrseg.data import build_dataset
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
+from ssrseg.engine.distributed import (
+    StageContext,
+    barrier,
+    broadcast_object,
+    solo_view,
+)
 from ssrseg.engine.infer import check_crf
 from ssrseg.metrics import json_safe
 from ssrseg.runrecord import diff_records, make_record, record_hash
@@ -140,7 +146,8 @@ class ReproducePlan:
 
     stages: tuple[str, ...] | None = None  # None: every stage that applies
     redo: tuple[str, ...] = ()  # stages to redo even when finished
-    gpus: int = 1  # > 1: training through torchrun on this machine
+    gpus: int = 1  # > 1: training on that many processes (torchrun)
+    crf_workers: int | None = None  # CRF processes per rank (None: its cores; 0: in-process)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed_split: str | None = None  # None: SEED_SPLITS[dataset]
     seed_images: int | None = None  # None: SEED_SPLITS' default; 0: the whole split
@@ -342,6 +349,20 @@ class Run:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
+    # this process's share of the data-parallel stages (every rank of a torchrun job runs the
+    # protocol; the main rank alone writes stage states, records and merged metrics)
+    view: StageContext = field(default_factory=solo_view)
+
+    @property
+    def is_main(self) -> bool:
+        return self.view.is_main
+
+    def main_only(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the main rank, then every rank goes on (barrier); its value on the
+        main rank, None elsewhere."""
+        result = fn() if self.view.is_main else None
+        barrier(self.view.dist)
+        return result
 
     def folder(self, stage: str) -> Path:
         return self.out / stage
@@ -451,10 +472,19 @@ def _prepare_folder(run: Run, stage: str, record: dict[str, Any]) -> bool:
     return False
 
 
-def execute(run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]]) -> None:
-    """Run one stage with its record, wall time and peak memory; the token comes last."""
+def execute(
+    run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]], parallel: bool = True
+) -> None:
+    """Run one stage with its record, wall time and peak memory; the token comes last.
+
+    Under torchrun every rank calls this: the main rank prepares the folder and writes the
+    states, every rank runs ``fn`` when ``parallel`` (it splits its images between the ranks),
+    else the main rank runs it as one plain process while the others wait."""
     record = run.record(stage)
-    resumed = _prepare_folder(run, stage, record)
+    view = run.view
+    resumed = bool(broadcast_object(
+        _prepare_folder(run, stage, record) if view.is_main else None, view.dist
+    ))  # fmt: skip
     state: dict[str, Any] = {
         "stage": stage,
         "status": "running",
@@ -462,11 +492,20 @@ def execute(run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]]) -> 
         "hash": record_hash(record),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    write_state(run.folder(stage), state)
-    print(f"\n[{stage}] {'resumed' if resumed else 'running'}")
+    run.main_only(lambda: write_state(run.folder(stage), state))
+    if view.is_main:
+        print(f"\n[{stage}] {'resumed' if resumed else 'running'}")
     _reset_peaks(run.device)
     t0 = time.perf_counter()
-    result = fn(run, resumed)
+    if parallel:
+        result = fn(run, resumed)
+    else:
+        run.view = solo_view()
+        try:
+            result = fn(run, resumed) if view.is_main else {}
+        finally:
+            run.view = view
+        result = broadcast_object(result, view.dist)
     state.update(
         status="done",
         token=uuid.uuid4().hex[:12],
@@ -476,11 +515,14 @@ def execute(run: Run, stage: str, fn: Callable[[Run, bool], dict[str, Any]]) -> 
         finished=time.strftime("%Y-%m-%d %H:%M:%S"),
         resumed=resumed,
     )
-    write_state(run.folder(stage), state)
+    # the main rank's token (and timings) on every rank: later records read the token
+    state = broadcast_object(state, view.dist)
+    run.main_only(lambda: write_state(run.folder(stage), state))
     run.states[stage] = state
     run.tokens[stage] = state["token"]
     run.status[stage] = "ran" + (" (resumed)" if resumed else "")
-    print(f"[{stage}] done in {state['wall_s']:.1f} s")
+    if view.is_main:
+        print(f"[{stage}] done in {state['wall_s']:.1f} s")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,7 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ssrseg.config import SSRConfig, save_config
+from ssrseg.engine.distributed import stage_context, stage_device
 from ssrseg.protocol.check import CheckError, run_check
 from ssrseg.protocol.in_distribution import stage_eval_in_distribution
 from ssrseg.protocol.plan import (
@@ -71,6 +74,10 @@ def stage_variants(run: Run, resumed: bool) -> dict[str, Any]:
     (:func:`ssrseg.protocol.variants.run_variants`)."""
     return run_variants(run, resumed)
 
+
+# stages the main rank runs alone under torchrun (the others wait): drawing the toy world, and
+# the toy variants' extra trainings (single-process trainings, scored on their own)
+MAIN_ONLY = frozenset({"render", "variants"})
 
 STAGE_FUNCTIONS: dict[str, Callable[[Run, bool], dict[str, Any]]] = {
     "render": stage_render,
@@ -128,7 +135,7 @@ def stage_check(run: Run) -> dict[str, Any]:
         )
     except CheckError as exc:
         raise ReproduceError(str(exc)) from None
-    for w in res.warnings:
+    for w in res.warnings if run.is_main else ():
         print(f"  warning: {w}")
     run.check = res.as_dict()
     folder = run.folder("check")
@@ -138,7 +145,7 @@ def stage_check(run: Run) -> dict[str, Any]:
         "result": run.check,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_state(folder, state)
+    run.main_only(lambda: write_state(folder, state))
     run.states["check"] = state
     return run.check
 
@@ -150,24 +157,34 @@ def stage_check(run: Run) -> dict[str, Any]:
 def run_reproduce(cfg: SSRConfig, out_dir: str | Path, plan: ReproducePlan) -> dict[str, Any]:
     """Run the chosen stages into ``out_dir``; returns the report dict (also written)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(plan.device)
+    # under torchrun every rank runs the protocol (module docstring of ssrseg.protocol.plan)
+    view = stage_context(backend="cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    device = torch.device(stage_device(str(device), view.dist))
     crf_modes, crf_note = resolve_crf(plan.crf)
-    run = Run(cfg, out, plan, device, crf_modes)
+    run = Run(cfg, out, plan, device, crf_modes, view=view)
     if crf_note:
         run.notes["eval"] = crf_note
-        print(f"note: {crf_note}")
-    save_config(cfg, out)
+        if run.is_main:
+            print(f"note: {crf_note}")
+
+    def start() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
+
+    run.main_only(start)
     t0 = time.perf_counter()
     status = plan_work(run)
     run.status = dict(status)
-    print(
-        "stages: "
-        + ", ".join(f"{s} {v}" for s, v in status.items() if v != "n/a")
-        + f" (output: {out})"
-    )
+    if run.is_main:
+        print(
+            "stages: "
+            + ", ".join(f"{s} {v}" for s, v in status.items() if v != "n/a")
+            + f" (output: {out})"
+            + (f", {view.dist.world_size} processes" if view.dist.distributed else "")
+        )
     if status.get("render") == "run":  # the toy world must exist before it can be checked
-        execute(run, "render", stage_render)
+        execute(run, "render", stage_render, parallel=False)
         status = plan_work(run)
         run.status.update({k: v for k, v in status.items() if k != "render"})
     stage_check(run)
@@ -177,6 +194,6 @@ def run_reproduce(cfg: SSRConfig, out_dir: str | Path, plan: ReproducePlan) -> d
     for stage in WORK_STAGES:
         if stage == "render" or run.status.get(stage) != "run":
             continue
-        execute(run, stage, STAGE_FUNCTIONS[stage])
-    report = build_report(run, time.perf_counter() - t0)
-    return report
+        execute(run, stage, STAGE_FUNCTIONS[stage], parallel=stage not in MAIN_ONLY)
+    report: dict[str, Any] = run.main_only(lambda: build_report(run, time.perf_counter() - t0))
+    return report or {}

@@ -14,19 +14,33 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
 from ssrseg.data.base import SkipLog, iter_valid, read_image
 from ssrseg.data.toy import write_toy_dataset
 from ssrseg.engine.checkpoint import LAST_FILE, load_model, resolve_checkpoint
-from ssrseg.engine.distributed import cleanup, setup
+from ssrseg.engine.crf_pool import OrderedPool, crf_mask, default_crf_workers
+from ssrseg.engine.distributed import (
+    DistContext,
+    StageContext,
+    barrier,
+    cleanup,
+    guard_image,
+    setup,
+    share_list,
+    solo_view,
+    sum_confusion,
+)
 from ssrseg.engine.export import (
     archive_voc_results,
     check_voc_mask,
     missing_voc_test,
     voc_test_path,
 )
-from ssrseg.engine.infer import Segmenter, run_crf
+from ssrseg.engine.infer import Segmenter
+from ssrseg.engine.shard import pixel_costs
 from ssrseg.engine.train import run_training
 from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix, json_safe
@@ -109,6 +123,7 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
         label_dir=folder / "labels",
         label_row="+ PAR (pseudo labels)",
         progress=plan.progress,
+        view=run.view,
     )
     result: dict[str, Any] = {
         "split": split,
@@ -133,7 +148,8 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
             "images": plan.grouping_images,
             "rows": backbone_grouping(vits, plan.grouping_images, seed),
         }
-    _write_metrics(folder / "metrics.json", {k: v["result"] for k, v in scored.items()})
+    if run.is_main:
+        _write_metrics(folder / "metrics.json", {k: v["result"] for k, v in scored.items()})
     return result
 
 
@@ -170,7 +186,21 @@ def torchrun_command(
 def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming from its last checkpoint when there is one."""
     resume = (run_dir / LAST_FILE).is_file()
-    if gpus > 1:
+    group = run.view.dist
+    if group.distributed:
+        # inside a torchrun job: the job's ranks train together (--gpus = its size), or the
+        # main rank trains alone (--gpus 1) while the others wait
+        if gpus == group.world_size:
+            _train_here(run, cfg, run_dir, resume, setup(str(run.device)))
+        elif gpus == 1:
+            run.main_only(lambda: _train_here(run, cfg, run_dir, resume, DistContext(
+                device=run.device)))  # fmt: skip
+        else:
+            raise ReproduceError(
+                f"--gpus {gpus} inside a torchrun job of {group.world_size} processes: "
+                f"use --gpus {group.world_size} (or 1: training in the main process only)"
+            )
+    elif gpus > 1:
         config_file = save_config(cfg, run_dir, name="reproduce_train.yaml")
         cmd = torchrun_command(config_file, run_dir, gpus, run.device.type, resume)
         if not run.plan.progress:
@@ -185,19 +215,10 @@ def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[s
             )
     else:
         ctx = setup(str(run.device))
-        # seed before the model is built: its initialisation must not depend on earlier stages
-        torch.manual_seed(cfg.train.seed)
         try:
-            step = run_training(
-                cfg, ctx, run_dir, run_dir if resume else None, progress=run.plan.progress
-            )
+            _train_here(run, cfg, run_dir, resume, ctx)
         finally:
             cleanup(ctx)
-        if step < 0:
-            raise ReproduceError(
-                "training skipped unreadable items (listed above); fix them or set "
-                "data.allow_skipped=true"
-            )
     ckpt = resolve_checkpoint(run_dir)
     return {
         "checkpoint": str(ckpt.relative_to(run.out)),
@@ -207,9 +228,21 @@ def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[s
     }
 
 
+def _train_here(run: Run, cfg: SSRConfig, run_dir: Path, resume: bool, ctx: DistContext) -> None:
+    """Train in this process (one of ``ctx``'s ranks)."""
+    # seed before the model is built: its initialisation must not depend on earlier stages
+    torch.manual_seed(cfg.train.seed)
+    step = run_training(cfg, ctx, run_dir, run_dir if resume else None, progress=run.plan.progress)
+    if step < 0:
+        raise ReproduceError(
+            "training skipped unreadable items (listed above); fix them or set "
+            "data.allow_skipped=true"
+        )
+
+
 def stage_train(run: Run, resumed: bool) -> dict[str, Any]:
     cfg, plan = run.cfg, run.plan
-    if plan.gpus > 1 and cfg.train.batch_size * plan.gpus != cfg.train.batch_size:
+    if plan.gpus > 1 and run.is_main:
         print(
             f"  note: {plan.gpus} processes x train.batch_size {cfg.train.batch_size} = "
             f"effective batch {plan.gpus * cfg.train.batch_size}"
@@ -239,14 +272,23 @@ def stage_cmpa(run: Run, resumed: bool) -> dict[str, Any]:
         cmpa=cmpa,
         long_side=plan.long_side,
         progress=plan.progress,
+        view=run.view,
     )
-    _write_metrics(run.folder("cmpa") / "metrics.json", {k: v["result"] for k, v in scored.items()})
+    if run.is_main:
+        results = {k: v["result"] for k, v in scored.items()}
+        _write_metrics(run.folder("cmpa") / "metrics.json", results)
     return {
         "split": split,
         "images": len(indices),
         "rows": {name: row_summary(e["result"]) for name, e in scored.items()},
         "iou": {name: e["result"]["iou"] for name, e in scored.items()},
     }
+
+
+def crf_workers_of(run: Run) -> int:
+    """``--crf-workers``, or this process's cores split between the ranks on this machine."""
+    chosen = run.plan.crf_workers
+    return default_crf_workers(run.view.dist.local_world_size) if chosen is None else chosen
 
 
 def _mode_name(mode: bool) -> str:
@@ -260,29 +302,59 @@ def evaluate_into(
     pred_dir: Path,
     indices: Sequence[int],
     progress: bool,
+    view: StageContext | None = None,
+    crf_workers: int = 0,
 ) -> dict[bool, Any]:
     """Score ``dataset[indices]`` once per CRF mode from one multi-scale forward per image;
-    predictions go to ``pred_dir/{no_crf,crf}/<id>.png`` and are read back on a resume."""
+    predictions go to ``pred_dir/{no_crf,crf}/<id>.png`` and are read back on a resume.
+
+    ``view``: under torchrun each rank predicts its share (balanced by image size) and writes
+    its images' PNGs; the confusion matrices are summed exactly. The CRF runs in
+    ``crf_workers`` processes (:class:`~ssrseg.engine.crf_pool.OrderedPool`; 0: here) while the
+    next image's forward runs; the same masks either way."""
+    view = view if view is not None else solo_view()
+    ids = list(dataset.ids)
+    mine = share_list(
+        list(indices), view, pixel_costs(lambda p: dataset.image_path(ids[indices[p]]))
+    )
     log = SkipLog()
     matrices = {m: ConfusionMatrix(seg.num_classes) for m in modes}
-    for sample in iter_valid(dataset, log, indices, progress=progress, desc="evaluate"):
-        if sample.mask is None:
-            raise ReproduceError(f"{sample.path}: the evaluation split has no ground-truth mask")
-        paths = {m: pred_dir / _mode_name(m) / f"{sample.image_id}.png" for m in modes}
-        if all(p.is_file() for p in paths.values()):
-            from PIL import Image
 
-            masks = {m: np.asarray(Image.open(p)) for m, p in paths.items()}
-        else:
-            _, probs = seg.predict(sample.image, return_probs=True, crf=False)
-            masks = {}
-            for m in modes:
-                scores = run_crf(sample.image, probs, seg.crf_cfg) if m else probs
-                masks[m] = scores.argmax(axis=0).astype(np.uint8)
-                save_label_png(paths[m], masks[m], dataset.palette_name)
-        for m in modes:
-            matrices[m].update(masks[m], sample.mask)
-    log.report()
+    def finish(results: Any) -> None:
+        for (image_id, gt, path), mask in results:
+            with guard_image(view, image_id):
+                if path is not None:  # None: read back from an earlier attempt
+                    save_label_png(path, mask, dataset.palette_name)
+                matrices[True].update(mask, gt)
+
+    with OrderedPool[tuple[str, np.ndarray, Path | None]](crf_workers) as pool:
+        for sample in iter_valid(dataset, log, mine, progress=progress, desc="evaluate"):
+            if sample.mask is None:
+                raise ReproduceError(
+                    f"{sample.path}: the evaluation split has no ground-truth mask"
+                )
+            paths = {m: pred_dir / _mode_name(m) / f"{sample.image_id}.png" for m in modes}
+            if all(p.is_file() for p in paths.values()):
+                masks = {m: np.asarray(Image.open(p)) for m, p in paths.items()}
+                for m in modes:
+                    if m:
+                        finish(pool.put((sample.image_id, sample.mask, None), masks[m]))
+                    else:
+                        matrices[m].update(masks[m], sample.mask)
+                continue
+            with guard_image(view, sample.image_id):
+                _, probs = seg.predict(sample.image, return_probs=True, crf=False)
+                if False in modes:
+                    mask = probs.argmax(axis=0).astype(np.uint8)
+                    save_label_png(paths[False], mask, dataset.palette_name)
+                    matrices[False].update(mask, sample.mask)
+            if True in modes:
+                key = (sample.image_id, sample.mask, paths[True])
+                finish(pool.submit(key, crf_mask, sample.image, probs, seg.crf_cfg))
+        finish(pool.drain())
+    sum_confusion(matrices.values(), view.dist)
+    if view.is_main:
+        log.report()
     return matrices
 
 
@@ -302,15 +374,17 @@ def evaluate_checkpoint(
     dataset = open_dataset(cfg, split, labels=False)
     n = len(dataset) if images is None else min(images, len(dataset))
     matrices = evaluate_into(
-        seg, dataset, run.crf_modes, folder / "pred", list(range(n)), plan.progress
-    )
+        seg, dataset, run.crf_modes, folder / "pred", list(range(n)), plan.progress and run.is_main,
+        run.view, crf_workers_of(run),
+    )  # fmt: skip
     results = {}
     for m, cm in matrices.items():
         res = cm.compute()
         res["class_names"] = ["background", *dataset.class_names]
         results[_mode_name(m)] = res
     settings = {"infer": config_to_dict(seg.infer), "crf_params": config_to_dict(seg.crf_cfg)}
-    _write_metrics(folder / "metrics.json", {"split": dataset.split, **settings, **results})
+    if run.is_main:
+        _write_metrics(folder / "metrics.json", {"split": dataset.split, **settings, **results})
     return {
         "split": dataset.split,
         "images": n,
@@ -332,22 +406,41 @@ def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
     seg = Segmenter.from_checkpoint(run.folder("train"), run.device, infer=cfg.infer, crf=cfg.crf)
     test = open_dataset(cfg, "test", labels=False, masks=False)
     roots = {m: run.folder("export") / _mode_name(m) for m in run.crf_modes}
-    from tqdm import tqdm
+    view = run.view
+    all_ids = list(test.ids)
+    mine = share_list(all_ids, view, pixel_costs(lambda p: test.image_path(all_ids[p])))
 
-    for image_id in tqdm(test.ids, desc="VOC test export", disable=not run.plan.progress):
-        targets = {m: voc_test_path(r, image_id) for m, r in roots.items()}
-        if all(p.is_file() for p in targets.values()):
-            continue
-        try:
-            image = read_image(test.image_path(image_id))
-        except BadInputError as exc:
-            raise ReproduceError(f"VOC test export: {exc}") from None
-        _, probs = seg.predict(image, return_probs=True, crf=False)
-        for m, path in targets.items():
-            scores = run_crf(image, probs, seg.crf_cfg) if m else probs
-            mask = scores.argmax(axis=0).astype(np.uint8)
-            check_voc_mask(mask, image.shape, image_id)
-            save_label_png(path, mask, seg.palette)
+    def finish(results: Any) -> None:
+        for (image_id, shape, path), mask in results:
+            with guard_image(view, image_id):
+                check_voc_mask(mask, shape, image_id)
+                save_label_png(path, mask, seg.palette)
+
+    with OrderedPool[tuple[str, tuple[int, ...], Path]](crf_workers_of(run)) as pool:
+        for image_id in tqdm(
+            mine, desc="VOC test export", disable=not (run.plan.progress and view.is_main)
+        ):
+            targets = {m: voc_test_path(r, image_id) for m, r in roots.items()}
+            if all(p.is_file() for p in targets.values()):
+                continue
+            with guard_image(view, image_id):
+                try:
+                    image = read_image(test.image_path(image_id))
+                except BadInputError as exc:
+                    raise ReproduceError(f"VOC test export: {exc}") from None
+                _, probs = seg.predict(image, return_probs=True, crf=False)
+                for m, path in targets.items():
+                    if not m:
+                        mask = probs.argmax(axis=0).astype(np.uint8)
+                        check_voc_mask(mask, image.shape, image_id)
+                        save_label_png(path, mask, seg.palette)
+            if True in targets:
+                key = (image_id, image.shape, targets[True])
+                finish(pool.submit(key, crf_mask, image, probs, seg.crf_cfg))
+        finish(pool.drain())
+    barrier(view.dist)
+    if not view.is_main:
+        return {"images": len(all_ids), "archives": {}}  # the main rank's result is kept
     archives = {}
     for m, r in roots.items():
         missing = missing_voc_test(r, test.ids)
