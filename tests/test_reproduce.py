@@ -363,3 +363,37 @@ def test_two_ranks_equal_one_process_and_resume(
     for key in ("no_crf", "crf"):  # the archives hold the same files
         with tarfile.open(fresh / "export" / key / "results.tar.gz") as tar:
             assert len([n for n in tar.getnames() if n.endswith(".png")]) == 2
+
+
+def test_gpus_option_relaunches_the_protocol_under_torchrun(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ssrseg reproduce --gpus 2` outside torchrun starts itself again on 2 ranks with the
+    same options (every stage data-parallel); a failed job exits 2 naming the run folder."""
+    from ssrseg.commands import reproduce as cmd_reproduce
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: Any) -> Any:
+        calls.append(cmd)
+        return type("P", (), {"returncode": 1 if len(calls) > 1 else 0})()
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("subprocess.run", fake_run)
+    out = tmp_path / "run"
+    args = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"), "--out", str(out),
+            "--gpus", "2", "--device", "cpu", "--stages", "eval", "--crf-workers", "0",
+            "--no-progress", "infer.scales=[1.0]"]  # fmt: skip
+    assert main(args) == 0
+    head = [cmd_reproduce.sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc_per_node", "2", "-m", "ssrseg.cli", "reproduce"]  # fmt: skip
+    cmd = calls[0]
+    assert cmd[: len(head)] == head
+    rest = cmd[len(head) :]
+    pairs = dict(zip(rest[:-2:2], rest[1:-2:2], strict=True))
+    assert pairs == {"--config": str(REPO / "configs" / "voc.yaml"), "--out": str(out),
+                     "--gpus": "2", "--device": "cpu", "--stages": "eval", "--crf": "auto",
+                     "--panels": "6", "--crf-workers": "0"}  # fmt: skip
+    assert rest[-2:] == ["--no-progress", "infer.scales=[1.0]"]
+    assert not out.exists()  # the ranks make the folder, not the launcher
+    assert main(args) == 2

@@ -27,6 +27,7 @@ from ssrseg.engine.distributed import (
     StageContext,
     barrier,
     cleanup,
+    gather_skipped,
     guard_image,
     setup,
     share_list,
@@ -330,9 +331,10 @@ def evaluate_into(
     with OrderedPool[tuple[str, np.ndarray, Path | None]](crf_workers) as pool:
         for sample in iter_valid(dataset, log, mine, progress=progress, desc="evaluate"):
             if sample.mask is None:
-                raise ReproduceError(
-                    f"{sample.path}: the evaluation split has no ground-truth mask"
-                )
+                with guard_image(view, sample.image_id):
+                    raise ReproduceError(
+                        f"{sample.path}: the evaluation split has no ground-truth mask"
+                    )
             paths = {m: pred_dir / _mode_name(m) / f"{sample.image_id}.png" for m in modes}
             if all(p.is_file() for p in paths.values()):
                 masks = {m: np.asarray(Image.open(p)) for m, p in paths.items()}
@@ -353,6 +355,8 @@ def evaluate_into(
                 finish(pool.submit(key, crf_mask, sample.image, probs, seg.crf_cfg))
         finish(pool.drain())
     sum_confusion(matrices.values(), view.dist)
+    # every rank's skipped images, in the order one process meets them
+    log.skipped[:] = gather_skipped(log.skipped, ids, view.dist)
     if view.is_main:
         log.report()
     return matrices
