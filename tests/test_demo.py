@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import parallel_fakes
 from ssrseg.cli import main
 from ssrseg.data import build_dataset
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, ToyWorld
@@ -184,6 +187,34 @@ def test_quick_demo_runs_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert all(s["status"].startswith(("reused", "ran")) for s in again["stages"].values())
     for stage in ("train", "variants"):
         assert again["stages"][stage]["status"].startswith("reused")
+
+    # The data stages again on 2 torchrun ranks (gloo), their folders removed first: the same
+    # tables, PNG bytes and metrics files as the one-process run.
+    # the ranks with this process's torch thread count: float reductions may differ between
+    # thread counts (docs/reproduce.md), and the reference ran here
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    plain_env = parallel_fakes.env
+    monkeypatch.setattr(parallel_fakes, "env", lambda: {**plain_env(), **threads})
+
+    work = ("seeds", "cmpa", "eval", "eval_in_distribution")
+    files = {p: p.read_bytes() for s in work for p in sorted((tmp_path / s).rglob("*"))
+             if p.suffix == ".png" or p.name == "metrics.json"}  # fmt: skip
+    assert len([p for p in files if p.suffix == ".png"]) == 8 + 8 + 3 * 6
+    for stage in work:
+        shutil.rmtree(tmp_path / stage)
+    argv = ["demo", "--quick", "--no-crf", "--no-progress", "--out", str(tmp_path),
+            "--stages", ",".join(work)]  # fmt: skip
+    out = parallel_fakes.run_torchrun([argv], tmp_path.parent)
+    assert "2 processes" in out
+    two = json.loads((tmp_path / "report.json").read_text())
+    assert [t["key"] for t in two["tables"]] == [t["key"] for t in report["tables"]]
+    for t in report["tables"]:
+        assert measured(two, t["key"]) == measured(report, t["key"]), t["key"]
+    again_files = {p: p.read_bytes() for s in work for p in sorted((tmp_path / s).rglob("*"))
+                   if p.suffix == ".png" or p.name == "metrics.json"}  # fmt: skip
+    assert again_files.keys() == files.keys()
+    for p, data in files.items():
+        assert again_files[p] == data, p
 
 
 def test_demo_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import parallel_fakes
 from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
 from ssrseg.cli import main
 from ssrseg.config import load_config
@@ -312,12 +314,16 @@ def _pngs(folder: Path) -> dict[str, bytes]:
 
 
 def test_two_ranks_equal_one_process_and_resume(
-    full_run: dict[str, Any], world: dict, tmp_path: Path
+    full_run: dict[str, Any], world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """seeds, cmpa, eval and export on 2 torchrun ranks (gloo; training reused from the
     1-process run): the same tables, PNG bytes and metrics as one process; then a 2-rank
     resume of an eval stage killed half-way (PNGs missing, state `running`) ends the same."""
-    from parallel_fakes import run_torchrun
+    # the ranks with this process's torch thread count: float reductions may differ between
+    # thread counts (docs/reproduce.md), and the reference ran here
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    plain_env = parallel_fakes.env
+    monkeypatch.setattr(parallel_fakes, "env", lambda: {**plain_env(), **threads})
 
     ref = full_run["out"]
     work = ("seeds", "cmpa", "eval", "export")
@@ -336,7 +342,7 @@ def test_two_ranks_equal_one_process_and_resume(
     (killed / "eval" / "metrics.json").unlink()
     args = ["reproduce", "--config", str(REPO / "configs" / "voc.yaml"), "--device", "cpu",
             "--crf", "on", "--panels", "1", "--no-progress", "--gpus", "1"]  # fmt: skip
-    out = run_torchrun(
+    out = parallel_fakes.run_torchrun(
         [
             [*args, "--out", str(fresh), "--stages", ",".join(work), *world["overrides"]],
             [*args, "--out", str(killed), "--stages", "eval", *world["overrides"]],

@@ -89,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # the last step: a page to look at the run image by image (`ssrseg view`)
     from ssrseg.commands.view import build_page
+    from ssrseg.engine.distributed import rank_view
     from ssrseg.view.discover import ViewInputError
+
+    if not rank_view().is_main:  # under torchrun: the main rank builds it
+        return 0
 
     try:
         build_page(args.out)
