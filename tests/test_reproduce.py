@@ -403,3 +403,23 @@ def test_gpus_option_relaunches_the_protocol_under_torchrun(
     assert rest[-2:] == ["--no-progress", "infer.scales=[1.0]"]
     assert not out.exists()  # the ranks make the folder, not the launcher
     assert main(args) == 2
+
+
+def test_eval_failure_names_the_process_and_image(world: dict, tmp_path: Path) -> None:
+    """An error while one image of a process's share is predicted stops the stage with a
+    message naming the process (here `shard 0/2`) and that image; nothing half-written."""
+    from ssrseg.engine.distributed import DistContext, StageContext, StageError
+    from ssrseg.engine.shard import parse_shard
+
+    class Broken:
+        num_classes, crf_cfg = 21, None
+
+        def predict(self, image: Any, **kw: Any) -> Any:
+            raise RuntimeError("boom")
+
+    shard = parse_shard("0/2")
+    view = StageContext(DistContext(), shard, shard)
+    dataset = rplan.open_dataset(voc_cfg(world), "val", labels=False)
+    with pytest.raises(StageError, match=r"^2008_00000[12] \(shard 0/2\): RuntimeError: boom$"):
+        rstages.evaluate_into(Broken(), dataset, (False, True), tmp_path, [0, 1], False, view)
+    assert not any(tmp_path.rglob("*"))
