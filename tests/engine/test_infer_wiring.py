@@ -65,3 +65,21 @@ def test_segmenter_passes_its_inference_config() -> None:
     torch.testing.assert_close(seg.logits(_ramp_image())[0, :, 1], EXPECTED, atol=1e-6, rtol=0)
     no_flip = Segmenter(_logits, 2, 2, InferConfig(scales=(1.0, 0.5), flip=False, long_side=4))
     assert not torch.allclose(no_flip.logits(_ramp_image())[0, :, 1], EXPECTED)
+
+
+def test_segmenter_pads_with_the_configured_mode() -> None:
+    """A model that mixes each pixel with its right neighbour sees the padding at the right
+    edge of a 2 x 3 image (patch 2 pads it to 2 x 4): edge-replicated or zero."""
+
+    def mixing(x: torch.Tensor) -> torch.Tensor:
+        v = x[:, :1]
+        return torch.cat([v + v.roll(-1, dims=-1), v], dim=1)
+
+    image = torch.zeros(1, 3, 2, 3)
+    image[0, 0] = torch.tensor([1.0, 2.0, 4.0])
+    for mode, last in (("replicate", 8.0), ("zeros", 4.0)):
+        seg = Segmenter(
+            mixing, 2, 2, InferConfig(scales=(1.0,), flip=False, long_side=0, pad_mode=mode)
+        )
+        # column 2 mixes with the padded column 3: 4 + 4 (replicated) or 4 + 0 (zeros)
+        assert seg.logits(image)[0, 0, 0].tolist() == [3.0, 6.0, last]

@@ -129,3 +129,19 @@ def test_sgc_mask_is_sgc_of_colour_clusters_with_the_configured_values(
     ):
         other = masks(**over)
         assert any(not torch.equal(a, b) for a, b in zip(want, other, strict=True)), over
+
+
+def test_background_score_uses_the_configured_power(
+    make_labeler: Callable[..., PseudoLabeler],
+) -> None:
+    labeler = make_labeler(
+        "affinity.use_clip_attention=false",
+        "affinity.use_dino_attention=false",
+        "par.enabled=false",
+        "pseudo.background_power=2.5",
+    )
+    out = labeler(_images(13), LABELS)
+    for scores, refined in zip(out.scores, out.refined, strict=True):
+        want = (1 - refined.amax(dim=0)) ** 2.5
+        torch.testing.assert_close(scores[0], want, atol=1e-6, rtol=1e-5)
+        assert float((want - (1 - refined.amax(dim=0))).abs().max()) > 1e-2
