@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ssrseg.cam.gradcam import minmax
 from ssrseg.pseudo.labeler import PseudoLabeler, images_to_uint8
 from ssrseg.rectify.affinity import refine_with_transition, transition_matrix
 from ssrseg.rectify.sgc import colour_clusters, sgc_mask, slic_superpixels
@@ -145,3 +146,15 @@ def test_background_score_uses_the_configured_power(
         want = (1 - refined.amax(dim=0)) ** 2.5
         torch.testing.assert_close(scores[0], want, atol=1e-6, rtol=1e-5)
         assert float((want - (1 - refined.amax(dim=0))).abs().max()) > 1e-2
+
+
+def test_cams_are_min_max_normalised_the_configured_number_of_times(
+    make_labeler: Callable[..., PseudoLabeler],
+) -> None:
+    images = _images(14)
+    once = make_labeler("cam.minmax_passes=1")(images, LABELS)
+    thrice = make_labeler("cam.minmax_passes=3")(images, LABELS)
+    for a, b in zip(once.cams, thrice.cams, strict=True):
+        # a second and third pass only renormalise what the first left (min 0, max < 1)
+        torch.testing.assert_close(b, minmax(minmax(a)), atol=0, rtol=0)
+        assert not torch.equal(a, b)
