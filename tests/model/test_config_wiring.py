@@ -53,7 +53,7 @@ def test_symmetric_term_is_in_the_loss_only_when_configured() -> None:
             cmpa.visual_protos.copy_(torch.randn(3, 4, generator=g))
             cmpa.proto_valid.fill_(1)
         loss, parts, _, _ = cmpa.loss(patch, cams, [(0, 2), (1,)], (2, 2), text)
-        totals[symmetric] = (float(loss), parts)
+        totals[symmetric] = (float(loss.detach()), parts)
     loss_sym, parts_sym = totals[True]
     loss_plain, parts_plain = totals[False]
     assert float(parts_sym["proto_sym"]) > 1e-3
