@@ -72,6 +72,24 @@ class _Guard:
 
 GUARD = _Guard()
 _ORIGINAL: dict[str, Callable[..., Any]] = {}
+# (module, attribute) replaced while a session runs
+_PATCHED = (
+    (torch, "manual_seed"),
+    (torch.random, "manual_seed"),
+    (torch, "seed"),
+    (torch.random, "seed"),
+    (np.random, "seed"),
+    (random, "seed"),
+    (np.random, "default_rng"),
+)
+# what each configure found, put back by the matching unconfigure: pytest may run several
+# sessions in one process (pytester in-process, mutmut), each importing this file anew
+_SAVED: list[list[tuple[Any, str, Any]]] = []
+
+
+def _unwrapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The library function under any wrapper an earlier session of this file installed."""
+    return getattr(fn, "_unwrapped", fn)
 
 
 def _wrap_seed(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,15 +104,17 @@ def _wrap_seed(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
         GUARD.seeded()
         return original(*args, **kwargs)
 
+    seed._unwrapped = original  # type: ignore[attr-defined]
     return seed
 
 
-def _refuse(name: str) -> Callable[..., Any]:
+def _refuse(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise UnseededRandomness(
             f"{name}() draws fresh entropy: use torch.manual_seed(value) (tests/conftest.py)"
         )
 
+    refuse._unwrapped = original  # type: ignore[attr-defined]
     return refuse
 
 
@@ -108,25 +128,32 @@ def _default_rng(seed: Any = None) -> np.random.Generator:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if _ORIGINAL:
-        return  # configured already (pytester running in this process)
+    _SAVED.append([(mod, name, getattr(mod, name)) for mod, name in _PATCHED])
     _ORIGINAL.update(
-        torch_manual_seed=torch.manual_seed,
-        torch_random_manual_seed=torch.random.manual_seed,
-        torch_seed=torch.seed,
-        np_seed=np.random.seed,
-        random_seed=random.seed,
-        default_rng=np.random.default_rng,
+        torch_manual_seed=_unwrapped(torch.manual_seed),
+        torch_random_manual_seed=_unwrapped(torch.random.manual_seed),
+        torch_seed=_unwrapped(torch.seed),
+        np_seed=_unwrapped(np.random.seed),
+        random_seed=_unwrapped(random.seed),
+        default_rng=_unwrapped(np.random.default_rng),
     )
     torch.manual_seed = _wrap_seed("torch.manual_seed", _ORIGINAL["torch_manual_seed"])  # type: ignore[assignment]
     torch.random.manual_seed = _wrap_seed(  # type: ignore[assignment]
         "torch.random.manual_seed", _ORIGINAL["torch_random_manual_seed"]
     )
-    torch.seed = _refuse("torch.seed")  # type: ignore[assignment]
-    torch.random.seed = _refuse("torch.random.seed")  # type: ignore[assignment]
+    torch.seed = _refuse("torch.seed", _ORIGINAL["torch_seed"])  # type: ignore[assignment]
+    torch.random.seed = _refuse("torch.random.seed", _ORIGINAL["torch_seed"])  # type: ignore[assignment]
     np.random.seed = _wrap_seed("np.random.seed", _ORIGINAL["np_seed"])  # type: ignore[assignment]
     random.seed = _wrap_seed("random.seed", _ORIGINAL["random_seed"])  # type: ignore[assignment]
+    _default_rng._unwrapped = _ORIGINAL["default_rng"]  # type: ignore[attr-defined]
     np.random.default_rng = _default_rng  # type: ignore[assignment]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put back what this session's configure replaced."""
+    if _SAVED:
+        for mod, name, fn in _SAVED.pop():
+            setattr(mod, name, fn)
 
 
 def seed_of(nodeid: str) -> int:

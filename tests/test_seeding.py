@@ -79,3 +79,19 @@ def test_unseeded_draws_fail_their_test(pytester: pytest.Pytester) -> None:
     assert "UnseededRandomness: np.random.default_rng() without a seed" in out
     assert "FAILED test_cases.py::test_torch_reseeded_from_entropy" in out
     assert "UnseededRandomness: torch.seed() draws fresh entropy" in out
+
+
+def test_sessions_run_in_this_process_leave_the_guard_as_it_was(pytester: pytest.Pytester) -> None:
+    """pytest may run several sessions in one process (pytester in-process, mutmut's workers):
+    each imports the conftest anew and must wrap the library functions, not an earlier
+    session's wrappers, and put back what it found."""
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        test_draw="import torch\n\ndef test_draw():\n    torch.manual_seed(1)\n    torch.rand(1)\n"
+    )
+    before = (torch.manual_seed, torch.seed, np.random.default_rng)
+    for _ in range(2):
+        pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert (torch.manual_seed, torch.seed, np.random.default_rng) == before
+    with pytest.raises(RuntimeError, match="fresh entropy"):
+        torch.seed()
