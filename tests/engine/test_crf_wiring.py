@@ -88,3 +88,46 @@ def test_segmenter_crf_step_uses_its_configured_crf() -> None:
     want = _direct(image, softmax, CFG)
     np.testing.assert_allclose(probs, want, rtol=0, atol=1e-5)
     assert np.array_equal(mask, want.argmax(axis=0).astype(np.uint8))
+
+
+def _direct_unary(image: np.ndarray, unary: np.ndarray, c: CRFConfig) -> np.ndarray:
+    """The direct call with a given ``K x H x W`` unary."""
+    k, h, w = unary.shape
+    d = dcrf.DenseCRF2D(w, h, k)
+    d.setUnaryEnergy(np.ascontiguousarray(unary.reshape(k, -1), dtype=np.float32))
+    d.addPairwiseGaussian(sxy=c.gaussian_sxy, compat=c.gaussian_compat)
+    d.addPairwiseBilateral(
+        sxy=c.bilateral_sxy, srgb=c.bilateral_srgb, rgbim=image.copy(), compat=c.bilateral_compat
+    )
+    return np.asarray(d.inference(c.iterations), dtype=np.float32).reshape(k, h, w)
+
+
+def test_probabilities_are_clipped_to_1e5_and_1_before_the_log() -> None:
+    image, probs = _case()
+    hard = np.zeros_like(probs)  # exact zeros (log 0) and values above 1 (not probabilities)
+    hard[0] = 1.5
+    hard[1, :, 8:] = 1.0
+    out = dense_crf(image, hard, CFG)
+    assert np.isfinite(out).all()
+    want = _direct_unary(image, -np.log(np.clip(hard, 1e-5, 1.0)), CFG)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
+    # each end of the clip matters here
+    no_top = _direct_unary(image, -np.log(np.clip(hard, 1e-5, None)), CFG)
+    assert float(np.abs(no_top - want).max()) > 1e-3
+    other_floor = _direct_unary(image, -np.log(np.clip(hard, 1e-3, 1.0)), CFG)
+    assert float(np.abs(other_floor - want).max()) > 1e-3
+
+
+def test_a_tensor_that_requires_grad_is_accepted_and_keeps_its_kind() -> None:
+    image, probs = _case()
+    t = torch.from_numpy(probs).double().requires_grad_()
+    out = dense_crf(image, t, CFG)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+    np.testing.assert_allclose(out.numpy(), _direct(image, probs, CFG), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (20, 24, 4), (20, 24, 1)])
+def test_an_image_that_is_not_h_w_3_is_refused(shape: tuple[int, ...]) -> None:
+    _, probs = _case()
+    with pytest.raises(ValueError, match=r"^dense_crf expects an H x W x 3 image, got shape"):
+        dense_crf(np.zeros(shape, np.uint8), probs, CFG)
