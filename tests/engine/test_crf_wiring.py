@@ -113,9 +113,9 @@ def test_probabilities_are_clipped_to_1e5_and_1_before_the_log() -> None:
     np.testing.assert_allclose(out, want, rtol=0, atol=1e-6)
     # each end of the clip matters here
     no_top = _direct_unary(image, -np.log(np.clip(hard, 1e-5, None)), CFG)
-    assert float(np.abs(no_top - want).max()) > 1e-3
+    assert float(np.abs(no_top - want).max()) > 1e-4
     other_floor = _direct_unary(image, -np.log(np.clip(hard, 1e-3, 1.0)), CFG)
-    assert float(np.abs(other_floor - want).max()) > 1e-3
+    assert float(np.abs(other_floor - want).max()) > 1e-4
 
 
 def test_a_tensor_that_requires_grad_is_accepted_and_keeps_its_kind() -> None:
