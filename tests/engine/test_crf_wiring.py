@@ -132,3 +132,22 @@ def test_an_image_that_is_not_h_w_3_is_refused(shape: tuple[int, ...]) -> None:
     _, probs = _case()
     with pytest.raises(ValueError, match=r"^dense_crf expects an H x W x 3 image, got shape"):
         dense_crf(np.zeros(shape, np.uint8), probs, CFG)
+
+
+def test_numpy_probabilities_keep_their_dtype() -> None:
+    image, probs = _case()
+    want = _direct(image, probs, CFG)
+    out32 = dense_crf(image, probs, CFG)
+    out64 = dense_crf(image, probs.astype(np.float64), CFG)
+    assert out32.dtype == np.float32 and out64.dtype == np.float64
+    np.testing.assert_array_equal(out64, want.astype(np.float64))
+
+
+def test_images_of_another_integer_type_or_layout_give_the_same_answer() -> None:
+    image, probs = _case()
+    want = _direct(image, probs, CFG)
+    np.testing.assert_array_equal(dense_crf(image.astype(np.int64), probs, CFG), want)
+    # the same image stored channels-first (a view that is not C-contiguous)
+    planar = np.ascontiguousarray(image.transpose(2, 0, 1)).transpose(1, 2, 0)
+    assert not planar.flags.c_contiguous
+    np.testing.assert_array_equal(dense_crf(planar, probs, CFG), want)
