@@ -74,3 +74,9 @@ def test_without_prototype_inputs_the_loss_has_two_terms() -> None:
     assert "proto" not in res
     want = W_SEG * float(res["seg"]) + W_AFF * float(res["aff"])
     assert float(res["loss"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_affinity_targets_refuse_labels_smaller_than_the_grid() -> None:
+    labels = torch.zeros(1, 8, 12, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^labels \(8, 12\) too small for grid \(2, 2\)$"):
+        affinity_targets(labels, 8, (2, 2), 1)
