@@ -4,6 +4,8 @@ is recomputed here from the loss functions called by hand."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,3 +82,22 @@ def test_affinity_targets_refuse_labels_smaller_than_the_grid() -> None:
     labels = torch.zeros(1, 8, 12, dtype=torch.long)
     with pytest.raises(ValueError, match=r"^labels \(8, 12\) too small for grid \(2, 2\)$"):
         affinity_targets(labels, 8, (2, 2), 1)
+
+
+def test_affinity_targets_hand_computed_without_warnings() -> None:
+    # grid 2 x 3, labels sampled at the patch corners (patch 2): [[1, 1, 2], [255, 1, 0]];
+    # 1 same label, 0 different, 255 ignored or Chebyshev distance > 1 (columns 0 and 2)
+    labels = torch.tensor([[[1, 1, 1, 1, 2, 2], [1, 1, 1, 1, 2, 2], [255, 0, 1, 1, 0, 0],
+                            [0, 0, 1, 1, 0, 0]]])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch.meshgrid without an indexing argument
+        t = affinity_targets(labels, 2, (2, 3), radius=1)
+    i = 255
+    assert t[0].tolist() == [
+        [1, 1, i, i, 1, i],
+        [1, 1, 0, i, 1, 0],
+        [i, 0, 1, i, 0, 0],
+        [i, i, i, i, i, i],
+        [1, 1, 0, i, 1, 0],
+        [i, 0, 0, i, 0, 1],
+    ]
