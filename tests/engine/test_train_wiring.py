@@ -111,3 +111,33 @@ def test_validation_mious_equal_hand_built_confusion_matrices(tmp_path: Path) ->
     assert scores["pseudo_miou"] == pytest.approx(PSEUDO_MIOU, abs=1e-12)
     # exactly val_images images were scored from each split
     assert len(seg_queue.blocks) == 1 and len(model.labeler.queue.blocks) == 1
+
+
+class _Recording(nn.Module):
+    """The fake labeller, recording the keyword arguments of each call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.clip = inner.clip
+        self.register_buffer("class_emb", inner.class_emb)
+        self.calls: list[dict[str, Any]] = []
+
+    def forward(self, images01: Tensor, labels: Any, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return self.inner(images01, labels, superpixels=kwargs.get("superpixels"))
+
+
+def test_train_step_hands_the_batch_superpixels_to_the_labeller(tmp_path: Path) -> None:
+    cfg = tiny_config(train__iterations=4, affinity__mask="none")
+    model = tiny_ssr_model(cfg, 0)
+    model.labeler = _Recording(model.labeler)
+    trainer = Trainer(cfg, model, [], tmp_path, progress=False)
+    g = torch.Generator().manual_seed(0)
+    superpixels = torch.randint(0, 5, (2, 32, 32), generator=g)
+    batch = {"images": torch.rand(2, 3, 32, 32, generator=g), "labels": [(0,), (1, 2)]}
+    trainer.train_step({**batch, "superpixels": superpixels})
+    trainer.train_step(batch)
+    first, second = model.labeler.calls
+    assert torch.equal(first["superpixels"], superpixels)
+    assert second["superpixels"] is None
