@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP, CLIPConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig, dino_vit_s16_config
 from ssrseg.cam.prompts import ClassPrompts
 from ssrseg.config import SSRConfig, load_config
@@ -49,15 +50,7 @@ def build_towers(tiny: bool = False, seed: int = 0) -> Towers:
     """Random CLIP (real image tower, 1-layer text tower) + tokenizer + DINO."""
     prompts = ClassPrompts.voc()
     tok = word_tokenizer(prompts)
-    text = TextConfig(
-        vocab_size=tok.vocab_size,
-        context_length=16,
-        width=512,
-        layers=1,
-        heads=8,
-        eot_token_id=tok.eot_token_id,
-        sot_token_id=tok.sot_token_id,
-    )
+    text = word_text_config(tok, width=512, layers=1, heads=8)
     vision, dino_cfg = vision_configs(tiny)
     torch.manual_seed(seed)
     clip = CLIP(CLIPConfig(vision=vision, text=text))

@@ -78,9 +78,15 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int, warmup: int = 1
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 1,
+    after_warmup: Callable[[], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Call every function once per round, ``repeats`` rounds after ``warmup`` untimed ones.
+    """Call every function once per round, ``repeats`` rounds after ``warmup`` untimed ones;
+    ``after_warmup`` runs between the two (to clear section timers or a memory peak that the
+    warm-up filled).
 
     Returns per name: ``wall_s`` / ``cpu_s`` lists and their medians and minima, plus the load
     average before and after.
@@ -88,6 +94,8 @@ def interleaved(
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    if after_warmup is not None:
+        after_warmup()
     walls: dict[str, list[float]] = {name: [] for name in fns}
     cpus: dict[str, list[float]] = {name: [] for name in fns}
     load_before = load_average()
@@ -133,6 +141,11 @@ def ratio_tables(
         }
         for clock in clocks
     }
+
+
+def vs_pairs(*pairs: tuple[str, str]) -> dict[str, tuple[str, str]]:
+    """``{"<num>_vs_<den>": (num, den)}`` for :func:`ratio_tables`, in the order given."""
+    return {f"{num}_vs_{den}": (num, den) for num, den in pairs}
 
 
 @contextlib.contextmanager

@@ -31,18 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _timing import (
-    interleaved,
-    machine_info,
-    out_path,
-    peak_memory_mib,
-    ratio_tables,
-    reset_peak_memory,
-    run_in_child,
-    timed,
-    torch_threads,
-    write_json,
-)
+import _timing
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "single_scale": {"scales": (1.0,), "flip": False},
@@ -108,10 +97,13 @@ def predict_memory(name: str, device: str, tiny: bool) -> dict[str, float]:
     """Peak memory of one configuration: model built, then one image."""
     seg = build_segmenter(CONFIGS[name], device, tiny)
     dev = torch.device(device)
-    reset_peak_memory(dev)
-    model_mib = peak_memory_mib(dev)
+    _timing.reset_peak_memory(dev)
+    model_mib = _timing.peak_memory_mib(dev)
     seg.predict(images(1, tiny)[0])
-    return {"model_loaded_mib": round(model_mib, 1), "peak_mib": round(peak_memory_mib(dev), 1)}
+    return {
+        "model_loaded_mib": round(model_mib, 1),
+        "peak_mib": round(_timing.peak_memory_mib(dev), 1),
+    }
 
 
 def memory_child(name: str, device: str, tiny: bool, queue: Any) -> None:
@@ -163,7 +155,7 @@ def bench_threads(
         fns[f"{name}/predict"] = predict
         fns[f"{name}/forwards"] = forwards
         fns[f"{name}/clip"] = clip
-    times = interleaved(fns, device, repeats, warmup=1)
+    times = _timing.interleaved(fns, device, repeats, warmup=1)
     per_config: dict[str, Any] = {}
     for name, cfg in CONFIGS.items():
         entry: dict[str, Any] = {"scales": list(cfg["scales"]), "flip": cfg["flip"]}
@@ -172,7 +164,7 @@ def bench_threads(
             entry[f"{part}_s_per_image"] = round(t["median_wall_s"] / n_images, 4)
         entry["images_per_second"] = round(n_images / times[f"{name}/predict"]["median_wall_s"], 3)
         entry.update(
-            ratio_tables(
+            _timing.ratio_tables(
                 times,
                 {
                     "predict_vs_clip": (f"{name}/predict", f"{name}/clip"),
@@ -192,7 +184,7 @@ def bench_threads(
         seg = segs["multiscale_flip"]
         _, probs = seg.predict(imgs[0], return_probs=True)
         samples = [
-            timed(lambda: run_crf(imgs[0], probs, seg.crf_cfg), torch.device("cpu"))
+            _timing.timed(lambda: run_crf(imgs[0], probs, seg.crf_cfg), torch.device("cpu"))
             for _ in range(2)
         ]
         crf = {
@@ -219,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for n in args.threads if device.type == "cpu" else [None]:
-        with torch_threads(n) as threads:
+        with _timing.torch_threads(n) as threads:
             res = bench_threads(device, args.images, args.repeats, args.tiny, args.bf16)
             res["threads"] = threads
             results.append(res)
@@ -236,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     # per configuration; --tiny (smoke test): in this process, to keep it quick
     isolated = device.type == "cpu" and not args.tiny
     memory = {
-        name: run_in_child(memory_child, name, args.device, args.tiny)
+        name: _timing.run_in_child(memory_child, name, args.device, args.tiny)
         if isolated
         else predict_memory(name, args.device, args.tiny)
         for name in CONFIGS
@@ -248,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "classes",
         "image": f"{hw[1]}x{hw[0]} random RGB, long side resized to "
         f"{TINY_LONG_SIDE if args.tiny else LONG_SIDE}",
-        "machine": machine_info(device),
+        "machine": _timing.machine_info(device),
         "tiny": args.tiny,
         "bf16_autocast": args.bf16,
         "targets": {
@@ -261,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             **memory,
         },
     }
-    path = write_json(out_path(args.out, "infer", device), report)
+    path = _timing.write_json(_timing.out_path(args.out, "infer", device), report)
     print(f"wrote {path}")
     return 0
 

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+
+# the literal PAR reference lives beside its tests (tests/rectify/par_reference.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "rectify"))
+from par_reference import reference_par as literal_par
 
 from _timing import interleaved, machine_info, out_path, ratio_tables, torch_threads, write_json
 from ssrseg.config import PARConfig
@@ -32,38 +37,11 @@ from ssrseg.rectify.par import par_refine, par_weights
 
 
 def reference_par(images: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> torch.Tensor:
-    """Straightforward PAR: B x C x M x H x W neighbour stacks, torch.std, 20 stacked sums."""
-    _, _, h, w = images.shape
-    rows = torch.arange(h, device=images.device)
-    cols = torch.arange(w, device=images.device)
-    offsets = [
-        (dy, dx)
-        for d in cfg.dilations
-        for dy in (-d, 0, d)
-        for dx in (-d, 0, d)
-        if (dy, dx) != (0, 0)
-    ]
-
-    def neighbours(x: torch.Tensor) -> torch.Tensor:
-        maps = []
-        for dy, dx in offsets:
-            r = (rows + dy).clamp(0, h - 1)
-            c = (cols + dx).clamp(0, w - 1)
-            maps.append(x[:, :, r][:, :, :, c])
-        return torch.stack(maps, dim=2)
-
-    t = cfg.colour_temperature
-    nb = neighbours(images)
-    std = nb.std(dim=2, keepdim=True)
-    colour = (-(((nb - images.unsqueeze(2)).abs() / (std + 1e-8) / t) ** 2)).mean(1)
-    dist = torch.tensor(
-        [math.hypot(dy, dx) for dy, dx in offsets], dtype=images.dtype, device=images.device
+    """Straightforward PAR (the tests' reference): B x C x M x H x W neighbour stacks,
+    torch.std, ``cfg.iterations`` stacked sums."""
+    return literal_par(
+        images, scores, cfg.dilations, cfg.iterations, cfg.colour_temperature, cfg.position_weight
     )
-    pos = -((dist / (dist.std() + 1e-8) / t) ** 2)
-    weights = colour.softmax(1) + cfg.position_weight * pos.softmax(0).view(1, -1, 1, 1)
-    for _ in range(cfg.iterations):
-        scores = (neighbours(scores) * weights.unsqueeze(1)).sum(2)
-    return scores
 
 
 def sparse_par(images: torch.Tensor, scores: torch.Tensor, cfg: PARConfig) -> torch.Tensor:

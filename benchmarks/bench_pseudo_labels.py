@@ -93,18 +93,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import _timing
 from _models import build_towers, make_labeler, preset
-from _timing import (
-    interleaved,
-    machine_info,
-    out_path,
-    peak_memory_mib,
-    ratio_tables,
-    reset_peak_memory,
-    run_in_child,
-    torch_threads,
-    write_json,
-)
 from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.commands.prefetch import superpixels_for
 from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput, Timer, batch_superpixels
@@ -298,11 +288,13 @@ def bench_setting(
         "ssr_overlapped": lambda: overlapped(ssr, calls, pool, timers["ssr_overlapped"]),
         "clip_es": calls_fn(calls, lambda x, lab, _: clip_es(x, lab, timer=timers["clip_es"])),
     }
-    for fn in fns.values():  # warm-up round (allocator, first autograd call, PAR kernels)
-        fn()
-    for timer in timers.values():
-        timer.clear()
-    times = interleaved(fns, device, repeats, warmup=0)
+
+    def clear_timers() -> None:
+        for timer in timers.values():
+            timer.clear()
+
+    # one warm-up round (allocator, first autograd call, PAR kernels), not in the sections
+    times = _timing.interleaved(fns, device, repeats, warmup=1, after_warmup=clear_timers)
     sections = {
         name: {k: round(v / repeats, 4) for k, v in timer.items()} for name, timer in timers.items()
     }
@@ -315,33 +307,18 @@ def bench_setting(
         "times": times,
         "sections_s_per_round": sections,
     }
-    result.update(
-        ratio_tables(
-            times,
-            {
-                "ssr_vs_clip_es": ("ssr", "clip_es"),
-                "ssr_given_sp_vs_clip_es": ("ssr_given_sp", "clip_es"),
-                "ssr_overlapped_vs_clip_es": ("ssr_overlapped", "clip_es"),
-                # issue 14 target 1: CLIP-ES's own loop, of which this leg is a lower bound
-                "ssr_vs_clip_es_reference_network": ("ssr", "clip_es_reference_network"),
-                "ssr_given_sp_vs_clip_es_reference_network": (
-                    "ssr_given_sp",
-                    "clip_es_reference_network",
-                ),
-                "ssr_overlapped_vs_clip_es_reference_network": (
-                    "ssr_overlapped",
-                    "clip_es_reference_network",
-                ),
-                "clip_es_vs_clip_es_reference_network": ("clip_es", "clip_es_reference_network"),
-                "ssr_vs_backbone_ssr": ("ssr", "backbone_ssr"),
-                "ssr_given_sp_vs_backbone_ssr": ("ssr_given_sp", "backbone_ssr"),
-                "ssr_overlapped_vs_backbone_ssr": ("ssr_overlapped", "backbone_ssr"),
-                "clip_es_vs_backbone_clip_es": ("clip_es", "backbone_clip_es"),
-                # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
-                "floor_backbone_ssr_vs_backbone_clip_es": ("backbone_ssr", "backbone_clip_es"),
-            },
-        )
+    ssr_legs = ("ssr", "ssr_given_sp", "ssr_overlapped")
+    pairs = _timing.vs_pairs(
+        *[(leg, "clip_es") for leg in ssr_legs],
+        # issue 14 target 1: CLIP-ES's own loop, of which this leg is a lower bound
+        *[(leg, "clip_es_reference_network") for leg in ssr_legs],
+        ("clip_es", "clip_es_reference_network"),
+        *[(leg, "backbone_ssr") for leg in ssr_legs],
+        ("clip_es", "backbone_clip_es"),
     )
+    # SSR does strictly more backbone work (the DINO forward): its floor vs CLIP-ES
+    pairs["floor_backbone_ssr_vs_backbone_clip_es"] = ("backbone_ssr", "backbone_clip_es")
+    result.update(_timing.ratio_tables(times, pairs))
     # steady state of a long run: the pipeline fill (first call's SLIC) taken off
     fill = sections["ssr_overlapped"].get("first_sp_wait", 0.0)
     result["ssr_overlapped_fill_s_per_round"] = fill
@@ -361,10 +338,13 @@ def stage_memory(config: str, overrides: list[str], device_name: str, tiny: bool
     device = torch.device(device_name)
     labeler = make_labeler(preset(config, overrides), device, tiny=tiny)
     images, labels = settings(tiny, 1, device)[0]["calls"][0]
-    reset_peak_memory(device)
-    before = peak_memory_mib(device)
+    _timing.reset_peak_memory(device)
+    before = _timing.peak_memory_mib(device)
     labeler(images, labels)
-    return {"model_built_mib": round(before, 1), "peak_mib": round(peak_memory_mib(device), 1)}
+    return {
+        "model_built_mib": round(before, 1),
+        "peak_mib": round(_timing.peak_memory_mib(device), 1),
+    }
 
 
 def memory_child(
@@ -404,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     thread_counts = args.threads if device.type == "cpu" else [torch.get_num_threads()]
     pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")  # ssr_overlapped's worker
     for n in thread_counts:
-        with torch_threads(n) as threads:
+        with _timing.torch_threads(n) as threads:
             for setting in all_settings:
                 res = bench_setting(ssr, clip_es, setting, args.repeats, device, pool)
                 res["threads"] = threads
@@ -439,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     # here; --tiny (smoke test): in this process, to keep it quick
     isolated = device.type == "cpu" and not args.tiny
     memory = {
-        name: run_in_child(memory_child, name, args.override, args.device, args.tiny)
+        name: _timing.run_in_child(memory_child, name, args.override, args.device, args.tiny)
         if isolated
         else stage_memory(name, args.override, args.device, args.tiny)
         for name in ("voc", "clip_es")
@@ -449,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
             "pseudo-label stage: SSR (configs/voc.yaml) vs CLIP-ES's per-image torch work "
             "(clip_es_reference_network) and vs configs/clip_es.yaml"
         ),
-        "machine": machine_info(device),
+        "machine": _timing.machine_info(device),
         "tiny": args.tiny,
         "repeats": args.repeats,
         "overrides": args.override,
@@ -509,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
             for r in results
         },
     }
-    path = write_json(out_path(args.out, "pseudo_labels", device), report)
+    path = _timing.write_json(_timing.out_path(args.out, "pseudo_labels", device), report)
     print("peak memory:", memory)
     print(f"wrote {path}")
 

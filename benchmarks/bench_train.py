@@ -43,17 +43,8 @@ from typing import Any
 
 import torch
 
+import _timing
 from _models import build_towers, make_labeler, preset
-from _timing import (
-    interleaved,
-    machine_info,
-    out_path,
-    peak_memory_mib,
-    ratio_tables,
-    reset_peak_memory,
-    torch_threads,
-    write_json,
-)
 from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
 from ssrseg.model.ssr import SSRModel
@@ -149,17 +140,20 @@ def bench(
         "step": step,
         "weclip_floor": weclip_floor,
     }
-    for fn in fns.values():  # warm-up
-        fn()
-    sections.clear()
-    reset_peak_memory(device)
-    times = interleaved(fns, device, repeats, warmup=0)
+
+    def clear_sections_and_peak() -> None:
+        sections.clear()
+        _timing.reset_peak_memory(device)
+
+    times = _timing.interleaved(
+        fns, device, repeats, warmup=1, after_warmup=clear_sections_and_peak
+    )
     per_call = {k: round(v / repeats, 4) for k, v in sections.items()}
     memory = {
         "kind": "CUDA max allocated (MiB)"
         if device.type == "cuda"
         else "process peak RSS (MiB, includes Python and torch)",
-        "peak": round(peak_memory_mib(device), 1),
+        "peak": round(_timing.peak_memory_mib(device), 1),
     }
     result: dict[str, Any] = {
         "setting": {"batch": BATCH, "crop": crop, "amp": str(trainer.amp), "repeats": repeats},
@@ -170,16 +164,9 @@ def bench(
         ),
         "memory": memory,
     }
+    on_backbones = [(leg, "backbones") for leg in ("step", "labeller", "heads")]
     result.update(
-        ratio_tables(
-            times,
-            {
-                "step_vs_backbones": ("step", "backbones"),
-                "labeller_vs_backbones": ("labeller", "backbones"),
-                "heads_vs_backbones": ("heads", "backbones"),
-                "step_vs_weclip_floor": ("step", "weclip_floor"),
-            },
-        )
+        _timing.ratio_tables(times, _timing.vs_pairs(*on_backbones, ("step", "weclip_floor")))
     )
     if device.type == "cuda":
         step_s = times["step"]["median_wall_s"]
@@ -207,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     crop = 64 if args.tiny else CROP
     results = []
     for n in args.threads if device.type == "cpu" else [None]:
-        with torch_threads(n) as threads:
+        with _timing.torch_threads(n) as threads:
             res = bench(cfg, device, args.repeats, args.tiny, crop)
             res["threads"] = threads
             results.append(res)
@@ -221,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     report = {
         "benchmark": "train_step",
-        "machine": machine_info(device),
+        "machine": _timing.machine_info(device),
         "tiny": args.tiny,
         "overrides": args.override,
         "targets": {
@@ -232,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if device.type != "cuda":
         report["projection_voc"] = "needs a GPU measurement (CPU times do not project to a GPU)"
-    path = write_json(out_path(args.out, "train", device), report)
+    path = _timing.write_json(_timing.out_path(args.out, "train", device), report)
     print(f"wrote {path}")
 
 

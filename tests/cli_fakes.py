@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP, CLIPConfig
 from ssrseg.backbones.native import save_native
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
 
 CLASSES = ("square", "disk")
@@ -44,10 +46,7 @@ def _write_weights(folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     tok = WordTokenizer(WORDS, context_length=8)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
+    text = word_text_config(tok, width=32, layers=1, heads=4)
     ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
     clip_path = save_native(folder / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
     dcfg = dataclasses.replace(
@@ -73,3 +72,12 @@ def write_cli_world(base: Path, fast: bool = False) -> list[str]:
         f"par.iterations={1 if fast else 2}",
         "sgc.n_segments=10",
     ]
+
+
+def with_broken_image(overrides: list[str], copy: Path, image_id: str) -> list[str]:
+    """``overrides`` (of :func:`write_cli_world`) pointed at a copy of the dataset, made at
+    ``copy``, in which image ``image_id`` is not a readable PNG."""
+    root = Path(next(s for s in overrides if s.startswith("data.root=")).split("=", 1)[1])
+    shutil.copytree(root, copy)
+    (copy / "JPEGImages" / f"{image_id}.png").write_bytes(b"not a png")
+    return [s for s in overrides if not s.startswith("data.root=")] + [f"data.root={copy}"]

@@ -11,10 +11,10 @@ import torch
 import yaml
 from PIL import Image
 
-from cli_fakes import SIZES, write_cli_world
+from cli_fakes import SIZES, with_broken_image, write_cli_world
 from ssrseg.cli import main
 from ssrseg.commands.cams import read_cams
-from ssrseg.commands.pseudo_labels import work_size
+from ssrseg.data.resize import work_size
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +78,7 @@ def test_cams_writes_float16_with_class_ids(setup: list[str], tmp_path: Path) ->
 def test_bad_image_is_skipped_and_reported(
     setup: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = Path(next(s for s in setup if s.startswith("data.root=")).split("=", 1)[1])
-    bad_root = tmp_path / "bad"
-    import shutil
-
-    shutil.copytree(root, bad_root)
-    (bad_root / "JPEGImages" / "img1.png").write_bytes(b"not a png")
-    overrides = [s for s in setup if not s.startswith("data.root=")] + [f"data.root={bad_root}"]
+    overrides = with_broken_image(setup, tmp_path / "bad", "img1")
     out = tmp_path / "pl"
     code = main(["pseudo-labels", "--split", "train", "--out", str(out), "--no-progress",
                  *overrides])  # fmt: skip
@@ -124,7 +118,7 @@ def test_pseudo_labels_with_crf(setup: list[str], tmp_path: Path) -> None:
 def test_checkpoint_cmpa_heads_give_projected_cams(setup: list[str], tmp_path: Path) -> None:
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import rng_state, save_checkpoint, state_from
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     heads = ["cmpa.in_dim=16", "cmpa.out_dim=8", "cmpa.hidden_dim=8", "decoder.embed_dim=16"]
     cfg = load_config(None, [*setup, *heads])

@@ -45,7 +45,10 @@ def test_check_compatible_lists_every_mismatch(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         check_compatible(ckpt, job, 21, need_cmpa=True)
     text = str(err.value)
-    assert "trained on CLIP 'clip_vit_b16.openai'" in text and "'toy_clip'" in text
+    assert (
+        "backbone.clip differs: it was trained on 'clip_vit_b16.openai'" in text
+        and "'toy_clip'" in text
+    )
     assert "it has 3 classes" in text and "the dataset has 21" in text
     assert "no CMPA heads" in text
 

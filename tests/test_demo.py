@@ -1,5 +1,6 @@
 """The toy-world demo end to end (shortened plan): every stage runs (the variants stage
-included), the report is coherent, and a second run reuses every stage."""
+included), the report is coherent, a run folder without the in-distribution split gains it
+without redoing another stage, and a second run reuses every stage."""
 
 from __future__ import annotations
 
@@ -9,21 +10,55 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ssrseg.cli import main
 from ssrseg.data import build_dataset
-from ssrseg.engine.cam_rows import TABLE3_ROWS
-from ssrseg.engine.demo import QUICK_PLAN, run_demo
-from ssrseg.engine.report import measured
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, ToyWorld
 from ssrseg.metrics import ConfusionMatrix
+from ssrseg.protocol import reproduce as rp
+from ssrseg.protocol.cam_rows import TABLE3_ROWS
+from ssrseg.protocol.demo import QUICK_PLAN, run_demo
+from ssrseg.protocol.report import measured
+
+
+def _tokens(out: Path) -> dict[str, str]:
+    return {
+        p.parent.name: json.loads(p.read_text()).get("token", "")
+        for p in out.glob("*/stage.json")
+        if p.parent.name != "check"
+    }
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
+def test_quick_demo_runs_every_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the variants train as long as `train`, so the plain run is their reference (the shorter
     # case with its own reference is covered by tests/test_reproduce_report.py)
     plan = dataclasses.replace(QUICK_PLAN, crf=False)
+
+    # A run folder as the demo wrote it before the in-distribution split existed (the other
+    # stages' records do not depend on it) ...
+    old = run_demo(tmp_path, dataclasses.replace(plan, n_val_id=0))
+    assert "eval_in_distribution" not in old["stages"]
+    assert not (tmp_path / "data" / "ImageSets" / "Segmentation" / "in_distribution.txt").exists()
+    before = _tokens(tmp_path)
+    # ... gains the new stage and nothing else runs again.
+    ran = []
+    for stage, fn in list(rp.STAGE_FUNCTIONS.items()):
+        if stage == "eval_in_distribution":
+            monkeypatch.setitem(rp.STAGE_FUNCTIONS, stage, fn)
+        else:
+            monkeypatch.setitem(
+                rp.STAGE_FUNCTIONS, stage, lambda run, resumed, s=stage: ran.append(s)
+            )
     report = run_demo(tmp_path, plan)
+    monkeypatch.undo()
+    assert ran == []
+    after = _tokens(tmp_path)
+    assert {k: v for k, v in after.items() if k != "eval_in_distribution"} == before
+    assert report["stages"]["eval_in_distribution"]["status"] == "ran"
+    old_seg = measured(old, "segmentation")
+    assert measured(report, "segmentation") == old_seg  # the debiased rows are the same
 
     # Every Table 3 row was scored in both spaces, and Table 4 reuses the initial-CAM rows.
     names = [name for name, _ in TABLE3_ROWS]
@@ -51,12 +86,43 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     expected = 100 * conf.compute()["miou"]
     assert measured(report, "baselines")["all background"]["miou"] == pytest.approx(expected)
 
-    # SSR's share of the fully supervised decoder is the ratio of the two mIoUs.
+    # SSR's share of the fully supervised decoder is the ratio of the two mIoUs, on each split,
+    # and the gap is the difference of the two shares.
+    summary = {r["name"]: r for r in report["summary"]}
+    shares = {}
+    for key, split, role in (
+        ("segmentation", "debiased", "robustness to context"),
+        ("segmentation_in_distribution", IN_DISTRIBUTION_SPLIT, "the paper's protocol"),
+    ):
+        seg = measured(report, key)
+        ssr, gt = seg["SSR without CRF"]["miou"], seg["fully supervised without CRF"]["miou"]
+        share = summary[f"share of fully supervised, {split} split: {role} (without CRF)"]
+        assert share["measured"] == pytest.approx(100 * ssr / gt)
+        assert share["diff"] is None  # the paper's 97.4 is VOC's: shown, not subtracted
+        shares[split] = share["measured"]
+    gap = summary["share gap, in_distribution - debiased (without CRF)"]["measured"]
+    assert gap == pytest.approx(shares[IN_DISTRIBUTION_SPLIT] - shares["debiased"])
     seg = measured(report, "segmentation")
-    ssr, gt = seg["SSR without CRF"]["miou"], seg["fully supervised without CRF"]["miou"]
-    share = {r["name"]: r for r in report["summary"]}["share of fully supervised (without CRF)"]
-    assert share["measured"] == pytest.approx(100 * ssr / gt)
-    assert share["diff"] is None  # the paper's 97.4 is VOC's: shown, not subtracted
+
+    # The in-distribution split: rendered like train (its own stream) and scored with the three
+    # models; each model's mIoU recomputed from its predictions and the split's masks.
+    held = build_dataset("toy", str(tmp_path / "data"), IN_DISTRIBUTION_SPLIT)
+    assert len(held) == plan.n_val_id
+    world = ToyWorld(IN_DISTRIBUTION_SPLIT, seed=plan.seed)
+    for i in range(plan.n_val_id):
+        assert np.array_equal(held[i].mask, world[i].mask)
+    seg_id = measured(report, "segmentation_in_distribution")
+    folder = tmp_path / "eval_in_distribution"
+    for model, row in (
+        ("ssr", "SSR without CRF"),
+        ("dino_branch", "SSR + DINO branch (WeCLIP+) without CRF"),
+        ("fully_supervised", "fully supervised without CRF"),
+    ):
+        conf = ConfusionMatrix(held.num_classes)
+        for i in range(len(held)):
+            png = folder / model / "pred" / "no_crf" / f"{held[i].image_id}.png"
+            conf.update(np.asarray(Image.open(png)), held[i].mask)
+        assert seg_id[row]["miou"] == pytest.approx(100 * conf.compute()["miou"]), model
 
     # Variants: one run with both switches (the default), same seed and length as `train`;
     # its rows stand beside the plain run's.
@@ -81,7 +147,7 @@ def test_quick_demo_runs_every_stage(tmp_path: Path) -> None:
     # column recomputed independently from the toy DINO on the same scenes.
     from ssrseg.backbones.weights import load_dino
     from ssrseg.config import load_config
-    from ssrseg.engine.demo import default_config_path
+    from ssrseg.protocol.demo import default_config_path
     from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
     grouping = measured(report, "attention_grouping")
@@ -125,5 +191,5 @@ def test_demo_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> None
         main(["demo", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--n-train", "--iterations", "--no-crf", "--out"):
+    for flag in ("--quick", "--n-train", "--n-val-id", "--iterations", "--no-crf", "--out"):
         assert flag in out

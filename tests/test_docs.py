@@ -143,7 +143,8 @@ def run_block(block: Block, cwd: Path, env: dict[str, str]) -> None:
     if block.lang == "bash":
         argv = ["bash", "-euo", "pipefail", "-c", block.code]
     else:
-        argv = [sys.executable, "-c", block.code]
+        # a warning the user would see in a snippet (e.g. NumPy's not-writable array) fails it
+        argv = [sys.executable, "-W", "error::UserWarning", "-c", block.code]
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     where = f"{block.document.relative_to(REPO)}:{block.line}"
     assert proc.returncode == 0, (

@@ -120,52 +120,26 @@ def test_missing_prediction_folder(voc: Path, tmp_path: Path, capsys) -> None:  
     assert "prediction folder not found" in capsys.readouterr().err
 
 
+def _evaluate(pred: Path, dataset: str, root: Path, split: str) -> int:
+    """``ssrseg evaluate`` of ``pred`` against ``dataset`` at ``root`` (quiet): the exit code."""
+    args = ["--pred", str(pred), "--dataset", dataset, "--root", str(root), "--split", split]
+    return main(["evaluate", *args, "--quiet"])
+
+
 def test_evaluate_coco_and_folder(tmp_path: Path) -> None:
     coco = make_coco(tmp_path / "coco", {"42": [0, 79], "7": [2]}, layout="flat")
     pred = tmp_path / "pc"
     _write_preds(
         pred, {f"COCO_val2014_{n:012d}": scene(c)[1] for n, c in ((42, [0, 79]), (7, [2]))}, "coco"
     )
-    assert (
-        main(
-            [
-                "evaluate",
-                "--pred",
-                str(pred),
-                "--dataset",
-                "coco",
-                "--root",
-                str(coco),
-                "--split",
-                "val",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(pred, "coco", coco, "val") == 0
     r = json.loads((pred / "metrics.json").read_text())
     assert r["num_classes"] == 81 and r["miou"] == 1.0 and r["images"] == 2
     names = ["thing", "stuff"]
     folder = make_folder(tmp_path / "mine", {"p": [1], "q": [0]}, names)
     pred = tmp_path / "pf"
     _write_preds(pred, {"p": scene([1])[1], "q": np.zeros((24, 32), np.uint8)}, None)
-    assert (
-        main(
-            [
-                "evaluate",
-                "--pred",
-                str(pred),
-                "--dataset",
-                "folder",
-                "--root",
-                str(folder),
-                "--split",
-                "all",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _evaluate(pred, "folder", folder, "all") == 0
     r = json.loads((pred / "metrics.json").read_text())
     assert r["class_names"] == ["background", "thing", "stuff"]
     assert r["iou"][1] == 0.0 and r["iou"][2] == 1.0  # "thing" only predicted as background

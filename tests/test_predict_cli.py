@@ -192,7 +192,14 @@ def test_bad_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[s
     save_image(tmp_path / "a.png", 8, 8, 0)
     ckpt = tmp_path / "no_such_run"
     code = main(
-        ["predict", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path)]
+        [
+            "predict",
+            str(tmp_path / "a.png"),
+            "--checkpoint",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     assert code == 2
     assert str(ckpt) in capsys.readouterr().err
@@ -218,7 +225,7 @@ def tiny_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run = tmp_path / "run"
     state = state_from(2, model.cfg, 21, [rng_state()])
     save_checkpoint(run, 2, model.trainable_state_dict(), {}, state)
-    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+    monkeypatch.setattr("ssrseg.engine.checkpoint.build_ssr_model", build)
     return run
 
 

@@ -4,7 +4,6 @@ broken images are those of the serial path (``--no-prefetch``)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -17,11 +16,12 @@ import torch
 
 import ssrseg.pseudo.labeler as labeler_module
 import ssrseg.rectify.sgc as sgc_module
-from cli_fakes import SIZES, write_cli_world
+from cli_fakes import SIZES, with_broken_image, write_cli_world
 from ssrseg.cli import main
 from ssrseg.commands.prefetch import PrefetchedDataset, Prepared, superpixels_for
 from ssrseg.config import SSRConfig, load_config
-from ssrseg.data.base import BadInputError, SkipLog, iter_valid
+from ssrseg.data.base import SkipLog, iter_valid
+from ssrseg.errors import BadInputError
 from ssrseg.pseudo.labeler import images_to_uint8
 
 
@@ -102,11 +102,7 @@ def test_cams_identical_with_and_without_prefetch(world: list[str], tmp_path: Pa
 def test_broken_image_reported_as_without_prefetch(
     world: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root = Path(next(s for s in world if s.startswith("data.root=")).split("=", 1)[1])
-    bad_root = tmp_path / "bad"
-    shutil.copytree(root, bad_root)
-    (bad_root / "JPEGImages" / "img1.png").write_bytes(b"not a png")
-    overrides = [s for s in world if not s.startswith("data.root=")] + [f"data.root={bad_root}"]
+    overrides = with_broken_image(world, tmp_path / "bad", "img1")
     errors = []
     for extra, name in ((["--no-prefetch"], "serial"), ([], "pre")):
         out = tmp_path / name

@@ -18,8 +18,10 @@ from PIL import Image
 from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
 from ssrseg.cli import main
 from ssrseg.config import load_config
-from ssrseg.engine import reproduce as rp
-from ssrseg.engine.report import measured, table
+from ssrseg.protocol import plan as rplan
+from ssrseg.protocol import reproduce as rp
+from ssrseg.protocol import stages as rstages
+from ssrseg.protocol.report import measured, table
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def voc_cfg(world: dict[str, Any], *extra: str) -> Any:
     return load_config(REPO / "configs" / "voc.yaml", [*world["overrides"], *extra])
 
 
-PLAN = rp.ReproducePlan(device="cpu", progress=False, panels=1, crf="on")
+PLAN = rplan.ReproducePlan(device="cpu", progress=False, panels=1, crf="on")
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,9 @@ def test_report_sets_every_number_beside_the_papers(full_run: dict[str, Any]) ->
     assert "export/crf/results.tar.gz" in summary["test mIoU, with CRF"]["note"]
     share = summary["share of fully supervised (with CRF)"]
     assert share["measured"] == pytest.approx(100 * val["measured"] / 81.6)
+    # VOC val is the paper's protocol itself: no in-distribution stage, no second share, no gap
+    assert "eval_in_distribution" not in report["stages"]
+    assert not [name for name in summary if "share gap" in name or "split:" in name]
     # split sizes compared with the paper's, as warnings (fake data)
     warning = "train_aug has 5 images where the paper uses 10,582"
     assert any(warning in w for w in report["warnings"])
@@ -153,9 +158,9 @@ def test_rerun_reuses_every_finished_stage(
 def test_changed_config_redoes_exactly_the_affected_stages(
     full_run: dict[str, Any], world: dict, override: str, expected: set[str]
 ) -> None:
-    run = rp.Run(voc_cfg(world, override), full_run["out"], PLAN, rp.resolve_device("cpu"),
+    run = rplan.Run(voc_cfg(world, override), full_run["out"], PLAN, rplan.resolve_device("cpu"),
                  (False, True))  # fmt: skip
-    status = rp.plan_work(run)
+    status = rplan.plan_work(run)
     assert {s for s, v in status.items() if v == "run"} == expected
 
 
@@ -177,11 +182,11 @@ def test_changed_inference_reruns_eval_only(
 def test_stages_option_needs_finished_inputs(full_run: dict[str, Any], world: dict) -> None:
     out = full_run["out"]
     # eval alone on a new training configuration: train is stale, so eval cannot run
-    plan = rp.ReproducePlan(device="cpu", progress=False, stages=("eval",))
-    with pytest.raises(rp.ReproduceError, match="add train to --stages"):
+    plan = rplan.ReproducePlan(device="cpu", progress=False, stages=("eval",))
+    with pytest.raises(rplan.ReproduceError, match="add train to --stages"):
         rp.run_reproduce(voc_cfg(world, "train.iterations=6"), out, plan)
-    with pytest.raises(rp.ReproduceError, match="unknown stage"):
-        rp.run_reproduce(voc_cfg(world), out, rp.ReproducePlan(stages=("evaluate",)))
+    with pytest.raises(rplan.ReproduceError, match="unknown stage"):
+        rp.run_reproduce(voc_cfg(world), out, rplan.ReproducePlan(stages=("evaluate",)))
 
 
 def test_kill_inside_training_resumes_without_redoing_seeds(
@@ -190,7 +195,7 @@ def test_kill_inside_training_resumes_without_redoing_seeds(
     from ssrseg.engine.train import Trainer
 
     out = tmp_path / "run"
-    plan = rp.ReproducePlan(device="cpu", progress=False, panels=0, crf="off",
+    plan = rplan.ReproducePlan(device="cpu", progress=False, panels=0, crf="off",
                             stages=("seeds", "train"))  # fmt: skip
     real_step = Trainer.train_step
 
@@ -225,14 +230,14 @@ def test_missing_weights_stop_before_any_work(
     monkeypatch.setenv("SSRSEG_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     cfg = voc_cfg(world, "backbone.clip=clip_vit_b16.openai", f"backbone.dino={tmp_path}/no.pth")
-    with pytest.raises(rp.ReproduceError) as exc:
+    with pytest.raises(rplan.ReproduceError) as exc:
         rp.run_reproduce(cfg, out, PLAN)
     text = str(exc.value)
     assert "ViT-B-16.pt" in text and "openaipublic.azureedge.net" in text
     assert str(tmp_path / "cache" / "ViT-B-16.pt") in text
     assert "ssrseg weights fetch clip_vit_b16.openai" in text
     assert f"{tmp_path}/no.pth: no such file" in text
-    assert not any((out / s).exists() for s in rp.WORK_STAGES)
+    assert not any((out / s).exists() for s in rplan.WORK_STAGES)
 
 
 def test_missing_dataset_parts_stop_before_any_work(world: dict, tmp_path: Path) -> None:
@@ -243,14 +248,14 @@ def test_missing_dataset_parts_stop_before_any_work(world: dict, tmp_path: Path)
     (voc / "Annotations" / "2010_000001.xml").unlink()
     (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
     out = tmp_path / "run"
-    with pytest.raises(rp.ReproduceError) as exc:
+    with pytest.raises(rplan.ReproduceError) as exc:
         rp.run_reproduce(voc_cfg(world, f"data.root={data}"), out, PLAN)
     text = str(exc.value)
     assert str(voc / "JPEGImages" / "2007_000002.jpg") in text  # VOC's own extension
     assert str(voc / "Annotations" / "2010_000001.xml") in text
     assert str(voc / "ImageSets" / "Segmentation" / "val.txt") in text
     assert "split list file not found" in text and "docs/datasets.md" in text
-    assert not any((out / s).exists() for s in rp.WORK_STAGES)
+    assert not any((out / s).exists() for s in rplan.WORK_STAGES)
 
 
 def test_cli_reports_the_problem(world: dict, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -275,11 +280,11 @@ def test_torchrun_launch_and_resume(
         calls.append(cmd)
         return type("P", (), {"returncode": 0})()
 
-    monkeypatch.setattr(rp.subprocess, "run", fake_run)
+    monkeypatch.setattr(rstages.subprocess, "run", fake_run)
     cfg = voc_cfg(world)
-    plan = rp.ReproducePlan(device="cpu", gpus=2)
-    run = rp.Run(cfg, out, plan, rp.resolve_device("cpu"), (False,))
-    result = rp.train_into(run, cfg, out / "train", gpus=2)
+    plan = rplan.ReproducePlan(device="cpu", gpus=2)
+    run = rplan.Run(cfg, out, plan, rplan.resolve_device("cpu"), (False,))
+    result = rstages.train_into(run, cfg, out / "train", gpus=2)
     assert result["effective_batch"] == 4 and result["checkpoint"] == "train/ckpt_4"
     cmd = calls[0]
     assert cmd[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -292,11 +297,11 @@ def test_torchrun_launch_and_resume(
 
 def test_config_subset_is_the_stage_view() -> None:
     cfg = load_config(REPO / "configs" / "voc.yaml")
-    seeds = rp.config_subset(cfg, *rp.STAGE_CONFIG["seeds"])
+    seeds = rplan.config_subset(cfg, *rplan.STAGE_CONFIG["seeds"])
     assert "projected" not in seeds["cam"] and "logit_scale" in seeds["cam"]
     assert {"dataset", "root", "tag_file"} <= set(seeds["data"])
     assert not {"train_split", "crop_size", "num_workers"} & set(seeds["data"])
     assert "train" not in seeds and seeds["sgc"]["theta"] == cfg.sgc.theta
-    ev = rp.config_subset(cfg, *rp.STAGE_CONFIG["eval"])
+    ev = rplan.config_subset(cfg, *rplan.STAGE_CONFIG["eval"])
     assert ev["data"] == {"dataset": "voc", "root": cfg.data.root, "val_split": "val"}
     assert np.isclose(ev["crf"]["bilateral_srgb"], 5.0)

@@ -10,8 +10,8 @@ import pytest
 
 from reproduce_fakes import REPO, make_fake_coco, tiny_overrides, write_weights
 from ssrseg.config import load_config
-from ssrseg.engine import report as R
-from ssrseg.engine.cam_rows import TABLE3_ROWS, slug
+from ssrseg.protocol import report as R
+from ssrseg.protocol.cam_rows import TABLE3_ROWS, slug
 
 
 def test_paper_rows_name_our_rows() -> None:
@@ -74,7 +74,8 @@ def test_slug() -> None:
 
 @pytest.fixture(scope="module")
 def coco_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from ssrseg.engine import reproduce as rp
+    from ssrseg.protocol import plan as rplan
+    from ssrseg.protocol import reproduce as rp
 
     base = tmp_path_factory.mktemp("coco")
     make_fake_coco(base / "coco")
@@ -83,7 +84,7 @@ def coco_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         REPO / "configs" / "coco.yaml",
         [*tiny_overrides(clip, dino, base / "coco"), "cmpa.enabled=false", "cam.projected=false"],
     )
-    plan = rp.ReproducePlan(device="cpu", progress=False, panels=0, crf="off")
+    plan = rplan.ReproducePlan(device="cpu", progress=False, panels=0, crf="off")
     return {"out": base / "run", "report": rp.run_reproduce(cfg, base / "run", plan)}
 
 
@@ -116,7 +117,7 @@ def _seg(no_crf: float, crf: float, images: int = 10) -> dict[str, Any]:
 def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
     """Variants shorter than `train`: their rows carry the length and the DINO branch is read
     against the plain run of that length, not against the (longer) main SSR run."""
-    from ssrseg.engine import reproduce_report as RR
+    from ssrseg.protocol import report_tables as RR
 
     var = {
         "iterations": 100,
@@ -168,7 +169,7 @@ def test_variant_rows_and_reading_with_a_shorter_reference() -> None:
 def test_toy_chart_panels_from_report_tables() -> None:
     """Raw Table 3 keeps the seed rows (not the after-PAR ones) with the paper numbers its
     table gives; Table 4 keeps measured rows with the paper's and drops the paper-only ones."""
-    from ssrseg.engine import reproduce_report as RR
+    from ssrseg.protocol import report_stage as RS
 
     report = R.new_report("T", "toy", "abc")
     m = {"precision": 1.0, "recall": 2.0}
@@ -184,7 +185,7 @@ def test_toy_chart_panels_from_report_tables() -> None:
     ]
     R.add_table(report, R.make_table("table3_raw", "raw", raw))
     R.add_table(report, R.make_table("table4", "t4", t4))
-    panels = RR.toy_chart_tables(report)
+    panels = RS.toy_chart_tables(report)
     assert panels == [
         ("Table 3, raw CLIP space", [("initial CAM", 33.0, 58.6), ("+ SGC mask", 36.0, None)]),
         (
@@ -199,3 +200,109 @@ def test_markdown_digits_per_table() -> None:
     tab["digits"] = 2
     assert "| block 1 | 0.77 |" in R.table_markdown(tab, "toy")
     assert "| row | DINO |" in R.table_markdown(tab, "toy")
+
+
+def _seg_split(split: str, rows: dict[str, float], images: int = 150) -> dict[str, Any]:
+    """A segmentation result of ``split``: mIoU per CRF mode (P / R fixed)."""
+    return {
+        "split": split,
+        "images": images,
+        "rows": {k: {"precision": 50.0, "recall": 50.0, "miou": v} for k, v in rows.items()},
+    }
+
+
+def test_table6_share_on_both_splits_and_their_gap() -> None:
+    """A report built from hand-written stage results: the Table 6 share on each split,
+    labelled by what it measures, and the gap between the two, by hand."""
+    from types import SimpleNamespace
+
+    from ssrseg.protocol import report_tables as RR
+
+    cfg = load_config(REPO / "configs" / "toy.yaml")
+    deb = {"ev": _seg_split("debiased", {"no_crf": 18.0, "crf": 20.0}),
+           "fs": _seg_split("debiased", {"no_crf": 27.0, "crf": 32.0})}  # fmt: skip
+    ind = {
+        "split": "in_distribution",
+        "images": 120,
+        "models": {
+            "ssr": _seg_split("in_distribution", {"no_crf": 30.0, "crf": 33.0}, 120),
+            "fully_supervised": _seg_split("in_distribution", {"no_crf": 40.0, "crf": 44.0}, 120),
+            "dino_branch": _seg_split("in_distribution", {"no_crf": 28.5, "crf": 31.0}, 120),
+        },
+    }
+    var = {
+        "iterations": cfg.train.iterations,
+        "variants": {
+            "dino_branch": {"trained_as": "dino_branch", "segmentation": deb["ev"]},
+        },
+    }
+    results = {"eval": deb["ev"], "fully_supervised": deb["fs"], "variants": var,
+               "eval_in_distribution": ind}  # fmt: skip
+    run = SimpleNamespace(
+        cfg=cfg,
+        status={stage: "reuse" for stage in results},
+        states={s: {"status": "done", "result": r} for s, r in results.items()},
+    )
+    report = R.new_report("T", "toy", "abc")
+    RR._tables(run, report)
+    RR._summary(run, report)
+    summary = {r["name"]: r for r in report["summary"]}
+    # by hand: 30 / 40 = 75.0 %, 33 / 44 = 75.0 %; 18 / 27 = 66.67 %, 20 / 32 = 62.5 %
+    protocol = "share of fully supervised, in_distribution split: the paper's protocol"
+    robust = "share of fully supervised, debiased split: robustness to context"
+    expected = {
+        f"{protocol} (without CRF)": 75.0,
+        f"{robust} (without CRF)": 66.666667,
+        "share gap, in_distribution - debiased (without CRF)": 8.333333,
+        f"{protocol} (with CRF)": 75.0,
+        f"{robust} (with CRF)": 62.5,
+        "share gap, in_distribution - debiased (with CRF)": 12.5,
+    }
+    shares = [r for r in report["summary"] if "share" in r["name"]]
+    assert [r["name"] for r in shares] == list(expected)  # per CRF mode: both splits, gap
+    for name, value in expected.items():
+        assert summary[name]["measured"] == pytest.approx(value, abs=1e-6), name
+        assert summary[name]["diff"] is None  # the paper's 97.4 is VOC's: shown, not subtracted
+    assert summary[f"{protocol} (with CRF)"]["paper"] == 97.4
+    assert summary["share gap, in_distribution - debiased (with CRF)"]["paper"] is None
+    ind_miou = summary["in_distribution mIoU, without CRF"]
+    assert ind_miou["measured"] == 30.0 and "the paper's protocol" in ind_miou["note"]
+    assert "robustness to context" in summary["debiased mIoU, with CRF"]["note"]
+    # one segmentation table per split, each with the three models and its own share
+    seg, seg_id = (
+        R.measured(report, "segmentation"),
+        R.measured(report, "segmentation_in_distribution"),
+    )
+    assert seg["SSR + DINO branch (WeCLIP+) with CRF"]["miou"] == 20.0  # the debiased result
+    assert [k for k in seg_id] == [
+        "SSR without CRF",
+        "SSR with CRF",
+        "SSR + DINO branch (WeCLIP+) without CRF",
+        "SSR + DINO branch (WeCLIP+) with CRF",
+        "fully supervised without CRF",
+        "fully supervised with CRF",
+    ]
+    assert seg_id["SSR + DINO branch (WeCLIP+) without CRF"]["miou"] == 28.5
+    tab = R.table(report, "segmentation_in_distribution")
+    assert tab is not None
+    assert tab["title"] == "Segmentation, in_distribution split (120 images): the paper's protocol"
+    assert "SSR / fully supervised (without CRF): 75.0%" in tab["note"]
+    assert "-1.5 mIoU without CRF" in tab["note"]  # the DINO branch read against SSR there
+    md = R.report_markdown(report)
+    assert f"| {protocol} (without CRF) | 75.0 | 97.4 (VOC 2012) | - |" in md
+    assert "| share gap, in_distribution - debiased (with CRF) | 12.5 | - | - |" in md
+
+
+def test_share_rows_without_the_in_distribution_split_keep_their_names() -> None:
+    """A VOC-style run (no role for its val split, no in-distribution split): plain names, no
+    gap row."""
+    from ssrseg.protocol.in_distribution import share_gaps, share_rows
+
+    ev, fs = _seg_split("val", {"no_crf": 40.0}), _seg_split("val", {"no_crf": 50.0})
+    rows = share_rows([("val", ev, fs)], "voc")
+    assert [r["name"] for r in rows] == ["share of fully supervised (without CRF)"]
+    assert rows[0]["measured"] == pytest.approx(80.0)
+    assert rows[0]["diff"] == pytest.approx(80.0 - 97.4)  # VOC: the paper's own dataset
+    assert share_gaps({"with CRF": 70.0, "without CRF": 60.0}, {"with CRF": 65.5}) == {
+        "with CRF": 4.5
+    }

@@ -73,14 +73,16 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.runrecord", "RunMismatchError"),
     ("ssrseg.engine.checkpoint", "CheckpointError"),
     ("ssrseg.backbones.native", "WeightsError"),
-    ("ssrseg.data.base", "BadInputError"),
+    ("ssrseg.errors", "BadInputError"),
     ("ssrseg.commands.common", "DeviceError"),
     ("ssrseg.commands.common", "DependencyError"),
+    ("ssrseg.commands.common", "OutputError"),
     ("ssrseg.cam.prompts", "PromptError"),
     ("ssrseg.commands.toy", "ToyCommandError"),
     ("ssrseg.commands.predict", "InputListError"),
 )
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
 def known_error(exc: BaseException) -> bool:
@@ -114,11 +116,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     mod = importlib.import_module(f"ssrseg.commands.{args._module}")
     try:
         return int(mod.run(args) or 0)
+    except KeyboardInterrupt:
+        close_progress_bars()
+        print(
+            f"ssrseg {args.command}: interrupted; finished outputs and the last checkpoint are "
+            "kept: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if not known_error(exc):
             raise
+        close_progress_bars()  # the message starts on its own line, not after a bar
         print(f"ssrseg {args.command}: error: {error_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars a failed command left open (each ends its line)."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

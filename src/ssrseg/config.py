@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ssrseg.atomic import atomic_write_text as write
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -235,6 +237,7 @@ class DataConfig:
     train_split: str = "train_aug"  # [WeCLIP] 10,582 images
     val_split: str = "val"  # [paper]
     tag_file: str | None = None  # [decision] image_id -> class names; None: from annotations
+    classes: str | None = None  # [decision] class-name file of a folder dataset (None: its own)
     crop_size: int = 320  # [WeCLIP]
     scale_range: tuple[float, float] = (0.5, 2.0)  # [WeCLIP]
     hflip: bool = True  # [WeCLIP]
@@ -450,18 +453,29 @@ def load_config(
     return validate_config(_build(SSRConfig, values))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset's values with its ``base:`` chain applied; ``chain``: the presets that named
+    this one (a preset met twice is a loop, refused rather than recursed into)."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        where = f" (named by base: in {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: config file not found{where}")
+    here = path.resolve()
+    if here in chain:
+        loop = " -> ".join(p.name for p in (*chain, here))
+        raise ConfigError(
+            f"{path}: its base: chain loops ({loop}); remove the base: line that comes back"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is not None:
-        return _deep_update(_read_yaml(path.parent / str(base)), data)
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{path}: base: must name another YAML file, got {base!r}")
+        return _deep_update(_read_yaml(path.parent / base, (*chain, here)), data)
     return data
 
 
@@ -487,8 +501,6 @@ def config_from_dict(values: dict[str, Any]) -> SSRConfig:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, with
     the permissions a plain write gives (see :mod:`ssrseg.atomic`)."""
-    from ssrseg.atomic import atomic_write_text as write
-
     write(path, text)
 
 
@@ -634,6 +646,7 @@ FIELD_RULES: dict[str, Rule] = {
     "data.train_split": NON_EMPTY,
     "data.val_split": ANY_TEXT,  # empty: no validation split
     "data.tag_file": NON_EMPTY,
+    "data.classes": NON_EMPTY,
     "data.crop_size": at_least(1),
     "data.scale_range": Rule(
         lambda v: (

@@ -18,6 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
 
 RECORD_NAME = "run.json"
@@ -29,11 +32,49 @@ NOT_COMPARED: tuple[str, ...] = (
     "config.train.output_dir",
     "config.train.tensorboard",
     "config.train.log_every",
+    "options.max_steps",
+    "options.device",
 )
 DEFAULT_HINT = (
     "Use another --out, rerun with the same settings to resume, or pass --overwrite to redo "
     "everything with the new settings."
 )
+
+
+STAMP_KEY = "ssrseg-job"  # PNG text chunk / npz entry naming the job that wrote a file
+
+
+def job_stamp(record: dict[str, Any]) -> str:
+    """The identity of a job: the hash of its record's compared keys (what shapes outputs)."""
+    flat = {k: v for k, v in _flatten(record).items() if k not in NOT_COMPARED}
+    return record_hash(flat)
+
+
+def file_stamp(path: str | os.PathLike[str]) -> str | None:
+    """The job stamp a PNG (text chunk) or ``.npz`` (entry) output carries; None when the file
+    has none or cannot be read (so it is not taken as done)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path) as data:
+                return str(data[STAMP_KEY]) if STAMP_KEY in data.files else None
+        with Image.open(path) as img:
+            value = img.info.get(STAMP_KEY)
+            return value if isinstance(value, str) else None
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def written_by(path: str | os.PathLike[str], stamp: str | None) -> bool:
+    """Is ``path`` an output that the job ``stamp`` wrote? "Already done" means this, never
+    "a file of that name exists" (it may be a user's image or mask)."""
+    return stamp is not None and Path(path).is_file() and file_stamp(path) == stamp
+
+
+def output_stamp(out_dir: str | os.PathLike[str]) -> str | None:
+    """The stamp of the job recorded in ``out_dir/run.json`` (None: no record)."""
+    record = read_record(out_dir)
+    return job_stamp(record) if record is not None else None
 
 
 class RunMismatchError(RuntimeError):
@@ -90,6 +131,8 @@ def diff_records(
         if key in ignore:
             continue
         a, b = flat_old.get(key, "<absent>"), flat_new.get(key, "<absent>")
+        if a == "<absent>" and b is None:
+            continue  # a field added since, at its default (None keeps the old behaviour)
         if a != b:
             lines.append(f"{key}: {a!r} -> {b!r}")
     return lines
@@ -104,9 +147,29 @@ def read_record(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RunMismatchError(f"{path}: unreadable run record ({exc})") from None
-    if not isinstance(data, dict):
-        raise RunMismatchError(f"{path}: not a run record")
+    problem = record_problem(data)
+    if problem:
+        raise RunMismatchError(
+            f"{path}: {problem}; the file was damaged or edited: restore it, or pass "
+            "--overwrite to redo the folder"
+        )
     return data
+
+
+def record_problem(data: Any) -> str | None:
+    """What is wrong with a parsed run record (None when nothing is)."""
+    if not isinstance(data, dict):
+        return "not a run record (expected a JSON object)"
+    unknown = sorted(set(data) - {"version", "config", "options"})
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    version = data.get("version")
+    if version != RECORD_VERSION:
+        return f"version must be {RECORD_VERSION}, got {version!r}"
+    for name in ("config", "options"):
+        if not isinstance(data.get(name), dict):
+            return f"field {name!r} must be an object, got {data.get(name)!r:.60}"
+    return None
 
 
 def check_output(

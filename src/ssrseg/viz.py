@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from PIL.PngImagePlugin import PngInfo
+
+from ssrseg.atomic import atomic_path
 
 PaletteLike = str | np.ndarray
 
@@ -104,11 +107,16 @@ def _as_rgb(item: np.ndarray, pal: PaletteLike) -> np.ndarray:
     raise ValueError(f"panel items must be H x W x 3 images or H x W maps, got {arr.shape}")
 
 
-def _atomic_save(img: Image.Image, path: str | os.PathLike[str]) -> Path:
-    from ssrseg.atomic import atomic_path
-
+def _atomic_save(
+    img: Image.Image, path: str | os.PathLike[str], text: dict[str, str] | None = None
+) -> Path:
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     with atomic_path(path, suffix=".tmp") as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 
@@ -155,10 +163,14 @@ def save_panel(
 
 
 def save_label_png(
-    path: str | os.PathLike[str], mask: np.ndarray, pal: PaletteLike | None = "voc"
+    path: str | os.PathLike[str],
+    mask: np.ndarray,
+    pal: PaletteLike | None = "voc",
+    text: dict[str, str] | None = None,
 ) -> Path:
     """Write an H x W label map (0..255) as a palette PNG (``pal`` None: plain grayscale
-    index PNG). Reading it back with PIL gives the same indices."""
+    index PNG). Reading it back with PIL gives the same indices. ``text``: PNG text chunks
+    (the job stamp of :mod:`ssrseg.runrecord`, so a rerun knows which files it wrote)."""
     labels = np.asarray(mask)
     if labels.ndim != 2:
         raise ValueError(f"mask must be H x W, got shape {labels.shape}")
@@ -169,4 +181,4 @@ def save_label_png(
     img = Image.frombytes("L" if pal is None else "P", size, data.tobytes())
     if pal is not None:
         img.putpalette(palette(pal).reshape(-1).tolist())
-    return _atomic_save(img, path)
+    return _atomic_save(img, path, text)

@@ -7,7 +7,8 @@ from torch import nn
 
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.random_weights import TINY_WORDS, synthetic_bpe, write_hf_bpe  # noqa: F401 (re-exported)
-from ssrseg.backbones.vit import ViTConfig, dino_vit_s16_config
+from ssrseg.backbones.toy_shapes import toy_dino_config
+from ssrseg.backbones.vit import VisionTransformer, ViTConfig
 
 
 def tiny_vision(**kw: object) -> ViTConfig:
@@ -30,21 +31,8 @@ def tiny_clip_config() -> CLIPConfig:
 
 
 def tiny_dino_config() -> ViTConfig:
-    d = dino_vit_s16_config()
-    return ViTConfig(
-        image_size=32,
-        patch_size=8,
-        width=64,
-        layers=2,
-        heads=4,
-        act=d.act,
-        ln_eps=d.ln_eps,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=d.mean,
-        std=d.std,
-    )
+    """DINO ViT-S/16's code path at 32 px, patch 8, width 64, 2 layers, 4 heads."""
+    return toy_dino_config(image_size=32, patch_size=8, width=64, layers=2, heads=4)
 
 
 def tiny_hf_clip(
@@ -189,9 +177,10 @@ def hf_to_openai(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """transformers ViTModel state dict (either naming) -> the official DINO ``.pth`` names."""
-    out = {
+def hf_embeddings_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The class / position / patch embeddings and the final norm of a transformers ViTModel or
+    Dinov2Model state dict (the same names in both) under the official DINO / DINOv2 names."""
+    return {
         "cls_token": sd["embeddings.cls_token"],
         "pos_embed": sd["embeddings.position_embeddings"],
         "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
@@ -199,6 +188,11 @@ def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         "norm.weight": sd["layernorm.weight"],
         "norm.bias": sd["layernorm.bias"],
     }
+
+
+def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers ViTModel state dict (either naming) -> the official DINO ``.pth`` names."""
+    out = hf_embeddings_to_official(sd)
     classic = any(k.startswith("encoder.layer.") for k in sd)
     n = len(
         {k.split(".")[2 if classic else 1] for k in sd if ".layer" in k and "norm" not in k[:9]}
@@ -220,6 +214,12 @@ def hf_vit_to_dino_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             out[b + f"norm1.{t}"] = sd[f"{p}layernorm_before.{t}"]
             out[b + f"norm2.{t}"] = sd[f"{p}layernorm_after.{t}"]
     return out
+
+
+def cls_and_patch_tokens(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """[CLS, patch tokens] of ``x`` before positions, written out: ``B x (1 + h*w) x width``."""
+    patches = vit.patch_embed(x).flatten(2).transpose(1, 2)
+    return torch.cat([vit.cls_token.expand(x.shape[0], 1, -1), patches], dim=1)
 
 
 # The synthetic BPE vocabulary lives in the package (``ssrseg weights random`` writes it too).

@@ -63,8 +63,10 @@ def test_per_head_path_matches_reference_and_batched_path(causal: bool) -> None:
     torch.testing.assert_close(fused, out, atol=1e-5, rtol=1e-5)
 
 
-def test_per_head_mean_is_a_sequential_sum_over_heads() -> None:
-    torch.manual_seed(2)
+def _mean_map_and_per_head_softmax(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention(64 wide, 8 heads) on a seeded ``1 x 29 x 64`` input: (its mean map, and
+    softmax(q k^T / sqrt(d)) of every head written out, ``1 x 8 x 29 x 29``)."""
+    torch.manual_seed(seed)
     attn = Attention(64, 8).eval()
     x = torch.randn(1, 29, 64)
     with torch.no_grad():
@@ -72,23 +74,22 @@ def test_per_head_mean_is_a_sequential_sum_over_heads() -> None:
         qkv = attn.qkv(x).reshape(1, 29, 3, 8, 8).permute(2, 0, 3, 1, 4)
         q, k, _ = qkv.unbind(0)
         probs = ((q * (1.0 / math.sqrt(8))) @ k.transpose(-2, -1)).softmax(dim=-1)
+    assert mean is not None
+    return mean, probs
+
+
+def test_per_head_mean_is_a_sequential_sum_over_heads() -> None:
+    mean, probs = _mean_map_and_per_head_softmax(seed=2)
     total = probs[:, 0].clone()
     for i in range(1, 8):
         total = total + probs[:, i]
-    assert mean is not None and torch.equal(mean, total / 8)
+    assert torch.equal(mean, total / 8)
 
 
 def test_more_threads_use_the_batched_path() -> None:
-    torch.manual_seed(4)
-    attn = Attention(64, 8).eval()
-    x = torch.randn(1, 29, 64)
-    with torch.no_grad():
-        torch.set_num_threads(2)
-        _, mean = attn(x, need_attn=True)
-        qkv = attn.qkv(x).reshape(1, 29, 3, 8, 8).permute(2, 0, 3, 1, 4)
-        q, k, _ = qkv.unbind(0)
-        probs = ((q * (1.0 / math.sqrt(8))) @ k.transpose(-2, -1)).softmax(dim=-1)
-    assert mean is not None and torch.equal(mean, probs.mean(dim=1))
+    torch.set_num_threads(2)  # (the autouse fixture restores the count)
+    mean, probs = _mean_map_and_per_head_softmax(seed=4)
+    assert torch.equal(mean, probs.mean(dim=1))
 
 
 def test_per_head_path_half_precision_on_cpu() -> None:

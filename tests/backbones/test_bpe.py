@@ -9,7 +9,8 @@ import torch
 from backbone_fakes import tiny_bpe, write_hf_bpe
 
 from ssrseg.backbones.bpe import BPETokenizer, bytes_to_unicode, pre_tokenize
-from ssrseg.backbones.tokenizer import WordTokenizer, tokenizer_from_dict
+from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.weights import tokenizer_from_dict
 
 
 @pytest.fixture()

@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_fakes import cls_and_patch_tokens, hf_embeddings_to_official
 
 from ssrseg.backbones.convert import convert_vit, detect_layout
 from ssrseg.backbones.dinov2 import (
@@ -105,15 +106,8 @@ def _check(ours: VisionTransformer, hf, height: int, width: int) -> None:
 # ------------------------------------------------------------------ layouts written by hand
 def hf_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers Dinov2 state dict (classic names) -> facebookresearch/dinov2 names."""
-    out = {
-        "cls_token": sd["embeddings.cls_token"],
-        "pos_embed": sd["embeddings.position_embeddings"],
-        "mask_token": sd["embeddings.mask_token"],
-        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": sd["layernorm.weight"],
-        "norm.bias": sd["layernorm.bias"],
-    }
+    out = hf_embeddings_to_official(sd)
+    out["mask_token"] = sd["embeddings.mask_token"]
     if "embeddings.register_tokens" in sd:
         out["register_tokens"] = sd["embeddings.register_tokens"]
     n = len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")})
@@ -335,8 +329,7 @@ def test_official_offset_resize_is_available(registers, hf_plain, hf_reg, tmp_pa
         plain, _ = ours.embed(x)
         ours.pos_embed_resize = "bicubic_offset"
         offset, _ = ours.embed(x)
-        patches = ours.patch_embed(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([ours.cls_token.expand(1, 1, -1), patches], dim=1)
+        tokens = cls_and_patch_tokens(ours, x)
         pos = official_interpolation(
             ours.pos_embed[None], 5, 7, 0.0 if registers else 0.1, bool(registers)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from backbone_fakes import tiny_clip_config, tiny_vision
+from backbone_fakes import cls_and_patch_tokens, tiny_clip_config, tiny_vision
 
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import WordTokenizer
@@ -69,8 +69,7 @@ def test_vision_transformer_switch():
         bicubic, _ = vit.embed(x)
         vit.pos_embed_resize = "bilinear_fp16"
         bilinear, grid = vit.embed(x)
-        patches = vit.patch_embed(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([vit.cls_token.expand(1, 1, -1), patches], dim=1)
+        tokens = cls_and_patch_tokens(vit, x)
         pos = interpolate_pos_embed_bilinear_fp16(vit.pos_embed, (6, 5), 4)
         assert grid == (6, 5)
         assert torch.equal(bilinear, vit.ln_pre(tokens + pos))
@@ -85,13 +84,13 @@ def test_config_default_and_labeler_wiring(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="pos_embed_resize"):
         load_config(overrides=["backbone.pos_embed_resize=bilinear"])
 
-    import ssrseg.backbones.weights as weights
+    import ssrseg.pseudo.labeler as labeler_module
     from ssrseg.pseudo.labeler import build_pseudo_labeler
 
     cfg_model = tiny_clip_config()
     words = ["a", "clean", "origami", "cat", "dog", "sky", *(f"w{i}" for i in range(90))]
     tok = WordTokenizer(words, context_length=cfg_model.text.context_length)
-    monkeypatch.setattr(weights, "load_clip", lambda *a, **k: (CLIP(cfg_model).eval(), tok))
+    monkeypatch.setattr(labeler_module, "load_clip", lambda *a, **k: (CLIP(cfg_model).eval(), tok))
     (tmp_path / "classes.txt").write_text("cat\ndog\n[background]\nsky\n")
     common = [
         f"prompts.dataset={tmp_path / 'classes.txt'}",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from backbone_fakes import hf_to_openai, hf_vit_to_dino_official
+from backbone_fakes import hf_to_openai, hf_vit_to_dino_official, tiny_hf_dino
 
 from ssrseg.backbones import random_weights
 from ssrseg.backbones.random_weights import (
@@ -64,20 +64,8 @@ def test_openai_clip_layout_matches_the_reference() -> None:
 
 
 def test_dino_layout_matches_the_reference() -> None:
-    from transformers import ViTConfig, ViTModel
-
     shape = VitShape(width=64, layers=2, image_size=32, patch_size=8)
-    hf = ViTModel(
-        ViTConfig(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            intermediate_size=256,
-            image_size=32,
-            patch_size=8,
-        ),
-        add_pooling_layer=False,
-    )
+    hf = tiny_hf_dino()  # transformers ViTModel: width 64, 2 layers, MLP 256, 32 px, patch 8
     reference = hf_vit_to_dino_official(hf.state_dict())
     assert _shapes(dino_official_state(shape)) == _shapes(reference)
 

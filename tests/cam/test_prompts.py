@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP, CLIPConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import ViTConfig
 from ssrseg.cam.prompts import ClassPrompts, PromptError, encode_prompts, prompts_from_config
 
@@ -69,10 +70,7 @@ def test_prompt_errors(tmp_path: Path) -> None:
 def test_encode_prompts_equals_encode_text() -> None:
     torch.manual_seed(0)
     tok = WordTokenizer(["a", "photo", "of", "cat", "dog", "sky"], context_length=8)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
+    text = word_text_config(tok, width=32, layers=1, heads=4)
     vision = ViTConfig(image_size=16, patch_size=8, width=16, layers=1, heads=2, output_dim=8)
     clip = CLIP(CLIPConfig(vision=vision, text=text, embed_dim=8))
     prompts = ClassPrompts(("cat", "dog"), ("cat", "dog"), ("sky",), "a photo of {}")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_folder_dataset_with_labelme_classes_matches_its_prompts(tmp_path: Path)
     root = tmp_path / "mine"
     (root / "images").mkdir(parents=True)
     (root / "classes.txt").write_text("__ignore__\n_background_\n" + "\n".join(FOREGROUND))
-    (root / "tags.json").write_text("{}")
+    (root / "tags.json").write_text(json.dumps({"a": [FOREGROUND[0]]}))  # "{}" is refused
     dataset = build_dataset("folder", root, "all")
     prompts = prompts_from_config(str(root / "classes.txt"))
     assert prompts.num_classes == len(dataset.class_names) == 3

@@ -154,7 +154,7 @@ def test_bad_inputs_are_skipped_with_clear_messages(voc: Path, tmp_path: Path) -
 def test_image_without_xml_is_untagged(voc: Path) -> None:
     (voc / "Annotations" / "2007_000002.xml").unlink()
     skipped = _skipped(build_dataset("voc", voc, "train"))
-    assert "has no entry" in skipped["2007_000002"]
+    assert "annotation XML not found" in skipped["2007_000002"]  # issue 22: said "no entry"
     # evaluation does not need tags
     ds = build_dataset("voc", voc, "train", require_labels=False)
     assert ds[1].labels == ()

@@ -52,7 +52,9 @@ def test_round_trip_restores_identical_outputs(tmp_path: Path, monkeypatch) -> N
     assert state.step == 7 and state.num_classes == 4
     assert state.config["cmpa"]["out_dim"] == 8
     # load_model rebuilds from the saved config; the frozen backbone comes from its builder
-    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", lambda cfg, n, device: _model(99))
+    monkeypatch.setattr(
+        "ssrseg.engine.checkpoint.build_ssr_model", lambda cfg, n, device: _model(99)
+    )
     loaded, cfg = load_model(tmp_path)
     assert cfg == model.cfg and not loaded.training
     images = torch.rand(2, 3, 32, 24)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tests_model_fakes import (  # one_thread: autouse fixture
+    FAST_TRAIN,
     TinySegDataset,
+    kill_and_resume,
     one_thread,  # noqa: F401
     tiny_config,
     tiny_ssr_model,
@@ -20,17 +20,7 @@ from ssrseg.config import SSRConfig
 from ssrseg.engine.train import Trainer
 from ssrseg.rectify.cmpa import FeatureBank
 
-KMEANS = {
-    "data__crop_size": 32,
-    "data__num_workers": 0,
-    "data__scale_range": "[0.75, 1.25]",
-    "train__batch_size": 2,
-    "train__val_every": 0,
-    "train__log_every": 1,
-    "affinity__mask": "none",
-    "cmpa__prototypes": "kmeans",
-    "cmpa__refresh_every": 3,
-}
+KMEANS = {**FAST_TRAIN, "cmpa__prototypes": "kmeans", "cmpa__refresh_every": 3}
 
 
 def _cfg(**over: object) -> SSRConfig:
@@ -56,17 +46,6 @@ def test_kmeans_refreshes_on_schedule_and_banks_features(tmp_path: Path) -> None
 def test_kmeans_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # checkpoint at step 4 (mid-interval: the bank holds step 4's features), refreshes at 3, 6
     cfg = _cfg(train__iterations=7, train__ckpt_every=4)
-    straight = tiny_ssr_model(cfg, 0)
-    Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
-
-    first = tiny_ssr_model(cfg, 0)
-    Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=4)
-    torch.manual_seed(123)
-    resumed = tiny_ssr_model(cfg, 7)
-    trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
-    assert trainer.fit(resume=tmp_path / "b") == 7
-    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
-    assert a.keys() == b.keys() and "cmpa.cluster_positive" in a
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    resumed = kill_and_resume(cfg, tmp_path, stop_after=4)  # asserts 7 steps and equal states
+    assert "cmpa.cluster_positive" in resumed.trainable_state_dict()
     assert resumed.cmpa is not None and int(resumed.cmpa.refreshes) == 2

@@ -106,7 +106,8 @@ def test_export_writes_exact_layout(tmp_path: Path) -> None:
 
 
 def test_export_resumes_and_skips_bad_images(tmp_path: Path) -> None:
-    from ssrseg.data.base import BadInputError, SkipLog
+    from ssrseg.data.base import SkipLog
+    from ssrseg.errors import BadInputError
 
     images = tmp_path / "JPEGImages"
     write_images(images, SIZES)

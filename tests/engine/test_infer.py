@@ -213,7 +213,7 @@ def test_unknown_release_lists_names() -> None:
 
 def test_crf_receives_image_and_probs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CRF gets the uint8 image and the K x H x W softmax; its output decides the mask."""
-    crf_mod = pytest.importorskip("ssrseg.engine.crf")
+    pytest.importorskip("ssrseg.engine.crf")
     seen: dict[str, object] = {}
 
     def fake_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
@@ -222,7 +222,7 @@ def test_crf_receives_image_and_probs(monkeypatch: pytest.MonkeyPatch) -> None:
         out[2] = 1.0  # everything becomes class index 2
         return out
 
-    monkeypatch.setattr(crf_mod, "dense_crf", fake_crf)
+    monkeypatch.setattr(infer, "dense_crf", fake_crf)
     seg, _ = make_segmenter()
     image = random_image(21, 34)
     plain_mask, plain_probs = seg.predict(image, return_probs=True)
@@ -281,7 +281,7 @@ def test_from_checkpoint_runs_the_real_model(
     model = build(tiny_config(), 4).eval()
     state = state_from(3, model.cfg, 4, [rng_state()])
     save_checkpoint(tmp_path, 3, model.trainable_state_dict(), {}, state)
-    monkeypatch.setattr("ssrseg.model.ssr.build_ssr_model", build)
+    monkeypatch.setattr("ssrseg.engine.checkpoint.build_ssr_model", build)
 
     seg = Segmenter.from_checkpoint(tmp_path, infer=InferConfig(long_side=48))
     assert (seg.patch_size, seg.num_classes, seg.config) == (8, 4, model.cfg)
@@ -312,14 +312,14 @@ def test_evaluate_dataset_scores_each_crf_mode(
     from ssrseg.data import build_dataset
     from ssrseg.metrics import ConfusionMatrix
 
-    crf_mod = pytest.importorskip("ssrseg.engine.crf")
+    pytest.importorskip("ssrseg.engine.crf")
 
     def all_class_one(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
         out = np.zeros_like(probs)
         out[1] = 1.0
         return out
 
-    monkeypatch.setattr(crf_mod, "dense_crf", all_class_one)
+    monkeypatch.setattr(infer, "dense_crf", all_class_one)
     seg, _ = make_segmenter(num_classes=21)
     images = {"a": random_image(30, 40, 1), "b": random_image(26, 26, 2)}
     rng = np.random.default_rng(5)

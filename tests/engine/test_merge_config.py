@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ssrseg.config import ConfigError, SSRConfig, parse_overrides
-from ssrseg.engine.cam_rows import merge_config
+from ssrseg.protocol.cam_rows import merge_config
 
 
 def test_override_strings_are_converted_to_the_field_types() -> None:

@@ -11,7 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "model"))
 from tests_model_fakes import (  # one_thread: autouse fixture
+    FAST_TRAIN,
     TinySegDataset,
+    kill_and_resume,
     one_thread,  # noqa: F401
     record_loss_targets,
     tiny_config,
@@ -22,16 +24,7 @@ from ssrseg.config import SSRConfig, load_config
 from ssrseg.engine.schedule import StepBatchSampler, batch_indices, lr_factor
 from ssrseg.engine.train import Trainer, amp_dtype, fit_to_patch, param_groups
 
-FAST = {
-    "data__crop_size": 32,
-    "data__num_workers": 0,
-    "data__scale_range": "[0.75, 1.25]",
-    "train__batch_size": 2,
-    "train__val_every": 0,
-    "train__log_every": 1,
-    "cmpa__refresh_every": 2,
-    "affinity__mask": "none",
-}
+FAST = {**FAST_TRAIN, "cmpa__refresh_every": 2}
 
 
 def _cfg(**over: object) -> SSRConfig:
@@ -122,19 +115,7 @@ def test_validation_reports_both_mious(tmp_path: Path) -> None:
 def test_kill_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # dropout on, prototypes refreshed every 2 steps: everything must be restored exactly
     cfg = _cfg(train__iterations=6, train__ckpt_every=3)
-    straight = tiny_ssr_model(cfg, 0)
-    Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
-
-    first = tiny_ssr_model(cfg, 0)
-    Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=3)
-    torch.manual_seed(123)  # the "new process" starts from other rng states and weights
-    resumed = tiny_ssr_model(cfg, 7)
-    trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
-    assert trainer.fit(resume=tmp_path / "b") == 6
-    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    kill_and_resume(cfg, tmp_path, stop_after=3)  # asserts 6 steps and equal states
     steps = [
         json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     ]

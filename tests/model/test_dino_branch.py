@@ -285,7 +285,7 @@ def test_features_fed_back_match_the_decoder_affinity() -> None:
 def test_toy_preset_with_the_branch_builds_from_package_weights(tmp_path: Path) -> None:
     """configs/toy.yaml + decoder.dino_branch=true: the toy CLIP and toy DINO (both patch 8)
     load by name and the branch runs without any resize (the toy-world demo's setting)."""
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     toy = Path(__file__).resolve().parents[2] / "configs" / "toy.yaml"
     cfg = load_config(toy, ["decoder.dino_branch=true", f"data.root={tmp_path}"])
@@ -312,7 +312,7 @@ def test_build_loads_a_dinov2_file_for_the_branch_with_the_chosen_position_resiz
     """build_pseudo_labeler loads DINO for the branch alone (no DINO attention) and applies
     backbone.dino_pos_embed_resize."""
     from ssrseg.backbones.native import save_native
-    from ssrseg.model.ssr import build_ssr_model
+    from ssrseg.pseudo.labeler import build_ssr_model
 
     _, _, dino = _backbones("v2")
     save_native(tmp_path / "dinov2.safetensors", dino, "dino", dino.cfg)

@@ -7,6 +7,7 @@ import torch
 from tests_model_fakes import (  # one_thread: autouse fixture
     FakeLabeler,
     one_thread,  # noqa: F401
+    proto_inputs,
     synthetic_batch,
     tiny_clip,
     tiny_config,
@@ -65,17 +66,11 @@ def test_a_few_steps_reduce_the_loss() -> None:
     batch = synthetic_batch(4)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
-    out = model.labeler(batch["images"], batch["labels"])
-    proto = {
-        "patch_emb": out.patch_emb,
-        "cams": out.cams,
-        "labels": batch["labels"],
-        "text_emb": model.labeler.class_emb,
-    }
+    x = proto_inputs(model, batch)
     losses = []
     for _ in range(15):
         opt.zero_grad()
-        res = model.losses(out.clip_out.tokens, out.grid, out.labels, proto)
+        res = model.losses(x["tokens"], x["grid"], x["pseudo"], x["proto"])
         res["loss"].backward()
         opt.step()
         losses.append(res["loss"].item())

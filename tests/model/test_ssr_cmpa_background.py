@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from tests_model_fakes import (  # one_thread: autouse fixture
     one_thread,  # noqa: F401
+    proto_inputs,
     synthetic_batch,
     tiny_config,
     tiny_ssr_model,
 )
-
-from ssrseg.model.ssr import SSRModel
-
-
-def _proto_inputs(
-    model: SSRModel, batch: dict[str, Any], bg: torch.Tensor | None
-) -> dict[str, Any]:
-    out = model.labeler(batch["images"], batch["labels"])
-    proto = {
-        "patch_emb": out.patch_emb,
-        "cams": out.cams,
-        "labels": batch["labels"],
-        "text_emb": model.labeler.class_emb,
-    }
-    if bg is not None:
-        proto["bg_emb"] = bg
-    return {"tokens": out.clip_out.tokens, "grid": out.grid, "pseudo": out.labels, "proto": proto}
 
 
 def test_background_prompts_reach_the_background_term() -> None:
     model = tiny_ssr_model(tiny_config(cmpa__background_term="raw_nearest"), 1).train()
     batch = synthetic_batch(2)
     bg = torch.randn(2, 16, requires_grad=True)  # tiny_config: cmpa.in_dim=16
-    x = _proto_inputs(model, batch, bg)
+    x = proto_inputs(model, batch, bg)
     res = model.losses(x["tokens"], x["grid"], x["pseudo"], x["proto"])
     assert res["proto_bg"].item() > 0.0
     res["loss"].backward()
@@ -43,6 +25,6 @@ def test_background_prompts_reach_the_background_term() -> None:
 
 def test_without_the_option_no_background_term() -> None:
     model = tiny_ssr_model(tiny_config(), 1).train()
-    x = _proto_inputs(model, synthetic_batch(2), torch.randn(2, 16))
+    x = proto_inputs(model, synthetic_batch(2), torch.randn(2, 16))
     res = model.losses(x["tokens"], x["grid"], x["pseudo"], x["proto"])
     assert "proto_bg" not in res and "proto" in res

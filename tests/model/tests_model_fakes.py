@@ -7,6 +7,7 @@ decoder / CMPA / trainer tests do not depend on the pseudo-label stage.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,8 +21,10 @@ from torch import Tensor, nn
 
 from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
 from ssrseg.backbones.tokenizer import WordTokenizer
+from ssrseg.backbones.toy_shapes import word_text_config
 from ssrseg.backbones.vit import ViTConfig
 from ssrseg.config import SSRConfig, load_config
+from ssrseg.engine.train import Trainer
 from ssrseg.model.ssr import SSRModel
 
 
@@ -54,10 +57,7 @@ def word_clip(words: tuple[str, ...], seed: int = 0) -> tuple[CLIP, WordTokenize
     torch.manual_seed(seed)
     tok = WordTokenizer(words, context_length=8)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size, context_length=8, width=32, layers=1, heads=4,
-        eot_token_id=tok.eot_token_id, sot_token_id=tok.sot_token_id,
-    )  # fmt: skip
+    text = word_text_config(tok, width=32, layers=1, heads=4)
     return CLIP(CLIPConfig(vision=vision, text=text, embed_dim=16)), tok, vision
 
 
@@ -130,6 +130,57 @@ def tiny_ssr_model(cfg: SSRConfig, seed: int) -> SSRModel:
     clip = tiny_clip()
     torch.manual_seed(seed)
     return SSRModel(cfg, FakeLabeler(clip, 3), 4)
+
+
+# tiny_config overrides of a quick training run on TinySegDataset (crop 32, batch 2, a log line
+# every step, no validation, no affinity mask)
+FAST_TRAIN = {
+    "data__crop_size": 32,
+    "data__num_workers": 0,
+    "data__scale_range": "[0.75, 1.25]",
+    "train__batch_size": 2,
+    "train__val_every": 0,
+    "train__log_every": 1,
+    "affinity__mask": "none",
+}
+
+
+def kill_and_resume(cfg: SSRConfig, tmp_path: Path, stop_after: int) -> SSRModel:
+    """Train ``cfg`` on :class:`TinySegDataset` uninterrupted (``tmp_path/a``) and, in
+    ``tmp_path/b``, stopped after ``stop_after`` steps then resumed by a model that starts from
+    other rng states and weights (a "new process"); asserts the resumed run ends at
+    ``cfg.train.iterations`` with exactly the uninterrupted trainable state. Returns the
+    resumed model."""
+    straight = tiny_ssr_model(cfg, 0)
+    Trainer(cfg, straight, TinySegDataset(), tmp_path / "a", progress=False).fit()
+    first = tiny_ssr_model(cfg, 0)
+    Trainer(cfg, first, TinySegDataset(), tmp_path / "b", progress=False).fit(stop_after=stop_after)
+    torch.manual_seed(123)
+    resumed = tiny_ssr_model(cfg, 7)
+    trainer = Trainer(cfg, resumed, TinySegDataset(), tmp_path / "b", progress=False)
+    assert trainer.fit(resume=tmp_path / "b") == cfg.train.iterations
+    a, b = straight.trainable_state_dict(), resumed.trainable_state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    return resumed
+
+
+def proto_inputs(
+    model: SSRModel, batch: dict[str, Any], bg: Tensor | None = None
+) -> dict[str, Any]:
+    """The labeller's outputs on ``batch`` as :meth:`SSRModel.losses` takes them: ``tokens``,
+    ``grid``, ``pseudo`` and the ``proto`` inputs (``bg_emb``: ``bg``, ``n_bg x in_dim``)."""
+    out = model.labeler(batch["images"], batch["labels"])
+    proto = {
+        "patch_emb": out.patch_emb,
+        "cams": out.cams,
+        "labels": batch["labels"],
+        "text_emb": model.labeler.class_emb,
+    }
+    if bg is not None:
+        proto["bg_emb"] = bg
+    return {"tokens": out.clip_out.tokens, "grid": out.grid, "pseudo": out.labels, "proto": proto}
 
 
 def record_loss_targets(model: SSRModel) -> list[Tensor]:
@@ -223,27 +274,12 @@ def write_tiny_world(root: Path, n_train: int = 6, n_val: int = 2, size: int = 3
     tok = WordTokenizer(words, context_length=8)
     torch.manual_seed(0)
     vision = ViTConfig(image_size=32, patch_size=8, width=32, layers=3, heads=2, output_dim=16)
-    text = TextConfig(
-        vocab_size=tok.vocab_size,
-        context_length=8,
-        width=16,
-        layers=1,
-        heads=2,
-        eot_token_id=tok.eot_token_id,
-        sot_token_id=tok.sot_token_id,
-    )
+    text = word_text_config(tok, width=16, layers=1, heads=2)
     ccfg = CLIPConfig(vision=vision, text=text, embed_dim=16)
     save_native(root / "clip.safetensors", CLIP(ccfg), "clip", ccfg, tok)
-    dcfg = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        width=24,
-        layers=2,
-        heads=2,
-        act="gelu",
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
+    # the DINO stand-in: the CLIP's image tower shape on DINO's code path, narrower and shallower
+    dcfg = dataclasses.replace(
+        vision, width=24, layers=2, output_dim=None, act="gelu", ln_pre=False, patch_bias=True
     )
     save_native(root / "dino.safetensors", VisionTransformer(dcfg), "dino", dcfg)
     cfg = {

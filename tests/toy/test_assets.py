@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ssrseg.toy.common import ASSET_DIR, sha256_file, toy_dino_config, zero_shot_scores
+from ssrseg.backbones.toy_shapes import toy_dino_config
+from ssrseg.toy.common import ASSET_DIR, sha256_file, zero_shot_scores
 
 MANIFEST = ASSET_DIR / "manifest.json"
 

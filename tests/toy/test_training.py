@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from ssrseg.backbones.toy_shapes import toy_dino_config
 from ssrseg.backbones.vit import VisionTransformer
-from ssrseg.toy.common import Budget, cosine_lr, toy_dino_config
+from ssrseg.toy.common import Budget, cosine_lr
 from ssrseg.toy.train_clip import ClipTrainArgs, contrastive_loss, train_clip
 from ssrseg.toy.train_dino import (
     DinoHead,
@@ -106,7 +107,8 @@ def test_clip_corpus_is_the_train_split_or_a_separate_weakened_stream() -> None:
 
 def test_image_embedding_pools_patch_mean_or_class_token() -> None:
     from ssrseg.backbones.clip import CLIP
-    from ssrseg.toy.common import image_embedding, toy_clip_config, toy_tokenizer
+    from ssrseg.backbones.toy_shapes import toy_clip_config, toy_tokenizer
+    from ssrseg.toy.common import image_embedding
 
     torch.manual_seed(0)
     clip = CLIP(toy_clip_config(toy_tokenizer(), image_size=32, width=32, layers=1, heads=2,

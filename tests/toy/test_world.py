@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ssrseg.backbones.toy_shapes import toy_tokenizer
 from ssrseg.data import toy
 from ssrseg.data.toy import (
     BACKGROUNDS,
@@ -21,7 +22,7 @@ from ssrseg.data.toy import (
     weakened_config,
     write_toy_dataset,
 )
-from ssrseg.toy.common import PROMPT_TEMPLATE, toy_tokenizer
+from ssrseg.toy.common import PROMPT_TEMPLATE
 
 
 def test_same_seed_same_scene_and_different_index_differs() -> None:

@@ -156,23 +156,22 @@ def _blocks(r: _Reader, base: str, one: BlockMap) -> dict[str, Tensor]:
     return out
 
 
+def _renamed(r: _Reader, p: str, names: dict[str, str]) -> dict[str, Tensor]:
+    """``{our module: the file's module under p}`` -> our ``.weight`` and ``.bias`` tensors."""
+    return {f"{ours}.{t}": r(f"{p}{theirs}.{t}") for ours, theirs in names.items() for t in _WB}
+
+
+_WB = ("weight", "bias")
+_MLP_AND_NORMS = {n: n for n in ("norm1", "norm2", "mlp.fc1", "mlp.fc2")}
+
+
 def _openai_block(r: _Reader, base: str) -> BlockMap:
     def one(i: int) -> dict[str, Tensor]:
         p = f"{base}{i}."
-        return {
-            "norm1.weight": r(p + "ln_1.weight"),
-            "norm1.bias": r(p + "ln_1.bias"),
-            "attn.qkv.weight": r(p + "attn.in_proj_weight"),
-            "attn.qkv.bias": r(p + "attn.in_proj_bias"),
-            "attn.proj.weight": r(p + "attn.out_proj.weight"),
-            "attn.proj.bias": r(p + "attn.out_proj.bias"),
-            "norm2.weight": r(p + "ln_2.weight"),
-            "norm2.bias": r(p + "ln_2.bias"),
-            "mlp.fc1.weight": r(p + "mlp.c_fc.weight"),
-            "mlp.fc1.bias": r(p + "mlp.c_fc.bias"),
-            "mlp.fc2.weight": r(p + "mlp.c_proj.weight"),
-            "mlp.fc2.bias": r(p + "mlp.c_proj.bias"),
-        }
+        out = {f"attn.qkv.{t}": r(f"{p}attn.in_proj_{t}") for t in _WB}
+        names = {"attn.proj": "attn.out_proj", "norm1": "ln_1", "norm2": "ln_2"}
+        out.update(_renamed(r, p, {**names, "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}))
+        return out
 
     return one
 
@@ -181,54 +180,45 @@ def _hf_clip_block(r: _Reader, base: str) -> BlockMap:
     def one(i: int) -> dict[str, Tensor]:
         p = f"{base}{i}."
         a = p + "self_attn."
-        return {
-            "norm1.weight": r(p + "layer_norm1.weight"),
-            "norm1.bias": r(p + "layer_norm1.bias"),
-            "attn.qkv.weight": torch.cat([r(a + f"{x}_proj.weight") for x in "qkv"]),
-            "attn.qkv.bias": torch.cat([r(a + f"{x}_proj.bias") for x in "qkv"]),
-            "attn.proj.weight": r(a + "out_proj.weight"),
-            "attn.proj.bias": r(a + "out_proj.bias"),
-            "norm2.weight": r(p + "layer_norm2.weight"),
-            "norm2.bias": r(p + "layer_norm2.bias"),
-            "mlp.fc1.weight": r(p + "mlp.fc1.weight"),
-            "mlp.fc1.bias": r(p + "mlp.fc1.bias"),
-            "mlp.fc2.weight": r(p + "mlp.fc2.weight"),
-            "mlp.fc2.bias": r(p + "mlp.fc2.bias"),
-        }
+        out = {f"attn.qkv.{t}": torch.cat([r(f"{a}{x}_proj.{t}") for x in "qkv"]) for t in _WB}
+        names = {"attn.proj": "self_attn.out_proj", "norm1": "layer_norm1", "norm2": "layer_norm2"}
+        out.update(_renamed(r, p, {**names, "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}))
+        return out
 
     return one
 
 
 def _same_block(r: _Reader, base: str) -> BlockMap:
-    names = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    names = {**_MLP_AND_NORMS, "attn.qkv": "attn.qkv", "attn.proj": "attn.proj"}
 
     def one(i: int) -> dict[str, Tensor]:
-        return {f"{n}.{t}": r(f"{base}{i}.{n}.{t}") for n in names for t in ("weight", "bias")}
+        return _renamed(r, f"{base}{i}.", names)
 
     return one
 
 
+def _hf_attention(r: _Reader, p: str, classic: bool) -> dict[str, Tensor]:
+    """Our fused ``attn.qkv`` and ``attn.proj`` of block ``p`` of a transformers ViT / DINOv2,
+    from either attention naming (classic ``attention.attention.query`` or transformers 5's
+    ``attention.q_proj``)."""
+    if classic:
+        qkv = [f"attention.attention.{x}" for x in ("query", "key", "value")]
+        o = "attention.output.dense"
+    else:
+        qkv, o = [f"attention.{x}_proj" for x in "qkv"], "attention.o_proj"
+    out = {f"attn.qkv.{t}": torch.cat([r(f"{p}{x}.{t}") for x in qkv]) for t in _WB}
+    out.update(_renamed(r, p, {"attn.proj": o}))
+    return out
+
+
 def _hf_vit_block(r: _Reader, base: str, classic: bool) -> BlockMap:
+    mlp = ("intermediate.dense", "output.dense") if classic else ("mlp.fc1", "mlp.fc2")
+    names = {"norm1": "layernorm_before", "norm2": "layernorm_after"}
+    names.update({"mlp.fc1": mlp[0], "mlp.fc2": mlp[1]})
+
     def one(i: int) -> dict[str, Tensor]:
         p = f"{base}{i}."
-        if classic:
-            q, k, v = (p + f"attention.attention.{x}" for x in ("query", "key", "value"))
-            o, f1, f2 = p + "attention.output.dense", p + "intermediate.dense", p + "output.dense"
-        else:
-            q, k, v = (p + f"attention.{x}_proj" for x in "qkv")
-            o, f1, f2 = p + "attention.o_proj", p + "mlp.fc1", p + "mlp.fc2"
-        out = {
-            "norm1.weight": r(p + "layernorm_before.weight"),
-            "norm1.bias": r(p + "layernorm_before.bias"),
-            "norm2.weight": r(p + "layernorm_after.weight"),
-            "norm2.bias": r(p + "layernorm_after.bias"),
-            "attn.qkv.weight": torch.cat([r(x + ".weight") for x in (q, k, v)]),
-            "attn.qkv.bias": torch.cat([r(x + ".bias") for x in (q, k, v)]),
-        }
-        for ours, theirs in (("attn.proj", o), ("mlp.fc1", f1), ("mlp.fc2", f2)):
-            out[ours + ".weight"] = r(theirs + ".weight")
-            out[ours + ".bias"] = r(theirs + ".bias")
-        return out
+        return {**_hf_attention(r, p, classic), **_renamed(r, p, names)}
 
     return one
 
@@ -236,26 +226,25 @@ def _hf_vit_block(r: _Reader, base: str, classic: bool) -> BlockMap:
 def _hf_dinov2_block(r: _Reader, base: str, classic: bool) -> BlockMap:
     def one(i: int) -> dict[str, Tensor]:
         p = f"{base}{i}."
-        if classic:
-            q, k, v = (p + f"attention.attention.{x}" for x in ("query", "key", "value"))
-            o = p + "attention.output.dense"
-        else:
-            q, k, v = (p + f"attention.{x}_proj" for x in "qkv")
-            o = p + "attention.o_proj"
-        out = {
-            "attn.qkv.weight": torch.cat([r(x + ".weight") for x in (q, k, v)]),
-            "attn.qkv.bias": torch.cat([r(x + ".bias") for x in (q, k, v)]),
-            "attn.proj.weight": r(o + ".weight"),
-            "attn.proj.bias": r(o + ".bias"),
-            "ls1.gamma": r(p + "layer_scale1.lambda1"),
-            "ls2.gamma": r(p + "layer_scale2.lambda1"),
-        }
-        for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
-            out[name + ".weight"] = r(f"{p}{name}.weight")
-            out[name + ".bias"] = r(f"{p}{name}.bias")
+        out = _hf_attention(r, p, classic)
+        out.update({f"ls{n}.gamma": r(f"{p}layer_scale{n}.lambda1") for n in (1, 2)})
+        out.update(_renamed(r, p, _MLP_AND_NORMS))
         return out
 
     return one
+
+
+def _hf_vit_embeddings(r: _Reader) -> dict[str, Tensor]:
+    """Patch, class and position embeddings and the final norm of a transformers ViT / DINOv2
+    (the same names in both)."""
+    return {
+        "patch_embed.weight": r("embeddings.patch_embeddings.projection.weight"),
+        "patch_embed.bias": r("embeddings.patch_embeddings.projection.bias"),
+        "cls_token": r("embeddings.cls_token").reshape(-1),
+        "pos_embed": r("embeddings.position_embeddings").flatten(0, -2),
+        "norm.weight": r("layernorm.weight"),
+        "norm.bias": r("layernorm.bias"),
+    }
 
 
 def _layer_scales(r: _Reader, n: int) -> dict[str, Tensor]:
@@ -357,27 +346,13 @@ def convert_vit(
     elif layout == "hf_vit":
         classic = r.has("encoder.layer.0.layernorm_before.weight")
         base = "encoder.layer." if classic else "layers."
-        out = {
-            "patch_embed.weight": r("embeddings.patch_embeddings.projection.weight"),
-            "patch_embed.bias": r("embeddings.patch_embeddings.projection.bias"),
-            "cls_token": r("embeddings.cls_token").reshape(-1),
-            "pos_embed": r("embeddings.position_embeddings").flatten(0, -2),
-            "norm.weight": r("layernorm.weight"),
-            "norm.bias": r("layernorm.bias"),
-        }
+        out = _hf_vit_embeddings(r)
         out.update(_blocks(r, base, _hf_vit_block(r, base, classic)))
         clip_style = False
     elif layout == "hf_dinov2":
         base = "encoder.layer." if r.has("encoder.layer.0.norm1.weight") else "layers."
         classic = r.has(base + "0.attention.attention.query.weight")
-        out = {
-            "patch_embed.weight": r("embeddings.patch_embeddings.projection.weight"),
-            "patch_embed.bias": r("embeddings.patch_embeddings.projection.bias"),
-            "cls_token": r("embeddings.cls_token").reshape(-1),
-            "pos_embed": r("embeddings.position_embeddings").flatten(0, -2),
-            "norm.weight": r("layernorm.weight"),
-            "norm.bias": r("layernorm.bias"),
-        }
+        out = _hf_vit_embeddings(r)
         if r.has("embeddings.register_tokens"):
             out["register_tokens"] = r("embeddings.register_tokens").flatten(0, -2)
         if r.has("embeddings.mask_token"):
@@ -391,6 +366,36 @@ def convert_vit(
         )
     r.finish()
     return out, _vision_config(out, heads, clip_style, hf)
+
+
+# our CLIP names (``<tower>.<name>``; a trailing dot: a LayerNorm's weight and bias) ->
+# (OpenAI / open_clip key, transformers CLIPModel key)
+_CLIP_NAMES = {
+    "visual.patch_embed.weight": (
+        "visual.conv1.weight",
+        "vision_model.embeddings.patch_embedding.weight",
+    ),
+    "visual.cls_token": ("visual.class_embedding", "vision_model.embeddings.class_embedding"),
+    "visual.pos_embed": (
+        "visual.positional_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+    ),
+    "visual.ln_pre.": ("visual.ln_pre.", "vision_model.pre_layrnorm."),
+    "visual.norm.": ("visual.ln_post.", "vision_model.post_layernorm."),
+    "visual.proj": ("visual.proj", "visual_projection.weight"),
+    "text.token_embed.weight": (
+        "token_embedding.weight",
+        "text_model.embeddings.token_embedding.weight",
+    ),
+    "text.pos_embed": ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    "text.norm.": ("ln_final.", "text_model.final_layer_norm."),
+    "text.proj": ("text_projection", "text_projection.weight"),
+}
+# where the (vision, text) blocks start, per layout (the columns above)
+_CLIP_BLOCKS = (
+    ("visual.transformer.resblocks.", "transformer.resblocks."),
+    ("vision_model.encoder.layers.", "text_model.encoder.layers."),
+)
 
 
 def convert_clip(
@@ -408,60 +413,27 @@ def convert_clip(
     layout = detect_layout(sd)
     r = _Reader(sd, source)
     hf = hf_config or {}
-    vis: dict[str, Tensor]
-    txt: dict[str, Tensor]
-    if layout == "openai":
-        v = "visual."
-        vis = {
-            "patch_embed.weight": r(v + "conv1.weight"),
-            "cls_token": r(v + "class_embedding").reshape(-1),
-            "pos_embed": r(v + "positional_embedding"),
-            "ln_pre.weight": r(v + "ln_pre.weight"),
-            "ln_pre.bias": r(v + "ln_pre.bias"),
-            "norm.weight": r(v + "ln_post.weight"),
-            "norm.bias": r(v + "ln_post.bias"),
-            "proj": r(v + "proj"),
-        }
-        vb = v + "transformer.resblocks."
-        vis.update(_blocks(r, vb, _openai_block(r, vb)))
-        txt = {
-            "token_embed.weight": r("token_embedding.weight"),
-            "pos_embed": r("positional_embedding"),
-            "norm.weight": r("ln_final.weight"),
-            "norm.bias": r("ln_final.bias"),
-            "proj": r("text_projection"),
-        }
-        tb = "transformer.resblocks."
-        txt.update(_blocks(r, tb, _openai_block(r, tb)))
-    elif layout == "hf_clip":
-        v = "vision_model."
-        vis = {
-            "patch_embed.weight": r(v + "embeddings.patch_embedding.weight"),
-            "cls_token": r(v + "embeddings.class_embedding"),
-            "pos_embed": r(v + "embeddings.position_embedding.weight"),
-            "ln_pre.weight": r(v + "pre_layrnorm.weight"),
-            "ln_pre.bias": r(v + "pre_layrnorm.bias"),
-            "norm.weight": r(v + "post_layernorm.weight"),
-            "norm.bias": r(v + "post_layernorm.bias"),
-            "proj": r("visual_projection.weight").t(),
-        }
-        vb = v + "encoder.layers."
-        vis.update(_blocks(r, vb, _hf_clip_block(r, vb)))
-        t = "text_model."
-        txt = {
-            "token_embed.weight": r(t + "embeddings.token_embedding.weight"),
-            "pos_embed": r(t + "embeddings.position_embedding.weight"),
-            "norm.weight": r(t + "final_layer_norm.weight"),
-            "norm.bias": r(t + "final_layer_norm.bias"),
-            "proj": r("text_projection.weight").t(),
-        }
-        tb = t + "encoder.layers."
-        txt.update(_blocks(r, tb, _hf_clip_block(r, tb)))
-    else:
+    if layout not in ("openai", "hf_clip"):
         raise WeightsError(
             f"{source}: layout {layout!r} holds only an image tower; CLIP needs the text tower "
             "too (use OpenAI / open_clip / transformers CLIPModel weights)"
         )
+    column = 0 if layout == "openai" else 1
+    towers: dict[str, dict[str, Tensor]] = {"visual": {}, "text": {}}
+    for ours, keys in _CLIP_NAMES.items():
+        tower, _, name = ours.partition(".")
+        theirs = keys[column]
+        if theirs.endswith("."):  # a LayerNorm: weight and bias
+            towers[tower].update({name + t: r(theirs + t) for t in ("weight", "bias")})
+        else:
+            towers[tower][name] = r(theirs)
+    vis, txt = towers["visual"], towers["text"]
+    vis["cls_token"] = vis["cls_token"].reshape(-1)
+    if layout == "hf_clip":  # nn.Linear weights are (out, in); our projections (in, out)
+        vis["proj"], txt["proj"] = vis["proj"].t(), txt["proj"].t()
+    block = _openai_block if layout == "openai" else _hf_clip_block
+    for dst, base in zip((vis, txt), _CLIP_BLOCKS[column], strict=True):
+        dst.update(_blocks(r, base, block(r, base)))
     logit_scale = r("logit_scale").reshape(())
     r.finish()
 

@@ -18,12 +18,14 @@ official ``.pth``, transformers and timm layouts).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ssrseg.atomic import atomic_path
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig, dino_vit_s16_config
 
 __all__ = [
@@ -61,21 +63,13 @@ def dinov2_config(size: str = "s", registers: bool = False) -> ViTConfig:
     if size not in DINOV2_SIZES:
         raise ValueError(f"DINOv2 size must be one of {sorted(DINOV2_SIZES)}, got {size!r}")
     width, layers, heads = DINOV2_SIZES[size]
-    v1 = dino_vit_s16_config()
-    return ViTConfig(
+    return dataclasses.replace(
+        dino_vit_s16_config(),  # DINO v1's code path and statistics, at DINOv2's shape
         image_size=DINOV2_IMAGE_SIZE,
         patch_size=14,
         width=width,
         layers=layers,
         heads=heads,
-        mlp_ratio=4.0,
-        act="gelu",
-        ln_eps=1e-6,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=v1.mean,
-        std=v1.std,
         layer_scale=True,
         num_registers=DINOV2_REGISTERS if registers else 0,
         pos_antialias=registers,
@@ -135,8 +129,6 @@ def write_random_dinov2(
     """Write random weights in the official file layout of registry name ``name``
     (``dinov2_vits14`` ... ``dinov2_vitl14_reg``) to ``out`` (a ``torch.save`` state dict, as
     Meta's ``.pth``); ``tiny``: real layout and depth, width 64. Returns ``[out]``."""
-    from ssrseg.atomic import atomic_path
-
     if name not in DINOV2_NAMES:
         raise ValueError(f"{name!r} is not a DINOv2 name ({', '.join(DINOV2_NAMES)})")
     size, registers = DINOV2_NAMES[name]

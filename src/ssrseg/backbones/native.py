@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssrseg.atomic import atomic_path
 from ssrseg.backbones.clip import CLIPConfig, TextConfig
 from ssrseg.backbones.vit import ViTConfig
 
@@ -99,7 +100,6 @@ def save_native(
         "tokenizer": json.dumps(tokenizer.to_dict() if tokenizer is not None else None),
         "extra": json.dumps(extra or {}),
     }
-    from ssrseg.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path, suffix=".tmp") as tmp:

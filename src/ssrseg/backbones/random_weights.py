@@ -30,8 +30,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ssrseg.atomic import atomic_path
 from ssrseg.backbones.bpe import END_OF_WORD, EOT, SOT, bytes_to_unicode
-from ssrseg.backbones.native import WeightsError
+from ssrseg.backbones.clip import CLIP
+from ssrseg.backbones.dinov2 import write_random_dinov2
+from ssrseg.backbones.native import WeightsError, save_native
+from ssrseg.backbones.toy_shapes import toy_clip_config, toy_dino_config, toy_tokenizer
+from ssrseg.backbones.vit import VisionTransformer
+from ssrseg.backbones.weights import cache_dir
 
 SIZES = ("full", "tiny")
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -232,8 +238,6 @@ def find_openai_vocab(extra: Sequence[Path] = ()) -> Path | None:
     """OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` on this machine: ``extra`` paths, the weights
     cache, or the copy shipped inside an installed ``open_clip_torch`` wheel (read as a file;
     the package is not imported)."""
-    from ssrseg.backbones.weights import cache_dir
-
     for path in (*extra, cache_dir() / OPENAI_VOCAB_FILE):
         if Path(path).is_file():
             return Path(path)
@@ -268,7 +272,6 @@ def _clip_openai(out: Path, size: str, seed: int, vocab: Path | None) -> list[Pa
         # the real embedding width stays: presets size the CMPA heads by it (cmpa.in_dim)
         shape = ClipShape(width=64, text_width=64, text_layers=2)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ssrseg.atomic import atomic_path
 
     with atomic_path(out, suffix=".tmp") as tmp:
         torch.save(openai_clip_state(shape, seed), tmp)
@@ -288,7 +291,6 @@ def _clip_openai(out: Path, size: str, seed: int, vocab: Path | None) -> list[Pa
 
 def _dino_official(out: Path, size: str, seed: int, vocab: Path | None) -> list[Path]:
     shape = VitShape(width=64, layers=2) if size == "tiny" else VitShape()
-    from ssrseg.atomic import atomic_path
 
     with atomic_path(out, suffix=".tmp") as tmp:
         torch.save(dino_official_state(shape, seed), tmp)
@@ -297,11 +299,6 @@ def _dino_official(out: Path, size: str, seed: int, vocab: Path | None) -> list[
 
 def _toy(kind: str) -> Callable[[Path, str, int, Path | None], list[Path]]:
     def write(out: Path, size: str, seed: int, vocab: Path | None) -> list[Path]:
-        from ssrseg.backbones.clip import CLIP
-        from ssrseg.backbones.native import save_native
-        from ssrseg.backbones.vit import VisionTransformer
-        from ssrseg.toy.common import toy_clip_config, toy_dino_config, toy_tokenizer
-
         torch.manual_seed(seed)
         extra = {"random": True, "seed": seed}
         if kind == "clip":
@@ -318,8 +315,6 @@ def _dinov2(name: str) -> Callable[[Path, str, int, Path | None], list[Path]]:
     """DINOv2 names: the official ``.pth`` layout (``ssrseg.backbones.dinov2``)."""
 
     def write(out: Path, size: str, seed: int, vocab: Path | None) -> list[Path]:
-        from ssrseg.backbones.dinov2 import write_random_dinov2
-
         return write_random_dinov2(name, out, tiny=size == "tiny", seed=seed)
 
     return write

@@ -97,18 +97,3 @@ class WordTokenizer:
     def to_dict(self) -> dict[str, object]:
         """Serialisable description (stored with the weights)."""
         return {"kind": "word", "words": list(self.words), "context_length": self.context_length}
-
-
-def tokenizer_from_dict(data: dict[str, object]) -> Tokenizer:
-    """Rebuild a tokenizer from its ``to_dict()`` (stored in native weight files)."""
-    kind = data.get("kind")
-    if kind == "word":
-        words, ctx = data.get("words"), data.get("context_length", 16)
-        if not isinstance(words, list) or not isinstance(ctx, int):
-            raise ValueError("a word tokenizer dict needs a list 'words' and an int length")
-        return WordTokenizer(words, ctx)
-    if kind == "bpe":
-        from ssrseg.backbones.bpe import BPETokenizer  # bpe imports this module
-
-        return BPETokenizer.from_dict(data)
-    raise ValueError(f"unknown tokenizer kind {kind!r} (known: word, bpe)")

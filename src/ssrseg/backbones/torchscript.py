@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ssrseg.backbones.native import WeightsError
+from ssrseg.pickles import found_phrase
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
@@ -179,8 +180,6 @@ def read_torchscript(path: Path, trust: bool = False) -> dict[str, Tensor]:
             tree = unpickler.load()
     except (pickle.UnpicklingError, TypeError, ValueError, AttributeError) as err:
         if not trust:
-            from ssrseg.pickles import found_phrase
-
             raise WeightsError(
                 f"{path}: refused to load: the TorchScript archive holds {found_phrase(err)}, "
                 "which the tensor-only reader does not accept, and torch.jit.load would run "

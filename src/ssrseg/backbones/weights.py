@@ -33,7 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssrseg.backbones.bpe import BPETokenizer
 from ssrseg.backbones.clip import CLIP, CLIPConfig
+from ssrseg.backbones.convert import convert_clip, convert_vit
 from ssrseg.backbones.native import (
     WeightsError,
     clip_config_from_dict,
@@ -43,8 +45,10 @@ from ssrseg.backbones.native import (
     save_native,
     vit_config_from_dict,
 )
-from ssrseg.backbones.tokenizer import Tokenizer, tokenizer_from_dict
+from ssrseg.backbones.tokenizer import Tokenizer, WordTokenizer
+from ssrseg.backbones.torchscript import read_torchscript
 from ssrseg.backbones.vit import VisionTransformer, ViTConfig
+from ssrseg.pickles import refusal_message, refused_global
 
 __all__ = [
     "REGISTRY",
@@ -400,6 +404,34 @@ def resolve(spec: str) -> tuple[Path, Pretrained | None]:
     )
 
 
+def local_file(spec: str) -> Path | None:
+    """The weight file ``spec`` names on this machine, without any download: None for a hub
+    id or a registry file that is not there yet."""
+    if spec in REGISTRY:
+        path = local_path(REGISTRY[spec])
+        return path if path.is_file() else None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        try:
+            return _find_in_folder(path)
+        except WeightsError:
+            return None
+    return path if path.is_file() else None
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def content_digest(path: Path) -> str:
+    """sha256 of a weight file, remembered per (path, size, mtime) for this process (a checkpoint
+    check may hash a 600 MB CLIP more than once)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_of(path)
+    return _DIGESTS[key]
+
+
 @dataclass
 class RawWeights:
     """A file's tensors (in the file's own layout) and its safetensors metadata."""
@@ -451,16 +483,12 @@ def read_weights(path: Path, trust_torchscript: bool = False) -> RawWeights:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
         if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            from ssrseg.backbones.torchscript import read_torchscript
-
             return RawWeights(path, read_torchscript(path, trust=trust_torchscript), {})
     elif len(head) < 8:
         raise WeightsError(f"{path}: file is empty or truncated")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        from ssrseg.pickles import refusal_message, refused_global
-
         if refused_global(err) or "weights only" in str(err).lower():
             raise WeightsError(refusal_message(path, err, UNSAFE_PICKLE_WAY)) from None
         raise WeightsError(f"{path}: cannot read: a truncated or damaged pickle ({err})") from None
@@ -527,8 +555,6 @@ def load_clip_model(
         cfg = clip_config_from_dict(cfg_dict, str(path))
         state = raw.tensors
     else:
-        from ssrseg.backbones.convert import convert_clip
-
         state, cfg = convert_clip(
             raw.tensors, str(path), vision_heads, text_heads, _hf_config(path)
         )
@@ -541,8 +567,6 @@ def load_clip_model(
 def clip_tokenizer_for(raw: RawWeights, cfg: CLIPConfig) -> Tokenizer:
     """The tokenizer that goes with a CLIP file: stored in native files; for public weights the
     BPE vocabulary beside the file, then in the cache, else the OpenAI asset (downloaded)."""
-    from ssrseg.backbones.bpe import BPETokenizer
-
     tok: Tokenizer
     if is_native(raw.metadata):
         _, _, tok_dict, _ = native_info(raw.path, raw.metadata)
@@ -623,10 +647,21 @@ def load_dino(
         cfg = vit_config_from_dict(cfg_dict, str(path))
         state = raw.tensors
     else:
-        from ssrseg.backbones.convert import convert_vit
-
         state, cfg = convert_vit(raw.tensors, str(path), heads, _hf_config(path))
     model = VisionTransformer(cfg)
     load_state_strict(model, state, str(path))
     _finish(model, device)
     return model
+
+
+def tokenizer_from_dict(data: dict[str, object]) -> Tokenizer:
+    """Rebuild a tokenizer from its ``to_dict()`` (stored in native weight files)."""
+    kind = data.get("kind")
+    if kind == "word":
+        words, ctx = data.get("words"), data.get("context_length", 16)
+        if not isinstance(words, list) or not isinstance(ctx, int):
+            raise ValueError("a word tokenizer dict needs a list 'words' and an int length")
+        return WordTokenizer(words, ctx)
+    if kind == "bpe":
+        return BPETokenizer.from_dict(data)
+    raise ValueError(f"unknown tokenizer kind {kind!r} (known: word, bpe)")

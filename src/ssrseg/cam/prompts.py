@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import Tokenizer
-from ssrseg.data.classes import background_header_length
+from ssrseg.data.classes import background_header_length, normalize_class_name
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
 DEFAULT_TEMPLATE = "a clean origami {}."  # [CLIP-ES]
 
@@ -136,20 +137,23 @@ class ClassPrompts:
         return [self.template.format(w) for w in self.background]
 
     @classmethod
-    def voc(cls) -> ClassPrompts:
+    def from_table(
+        cls, table: Sequence[tuple[str, str]], background: Sequence[str]
+    ) -> ClassPrompts:
+        """From ``(class name, prompt)`` pairs and the background words."""
         return cls(
-            names=tuple(n for n, _ in VOC_PROMPTS),
-            prompts=tuple(p for _, p in VOC_PROMPTS),
-            background=VOC_BACKGROUND,
+            names=tuple(n for n, _ in table),
+            prompts=tuple(p for _, p in table),
+            background=tuple(background),
         )
 
     @classmethod
+    def voc(cls) -> ClassPrompts:
+        return cls.from_table(VOC_PROMPTS, VOC_BACKGROUND)
+
+    @classmethod
     def coco(cls) -> ClassPrompts:
-        return cls(
-            names=tuple(n for n, _ in COCO_PROMPTS),
-            prompts=tuple(p for _, p in COCO_PROMPTS),
-            background=COCO_BACKGROUND,
-        )
+        return cls.from_table(COCO_PROMPTS, COCO_BACKGROUND)
 
     @classmethod
     def from_toy_root(cls, root: str | os.PathLike[str]) -> ClassPrompts:
@@ -235,14 +239,43 @@ def prompts_from_config(
         prompts = replace(prompts, background=tuple(background_words))
     if not use_background_words:
         prompts = replace(prompts, background=())
+    elif not prompts.background:
+        where = Path(data_root or ".") / "backgrounds.txt" if dataset == "toy" else dataset
+        raise PromptError(
+            f"prompts.dataset={dataset}: no background words ({where} gives none); write them "
+            "(backgrounds.txt, one per line, or a [background] section in a class file), set "
+            "prompts.background_words=[...], or prompts.use_background_words=false"
+        )
     return replace(prompts, template=template)
+
+
+def check_prompt_classes(
+    prompts: ClassPrompts, class_names: Sequence[str], prompt_source: str, data_source: str
+) -> None:
+    """Refuse prompts whose classes are not the dataset's, by name and order (a count alone
+    would let a run label one class's pixels with another class's prompt)."""
+    mine = [normalize_class_name(n) for n in prompts.names]
+    theirs = [normalize_class_name(n) for n in class_names]
+    if mine == theirs:
+        return
+    differ = next(
+        (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+        min(len(mine), len(theirs)),
+    )
+    a = prompts.names[differ] if differ < len(mine) else "<none>"
+    b = class_names[differ] if differ < len(theirs) else "<none>"
+    raise PromptError(
+        f"prompts.dataset={prompt_source} names {len(mine)} classes but the dataset "
+        f"({data_source}) has {len(theirs)}, and class {differ + 1} is {a!r} in the prompts but "
+        f"{b!r} in the dataset; set prompts.dataset to the dataset's class list (a folder "
+        "dataset: prompts.dataset=ROOT/classes.txt)"
+    )
 
 
 def _toy_prompts(data_root: str | os.PathLike[str] | None) -> ClassPrompts:
     """The toy world's classes: the root's files when present, else the generator's constants."""
     if data_root is not None and (Path(data_root) / "classes.txt").is_file():
         return ClassPrompts.from_toy_root(data_root)
-    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
 
     return ClassPrompts(names=CLASS_NAMES, prompts=CLASS_NAMES, background=BACKGROUNDS)
 
@@ -261,7 +294,14 @@ def encode_prompts(
 ) -> tuple[Tensor, Tensor]:
     """One embedding per class from the template on the full class string (synonyms included,
     CLIP-ES), and one per background word: ``(C x E, G x E)``, L2-normalised."""
-    return (
-        encode_texts(clip, tokenizer, prompts.class_texts()),
-        encode_texts(clip, tokenizer, prompts.background_texts()),
-    )
+    try:
+        return (
+            encode_texts(clip, tokenizer, prompts.class_texts()),
+            encode_texts(clip, tokenizer, prompts.background_texts()),
+        )
+    except KeyError as exc:
+        # a tiny model's word vocabulary: one line naming the word and what to change
+        raise PromptError(
+            f"{exc.args[0] if exc.args else exc}: this CLIP (backbone.clip) cannot encode it; "
+            "change prompts.template, prompts.background_words or the class names"
+        ) from None

@@ -23,6 +23,9 @@ from ssrseg.commands.pseudo_labels import (
     setup_job,
 )
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -57,14 +60,20 @@ def cam_labels(cams: np.ndarray, classes: tuple[int, ...], cfg: Any) -> np.ndarr
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssrseg.runrecord import STAMP_KEY, output_stamp
+
     job = setup_job(args, "cams", {"kind": args.kind})
+    stamp = np.asarray(output_stamp(job.out) or "")  # marks each file as this job's
 
     def make(sample: Any, out: Any, dest: Any) -> np.ndarray:
         chosen = out.refined[0] if args.kind == "refined" else out.cams[0]
         cams = resize_maps(chosen, sample.image.shape[:2]).clamp(0, 1).cpu().numpy()
         classes = tuple(dict.fromkeys(sample.labels))
         atomic_save_npz(
-            dest, cams=cams.astype(np.float16), classes=np.asarray(classes, dtype=np.int64)
+            dest,
+            cams=cams.astype(np.float16),
+            classes=np.asarray(classes, dtype=np.int64),
+            **{STAMP_KEY: stamp},
         )
         return cam_labels(cams, classes, job.cfg)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 
 def _int_at_least(lo: int) -> Callable[[str], int]:
@@ -46,6 +50,17 @@ def _float_within(lo: float, hi: float = math.inf, lo_open: bool = True) -> Call
 
 positive_int = _int_at_least(1)
 non_negative_int = _int_at_least(0)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, 0 .. 2**32 - 1 (what NumPy's generators accept)."""
+    value = non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {value}")
+    return value
+
+
+seed_int.__name__ = "seed (integer 0 .. 2**32 - 1)"
 positive_float = _float_within(0.0)
 unit_float = _float_within(0.0, 1.0, lo_open=False)  # a number in [0, 1]
 
@@ -115,6 +130,81 @@ def plain_doc(text: str | None) -> str:
     return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
 
 
+# ----------------------------------------------------------------------------- outputs
+class OutputError(ValueError):
+    """An output location would overwrite or mix with a user's inputs (the message names both
+    and the fix). A ValueError like a bad option: one line, exit 2."""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_overlap(
+    out: str | os.PathLike[str],
+    option: str,
+    folders: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+    files: Iterable[tuple[str, str | os.PathLike[str] | None]] = (),
+    *,
+    holds_ok: bool = False,
+) -> None:
+    """Refuse, before any work, an output that is, holds or lies inside an input folder
+    (``folders``: the dataset root, an input folder, a checkpoint's run folder), or that is or
+    holds an input file (``files``: a tag file, a class file, an input image). Each entry is
+    ``(what it is, path)``; None entries are ignored. Paths are compared resolved (symlinks,
+    ``..``), so another spelling of the same folder is caught. ``holds_ok``: an output folder
+    may hold an input folder (``reproduce`` renders the toy world into ``OUT/data``)."""
+    target = Path(out).expanduser().resolve()
+    fix = f"choose an {option} outside it (e.g. runs/<name>)"
+    for what, raw in folders:
+        if raw is None or str(raw) == "":
+            continue
+        folder = Path(raw).expanduser().resolve()
+        if _inside(target, folder) or (_inside(folder, target) and not holds_ok):
+            relation = (
+                "is" if target == folder else "lies inside" if _inside(target, folder) else "holds"
+            )
+            raise OutputError(
+                f"{option} {out}: {relation} the {what} {raw}; outputs never go into "
+                f"(or around) inputs: {fix}"
+            )
+    for what, raw in files:
+        if raw is None or str(raw) == "":
+            continue
+        file = Path(raw).expanduser().resolve()
+        if _inside(file, target):
+            relation = "is" if file == target else "holds"
+            raise OutputError(f"{option} {out}: {relation} the {what} {raw}; {fix}")
+
+
+def run_folder(checkpoint: str | None) -> Path | None:
+    """The run folder of a checkpoint option (a ``ckpt_<step>`` folder's parent); None for a
+    release name or nothing."""
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    path = Path(checkpoint)
+    return path.parent if path.name.startswith("ckpt_") else path
+
+
+Named = list[tuple[str, Any]]  # (what it is, path or None)
+
+
+def input_paths(cfg: Any, args: argparse.Namespace) -> tuple[Named, Named]:
+    """What a dataset command reads, as :func:`refuse_overlap`'s ``(folders, files)``: the
+    dataset root and the checkpoint's run folder; the tag, class and prompt files."""
+    prompt_file = cfg.prompts.dataset if Path(cfg.prompts.dataset).is_file() else None
+    folders: Named = [
+        ("dataset folder (data.root)", cfg.data.root),
+        ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
+    ]
+    files: Named = [
+        ("tag file", cfg.data.tag_file),
+        ("class file", getattr(args, "classes", None) or cfg.data.classes),
+        ("prompt file", prompt_file),
+    ]
+    return folders, files
+
+
 # ----------------------------------------------------------------------------- datasets
 # ssrseg.data.DATASETS, repeated so that building the parser does not import torch
 DATASETS = ("voc", "coco", "folder", "toy")
@@ -150,6 +240,53 @@ def add_dataset_args(
         )
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")  # key.path=value (a dotted key first)
+
+
+def split_overrides(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Positional tokens -> (the others, the ``key.path=value`` overrides): a command whose
+    positionals are paths takes overrides among them, as the docs say every command does."""
+    overrides = [t for t in tokens if OVERRIDE.match(t)]
+    return [t for t in tokens if not OVERRIDE.match(t)], overrides
+
+
+def with_overrides(
+    cfg: Any, overrides: list[str], sections: tuple[str, ...] | None = None, where: str = ""
+) -> Any:
+    """``cfg`` with ``key.path=value`` overrides applied and validated; ``sections``: the only
+    top-level sections this command may change (others are refused in one line)."""
+    from ssrseg.config import ConfigError, merge_values, parse_overrides, validate_config
+
+    if not overrides:
+        return cfg
+    values = parse_overrides(overrides)
+    if sections is not None:
+        other = sorted(set(values) - set(sections))
+        if other:
+            allowed = ", ".join(f"{s}.*" for s in sections)
+            raise ConfigError(
+                f"override {other[0]}.*: {where} takes {allowed} overrides only (the rest of "
+                "the configuration comes from the checkpoint)"
+            )
+    return validate_config(merge_values(cfg, values))
+
+
+JOB_GROUP = "job (the same options in every command that reads a dataset and writes outputs)"
+
+
+def add_job_args(parser: argparse.ArgumentParser, overwrite_help: str) -> None:
+    """``--overwrite --allow-skipped --no-progress``: how a job treats finished outputs, bad
+    inputs and the terminal, the same in every command."""
+    g = parser.add_argument_group(JOB_GROUP)
+    g.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    g.add_argument(
+        "--allow-skipped",
+        action="store_true",
+        help="exit 0 even if bad images were skipped (data.allow_skipped)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def apply_dataset_args(cfg: Any, args: argparse.Namespace) -> Any:
     """``cfg`` with the dataset options applied to ``data.*`` (checked like any config).
 
@@ -161,7 +298,12 @@ def apply_dataset_args(cfg: Any, args: argparse.Namespace) -> Any:
 
     changes = {
         key: getattr(args, opt)
-        for opt, key in (("dataset", "dataset"), ("root", "root"), ("tag_file", "tag_file"))
+        for opt, key in (
+            ("dataset", "dataset"),
+            ("root", "root"),
+            ("tag_file", "tag_file"),
+            ("classes", "classes"),
+        )
         if getattr(args, opt, None) is not None
     }
     if not changes:

@@ -22,10 +22,24 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from ssrseg.commands.common import add_dataset_args as common_dataset_args
-from ssrseg.commands.common import non_negative_int, positive_float
+from ssrseg.commands.common import (
+    apply_dataset_args,
+    non_negative_int,
+    positive_float,
+    refuse_overlap,
+    require_crf,
+    resolve_device,
+    resolve_split,
+    run_folder,
+    with_overrides,
+)
+from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
 
 if TYPE_CHECKING:
     from ssrseg.data import SegDataset, SkipLog
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +67,6 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
     """Fill the dataset options left unset, from (first found) ``--config``, the checkpoint's
     config (checkpoint mode), the prediction folder's run record (its config and split), or
     the defaults. Tags are never needed to score, so ``--tag-file`` is not taken from them."""
-    from ssrseg.commands.common import apply_dataset_args, resolve_split
     from ssrseg.config import SSRConfig, config_from_dict, load_config
     from ssrseg.runrecord import read_record
 
@@ -62,7 +75,6 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
     if getattr(args, "config", None):
         cfg = load_config(args.config)
     elif checkpoint:
-        from ssrseg.commands.predict import checkpoint_folder
         from ssrseg.engine.checkpoint import read_config, resolve_checkpoint
 
         if Path(checkpoint_folder(checkpoint)).exists():
@@ -73,6 +85,7 @@ def resolve_eval_args(args: argparse.Namespace) -> None:
             cfg = config_from_dict(record["config"])
             split = record.get("options", {}).get("split")
     tag_file = args.tag_file
+    cfg = with_overrides(cfg, list(getattr(args, "overrides", None) or []))
     cfg = apply_dataset_args(cfg, args)
     args.dataset, args.root, args.tag_file = cfg.data.dataset, cfg.data.root, tag_file
     args.split = args.split or split or resolve_split(None, cfg, "val")
@@ -89,7 +102,15 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default="exclude",
         help="predicted 255 pixels: left out (default; pseudo labels) or counted as wrong",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bar"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. data.root=... or (with --checkpoint) infer.scales=[1.0]",
+    )
     add_checkpoint_args(p)
     return p
 
@@ -229,10 +250,26 @@ def eval_options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {**options, **extra}
 
 
+def refuse_eval_overlap(args: argparse.Namespace) -> None:
+    """Before any work: what evaluate writes never goes into (or around) what it reads."""
+    files = [("tag file", args.tag_file), ("class file", args.classes)]
+    folders = [
+        ("dataset folder (data.root)", args.root),
+        ("prediction folder (--pred)", args.pred),
+        ("checkpoint's run folder", run_folder(getattr(args, "checkpoint", None))),
+    ]
+    for option in ("save_pred", "export_voc_test"):
+        if getattr(args, option, None):
+            refuse_overlap(getattr(args, option), "--" + option.replace("_", "-"), folders, files)
+    if args.out:  # a metrics file: beside the predictions is fine, never in the dataset
+        refuse_overlap(args.out, "--out", folders[:1], files)
+
+
 def run(args: argparse.Namespace) -> int:
     from ssrseg.data import SkipLog
 
     resolve_eval_args(args)
+    refuse_eval_overlap(args)
     if getattr(args, "checkpoint", None):
         return run_checkpoint(args)
     if args.pred is None:
@@ -300,7 +337,6 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 def crf_modes(choice: str) -> tuple[bool, ...]:
     """CRF settings to score; 'on'/'both' raise the install hint when pydensecrf2 is missing."""
-    from ssrseg.commands.common import require_crf
     from ssrseg.engine.infer import check_crf
 
     if choice == "off":
@@ -320,9 +356,7 @@ def run_checkpoint(args: argparse.Namespace) -> int:
     """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export."""
     import dataclasses
 
-    from ssrseg.commands.common import resolve_device
-    from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
-    from ssrseg.config import config_to_dict
+    from ssrseg.config import SSRConfig, config_to_dict
     from ssrseg.data import SkipLog, build_dataset
     from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
@@ -338,6 +372,10 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         check_compatible(folder, None, dataset.num_classes if dataset else None)
     modes = crf_modes(args.crf)
     seg = load_segmenter(folder, resolve_device(args.device))
+    if args.overrides:  # infer.* / crf.* on top of the checkpoint's own
+        base = dataclasses.replace(seg.config or SSRConfig(), infer=seg.infer, crf=seg.crf_cfg)
+        changed = with_overrides(base, list(args.overrides))
+        seg.infer, seg.crf_cfg = changed.infer, changed.crf
     seg.infer = infer_overrides(args, seg.infer)
     if dataset is not None:
         if dataset.num_classes != seg.num_classes:

@@ -1,8 +1,9 @@
 """``ssrseg predict``: segment image files, folders or list files with a trained checkpoint.
 
 Writes ``OUT/<name>.png`` (palette PNG: 0 background, c + 1 class c), optionally
-``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images whose outputs exist are
-skipped (resumable); unreadable images are skipped and listed at the end.
+``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images this job already wrote (their
+mask carries the job's stamp) are skipped (resumable); unreadable images are skipped and listed
+at the end. ``--out`` may not be or hold an input, nor be, hold or lie inside an input folder.
 """
 
 from __future__ import annotations
@@ -18,9 +19,17 @@ from ssrseg.commands.common import (
     non_negative_int,
     positive_float,
     positive_int,
+    refuse_overlap,
     require_crf,
     resolve_device,
+    run_folder,
+    split_overrides,
+    with_overrides,
 )
+from ssrseg.errors import BadInputError
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2  # bad command line, checkpoint or input list
 
@@ -41,7 +50,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     description = (
         "Segment images with a trained checkpoint. Writes OUT/<name>.png (palette PNG: 0 "
         "background, c + 1 class c), optionally OUT/overlays/<name>.jpg and "
-        "OUT/panels/<name>.png. Images whose outputs exist are skipped (resumable); unreadable "
+        "OUT/panels/<name>.png. Images this job already wrote are skipped (resumable); unreadable "
         "images are skipped and listed at the end (exit 3 unless --allow-skipped)."
     )
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
@@ -50,7 +59,8 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         nargs="+",
         metavar="INPUT",
         help="image files, folders (searched recursively) or .txt list files (one image path "
-        "per line, relative to the list file's folder)",
+        "per line, relative to the list file's folder); KEY=VALUE config overrides (infer.*, "
+        "crf.*) may be given among them, e.g. infer.scales=[1.0]",
     )
     p.add_argument(
         "--checkpoint",
@@ -77,7 +87,9 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--batch-size", type=positive_int, help="images per forward (same-size images only)"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo every image, also those this job wrote"
+    )
     p.add_argument(
         "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
     )
@@ -167,9 +179,14 @@ def save_rgb(path: Path, image: np.ndarray) -> None:
 
 
 def write_outputs(
-    paths: dict[str, Path], image: np.ndarray, mask: np.ndarray, palette: np.ndarray
+    paths: dict[str, Path],
+    image: np.ndarray,
+    mask: np.ndarray,
+    palette: np.ndarray,
+    text: dict[str, str] | None = None,
 ) -> None:
-    """Mask PNG (last, so its presence means the image is done), overlay and panel."""
+    """Mask PNG (last, so its presence means the image is done; ``text``: its PNG text chunks,
+    the job stamp), overlay and panel."""
     from ssrseg.viz import save_label_png, save_panel
 
     colours = palette[mask]
@@ -181,7 +198,7 @@ def write_outputs(
             paths["panel"],
             [("image", image), ("prediction", colours), ("overlay", blend(image, colours))],
         )
-    save_label_png(paths["mask"], mask, palette)
+    save_label_png(paths["mask"], mask, palette, text)
 
 
 # ------------------------------------------------------------------------------- run
@@ -242,16 +259,28 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, SkipLog, read_image
-    from ssrseg.runrecord import check_output, prepare_output
+    from ssrseg.data.base import SkipLog, read_image
+    from ssrseg.runrecord import STAMP_KEY, check_output, job_stamp, prepare_output, written_by
 
     out = Path(args.out)
+    args.inputs, overrides = split_overrides(list(args.inputs))
+    if not args.inputs:
+        raise InputListError("no INPUT given (only KEY=VALUE overrides)")
     items = collect_inputs(args.inputs)
     if not items:
         raise InputListError(f"no images found in {' '.join(args.inputs)}")
+    # before any work: the outputs must not land among the inputs (or replace them)
+    given = [Path(raw) for raw in args.inputs]
+    folders: list[tuple[str, Path | None]] = [("input folder", p) for p in given if p.is_dir()]
+    folders.append(("checkpoint's run folder", run_folder(args.checkpoint)))
+    files = [("input list", p) for p in given if p.is_file() and p.suffix.lower() == ".txt"]
+    files += [("input image", it.path) for it in items]  # --out may not hold any of them
+    refuse_overlap(out, "--out", folders, files)
     # the record (checkpoint config with this command's inference settings) is checked
     # before the model is loaded
     saved, identity = describe_checkpoint(args.checkpoint)
+    # before any work: overrides checked (and applied) first, then the options on top
+    saved = with_overrides(saved, overrides, ("infer", "crf"), "ssrseg predict")
     cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
     if cfg.infer.crf:
         require_crf(cfg.crf)  # fail now, not after the first batch
@@ -259,11 +288,16 @@ def run(args: argparse.Namespace) -> int:
     name = "ssrseg predict"
     check_output(out, cfg, options, overwrite=args.overwrite, command=name)
     segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
-    segmenter.infer = cfg.infer
-    prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    segmenter.infer, segmenter.crf_cfg = cfg.infer, cfg.crf
+    record = prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    stamp = job_stamp(record)
+
+    def finished(paths: dict[str, Path]) -> bool:
+        # the mask, written last, carries the job's stamp: "done" is "written by this job"
+        return written_by(paths["mask"], stamp) and all(v.is_file() for v in paths.values())
 
     jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
-    todo = [(it, p) for it, p in jobs if args.overwrite or not all(v.is_file() for v in p.values())]
+    todo = [(it, p) for it, p in jobs if args.overwrite or not finished(p)]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} images already done, skipping them")
     skip_log = SkipLog()
@@ -272,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     def flush() -> None:
         masks = segmenter.predict_batch([image for image, _ in batch])
         for (image, paths), mask in zip(batch, masks, strict=True):
-            write_outputs(paths, image, mask, segmenter.palette)
+            write_outputs(paths, image, mask, segmenter.palette, {STAMP_KEY: stamp})
         batch.clear()
 
     for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset
 
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 @dataclass
 class Prepared:

@@ -13,7 +13,6 @@ superpixels (``affinity.mask=sgc``); the outputs are the same as without it (``-
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,10 +23,13 @@ import numpy as np
 
 from ssrseg.commands.common import (
     add_dataset_args,
+    add_job_args,
     apply_dataset_args,
+    input_paths,
     non_negative_int,
     plain_doc,
     positive_int,
+    refuse_overlap,
     require_crf,
     resolve_device,
     resolve_split,
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset, SkipLog
     from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 EXIT_USAGE = 2
 
@@ -65,11 +70,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", type=positive_int, help="only the first N images of the split")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
-    p.add_argument(
-        "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_job_args(p, "redo every image, also those this job finished (and a folder made with "
+                 "other settings)")  # fmt: skip
     p.add_argument(
         "--no-prefetch",
         action="store_true",
@@ -123,8 +125,8 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
 
     import torch
 
-    from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.config import ConfigError, load_config
+    from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
+    from ssrseg.config import load_config
     from ssrseg.data import build_dataset
     from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.runrecord import check_output, prepare_output
@@ -141,6 +143,7 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
             file=sys.stderr,
         )
     cfg = dataclasses.replace(cfg, cam=dataclasses.replace(cfg.cam, projected=projected))
+    refuse_overlap(args.out, "--out", *input_paths(cfg, args))
     split = resolve_split(args.split, cfg, "train")
     dataset = build_dataset(
         cfg.data.dataset, cfg.data.root, split, cfg.data.tag_file, class_names=args.classes
@@ -149,12 +152,9 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     prompts = prompts_from_config(
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
-    if prompts.num_classes != len(dataset.class_names):
-        raise ConfigError(
-            f"prompts '{p.dataset}' have {prompts.num_classes} classes but dataset "
-            f"'{cfg.data.dataset}' at {cfg.data.root} has {len(dataset.class_names)}; "
-            "set prompts.dataset to match"
-        )
+    check_prompt_classes(
+        prompts, dataset.class_names, p.dataset, f"{cfg.data.dataset} at {cfg.data.root}"
+    )
     record_options: dict[str, Any] = {
         "command": command,
         "split": split,
@@ -185,32 +185,13 @@ def load_cmpa(path: str, device: torch.device) -> Any:
     return load_cmpa_heads(path, device)
 
 
-def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int, int]:
-    """Size the labeller runs at: shrunk to ``long_side`` if larger (0: never), then each side
-    rounded up to a multiple of the patch size (CLIP-ES rounds up)."""
-    scale = 1.0
-    if long_side and max(height, width) > long_side:
-        scale = long_side / max(height, width)
-    h = max(patch, math.ceil(round(height * scale) / patch) * patch)
-    w = max(patch, math.ceil(round(width * scale) / patch) * patch)
-    return h, w
-
-
-def to_tensor(
-    image: np.ndarray, size: tuple[int, int], device: torch.device, mode: str = "pil_bicubic"
-) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``1 x 3 x h x w`` float in [0, 1], resized by ``mode``
-    (``cam.input_resize``: pil_bicubic as CLIP-ES, or torch_bilinear)."""
-    from ssrseg.data.resize import resize_to_tensor01
-
-    return resize_to_tensor01(image, size, mode, device)
-
-
 def labeler_images(job: Job, sample: Sample) -> torch.Tensor:
     """``1 x 3 x h x w`` in [0, 1]: the image resized to its work size (the labeller's input)."""
     h, w = sample.image.shape[:2]
+    from ssrseg.data.resize import resize_to_tensor01, work_size  # lazy: torch, for --help speed
+
     size = work_size(h, w, job.labeler.patch_size, job.long_side)
-    return to_tensor(sample.image, size, job.device, job.cfg.cam.input_resize)
+    return resize_to_tensor01(sample.image, size, job.cfg.cam.input_resize, job.device)
 
 
 def prepare(job: Job, sample: Sample) -> Prepared:
@@ -363,12 +344,15 @@ def run_job(
     from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
     from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.runrecord import output_stamp, written_by
 
     def destination(sample: Sample) -> Path:
         return job.out / f"{sample.image_id}{suffix}"
 
+    stamp = output_stamp(job.out)  # the job of OUT/run.json: its files are the done ones
+
     def done(sample: Sample) -> bool:
-        return destination(sample).is_file() and not args.overwrite
+        return not args.overwrite and written_by(destination(sample), stamp)
 
     def prepare_unless_done(sample: Sample) -> Prepared | None:
         return None if done(sample) else prepare(job, sample)
@@ -426,11 +410,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ssrseg.engine.crf import dense_crf
     from ssrseg.rectify.labels import scores_to_labels
+    from ssrseg.runrecord import STAMP_KEY, output_stamp
     from ssrseg.viz import save_label_png
 
     if args.crf:
         require_crf()  # before anything is loaded
     job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
+    stamp = {STAMP_KEY: output_stamp(job.out) or ""}  # marks each file as this job's
 
     def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray:
         scores = resize_maps(out.scores[0], sample.image.shape[:2])
@@ -440,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
             scores = torch.as_tensor(crf_probs)
         labels = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
         labels_np: np.ndarray = labels.cpu().numpy().astype(np.uint8)
-        save_label_png(dest, labels_np)
+        save_label_png(dest, labels_np, text=stamp)
         return labels_np
 
     return run_job(args, job, ".png", "pseudo labels vs ground truth", read_label_png, make)

@@ -18,6 +18,16 @@ import argparse
 import sys
 from typing import Any
 
+from ssrseg.commands.common import (
+    non_negative_int,
+    positive_int,
+    refuse_overlap,
+    resolve_device,
+)
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
+
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
@@ -30,7 +40,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root (sets data.root)")
     p.add_argument("--out", required=True, help="run folder (one sub-folder per stage)")
     p.add_argument(
-        "--gpus", type=int, default=1, help="training processes on this machine (torchrun)"
+        "--gpus", type=positive_int, default=1, help="training processes on this machine (torchrun)"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
@@ -51,12 +61,16 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed-images",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="images of that split to score (default: all; COCO 5000; 0: all)",
     )
-    p.add_argument("--val-images", type=int, default=None, help="evaluate the first N only")
-    p.add_argument("--panels", type=int, default=6, help="example panels in the report")
+    p.add_argument(
+        "--val-images", type=positive_int, default=None, help="evaluate the first N only"
+    )
+    p.add_argument(
+        "--panels", type=non_negative_int, default=6, help="example panels in the report"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     return p
@@ -70,13 +84,19 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ssrseg.config import ConfigError, load_config
-    from ssrseg.engine.reproduce import ReproduceError, ReproducePlan, run_reproduce
+    from ssrseg.protocol.plan import ReproduceError, ReproducePlan
+    from ssrseg.protocol.reproduce import run_reproduce
 
+    resolve_device(args.device)  # --device cuda without CUDA: one line before any stage folder
     overrides = list(args.overrides)
     if args.root:
         overrides.append(f"data.root={args.root}")
     try:
         cfg = load_config(args.config, overrides)
+        # the run folder may hold the dataset (the toy world is rendered into OUT/data) but
+        # never be it or lie inside it
+        refuse_overlap(args.out, "--out", [("dataset folder (data.root)", cfg.data.root)],
+                       holds_ok=True)  # fmt: skip
         plan = ReproducePlan(
             stages=_names(args.stages),
             redo=_names(args.redo) or (),

@@ -10,8 +10,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from ssrseg.commands.common import refuse_overlap
+
 if TYPE_CHECKING:
     from ssrseg.data.base import SkipLog
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -55,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from ssrseg.data.base import SkipLog
     from ssrseg.data.tags import write_tag_file
 
+    # the tag file never goes into the dataset (it could replace the dataset's own tags.json)
+    refuse_overlap(args.out, "--out", [("dataset folder (--root)", args.root)])
     skip_log = SkipLog()
     tags = collect_tags(args, skip_log)  # a dataset that cannot be opened: one line, exit 2
     write_tag_file(args.out, tags)

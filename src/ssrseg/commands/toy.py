@@ -21,8 +21,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssrseg.commands.common import plain_doc, positive_float, positive_int, unit_float
+from ssrseg.commands.common import (
+    plain_doc,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
 from ssrseg.toy import POOLS
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 DEFAULT_OUT_DIR = Path("runs") / "toy_backbones"
 # kind -> (what, default minutes, default batch size)
@@ -61,11 +70,12 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default="train",
-        help="train | val | debiased (held-out, no "
-        "context or pair bias) | any name (default: train)",
+        help="train | val (biased; settings are chosen on it) | debiased (held-out, no "
+        "context or pair bias) | in_distribution (held-out, drawn like train: the paper's "
+        "protocol; only scored) | any name (default: train)",
     )
     p.add_argument("--n", type=positive_int, default=1000, help="number of scenes (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="world seed (default: 0)")
     p.add_argument(
         "--image-size", type=positive_int, default=128, help="side in pixels (default: 128)"
     )
@@ -94,7 +104,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="debiased")
     p.add_argument("--n", type=positive_int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--pool",
         choices=POOLS,
@@ -115,7 +125,7 @@ def _add_train_parser(toy: Any, kind: str, what: str, minutes: float, batch: int
         f"{DEFAULT_OUT_DIR / kind}.safetensors). Never the package: install trained weights "
         "with `ssrseg toy install-weights FILE`",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument(
         "--steps",
         type=positive_int,

@@ -12,7 +12,20 @@ import argparse
 import sys
 from typing import Any
 
-from ssrseg.commands.common import add_dataset_args, plain_doc, positive_int
+from ssrseg.commands.common import (
+    add_dataset_args,
+    add_job_args,
+    apply_dataset_args,
+    input_paths,
+    plain_doc,
+    positive_int,
+    refuse_overlap,
+    resolve_device,
+    resolve_split,
+)
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 RUN_HINT = (
     "Train into another --output-dir, or continue this run with `ssrseg train --resume RUN` "
@@ -35,10 +48,33 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-steps", type=positive_int, help="stop after this step (schedule unchanged)"
     )
-    add_dataset_args(
-        p, "training split (data.train_split; folder datasets: all)", with_classes=False
+    add_dataset_args(p, "training split (data.train_split; folder datasets: all)")
+    add_job_args(
+        p,
+        "start afresh in an --output-dir made with other settings (its checkpoints, metrics and "
+        "records are deleted; nothing else in the folder is touched)",
     )
     return p
+
+
+RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl", "last")  # what a run writes, with
+# its ckpt_<step> folders and tb/
+
+
+def clear_run(run_dir: Any) -> None:
+    """Delete what ssrseg train wrote in ``run_dir`` (and the folder if that leaves it empty);
+    any other file stays."""
+    import shutil
+    from pathlib import Path
+
+    run = Path(run_dir)
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    for folder in [*run.glob("ckpt_*"), run / "tb"]:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    if run.is_dir() and not any(run.iterdir()):
+        run.rmdir()
 
 
 RESUME_SECTIONS = ("config.train.", "config.cmpa.", "config.decoder.")
@@ -57,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
     from pathlib import Path
 
-    from ssrseg.commands.common import apply_dataset_args, resolve_device, resolve_split
     from ssrseg.config import load_config
     from ssrseg.engine.checkpoint import (
+        LAST_FILE,
         CheckpointError,
         check_compatible,
         read_config,
@@ -67,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ssrseg.engine.distributed import cleanup, setup
     from ssrseg.engine.train import run_training
-    from ssrseg.runrecord import check_output, prepare_output
+    from ssrseg.runrecord import RECORD_NAME, check_output, prepare_output
 
     if args.resume and not args.config:
         if args.overrides:
@@ -95,9 +131,18 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not args.output_dir:
         resumed = Path(args.resume)
         run_dir = resumed if not resumed.name.startswith("ckpt_") else resumed.parent
+    # config.yaml and run.json record where the run really lives
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir)))
+    if args.allow_skipped:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, allow_skipped=True))
+    # the run folder is the output: never the dataset or around it, never a tag / class file
+    folders, files = input_paths(cfg, args)
+    # its own checkpoint (--resume) is no input here: only the dataset folder
+    refuse_overlap(run_dir, "--output-dir", folders[:1], files)
     # a run folder holds one configuration: refuse another before anything is built
-    options = {"command": "train"}
-    check_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
+    options: dict[str, Any] = {"command": "train"}
+    overwrite = bool(args.overwrite) and not args.resume
+    check_output(run_dir, cfg, options, overwrite=overwrite, command="ssrseg train", hint=RUN_HINT)
     device = resolve_device(args.device) if args.device else None
     if args.resume:
         ckpt = check_compatible(args.resume)
@@ -109,10 +154,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{ckpt} is at step {done} of {cfg.train.iterations}: nothing left to do")
             return 0
     ctx = setup(device)
+    fresh = not (run_dir / RECORD_NAME).is_file()
     try:
         if ctx.is_main:
+            if overwrite and not fresh:
+                clear_run(run_dir)
+                fresh = True
+            # how far this call goes and where it runs: recorded, not compared
+            options.update(max_steps=args.max_steps, device=str(ctx.device))
             prepare_output(run_dir, cfg, options, command="ssrseg train", hint=RUN_HINT)
-        step = run_training(cfg, ctx, run_dir, args.resume, args.max_steps)
+        step = run_training(
+            cfg, ctx, run_dir, args.resume, args.max_steps, progress=not args.no_progress
+        )
+    except Exception:
+        # a run that failed before its first checkpoint leaves no record behind
+        if ctx.is_main and fresh and not (run_dir / LAST_FILE).is_file():
+            clear_run(run_dir)
+        raise
     finally:
         cleanup(ctx)
     if step < 0:

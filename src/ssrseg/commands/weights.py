@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ssrseg.commands.common import positive_int
+from ssrseg.commands.common import positive_int, seed_int
+
+# lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
+# inside the functions that run a command.
 
 DESCRIPTION = """\
 Backbone weights.
@@ -80,7 +83,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         help="full: the real shapes; tiny: the same layout, blocks, vocabulary and patch size, "
         "narrow widths (seconds on a CPU)",
     )
-    rnd.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    rnd.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     rnd.add_argument("--vocab", default=None, help="OpenAI BPE vocabulary file to put beside")
     return p
 

@@ -1,7 +1,7 @@
 """Datasets (VOC, COCO, your own folder, the toy world), tags, transforms.
 
 ``build_dataset(name, root, split)`` is the one entry point; every dataset yields
-:class:`~ssrseg.data.base.Sample` items and raises :class:`~ssrseg.data.base.BadInputError`
+:class:`~ssrseg.data.base.Sample` items and raises :class:`~ssrseg.errors.BadInputError`
 for bad files, which jobs skip and report via :func:`~ssrseg.data.base.iter_valid`.
 """
 
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from ssrseg.data.base import (
-    BadInputError,
     SafeDataset,
     Sample,
     SegDataset,
@@ -22,7 +21,11 @@ from ssrseg.data.base import (
     read_image,
     read_mask,
 )
-from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES
+from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
+from ssrseg.data.coco import CocoDataset
+from ssrseg.data.folder import FolderDataset
+from ssrseg.data.voc import ToyDataset, VOCDataset
+from ssrseg.errors import BadInputError
 
 DATASETS = ("voc", "coco", "folder", "toy")
 
@@ -57,27 +60,17 @@ def build_dataset(
     (``min_size``, ``require_labels``, ``with_masks``, ...) go to the dataset class.
     Raises :class:`BadInputError` when the dataset as a whole cannot be opened.
     """
-    from ssrseg.data.classes import read_class_file
-
     names: Sequence[str] | None
     if isinstance(class_names, str):
         names = read_class_file(class_names)
     else:
         names = class_names
     if name == "voc":
-        from ssrseg.data.voc import VOCDataset
-
         return VOCDataset(root, split, tag_file, names, **kwargs)
     if name == "toy":
-        from ssrseg.data.voc import ToyDataset
-
         return ToyDataset(root, split, tag_file, names, **kwargs)
     if name == "coco":
-        from ssrseg.data.coco import CocoDataset
-
         return CocoDataset(root, split, tag_file, names, **kwargs)
     if name == "folder":
-        from ssrseg.data.folder import FolderDataset
-
         return FolderDataset(root, split, tag_file, names, **kwargs)
     raise ValueError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")

@@ -14,16 +14,16 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ssrseg.data.classes import normalize_class_name
-
-if TYPE_CHECKING:
-    from ssrseg.data.tags import Tags
+from ssrseg.data.tags import Tags, read_tag_file
+from ssrseg.errors import BadInputError
+from ssrseg.viz import palette
 
 log = logging.getLogger("ssrseg.data")
 
@@ -31,16 +31,6 @@ IGNORE_INDEX = 255
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 # Exit status of a job that skipped inputs without --allow-skipped.
 EXIT_SKIPPED = 3
-
-
-class BadInputError(Exception):
-    """A user file that cannot be used: ``path`` names the file, ``reason`` says what is wrong."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str, image_id: str | None = None):
-        self.path = str(path)
-        self.reason = reason
-        self.image_id = image_id
-        super().__init__(f"{self.path}: {reason}")
 
 
 @dataclass
@@ -64,9 +54,16 @@ class Sample:
 # Reading images and masks
 
 
-def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+def _check_file(path: str | os.PathLike[str], what: str) -> None:
+    """Missing and 0-byte files get their own words (PIL says "cannot identify image file")."""
     if not os.path.isfile(path):
         raise BadInputError(path, f"{what} file not found")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(path, f"empty file (0 bytes), not an {what}: replace or remove it")
+
+
+def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+    _check_file(path, what)
     try:
         img = Image.open(path)
         img.load()  # decode now so truncated files fail here, not later in a worker
@@ -126,13 +123,13 @@ def read_image(path: str | os.PathLike[str], notes: list[str] | None = None) -> 
         log.info("%s: %s", path, note)
         if notes is not None:
             notes.append(note)
-    return np.ascontiguousarray(arr)
+    # np.asarray over a PIL image is read-only, and torch.from_numpy warns about such arrays
+    return np.ascontiguousarray(arr) if arr.flags.writeable else np.array(arr, order="C")
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(height, width) from the file header, without decoding the pixels."""
-    if not os.path.isfile(path):
-        raise BadInputError(path, "image file not found")
+    _check_file(path, "image")
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -254,8 +251,6 @@ def open_tags(
     else ``(None, own_source)`` (the dataset's own annotations, read by the dataset). With
     ``need_own`` (labels required, no tag file) a missing ``own_source`` is bad input saying
     ``missing``."""
-    from ssrseg.data.tags import read_tag_file
-
     if tag_file is not None:
         return read_tag_file(tag_file, class_names), str(tag_file)
     if need_own and not Path(own_source).exists():
@@ -385,6 +380,10 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         return self.tag_source
 
     # shared logic -----------------------------------------------------------------------------
+    def no_tags_reason(self, image_id: str) -> str:
+        """What to say of an image that the tags leave out."""
+        return f"image {image_id!r} has no entry in the tags"
+
     def checked_id(self, index: int) -> str:
         image_id = self.ids[index]
         check_image_id(image_id, self.list_file)
@@ -397,6 +396,8 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         if names is None and not self.require_labels:
             return ()
         where = self.tag_location(image_id)
+        if names is None:
+            raise BadInputError(where, self.no_tags_reason(image_id), image_id)
         labels = resolve_labels(names, self.class_names, where, image_id)
         if not labels and self.require_labels:
             raise BadInputError(where, f"image {image_id!r} has no (foreground) tags", image_id)
@@ -408,8 +409,6 @@ class SegDataset(torch.utils.data.Dataset[Sample]):
         path = self.mask_path(image_id)
         if path is None:
             return None
-        from ssrseg.viz import palette
-
         try:
             return read_mask(path, self.num_classes, palette(self.palette_name))
         except BadInputError as exc:

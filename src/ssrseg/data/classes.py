@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ssrseg.errors import BadInputError
+
 # PASCAL VOC 2012, in the order of the official devkit (mask value = index + 1).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane",
@@ -160,8 +162,6 @@ def read_class_file(path: str) -> tuple[str, ...]:
     Leading ``__ignore__`` lines and a first background entry (``background``,
     ``_background_``) are dropped: index 0 is always background.
     """
-    from ssrseg.data.base import BadInputError
-
     try:
         with open(path, encoding="utf-8") as handle:
             lines = [line.split("#", 1)[0].strip() for line in handle]

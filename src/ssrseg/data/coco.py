@@ -25,15 +25,15 @@ import numpy as np
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    BadInputError,
-    SegDataset,
-    find_image,
     first_file,
     open_tags,
     read_id_list,
+    read_mask,
 )
 from ssrseg.data.classes import COCO_CATEGORIES, COCO_CLASSES
+from ssrseg.data.stem_files import StemFileDataset
 from ssrseg.data.tags import Tags, coco_instances_tags
+from ssrseg.errors import BadInputError
 
 
 def coco_split_folder(split: str) -> str:
@@ -60,7 +60,7 @@ def _find_layout(root: Path, folder: str) -> tuple[Path, Path, bool]:
     )
 
 
-class CocoDataset(SegDataset):
+class CocoDataset(StemFileDataset):
     """MS COCO 2014 (train 82,081 / val 40,137 images with masks).
 
     Args:
@@ -146,16 +146,6 @@ class CocoDataset(SegDataset):
             return f"COCO_{self.folder}_{int(image_id):012d}"
         return image_id
 
-    def image_path(self, image_id: str) -> Path:
-        return find_image(self.image_dir, self.file_stem(image_id))
-
-    def mask_path(self, image_id: str) -> Path | None:
-        return self.mask_in(self.mask_dir / f"{self.file_stem(image_id)}.png")
-
-    @property
-    def has_masks(self) -> bool:
-        return self.with_masks if self.with_masks is not None else self.mask_dir.is_dir()
-
     def raw_tags(self, image_id: str) -> list[str] | None:
         if self._tags is None:
             if not self._instances.is_file():
@@ -167,7 +157,6 @@ class CocoDataset(SegDataset):
     def load_mask(self, index: int) -> np.ndarray | None:
         if not self.mask_category_ids:
             return super().load_mask(index)
-        from ssrseg.data.base import read_mask
 
         image_id = self.checked_id(index)
         path = self.mask_path(image_id)

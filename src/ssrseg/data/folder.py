@@ -18,18 +18,17 @@ from pathlib import Path
 
 from ssrseg.data.base import (
     IMAGE_EXTENSIONS,
-    BadInputError,
-    SegDataset,
-    find_image,
     first_file,
     open_tags,
     read_id_list,
 )
 from ssrseg.data.classes import read_class_file
+from ssrseg.data.stem_files import StemFileDataset
 from ssrseg.data.tags import Tags
+from ssrseg.errors import BadInputError
 
 
-class FolderDataset(SegDataset):
+class FolderDataset(StemFileDataset):
     """Images in a folder with a tag file (see module docstring)."""
 
     name = "folder"
@@ -92,16 +91,6 @@ class FolderDataset(SegDataset):
         )
         self.mask_dir = base / "masks"
         self.with_masks = with_masks
-
-    def image_path(self, image_id: str) -> Path:
-        return find_image(self.image_dir, image_id)
-
-    def mask_path(self, image_id: str) -> Path | None:
-        return self.mask_in(self.mask_dir / f"{image_id}.png")
-
-    @property
-    def has_masks(self) -> bool:
-        return self.with_masks if self.with_masks is not None else self.mask_dir.is_dir()
 
     def raw_tags(self, image_id: str) -> list[str] | None:
         return self._tags.get(image_id)

@@ -7,6 +7,8 @@ used to convert first and resize the float tensor bilinearly. ``cam.input_resize
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,3 +52,14 @@ def resize_to_tensor01(
     if tuple(x.shape[-2:]) != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
     return x
+
+
+def work_size(height: int, width: int, patch: int, long_side: int) -> tuple[int, int]:
+    """Size the labeller runs at: shrunk to ``long_side`` if larger (0: never), then each side
+    rounded up to a multiple of the patch size (CLIP-ES rounds up)."""
+    scale = 1.0
+    if long_side and max(height, width) > long_side:
+        scale = long_side / max(height, width)
+    h = max(patch, math.ceil(round(height * scale) / patch) * patch)
+    w = max(patch, math.ceil(round(width * scale) / patch) * patch)
+    return h, w

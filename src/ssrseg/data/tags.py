@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ssrseg.config import atomic_write_text
-from ssrseg.data.base import BadInputError
 from ssrseg.data.classes import COCO_CATEGORY_TO_INDEX, COCO_CLASSES
+from ssrseg.errors import BadInputError
 
 Tags = dict[str, list[str]]
 
@@ -51,10 +51,31 @@ def read_tag_file(path: str | os.PathLike[str], class_names: Sequence[str] | Non
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(path, f"cannot read tag file ({exc})") from None
     if suffix == ".json":
-        return _parse_json_tags(text, path)
-    if suffix in (".csv", ".txt", ".tsv"):
-        return _parse_csv_tags(text, path)
-    raise BadInputError(path, f"unknown tag file type {suffix!r} (use .json, .csv or .npy)")
+        tags = _parse_json_tags(text, path)
+    elif suffix in (".csv", ".txt", ".tsv"):
+        tags = _parse_csv_tags(text, path)
+    else:
+        raise BadInputError(path, f"unknown tag file type {suffix!r} (use .json, .csv or .npy)")
+    return _check_not_empty(tags, path)
+
+
+TAG_FORMATS = (
+    'JSON {"image_id": ["class", ...]} or CSV lines "image_id,class;class" '
+    "(`ssrseg tags` writes either)"
+)
+
+
+def _check_not_empty(tags: Tags, path: Path) -> Tags:
+    """A file read into no tags at all would skip (or mislabel) every image: refuse it."""
+    if not tags:
+        raise BadInputError(path, f"holds no tags; a tag file is {TAG_FORMATS}")
+    if not any(tags.values()):
+        raise BadInputError(
+            path,
+            f"no entry of its {len(tags)} names a class (first: {next(iter(tags))!r}); a tag "
+            f"file is {TAG_FORMATS}",
+        )
+    return tags
 
 
 def _split_names(cell: str) -> list[str]:

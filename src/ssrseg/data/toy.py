@@ -16,7 +16,10 @@ Biases (the failures SSR addresses; strengths in :class:`WorldConfig`, measured 
 - look-alike: car and bus share the body-with-wheels shape and swap their typical colours.
 
 The held-out ``debiased`` split turns the context and pair biases off (uniform backgrounds,
-independent classes), so a model that learned "water" instead of "boat" is exposed.
+independent classes), so a model that learned "water" instead of "boat" is exposed. The
+``in_distribution`` split (:data:`IN_DISTRIBUTION_SPLIT`) is the opposite test: the training
+world's generator and biases on a stream of its own, only ever scored (the paper's protocol:
+VOC / COCO val come from the training distribution).
 
 Masks have hard (non anti-aliased) edges, so every pixel's label is exact and no 255 is needed.
 """
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ssrseg.config import atomic_write_text
 
 CLASS_NAMES: tuple[str, ...] = (
     "boat",
@@ -96,7 +101,19 @@ CLASS_COLOURS: dict[str, tuple[str, ...]] = {
 CAPTION_PREFIXES: tuple[str, ...] = ("a photo of", "a picture of", "an image of")
 EXTRA_WORDS: tuple[str, ...] = ("a", "an", "photo", "picture", "image", "of", "and", "on", "the")
 
-SPLIT_CODES: dict[str, int] = {"train": 0, "val": 1, "debiased": 2, "test": 3}
+# The in-distribution val split: drawn like ``train`` (same generator, same biases) from its
+# own stream, so adding it changes no image of another split. Only scored, never trained on nor
+# used to choose a setting (``val`` is the biased split settings are chosen on), so it plays
+# the role of VOC / COCO val in the paper's protocol.
+IN_DISTRIBUTION_SPLIT = "in_distribution"
+# Stream codes of the named splits; any other name hashes to a code >= 10.
+SPLIT_CODES: dict[str, int] = {
+    "train": 0,
+    "val": 1,
+    "debiased": 2,
+    "test": 3,
+    IN_DISTRIBUTION_SPLIT: 4,
+}
 
 
 @dataclass(frozen=True)
@@ -606,8 +623,6 @@ def _save_png_atomic(img: Image.Image, path: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: object) -> None:
-    from ssrseg.config import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=0, sort_keys=True) + "\n")
 
 
@@ -664,7 +679,6 @@ def write_toy_dataset(
         tags[image_id] = s.tags
         captions[image_id] = s.caption
         ids.append(image_id)
-    from ssrseg.config import atomic_write_text
 
     atomic_write_text(list_dir / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     atomic_write_text(root / "classes.txt", "".join(f"{c}\n" for c in CLASS_NAMES))

@@ -19,9 +19,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssrseg.data.base import BadInputError, SegDataset, find_image, open_tags, read_id_list
-from ssrseg.data.classes import VOC_CLASSES
+from ssrseg.data.base import SegDataset, find_image, open_tags, read_id_list
+from ssrseg.data.classes import VOC_CLASSES, read_class_file
 from ssrseg.data.tags import Tags, voc_xml_tags
+from ssrseg.errors import BadInputError
 
 SPLITS_WITHOUT_MASKS = ("test",)
 
@@ -139,6 +140,14 @@ class VOCDataset(SegDataset):
             return self.tag_source
         return str(self.root / "Annotations" / f"{image_id}.xml")
 
+    def no_tags_reason(self, image_id: str) -> str:
+        if self._tags is not None:
+            return super().no_tags_reason(image_id)
+        return (
+            "annotation XML not found (VOC's image-level tags come from Annotations/<id>.xml; "
+            "restore the file or pass --tag-file)"
+        )
+
     def raw_tags(self, image_id: str) -> list[str] | None:
         if self._tags is not None:
             return self._tags.get(image_id)
@@ -161,8 +170,6 @@ class ToyDataset(VOCDataset):
         class_names: Sequence[str] | None = None,
         **kwargs: object,
     ) -> None:
-        from ssrseg.data.classes import read_class_file
-
         base = Path(root)
         if class_names is None:
             class_names = read_class_file(str(base / "classes.txt"))

@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ssrseg.atomic import atomic_dir, atomic_write_text
+from ssrseg.backbones.weights import content_digest, local_file
 from ssrseg.config import SSRConfig, config_from_dict, config_to_dict
+from ssrseg.pickles import refusal_message
+from ssrseg.pseudo.labeler import build_ssr_model
+from ssrseg.rectify.cmpa import CMPA
 
 MODEL_FILE = "model.safetensors"
 OPTIM_FILE = "optimizer.pt"
@@ -96,11 +101,11 @@ def save_checkpoint(
         # a temporary folder renamed into place, with the permissions of a plain mkdir
         with atomic_dir(final) as tmp:
             writing = final / MODEL_FILE
-            save_file(
+            blob = save(
                 {k: v.detach().contiguous().cpu() for k, v in weights.items()},
-                str(tmp / MODEL_FILE),
                 metadata={"format": "ssrseg-trainable", "step": str(step)},
             )
+            (tmp / MODEL_FILE).write_bytes(canonical_safetensors(blob))
             writing = final / OPTIM_FILE
             torch.save(optimizer_state, tmp / OPTIM_FILE)
             writing = final / STATE_FILE
@@ -129,6 +134,19 @@ def save_checkpoint(
     return final
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted (safetensors writes them in
+    hash-map order, so two saves of equal tensors differ in bytes); tensor data is untouched.
+
+    Layout: 8-byte little-endian header length, the JSON header (space-padded to 8 bytes), data.
+    """
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + length :]
+
+
 def _one_line(exc: BaseException) -> str:
     """An exception's message on one line (torch's enforce messages span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -151,7 +169,15 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
         return p
     last = p / LAST_FILE
     if last.is_file():
-        target = p / last.read_text().strip()
+        name = last.read_text(errors="replace").strip()
+        suffix = name[len("ckpt_") :]
+        if not (name.startswith("ckpt_") and suffix.isdigit()):
+            # only a checkpoint folder of this run: the file could name any path
+            raise CheckpointError(
+                f"{last}: names {name[:60]!r}, not a ckpt_<step> folder of this run; write the "
+                "newest ckpt_<step> folder's name into it"
+            )
+        target = p / name
         if not (target / STATE_FILE).is_file():
             raise CheckpointError(f"{last}: points to {target}, which is not a checkpoint")
         return target
@@ -161,12 +187,80 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def read_state(ckpt: Path) -> TrainState:
+    """``state.json`` with every field checked (type and range), so a damaged or hand-edited
+    file is one line naming the field, never a traceback later in a resume."""
     path = ckpt / STATE_FILE
     try:
         data = json.loads(path.read_text())
-        return TrainState(**data)
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: unreadable or truncated state file ({exc})") from None
+    problem = state_problem(data)
+    if problem:
+        raise CheckpointError(
+            f"{path}: {problem}; the file was damaged or edited: resume from another checkpoint "
+            "of the run (or retrain)"
+        )
+    return TrainState(**data)
+
+
+RNG_KEYS = ("python", "numpy", "torch")
+
+
+def state_problem(data: Any) -> str | None:
+    """What is wrong with a parsed ``state.json`` (None when nothing is)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    fields = {"step", "config", "num_classes", "rng", "extra"}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        return f"unknown field(s) {unknown}"
+    missing = sorted({"step", "config", "num_classes"} - set(data))
+    if missing:
+        return f"missing field(s) {missing}"
+    checks: list[tuple[str, bool, str]] = [
+        ("step", _is_int(data["step"]) and data["step"] >= 0, "an integer >= 0"),
+        ("config", isinstance(data["config"], dict), "an object (the resolved config)"),
+        (
+            "num_classes",
+            _is_int(data["num_classes"]) and data["num_classes"] >= 2,
+            "an integer >= 2",
+        ),
+        ("rng", isinstance(data.get("rng", []), list), "a list (one entry per rank)"),
+        ("extra", isinstance(data.get("extra", {}), dict), "an object"),
+    ]
+    for name, ok, want in checks:
+        if not ok:
+            return f"field {name!r} must be {want}, got {data[name]!r:.60}"
+    for rank, entry in enumerate(data.get("rng", [])):
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), list) for k in RNG_KEYS):
+            return f"rng[{rank}] must hold the lists {list(RNG_KEYS)}"
+    extra = data.get("extra", {})
+    for rank, entry in (
+        enumerate(extra.get("log", [])) if isinstance(extra.get("log"), list) else []
+    ):
+        sums = entry.get("sums") if isinstance(entry, dict) else None
+        if not (
+            isinstance(sums, dict)
+            and all(isinstance(v, int | float) for v in sums.values())
+            and _is_int(entry.get("count"))
+            and entry["count"] >= 0
+        ):
+            return f"extra.log[{rank}] must be {{'sums': {{name: number}}, 'count': int >= 0}}"
+    if "log" in extra and not isinstance(extra["log"], list):
+        return "extra.log must be a list (one entry per rank)"
+    backbones = extra.get("backbones", {})
+    if not isinstance(backbones, dict) or any(
+        not isinstance(v, dict)
+        or not isinstance(v.get("spec"), str)
+        or not (v.get("sha256") is None or isinstance(v.get("sha256"), str))
+        for v in backbones.values()
+    ):
+        return "extra.backbones must map a backbone to {'spec': str, 'sha256': str | null}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_weights(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -182,8 +276,6 @@ def read_optimizer(ckpt: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        from ssrseg.pickles import refusal_message
-
         raise CheckpointError(
             refusal_message(
                 path,
@@ -216,12 +308,43 @@ def checkpoint_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": str(ckpt.resolve()), "step": read_state(ckpt).step}
 
 
-def _same_backbone(a: str, b: str) -> bool:
-    """Registry names compare as text; two paths to one file are the same backbone."""
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+BACKBONES = ("clip", "dino")
+
+
+def backbone_identity(cfg: SSRConfig) -> dict[str, dict[str, str | None]]:
+    """What identifies each frozen backbone a run uses: its spec and the sha256 of its weight
+    file (None where the file is not on this machine, e.g. a hub id not yet downloaded)."""
+    out: dict[str, dict[str, str | None]] = {}
+    for name in BACKBONES:
+        spec = getattr(cfg.backbone, name)
+        path = local_file(spec)
+        out[name] = {"spec": spec, "sha256": content_digest(path) if path else None}
+    return out
+
+
+def _backbone_problem(name: str, saved_spec: str, saved_hash: str | None, spec: str) -> str | None:
+    """Why the job's ``backbone.<name>=spec`` is not the backbone a checkpoint was trained on, or
+    None when it is: the files' contents decide (the checkpoint's recorded hash, else the file
+    its spec names here); names decide only where no file is at hand."""
+    path = local_file(spec)
+    digest = content_digest(path) if path else None
+    if saved_hash is None:
+        saved_path = local_file(saved_spec)
+        saved_hash = content_digest(saved_path) if saved_path else None
+    if digest is not None and saved_hash is not None:
+        if digest == saved_hash:
+            return None
+        return (
+            f"backbone.{name} differs: it was trained on {saved_spec!r} (sha256 "
+            f"{saved_hash[:12]}) but this job's backbone.{name}={spec!r} is {path} (sha256 "
+            f"{digest[:12]})"
+        )
+    if saved_spec == spec:
+        return None
+    return (
+        f"backbone.{name} differs: it was trained on {saved_spec!r} but this job uses "
+        f"backbone.{name}={spec!r}"
+    )
 
 
 def check_compatible(
@@ -242,11 +365,15 @@ def check_compatible(
     state = read_state(ckpt)
     saved = read_config(ckpt, state)
     problems = []
-    if cfg is not None and not _same_backbone(saved.backbone.clip, cfg.backbone.clip):
-        problems.append(
-            f"it was trained on CLIP {saved.backbone.clip!r} but this job uses "
-            f"backbone.clip={cfg.backbone.clip!r}"
+    if cfg is not None:
+        recorded = state.extra.get("backbones") or {}
+        # the CLIP decides (the heads read its features); a swapped DINO only refines labels
+        clip = recorded.get("clip") or {}
+        problem = _backbone_problem(
+            "clip", saved.backbone.clip, clip.get("sha256"), cfg.backbone.clip
         )
+        if problem:
+            problems.append(problem)
     if num_classes is not None and state.num_classes != num_classes:
         problems.append(
             f"it has {state.num_classes} classes (background included) but the dataset has "
@@ -263,8 +390,6 @@ def load_cmpa_heads(
     path: str | os.PathLike[str], device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
     """The CMPA heads of a checkpoint alone (no backbones are loaded), eval mode."""
-    from ssrseg.rectify.cmpa import CMPA
-
     ckpt = check_compatible(path, need_cmpa=True)
     state = read_state(ckpt)
     cfg = read_config(ckpt, state)
@@ -286,8 +411,6 @@ def load_model(
 
     path: a checkpoint folder or a run folder (its ``last`` checkpoint).
     """
-    from ssrseg.model.ssr import build_ssr_model
-
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
     cfg = read_config(ckpt, state)

@@ -16,6 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ssrseg.atomic import atomic_path
+from ssrseg.data.base import read_image
+from ssrseg.errors import BadInputError
+from ssrseg.viz import save_label_png
+
 VOC_TEST_SUBDIR = Path("results") / "VOC2012" / "Segmentation" / "comp6_test_cls"
 VOC_NUM_CLASSES = 21  # background + 20 classes
 
@@ -64,9 +69,6 @@ def export_voc_test(
     """
     from tqdm import tqdm
 
-    from ssrseg.data.base import BadInputError, read_image
-    from ssrseg.viz import save_label_png
-
     if segmenter.num_classes != VOC_NUM_CLASSES:
         raise ValueError(
             f"the VOC test export needs a 21-class model, this one has {segmenter.num_classes}"
@@ -100,7 +102,6 @@ def archive_voc_results(out_root: str | os.PathLike[str]) -> Path:
     if not (root / "results").is_dir():
         raise FileNotFoundError(f"{root / 'results'}: nothing to archive")
     target = root / "results.tar.gz"
-    from ssrseg.atomic import atomic_path
 
     with atomic_path(target, suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
         tar.add(root / "results", arcname="results")

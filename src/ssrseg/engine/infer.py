@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssrseg.backbones.vit import VisionTransformer
 from ssrseg.config import CRFConfig, InferConfig, SSRConfig
+from ssrseg.data.base import SkipLog, iter_valid, read_image
+from ssrseg.engine.checkpoint import load_model
+from ssrseg.engine.crf import dense_crf
+from ssrseg.metrics import ConfusionMatrix
+from ssrseg.viz import palette, save_label_png
 
 LogitsFn = Callable[[Tensor], Tensor]
 PAD_MODES = ("replicate", "zeros")
@@ -146,8 +152,6 @@ def as_uint8_image(image: Any) -> np.ndarray:
     """Any accepted image (``H x W x 3`` uint8 array, ``H x W`` grayscale, PIL image, or a path)
     -> ``H x W x 3`` uint8 RGB array. Raises ``ValueError`` naming the problem."""
     if isinstance(image, str | os.PathLike):
-        from ssrseg.data.base import read_image
-
         return read_image(str(image))
     if not isinstance(image, np.ndarray):
         from PIL import Image
@@ -219,7 +223,6 @@ def _patch_size_of(model: nn.Module) -> int:
     stated = getattr(model, "patch_size", None)
     if isinstance(stated, int) and stated > 0:
         return stated
-    from ssrseg.backbones.vit import VisionTransformer
 
     sizes = {m.cfg.patch_size for m in model.modules() if isinstance(m, VisionTransformer)}
     if not sizes:
@@ -284,8 +287,6 @@ class Segmenter:
 
         ``infer`` / ``crf`` override the checkpoint's own inference and CRF settings.
         """
-        from ssrseg.engine.checkpoint import load_model
-
         model, cfg = load_model(str(path), device=device)
         model.eval()
         patch = _patch_size_of(model)
@@ -328,8 +329,6 @@ class Segmenter:
     def palette(self) -> np.ndarray:
         """``256 x 3`` uint8 colours of the label indices (the VOC palette by default)."""
         if self._palette is None:
-            from ssrseg.viz import palette
-
             self._palette = np.asarray(palette("voc"), dtype=np.uint8).reshape(-1, 3)
         return self._palette
 
@@ -443,8 +442,6 @@ class Segmenter:
 def run_crf(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray:
     """Dense CRF on one image: ``H x W x 3`` uint8 and ``K x H x W`` probabilities ->
     refined ``K x H x W`` float32 probabilities (see :func:`ssrseg.engine.crf.dense_crf`)."""
-    from ssrseg.engine.crf import dense_crf
-
     refined = dense_crf(image, probs, cfg)
     if isinstance(refined, Tensor):
         refined = refined.detach().cpu().numpy()
@@ -484,9 +481,6 @@ def evaluate_dataset(
         for the CRF mode when both are scored).
     Returns ``{crf_mode: ConfusionMatrix}`` accumulated over the whole split.
     """
-    from ssrseg.data.base import SkipLog, iter_valid
-    from ssrseg.metrics import ConfusionMatrix
-
     if not crf_modes:
         raise ValueError("at least one CRF mode (False and/or True) is needed")
     if True in crf_modes:
@@ -503,8 +497,6 @@ def evaluate_dataset(
             mask = scores.argmax(axis=0).astype(np.uint8)
             matrices[mode].update(mask, sample.mask)
             if pred_dir is not None:
-                from ssrseg.viz import save_label_png
-
                 sub = "crf" if mode and len(crf_modes) > 1 else ""
                 save_label_png(
                     Path(pred_dir) / sub / f"{sample.image_id}.png", mask, segmenter.palette

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -31,7 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
+from ssrseg.data import build_dataset
+from ssrseg.data.base import Skipped
+from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
+from ssrseg.data.transforms import TrainTransform, collate_train
 from ssrseg.engine import checkpoint as ckpt
 from ssrseg.engine.distributed import (
     DistContext,
@@ -40,9 +46,13 @@ from ssrseg.engine.distributed import (
     barrier,
 )
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix
 from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
+from ssrseg.pseudo.labeler import build_ssr_model
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
+from ssrseg.rectify.sgc import slic_superpixels
 
 LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym", "proto_bg")
 
@@ -68,9 +78,6 @@ class TrainItems(Dataset[Any]):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        from ssrseg.data.base import BadInputError, Skipped
-        from ssrseg.data.transforms import TrainTransform
-
         index, seed = item
         try:
             sample = self.dataset[index]
@@ -78,8 +85,6 @@ class TrainItems(Dataset[Any]):
             return Skipped(exc.image_id or self.dataset.ids[index], str(exc))
         sp = None
         if self.with_superpixels:
-            from ssrseg.rectify.sgc import slic_superpixels
-
             sgc = self.cfg.sgc
             sp = slic_superpixels(sample.image, sgc.n_segments, sgc.compactness).numpy()
         d = self.cfg.data
@@ -94,8 +99,6 @@ class TrainItems(Dataset[Any]):
 
 
 def _collate(samples: Sequence[Any]) -> dict[str, Any]:
-    from ssrseg.data.transforms import collate_train
-
     return collate_train(samples)
 
 
@@ -148,6 +151,27 @@ def param_groups(model: SSRModel, cfg: SSRConfig) -> list[dict[str, Any]]:
     return groups
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, cpus: int) -> int:
+    """``data.num_workers`` capped at the machine's cores: more workers than cores only add
+    processes that wait (a preset's 4 on a 2-core machine gives 2). Data order and
+    augmentation do not depend on the worker count (seeds come from the sampler)."""
+    return max(0, min(requested, cpus))
+
+
+def _schedule(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict's ``train`` section less where the run lives (a moved run resumes)."""
+    train = dict(config.get("train") or {})
+    train.pop("output_dir", None)
+    return train
+
+
 def fit_to_patch(images01: Tensor, patch: int) -> Tensor:
     """Resize ``B x 3 x H x W`` (bilinear) to the nearest multiple of the patch size per side."""
     h, w = images01.shape[-2:]
@@ -157,6 +181,31 @@ def fit_to_patch(images01: Tensor, patch: int) -> Tensor:
     return F.interpolate(images01, size=(nh, nw), mode="bilinear", align_corners=False)
 
 
+PARTIAL = "partial"  # marks a metrics line written only because a run stopped early
+
+
+def resumed_lines(text: str, resume_step: int) -> list[str]:
+    """The lines of ``metrics.jsonl`` a run resumed at ``resume_step`` keeps: those up to that
+    step, less the ``partial`` ones (means over a window that the resumed run completes and
+    logs again, so the file ends equal to an uninterrupted run's)."""
+    kept = []
+    lines = [line for line in text.splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                continue  # cut short by a kill while it was written: it is redone
+            raise ConfigError(
+                f"metrics.jsonl line {number} is not JSON: repair or delete the line"
+            ) from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"metrics.jsonl line {number} is not a JSON object")
+        if record.get("step", 0) <= resume_step and not record.get(PARTIAL):
+            kept.append(line)
+    return kept
+
+
 class MetricsLog:
     """``metrics.jsonl`` (one JSON object per line) plus optional TensorBoard scalars."""
 
@@ -164,11 +213,7 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # drop lines written after the checkpoint we resume from: they will be redone
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = resumed_lines(self.path.read_text(), resume_step)
             ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         self.writer: Any = None
         if tensorboard:
@@ -256,6 +301,12 @@ class Trainer:
             )
         self.step = 0
         self.skipped: list[tuple[str, str]] = []
+        # loss sums since the last metrics line: checkpointed, so a run resumed between two
+        # log steps writes the same means as an uninterrupted one
+        self.log_sums: dict[str, float] = {}
+        self.log_count = 0
+        # what identifies the frozen weights (content hashes), recorded in every checkpoint
+        self.backbones = ckpt.backbone_identity(cfg) if self.ctx.is_main else {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _half_backbones(self) -> None:
@@ -291,7 +342,7 @@ class Trainer:
         loader = DataLoader(
             TrainItems(self.train_set, self.cfg, with_sp),
             batch_sampler=sampler,
-            num_workers=d.num_workers,
+            num_workers=loader_workers(d.num_workers, available_cpus()),
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
             # own generator: creating the iterator must not draw from the global torch RNG
@@ -303,6 +354,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path | None:
         rngs = all_gather_objects(ckpt.rng_state(), self.ctx)
+        logs = all_gather_objects({"sums": self.log_sums, "count": self.log_count}, self.ctx)
         if not self.ctx.is_main:
             return None
         opt_state: dict[str, Any] = {"optimizer": self.optimizer.state_dict()}
@@ -311,6 +363,8 @@ class Trainer:
         if self.acc is not None:
             opt_state["proto_acc"] = self.acc.state_dict()
         state = ckpt.state_from(self.step, self.cfg, self.num_classes, rngs)
+        state.extra["log"] = logs
+        state.extra["backbones"] = self.backbones
         return ckpt.save_checkpoint(
             self.run_dir,
             self.step,
@@ -326,7 +380,7 @@ class Trainer:
         state = ckpt.read_state(folder)
         saved = state.config
         now = config_to_dict(self.cfg)
-        if saved.get("train") != now.get("train") or saved.get("cmpa") != now.get("cmpa"):
+        if _schedule(saved) != _schedule(now) or saved.get("cmpa") != now.get("cmpa"):
             raise ckpt.CheckpointError(
                 f"{folder / ckpt.STATE_FILE}: its train/cmpa config differs from this run's; "
                 "resume with the checkpoint's config (ssrseg train --resume RUN without "
@@ -344,6 +398,10 @@ class Trainer:
             self.acc.load_state_dict(opt_state["proto_acc"])
         if len(state.rng) > self.ctx.rank:
             ckpt.set_rng_state(state.rng[self.ctx.rank])
+        logs = state.extra.get("log") or []
+        if len(logs) > self.ctx.rank:
+            self.log_sums = {k: float(v) for k, v in logs[self.ctx.rank]["sums"].items()}
+            self.log_count = int(logs[self.ctx.rank]["count"])
         self.step = state.step
 
     # -- one step ------------------------------------------------------------------------------
@@ -453,9 +511,6 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Segmentation mIoU on the val split and pseudo-label mIoU on train images with masks
         (each at most ``train.val_images`` images; single scale, no CRF)."""
-        from ssrseg.data.base import BadInputError
-        from ssrseg.metrics import ConfusionMatrix
-
         model, limit = self.model, self.cfg.train.val_images
         was_training = model.training
         model.eval()
@@ -526,9 +581,9 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=t.iterations, initial=self.step, desc="train", dynamic_ncols=True)
-        sums: dict[str, float] = {}
-        count, images_seen, t0 = 0, 0, time.perf_counter()
+            # the bar counts to where this call stops (--max-steps 2 shows 2 steps)
+            bar = tqdm(total=end, initial=self.step, desc="train", dynamic_ncols=True)
+        images_seen, t0 = 0, time.perf_counter()
         for batch in self._loader(self.step, end):
             self.skipped += batch.get("skipped", [])
             if batch["images"] is None:
@@ -536,26 +591,33 @@ class Trainer:
                 continue
             values = self.train_step(batch)
             for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
+                self.log_sums[k] = self.log_sums.get(k, 0.0) + v
+            self.log_count += 1
             images_seen += batch["images"].shape[0] * self.ctx.world_size
             if bar is not None:
                 bar.update(1)
                 rate = images_seen / max(1e-9, time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.1f}")
             at_end = self.step >= end
+            # a line written only because this call stops early is marked partial: a resumed
+            # run drops it and writes the full window's line instead
+            early = {PARTIAL: True} if at_end and self.step < t.iterations else {}
             if self.step % t.log_every == 0 or at_end:
-                record = self._reduce_means(sums, count)
+                record = self._reduce_means(self.log_sums, self.log_count)
                 elapsed = time.perf_counter() - t0
                 record.update(step=self.step, img_per_s=images_seen / max(1e-9, elapsed))
+                on_schedule = self.step % t.log_every == 0
                 if log is not None:
-                    log.write(record)
-                sums, count, images_seen, t0 = {}, 0, 0, time.perf_counter()
+                    log.write({**record, **({} if on_schedule else early)})
+                if on_schedule or not early:
+                    self.log_sums, self.log_count = {}, 0
+                images_seen, t0 = 0, time.perf_counter()
             if t.val_every > 0 and (self.step % t.val_every == 0 or at_end):
                 if self.ctx.is_main:
                     scores = self.validate()
                     if scores and log is not None:
-                        log.write({"step": self.step, **scores})
+                        partial = {} if self.step % t.val_every == 0 else early
+                        log.write({"step": self.step, **scores, **partial})
                     if bar is not None and scores:
                         bar.write(
                             f"step {self.step}: "
@@ -602,19 +664,31 @@ def run_training(
     run_dir: str | Path,
     resume: str | Path | None = None,
     stop_after: int | None = None,
+    progress: bool = True,
 ) -> int:
-    """Build datasets and the model from ``cfg`` and train; returns the step reached."""
-    from ssrseg.data import build_dataset
-    from ssrseg.data.base import BadInputError
-    from ssrseg.model.ssr import build_ssr_model
-
+    """Build datasets and the model from ``cfg`` and train; returns the step reached
+    (``progress``: the training bar)."""
     d = cfg.data
-    train_set = build_dataset(d.dataset, d.root, d.train_split, d.tag_file, require_labels=True)
+    if d.dataset == "toy" and d.train_split == IN_DISTRIBUTION_SPLIT:
+        raise ConfigError(
+            f"data.train_split={d.train_split}: the toy world's in-distribution split is only "
+            "ever scored (the paper's protocol, docs/toy_world.md); train on 'train'"
+        )
+    train_set = build_dataset(
+        d.dataset, d.root, d.train_split, d.tag_file, d.classes, require_labels=True
+    )
+    # the prompts must name the dataset's classes (by name: a count alone lets one class's
+    # pixels be labelled with another's prompt), with their background words, before any work
+    p = cfg.prompts
+    prompts = prompts_from_config(
+        p.dataset, p.template, p.background_words, p.use_background_words, data_root=d.root
+    )
+    check_prompt_classes(prompts, train_set.class_names, p.dataset, f"{d.dataset} at {d.root}")
     val_set = None
     if cfg.train.val_every > 0 and d.val_split:
         try:
             val_set = build_dataset(
-                d.dataset, d.root, d.val_split, d.tag_file, require_labels=False
+                d.dataset, d.root, d.val_split, d.tag_file, d.classes, require_labels=False
             )
         except BadInputError as exc:
             if ctx.is_main:
@@ -624,7 +698,7 @@ def run_training(
     # checkpoint's generators) for data order and dropout.
     seed_everything(cfg.train.seed)
     model = build_ssr_model(cfg, train_set.num_classes, ctx.device)
-    trainer = Trainer(cfg, model, train_set, run_dir, ctx, val_set)
+    trainer = Trainer(cfg, model, train_set, run_dir, ctx, val_set, progress=progress)
     step = trainer.fit(resume, stop_after)
     if trainer.skipped and not d.allow_skipped:
         return -1

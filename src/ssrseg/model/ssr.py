@@ -189,13 +189,3 @@ def set_input_normalisation(visual: VisionTransformer, name: str) -> None:
     mean, std = input_stats(name)
     if (visual.cfg.mean, visual.cfg.std) != (mean, std):
         visual.cfg = dataclasses.replace(visual.cfg, mean=mean, std=std)
-
-
-def build_ssr_model(
-    cfg: SSRConfig, num_classes: int, device: str | torch.device = "cpu"
-) -> SSRModel:
-    """Build the pseudo labeller (frozen backbones by name from ``cfg.backbone``) and the model."""
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
-
-    labeler = build_pseudo_labeler(cfg, device)
-    return SSRModel(cfg, labeler, num_classes).to(device)

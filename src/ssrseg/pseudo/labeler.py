@@ -36,11 +36,13 @@ from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.dino import run_on_grid
 from ssrseg.backbones.tokenizer import Tokenizer
 from ssrseg.backbones.vit import VisionTransformer, ViTOutput
+from ssrseg.backbones.weights import load_clip, load_dino
 from ssrseg.cam.gradcam import gradcam
 from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig
 from ssrseg.data.resize import RESIZE_MODES
 from ssrseg.model.dino_branch import select_attention_layers, weight_cams
+from ssrseg.model.ssr import SSRModel
 from ssrseg.rectify.affinity import (
     box_mask,
     fuse_affinity,
@@ -483,8 +485,6 @@ class PseudoLabeler(nn.Module):
 
 def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> PseudoLabeler:
     """Load the frozen backbones named by ``cfg.backbone`` and the prompts of ``cfg.prompts``."""
-    from ssrseg.backbones.weights import load_clip, load_dino
-
     clip, tokenizer = load_clip(cfg.backbone.clip, device=device)
     clip.visual.pos_embed_resize = cfg.backbone.pos_embed_resize  # CLIP-ES: bilinear, fp16
     dino = None
@@ -496,3 +496,11 @@ def build_pseudo_labeler(cfg: SSRConfig, device: str | torch.device = "cpu") -> 
         p.dataset, p.template, p.background_words, p.use_background_words, data_root=cfg.data.root
     )
     return PseudoLabeler(clip, tokenizer, dino, prompts, cfg).to(device)
+
+
+def build_ssr_model(
+    cfg: SSRConfig, num_classes: int, device: str | torch.device = "cpu"
+) -> SSRModel:
+    """Build the pseudo labeller (frozen backbones by name from ``cfg.backbone``) and the model."""
+    labeler = build_pseudo_labeler(cfg, device)
+    return SSRModel(cfg, labeler, num_classes).to(device)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssrseg.config import CMPAConfig
+from ssrseg.rectify.sgc import kmeans as lloyd
 
 PROTOTYPE_MODES = ("class_mean", "kmeans")
 BACKGROUND_TERMS = ("none", "raw_nearest", "any")
@@ -173,8 +174,6 @@ def kmeans(points: Tensor, k: int, iters: int, seed: int) -> tuple[Tensor, Tenso
     points: ``M x d`` (M >= k). Returns (centroids ``k x d``, labels ``M`` long, filled ``k``
     bool); a cluster left without points has a zero centroid and ``filled`` False.
     """
-    from ssrseg.rectify.sgc import kmeans as lloyd
-
     m = points.shape[0]
     if m < k:
         raise ValueError(f"K-means needs at least k={k} points, got {m}")

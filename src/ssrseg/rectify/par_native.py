@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ssrseg.backbones.weights import cache_dir
+
 ENV_SWITCH = "SSRSEG_PAR_NATIVE"  # "0" disables the compiled kernels
 
 _SOURCE = r"""
@@ -454,8 +456,6 @@ def _cpu_signature() -> str:
 def _kernel_dirs() -> list[Path]:
     """Where built libraries live: the ssrseg cache, else (read-only home) a per-user folder
     in the temporary directory."""
-    from ssrseg.backbones.weights import cache_dir
-
     user = getattr(os, "getuid", lambda: "user")()
     return [cache_dir() / "kernels", Path(tempfile.gettempdir()) / f"ssrseg-kernels-{user}"]
 

@@ -8,77 +8,22 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssrseg.backbones.clip import CLIP, CLIPConfig, TextConfig
+from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.tokenizer import WordTokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTConfig
-from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig, vocabulary
+from ssrseg.backbones.vit import VisionTransformer
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld, WorldConfig
 from ssrseg.toy import POOLS
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy"
 PROMPT_TEMPLATE = "a photo of a {}."
 BACKGROUND_TEMPLATE = "a photo of {}."
-
-
-def toy_tokenizer(context_length: int = 32) -> WordTokenizer:
-    """Word tokenizer over the toy world's whole vocabulary."""
-    return WordTokenizer(vocabulary(), context_length=context_length)
-
-
-def toy_clip_config(
-    tokenizer: WordTokenizer,
-    image_size: int = 128,
-    patch_size: int = 8,
-    width: int = 128,
-    layers: int = 4,
-    heads: int = 4,
-    embed_dim: int = 128,
-    text_layers: int = 2,
-) -> CLIPConfig:
-    """The tiny CLIP: CLIP ViT-B/16's code path (pre-LN, QuickGELU) at toy width and depth."""
-    vision = ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        width=width,
-        layers=layers,
-        heads=heads,
-        output_dim=embed_dim,
-    )
-    text = TextConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=tokenizer.context_length,
-        width=width,
-        layers=text_layers,
-        heads=heads,
-        eot_token_id=tokenizer.eot_token_id,
-        sot_token_id=tokenizer.sot_token_id,
-    )
-    return CLIPConfig(vision=vision, text=text, embed_dim=embed_dim)
-
-
-def toy_dino_config(
-    image_size: int = 96, patch_size: int = 8, width: int = 128, layers: int = 4, heads: int = 4
-) -> ViTConfig:
-    """The tiny DINO ViT: DINO's code path (GELU, no ln_pre, patch bias, ImageNet stats)."""
-    return ViTConfig(
-        image_size=image_size,
-        patch_size=patch_size,
-        width=width,
-        layers=layers,
-        heads=heads,
-        act="gelu",
-        ln_eps=1e-6,
-        ln_pre=False,
-        patch_bias=True,
-        output_dim=None,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
 
 
 def check_pool(pool: str) -> str:
@@ -204,6 +149,23 @@ class Budget:
         return over_time or (self.steps is not None and step >= self.steps)
 
 
+def training_record(
+    args: ToyTrainArgs, step: int, seconds: float, ema_loss: float | None, **extra: Any
+) -> dict[str, Any]:
+    """What a toy training stores with its weights: seed, steps, images, time, the final
+    (smoothed) loss, ``extra`` and the arguments (without the output path)."""
+    return {
+        "seed": args.seed,
+        "steps": step,
+        "batch_size": args.batch_size,
+        "images_seen": step * args.batch_size,
+        "train_seconds": round(seconds, 1),
+        "final_loss": round(float(ema_loss or 0.0), 4),
+        **extra,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+    }
+
+
 def cosine_lr(step: int, total: int | None, base: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 0 over ``total`` steps (flat until it is known)."""
     if step < warmup:
@@ -212,6 +174,20 @@ def cosine_lr(step: int, total: int | None, base: float, warmup: int) -> float:
         return base
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def scheduled_lr(
+    budget: Budget, step: int, bar: Any, opt: torch.optim.Optimizer, args: ToyTrainArgs
+) -> tuple[int | None, float]:
+    """(the budget's current step estimate, the cosine learning rate of ``step``), the rate set
+    on every group of ``opt`` and the progress bar's total kept to the estimate."""
+    total = budget.total(step)
+    if total is not None and bar.total != total:
+        bar.total = total
+    lr = cosine_lr(step, total, args.lr, args.warmup)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return total, lr
 
 
 def sha256_file(path: str | Path) -> str:

@@ -2,7 +2,8 @@
 with the paper's, where do a class's pixels leak onto its home context.
 
 The maths are pure functions of tensors / arrays (tested on hand-made cases); thin wrappers run
-a ViT over images. Used by the demo / ``ssrseg reproduce`` and by ``ssrseg.toy.cmpa_probe``.
+a ViT over images. Used by the demo / ``ssrseg reproduce`` and by the probes in ``research/``
+(outside the package).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.vit import VisionTransformer
+from ssrseg.data.toy import HOME, ToyWorld
+from ssrseg.rectify.affinity import mean_attention, transition_matrix
 
 IGNORE = 255
 
@@ -131,8 +134,6 @@ def attention_grouping_by_layer(
     (3 Sinkhorn rounds, symmetrised, squared: ``ssrseg.rectify.affinity.transition_matrix``),
     which removes attention sinks (columns every row attends to) before the mass is counted.
     """
-    from ssrseg.rectify.affinity import transition_matrix
-
     metrics = {"object": same_label_attention_ratios, "background": background_to_object_ratios}
     if queries not in metrics:
         raise ValueError(f"queries must be 'object' or 'background', got {queries!r}")
@@ -167,8 +168,6 @@ def attention_grouping_rows(
     ``"raw"`` (the attention itself) and ``"transition"`` (after the CLIP-ES transition, which
     the affinity actually uses). One forward per batch serves every row.
     """
-    from ssrseg.rectify.affinity import mean_attention, transition_matrix
-
     was_training = vit.training
     vit.eval()
     n_blocks = vit.cfg.layers
@@ -240,8 +239,6 @@ def backbone_grouping(
 def toy_scenes(split: str, n: int, seed: int = 0, start: int = 0) -> tuple[Tensor, Tensor]:
     """Scenes ``start .. start + n - 1`` of a toy split: (``n x 3 x H x W`` in [0, 1], masks
     ``n x H x W`` long)."""
-    from ssrseg.data.toy import ToyWorld
-
     world = ToyWorld(split, seed)
     samples = [world[start + i] for i in range(n)]
     images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2)
@@ -347,8 +344,6 @@ def context_leak_table(
 
 def home_contexts(class_names: Iterable[str]) -> dict[int, str | None]:
     """Class index -> its home context in the toy world (None: no home)."""
-    from ssrseg.data.toy import HOME
-
     return {i: HOME.get(name) for i, name in enumerate(class_names)}
 
 

@@ -19,16 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
+from ssrseg.backbones.native import save_native
+from ssrseg.backbones.toy_shapes import toy_clip_config, toy_tokenizer
+from ssrseg.backbones.weights import load_clip
 from ssrseg.data.toy import weakened_config
 from ssrseg.toy.common import (
     Budget,
     ToyTrainArgs,
     batches,
     check_pool,
-    cosine_lr,
     image_embedding,
-    toy_clip_config,
-    toy_tokenizer,
+    scheduled_lr,
+    training_record,
     zero_shot_scores,
 )
 
@@ -79,8 +81,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def save_clip(model: CLIP, path: Path, extra: dict[str, Any]) -> None:
-    from ssrseg.backbones.native import save_native
-
     tokenizer = toy_tokenizer(model.cfg.text.context_length)
     save_native(path, model, "clip", model.cfg, tokenizer=tokenizer, extra=extra)
 
@@ -119,8 +119,6 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     )
     model = CLIP(cfg)
     if args.init is not None:
-        from ssrseg.backbones.weights import load_clip
-
         start, _ = load_clip(args.init)
         if start.cfg != cfg:
             raise ValueError(f"{args.init}: its shape differs from the requested tiny CLIP")
@@ -136,12 +134,7 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
         images, captions, _, _ = next(stream)
         flip = torch.rand(images.shape[0]) < 0.5  # captions do not depend on left/right
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-        total = budget.total(step)
-        if total is not None and bar.total != total:
-            bar.total = total
-        lr = cosine_lr(step, total, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        _, lr = scheduled_lr(budget, step, bar, opt, args)
         img = F.normalize(image_embedding(model.visual, images, args.pool), dim=-1)
         txt = F.normalize(model.encode_text(tokenizer(captions).to(images.device)), dim=-1)
         scale = model.logit_scale.clamp(max=4.6052).exp()  # at most 100, as CLIP
@@ -160,16 +153,8 @@ def train_clip(args: ClipTrainArgs) -> dict[str, Any]:
     bar.close()
     seconds = budget.elapsed()
     model.eval()
-    record: dict[str, Any] = {
-        "seed": args.seed,
-        "steps": step,
-        "batch_size": args.batch_size,
-        "images_seen": step * args.batch_size,
-        "train_seconds": round(seconds, 1),
-        "final_loss": round(float(ema_loss or 0.0), 4),
-        "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
-    }
+    final_scale = round(float(model.logit_scale.detach().exp()), 3)
+    record = training_record(args, step, seconds, ema_loss, logit_scale=final_scale)
     record["zero_shot_debiased"] = zero_shot_scores(model, tokenizer, "debiased", args.eval_images)
     record["zero_shot_val"] = zero_shot_scores(model, tokenizer, "val", args.eval_images)
     if args.pool != "mean":  # the class-token zero-shot, as CLIP reports it

@@ -29,15 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssrseg.backbones.native import save_native
+from ssrseg.backbones.toy_shapes import toy_dino_config
 from ssrseg.backbones.vit import Block, VisionTransformer, interpolate_pos_embed
 from ssrseg.toy.common import (
     Budget,
     RenderedImages,
     ToyTrainArgs,
     batches,
-    cosine_lr,
-    toy_dino_config,
+    scheduled_lr,
+    training_record,
 )
+from ssrseg.toy.diagnostics import attention_grouping_by_layer, toy_scenes
 
 
 @dataclass(frozen=True)
@@ -320,23 +323,17 @@ def attention_foreground_auc(
 def grouping_scenes(n: int, seed: int) -> tuple[Tensor, Tensor]:
     """The scenes the training run scores attention grouping on: the first ``n`` of the biased
     ``val`` split (never scored by the demo; the debiased split stays held out)."""
-    from ssrseg.toy.diagnostics import toy_scenes
-
     return toy_scenes("val", n, seed)
 
 
 def grouping(backbone: VisionTransformer, scenes: tuple[Tensor, Tensor]) -> dict[str, float]:
     """Same-label attention mass / chance of every block (``ssrseg.toy.diagnostics``),
     keyed by the 0-based block index as a string (JSON)."""
-    from ssrseg.toy.diagnostics import attention_grouping_by_layer
-
     by_layer = attention_grouping_by_layer(backbone, *scenes)
     return {str(k): round(v, 3) for k, v in by_layer.items()}
 
 
 def save_dino(backbone: VisionTransformer, path: Path, extra: dict[str, Any]) -> None:
-    from ssrseg.backbones.native import save_native
-
     save_native(path, backbone, "dino", backbone.cfg, extra=extra)
 
 
@@ -395,12 +392,7 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             if use_dino
             else None
         )
-        total = budget.total(step)
-        if total is not None and bar.total != total:
-            bar.total = total
-        lr = cosine_lr(step, total, args.lr, args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        total, lr = scheduled_lr(budget, step, bar, opt, args)
         student.train()
         mask = (
             block_masks(globals_.shape[0], (g, g), args.mim_prob, args.mim_ratio, gen)
@@ -473,15 +465,7 @@ def train_dino(args: DinoTrainArgs) -> dict[str, Any]:
             last_save = time.monotonic()
     bar.close()
     seconds = budget.elapsed()
-    record: dict[str, Any] = {
-        "seed": args.seed,
-        "steps": step,
-        "batch_size": args.batch_size,
-        "images_seen": step * args.batch_size,
-        "train_seconds": round(seconds, 1),
-        "final_loss": round(float(ema_loss or 0.0), 4),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
-    }
+    record = training_record(args, step, seconds, ema_loss)
     record["attention"] = attention_foreground_auc(kept.backbone, args.eval_images)
     record["attention"]["same_label_mass_by_block"] = grouping(kept.backbone, eval_images)
     record["attention"]["grouping_scenes"] = f"val 0..{args.grouping_images - 1}"

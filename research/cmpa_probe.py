@@ -1,6 +1,6 @@
 """Why does CMPA lower the toy world's initial CAM? One cheap measurement per hypothesis.
 
-``python -m ssrseg.toy.cmpa_probe`` (or ``--quick`` for a seconds-long smoke run) prints a table.
+``python -m research.cmpa_probe`` (or ``--quick`` for a seconds-long smoke run) prints a table.
 
 The CMPA heads only see frozen inputs: the raw CLIP patch embeddings and the detached initial
 CAMs of each training image. The probe computes those once (one Grad-CAM pass over the training
@@ -59,7 +59,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssrseg.backbones.weights import load_clip
+from ssrseg.cam.gradcam import embedding_cams, normalise_cams
+from ssrseg.cam.prompts import prompts_from_config
 from ssrseg.config import SSRConfig, load_config
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, ToyWorld
+from ssrseg.engine.schedule import lr_factor
+from ssrseg.metrics import ConfusionMatrix
+from ssrseg.protocol.demo import default_config_path
+from ssrseg.pseudo.labeler import PseudoLabeler
+from ssrseg.rectify.affinity import upsample
 from ssrseg.rectify.cmpa import (
     CMPA,
     FeatureBank,
@@ -68,6 +77,8 @@ from ssrseg.rectify.cmpa import (
     prototype_store,
     symmetric_prototype_loss,
 )
+from ssrseg.rectify.labels import scores_to_labels, with_background
+from ssrseg.toy.diagnostics import context_leak_table, home_contexts, patch_labels
 
 if TYPE_CHECKING:
     from ssrseg.pseudo.labeler import PseudoLabeler
@@ -105,8 +116,6 @@ def render(
 ) -> tuple[Tensor, Tensor, list[tuple[int, ...]], list[int]]:
     """Scenes ``start .. start + n - 1`` of a toy split: images in [0, 1], masks, labels,
     background contexts."""
-    from ssrseg.data.toy import ToyWorld
-
     world = ToyWorld(split, seed)
     samples = [world[i] for i in range(start, start + n)]
     images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1) for s in samples])
@@ -117,10 +126,6 @@ def render(
 
 def build_labeler(cfg: SSRConfig, background_words: bool = True) -> PseudoLabeler:
     """The project's pseudo labeller for the initial-CAM row (``cfg`` already merged)."""
-    from ssrseg.backbones.weights import load_clip
-    from ssrseg.cam.prompts import prompts_from_config
-    from ssrseg.pseudo.labeler import PseudoLabeler
-
     clip, tok = load_clip(cfg.backbone.clip)
     p = cfg.prompts
     prompts = prompts_from_config(
@@ -141,8 +146,6 @@ def label_and_score(
 ) -> float:
     """mIoU (%) of the labeller's labels over background + the classes; ``keep(out, lo)`` sees
     each batch's output."""
-    from ssrseg.metrics import ConfusionMatrix
-
     n_classes = int(labeler.class_emb.shape[0]) + 1
     conf = ConfusionMatrix(n_classes)
     for lo in range(0, images.shape[0], batch):
@@ -244,8 +247,6 @@ def train_heads(
     """Fresh CMPA heads trained on the cached inputs with the trainer's loss, AdamW groups and
     warm-up + poly schedule over ``run.iterations`` (prototype refresh every
     ``cmpa.refresh_every``). Returns the heads and the last step's figures."""
-    from ssrseg.engine.schedule import lr_factor
-
     ccfg = dataclasses.replace(cfg.cmpa, **run.cmpa)
     if run.fixed_scale is not None:
         ccfg = dataclasses.replace(ccfg, tau_init=1.0 / run.fixed_scale)
@@ -398,8 +399,6 @@ def patch_separation(
     image's background patches, averaged over (image, class) pairs (what a CAM needs: the
     object above its own background); ``patch_top1``: share of object patches whose nearest
     class text (among all classes) is their own (what L_proto trains, on pooled features)."""
-    from ssrseg.toy.diagnostics import patch_labels
-
     feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], class_emb)
     sims = F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()  # B x N x K
     plabels = patch_labels(data.masks[list(idx)], data.grid)  # B x N
@@ -420,8 +419,6 @@ def object_background_cosine(data: ProbeData, idx: Sequence[int]) -> float:
     """Mean over images of the mean cosine between the raw CLIP embeddings of an image's object
     patches and of its background patches (patch labels by majority; images without either
     are skipped): how much the last block's tokens of object and background look alike."""
-    from ssrseg.toy.diagnostics import patch_labels
-
     feats = F.normalize(data.patch_emb[list(idx)].float(), dim=-1)
     plabels = patch_labels(data.masks[list(idx)], data.grid)
     values = []
@@ -436,8 +433,6 @@ def object_background_auc(maps: Sequence[Tensor], data: ProbeData, idx: Sequence
     """Mean over (image, class) of the ROC AUC (%) of ``maps`` (per image ``K_i x N`` or
     ``K_i x h x w`` on the patch grid, in the image's label order) for class c's patches
     against the same image's background patches (patch labels by majority)."""
-    from ssrseg.toy.diagnostics import patch_labels
-
     plabels = patch_labels(data.masks[list(idx)], data.grid)  # B x N
     aucs: list[float] = []
     for b, i in enumerate(idx):
@@ -462,8 +457,6 @@ def similarity_cams(
     gradient: each patch's softmax over [the image's classes + the background prompts] of
     ``scale * cos(patch, text)``, the class columns, min-max normalised as the Grad-CAM's maps.
     Raw space, or the projected one through eval-mode heads (scale = 1 / tau there)."""
-    from ssrseg.cam.gradcam import normalise_cams
-
     feats, text = _probe_space(cmpa, data.patch_emb[list(idx)], torch.cat([class_emb, bg_emb]))
     sims = F.normalize(feats, dim=-1) @ F.normalize(text, dim=-1).t()  # B x N x (C + G)
     n_fg, (h, w) = class_emb.shape[0], data.grid
@@ -489,8 +482,6 @@ def output_gradcams(
     + the background prompts, ``scale``) of the mean over patches, in the raw space or through
     eval-mode heads (``ssrseg.cam.gradcam.embedding_cams``, the pipeline's own code); min-max
     normalised as the pipeline's CAMs."""
-    from ssrseg.cam.gradcam import embedding_cams, normalise_cams
-
     labels = [data.labels[i] for i in idx]
     cls, bg = class_emb.float(), bg_emb.float()
     image_proj = None
@@ -515,10 +506,6 @@ def cams_miou(
     """mIoU (%) over background + ``n_classes - 1`` classes of label maps made from ``cams``
     (per image ``K_i x h x w``) as the initial-CAM row makes them: bilinear to the image size,
     background ``(1 - max) ** power``, argmax (no PAR)."""
-    from ssrseg.metrics import ConfusionMatrix
-    from ssrseg.rectify.affinity import upsample
-    from ssrseg.rectify.labels import scores_to_labels, with_background
-
     conf = ConfusionMatrix(n_classes)
     size = (int(data.masks.shape[-2]), int(data.masks.shape[-1]))
     for cam, i in zip(cams, idx, strict=True):
@@ -544,9 +531,6 @@ def home_context_leak(
     """Share (%) of a class's predicted pixels on ground-truth background, on the scenes ``idx``
     of ``data`` showing the class's home context (``leak_home``) vs elsewhere (``leak_else``);
     ``preds`` are their ``H x W`` label maps in order."""
-    from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES
-    from ssrseg.toy.diagnostics import context_leak_table, home_contexts
-
     homes = home_contexts(CLASS_NAMES)
     items = (
         (pred.numpy(), data.masks[i].numpy(), data.labels[i], BACKGROUNDS[data.contexts[i]])
@@ -577,8 +561,6 @@ def run_probe(
     ``pair_acc`` and ``bg_acc`` (no rescaled, recalibrated or word-less re-scoring).
     ``score_start``: the scored scenes are ``score_start .. score_start + n_score - 1`` of the
     ``n_train`` cached ones (the heads train on all of them, as the demo's do)."""
-    from ssrseg.engine.demo import default_config_path
-
     if score_start < 0 or score_start + n_score > n_train:
         raise ValueError(f"scored scenes {score_start}..{score_start + n_score - 1} not cached")
     t0 = time.perf_counter()
@@ -592,7 +574,6 @@ def run_probe(
     raw_scale = float(raw_labeler.raw_logit_scale)  # the preset's or the CLIP's learned scale
     class_emb = labeler.class_emb.float()
     bg_emb = labeler.bg_emb.float()
-    from ssrseg.data.toy import BACKGROUNDS
 
     if bg_emb.shape[0] != len(BACKGROUNDS):
         raise ValueError(f"expected the {len(BACKGROUNDS)} toy background words in the prompts")
@@ -658,72 +639,44 @@ def run_probe(
         emit({"row": f"raw CLIP CAM at scale {scale_20:g}", "miou": score(raw_20, None)})
         emit({"row": "raw CLIP CAM without background words", "miou": score(raw_nobg, None)})
 
-    runs = [
-        HeadRun(f"CMPA {short} it. (toy preset)", short),
-        HeadRun(f"CMPA {short} it., no symmetric term", short, {"symmetric": False}),
-        HeadRun(
-            f"CMPA {short} it., tau frozen at 1/{raw_scale:g}",
-            short,
-            fixed_scale=raw_scale,
-        ),
-        HeadRun(
-            f"CMPA {short} it., background prompts as negatives", short, background_negatives=True
-        ),
-        HeadRun(f"CMPA {short} it., kmeans prototypes", short, {"prototypes": "kmeans"}),
+    # every variant at the short length (name suffix -> HeadRun fields)
+    bg_nearest = {"background_term": "raw_nearest"}
+    variants: dict[str, dict[str, Any]] = {
+        " (toy preset)": {},
+        ", no symmetric term": {"cmpa": {"symmetric": False}},
+        f", tau frozen at 1/{raw_scale:g}": {"fixed_scale": raw_scale},
+        ", background prompts as negatives": {"background_negatives": True},
+        ", kmeans prototypes": {"cmpa": {"prototypes": "kmeans"}},
         # the background term (cmpa.background_term, our decision): the CAM's background
         # feature pulled to a background prompt in the projected space
-        HeadRun(
-            f"CMPA {short} it., background term raw_nearest",
-            short,
-            {"background_term": "raw_nearest"},
-        ),
-        HeadRun(f"CMPA {short} it., background term any", short, {"background_term": "any"}),
-        HeadRun(
-            f"CMPA {short} it., kmeans + background term raw_nearest",
-            short,
-            {"prototypes": "kmeans", "background_term": "raw_nearest"},
-        ),
+        ", background term raw_nearest": {"cmpa": bg_nearest},
+        ", background term any": {"cmpa": {"background_term": "any"}},
+        ", kmeans + background term raw_nearest": {"cmpa": {"prototypes": "kmeans", **bg_nearest}},
         # one plain Linear per head: mean_p ISA(v_p) = ISA(mean_p v_p), so the CAM's gradient is
         # the same at every patch, as in the raw space
-        HeadRun(f"CMPA {short} it., linear heads", short, {"num_layers": 1}),
-        HeadRun(
-            f"CMPA {short} it., linear heads + background term raw_nearest",
-            short,
-            {"num_layers": 1, "background_term": "raw_nearest"},
-        ),
+        ", linear heads": {"cmpa": {"num_layers": 1}},
+        ", linear heads + background term raw_nearest": {"cmpa": {"num_layers": 1, **bg_nearest}},
         # what the CAM-weighted means carry besides the object: heads trained on features
         # pooled with the true masks, and / or on debiased scenes (classes off their homes)
-        HeadRun(f"CMPA {short} it., ground-truth pooling", short, pooling="gt"),
-        HeadRun(f"CMPA {short} it., debiased scenes", short, scenes="debiased"),
-        HeadRun(
-            f"CMPA {short} it., debiased scenes + ground-truth pooling",
-            short,
-            pooling="gt",
-            scenes="debiased",
-        ),
-        HeadRun(
-            f"CMPA {short} it., linear heads, debiased scenes + ground-truth pooling",
-            short,
-            {"num_layers": 1},
-            pooling="gt",
-            scenes="debiased",
-        ),
-        HeadRun(f"CMPA {long} it.", long),
-        HeadRun(
-            f"CMPA {long} it., background prompts as negatives", long, background_negatives=True
-        ),
-        HeadRun(f"CMPA {long} it., kmeans prototypes", long, {"prototypes": "kmeans"}),
-        HeadRun(
-            f"CMPA {long} it., background term raw_nearest",
-            long,
-            {"background_term": "raw_nearest"},
-        ),
-        HeadRun(
-            f"CMPA {long} it., kmeans + background term raw_nearest",
-            long,
-            {"prototypes": "kmeans", "background_term": "raw_nearest"},
-        ),
-    ]
+        ", ground-truth pooling": {"pooling": "gt"},
+        ", debiased scenes": {"scenes": "debiased"},
+        ", debiased scenes + ground-truth pooling": {"pooling": "gt", "scenes": "debiased"},
+        ", linear heads, debiased scenes + ground-truth pooling": {
+            "cmpa": {"num_layers": 1},
+            "pooling": "gt",
+            "scenes": "debiased",
+        },
+    }
+    # then the plain run and four variants again at the long length
+    again = (
+        ", background prompts as negatives",
+        ", kmeans prototypes",
+        ", background term raw_nearest",
+        ", kmeans + background term raw_nearest",
+    )
+    runs = [HeadRun(f"CMPA {short} it.{name}", short, **kw) for name, kw in variants.items()]
+    runs.append(HeadRun(f"CMPA {long} it.", long))
+    runs += [HeadRun(f"CMPA {long} it.{name}", long, **variants[name]) for name in again]
     if match:
         runs = [r for r in runs if any(m in r.name for m in match)]
     marks = sorted({m for m in (short, long // 4, long // 2, long) if 0 < m < long})

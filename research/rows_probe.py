@@ -1,10 +1,10 @@
 """Table 3 rows of candidate toy backbones, scored on training images the demo never scores.
 
-``python -m ssrseg.toy.rows_probe --root runs/demo/data --clip FILE [--dino FILE] [overrides]``
+``python -m research.rows_probe --root runs/demo/data --clip FILE [--dino FILE] [overrides]``
 
 Choosing backbones, layers or thresholds on the scored images would be tuning on them (issue
 11's rule), so this scores the Table 3 seed rows (initial CAM, + CLIP attention, + DINO
-attention, + SGC, + PAR; the demo's definitions in :data:`ssrseg.engine.cam_rows.TABLE3_ROWS`)
+attention, + SGC, + PAR; the demo's definitions in :data:`ssrseg.protocol.cam_rows.TABLE3_ROWS`)
 on train images ``--first``..``--first + --n - 1`` (default 100..299; the demo scores 0..99) of
 a rendered toy world, with the toy preset and the given backbones. Prints one JSON line: each
 row's mIoU, precision and recall (in %), and the per-class IoU of the initial CAM.
@@ -24,6 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from ssrseg.config import load_config
+from ssrseg.data import build_dataset
+from ssrseg.protocol.cam_rows import TABLE3_ROWS, label_samples, row_labeler, score_labeler
+from ssrseg.protocol.demo import default_config_path
+from ssrseg.pseudo.labeler import build_pseudo_labeler
+from ssrseg.toy.diagnostics import caption_contexts, home_contexts
+from ssrseg.viz import make_panel
+
 if TYPE_CHECKING:
     from ssrseg.config import SSRConfig
     from ssrseg.pseudo.labeler import PseudoLabeler
@@ -32,10 +40,6 @@ if TYPE_CHECKING:
 def preset_labeler(config: str | None, overrides: Sequence[str]) -> tuple[SSRConfig, PseudoLabeler]:
     """(the preset ``config`` (default configs/toy.yaml) with ``overrides``, its pseudo
     labeller on the CPU): the base every probe here derives its rows' labellers from."""
-    from ssrseg.config import load_config
-    from ssrseg.engine.demo import default_config_path
-    from ssrseg.pseudo.labeler import build_pseudo_labeler
-
     cfg = load_config(config or default_config_path(), list(overrides))
     return cfg, build_pseudo_labeler(cfg, "cpu")
 
@@ -50,9 +54,6 @@ def score_candidate(
 ) -> dict[str, Any]:
     """mIoU / P / R (%) of each Table 3 row (all, or those whose name contains one of
     ``rows``) on ``indices`` of the toy ``train`` split under ``root``."""
-    from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, row_labeler, score_labeler
-
     cfg, base = preset_labeler(config, overrides)
     dataset = build_dataset("toy", root, "train")
     out: dict[str, Any] = {"images": f"train {indices[0]}..{indices[-1]}", "rows": {}}
@@ -116,10 +117,6 @@ def mask_share_table(
     column masks' area on ground-truth background (``background``) and the share of the
     class's own pixels they keep (``object_kept``), on ``indices`` of the toy ``train`` split
     under ``root``. What SGC is for: less of the mask on the home context, the object kept."""
-    from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
-    from ssrseg.toy.diagnostics import caption_contexts, home_contexts
-
     cfg, base = preset_labeler(config, overrides)
     dataset = build_dataset("toy", root, "train")
     homes = home_contexts(dataset.class_names)
@@ -162,10 +159,6 @@ def class_cam_figure(
     """Write a PNG: for the first ``n_images`` of ``indices`` whose only tag is ``class_name``,
     one row (image | its ground-truth mask | the class's initial CAM under each CLIP). Returns
     the image indices shown."""
-    from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
-    from ssrseg.viz import make_panel
-
     dataset = build_dataset("toy", root, "train")
     c = list(dataset.class_names).index(class_name)
     shown: dict[int, Any] = {}  # index -> sample: one read per image, up to the last match

@@ -1,5 +1,5 @@
 """Pieces of the CMPA probe on hand-made inputs (the full probe needs the toy CLIP: run
-``python -m ssrseg.toy.cmpa_probe --quick``)."""
+``python -m research.cmpa_probe --quick``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssrseg.config import load_config
-from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
-from ssrseg.rectify.cmpa import CMPA
-from ssrseg.toy.cmpa_probe import (
+from research.cmpa_probe import (
     HeadRun,
     ProbeData,
     at_scale,
@@ -31,6 +28,9 @@ from ssrseg.toy.cmpa_probe import (
     train_heads,
     with_ground_truth_pooling,
 )
+from ssrseg.config import load_config
+from ssrseg.data.toy import BACKGROUNDS, CLASS_NAMES, HOME
+from ssrseg.rectify.cmpa import CMPA
 
 
 def _cmpa() -> CMPA:
@@ -222,8 +222,7 @@ def test_object_background_cosine_by_hand() -> None:
 def test_run_probe_scores_the_chosen_scenes() -> None:
     # the raw row on scenes 3..5 of a 6-scene cache equals the labeller's mIoU on those scenes
     # rendered on their own; a scored range outside the cache is refused
-    from ssrseg.engine.demo import default_config_path
-    from ssrseg.toy.cmpa_probe import (
+    from research.cmpa_probe import (
         INITIAL_CAM,
         build_labeler,
         label_and_score,
@@ -231,6 +230,7 @@ def test_run_probe_scores_the_chosen_scenes() -> None:
         render,
         run_probe,
     )
+    from ssrseg.protocol.demo import default_config_path
 
     rows = run_probe(6, 3, 2, 4, match=["no such run"], lean=True, progress=False, score_start=3)
     assert len(rows) == 1 and rows[0]["row"].startswith("raw CLIP CAM")

@@ -23,45 +23,29 @@ import numpy as np
 import torch
 
 from ssrseg.config import SSRConfig, atomic_write_text, merge_values
+from ssrseg.data.resize import resize_to_tensor01, work_size
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix, json_safe
+from ssrseg.pseudo.labeler import PseudoLabeler
+from ssrseg.viz import colorize, overlay_cam, save_label_png, save_panel
+
+
+def _seed_row(clip: bool, dino: bool, mask: str, par: bool) -> dict[str, Any]:
+    """Labeller overrides of one row: which attentions refine the CAM, the column mask, PAR."""
+    return {
+        "affinity": {"use_clip_attention": clip, "use_dino_attention": dino, "mask": mask},
+        "par": {"enabled": par},
+    }
+
 
 # The spec's Table 3 rows as config overrides of the pseudo labeller. CAM-seed rows are scored
 # before PAR (a [decision]: the paper does not say); "+ PAR" is the full pseudo label.
 TABLE3_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    (
-        "initial CAM",
-        {
-            "affinity": {"use_clip_attention": False, "use_dino_attention": False, "mask": "none"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ CLIP attention (box mask)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": False, "mask": "box"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ DINO attention (box mask)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "box"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ SGC mask",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
-            "par": {"enabled": False},
-        },
-    ),
-    (
-        "+ PAR (pseudo labels)",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "sgc"},
-            "par": {"enabled": True},
-        },
-    ),
+    ("initial CAM", _seed_row(False, False, "none", False)),
+    ("+ CLIP attention (box mask)", _seed_row(True, False, "box", False)),
+    ("+ DINO attention (box mask)", _seed_row(True, True, "box", False)),
+    ("+ SGC mask", _seed_row(True, True, "sgc", False)),
+    ("+ PAR (pseudo labels)", _seed_row(True, True, "sgc", True)),
 )
 
 # The first three seed rows again after PAR (the fourth after PAR is "+ PAR (pseudo labels)").
@@ -71,13 +55,7 @@ AFTER_PAR_ROWS: tuple[tuple[str, dict[str, Any]], ...] = tuple(
 
 # Diagnostic row: attention refinement without any column mask, to show what the masks fix.
 EXTRA_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
-    (
-        "CLIP+DINO attention, no mask",
-        {
-            "affinity": {"use_clip_attention": True, "use_dino_attention": True, "mask": "none"},
-            "par": {"enabled": False},
-        },
-    ),
+    ("CLIP+DINO attention, no mask", _seed_row(True, True, "none", False)),
 )
 
 # A row's hook sees (row name, dataset, scored indices, {image id: H x W label map}) and returns
@@ -123,8 +101,6 @@ def label_samples(
     Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
     are at the working size. Same-size samples already at the working size share one call.
     """
-    from ssrseg.commands.pseudo_labels import to_tensor, work_size
-
     device = next(iter(labeler.buffers())).device
     patch = labeler.patch_size
     h, w = samples[0].image.shape[:2]
@@ -137,7 +113,7 @@ def label_samples(
     for s in samples:  # as `ssrseg pseudo-labels`: labels come back at the image's size
         hs, ws = s.image.shape[:2]
         size = work_size(hs, ws, patch, long_side)
-        x = to_tensor(s.image, size, device, labeler.cfg.cam.input_resize)
+        x = resize_to_tensor01(s.image, size, labeler.cfg.cam.input_resize, device)
         out = labeler(x, [s.labels], cmpa=cmpa, out_size=(hs, ws))
         results.append((out.labels[0].cpu().numpy().astype(np.uint8), out, 0))
     return results
@@ -160,9 +136,6 @@ def score_labeler(
     Unreadable images are skipped (reported by :class:`~ssrseg.data.base.SkipLog`).
     """
     from tqdm import tqdm
-
-    from ssrseg.data.base import BadInputError
-    from ssrseg.metrics import ConfusionMatrix
 
     conf = ConfusionMatrix(dataset.num_classes)
     bar = tqdm(total=len(indices), desc=desc, leave=False, disable=not progress)
@@ -194,8 +167,6 @@ def score_labeler(
 
 def row_labeler(base: Any, cfg: SSRConfig, overrides: dict[str, Any]) -> Any:
     """A labeller sharing ``base``'s backbones and prompts, configured for one row."""
-    from ssrseg.pseudo.labeler import PseudoLabeler
-
     device = next(iter(base.buffers())).device
     return PseudoLabeler(
         base.clip, base.tokenizer, base.dino, base.prompts, merge_config(cfg, overrides)
@@ -226,9 +197,6 @@ def score_rows(
     the rows named in ``hook_rows``; ``label_row``'s labels are written to ``label_dir`` as
     palette PNGs (``<id>.png``).
     """
-    from ssrseg.metrics import json_safe
-    from ssrseg.viz import save_label_png
-
     out: dict[str, dict[str, Any]] = {}
     for name, overrides in rows:
         path = cache_dir / f"{slug(name)}.json"
@@ -280,8 +248,6 @@ def write_panels(
     """image | initial CAM | refined CAM | pseudo label | prediction | truth, one PNG each."""
     import torch.nn.functional as F
 
-    from ssrseg.viz import colorize, overlay_cam, save_panel
-
     written = []
     for i in indices:
         s = dataset[i]
@@ -306,3 +272,20 @@ def write_panels(
             items.append(("ground truth", colorize(s.mask, dataset.palette_name)))
         written.append(save_panel(folder / f"{s.image_id}.png", items, dataset.palette_name))
     return written
+
+
+def baseline_scores(dataset: Any, indices: Sequence[int]) -> dict[str, Any]:
+    """All-background and a centred-Gaussian prior painted with the true tags."""
+    allbg = ConfusionMatrix(dataset.num_classes)
+    centre = ConfusionMatrix(dataset.num_classes)
+    for i in indices:
+        s = dataset[i]
+        h, w = s.mask.shape
+        allbg.update(np.zeros_like(s.mask), s.mask)
+        yy, xx = np.mgrid[0:h, 0:w]
+        g = np.exp(-(((yy - h / 2) / (0.25 * h)) ** 2 + ((xx - w / 2) / (0.25 * w)) ** 2) / 2)
+        pred = np.zeros_like(s.mask)
+        if s.labels:
+            pred[g > 0.5] = s.labels[0] + 1
+        centre.update(pred, s.mask)
+    return {"all background": allbg, "centre prior (true tags)": centre}

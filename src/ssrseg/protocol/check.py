@@ -13,11 +13,18 @@ names; masks are never read for tags.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssrseg.backbones import weights as W
+from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import SSRConfig
+from ssrseg.data import build_dataset
+from ssrseg.data.voc import find_voc_root
+from ssrseg.errors import BadInputError
+from ssrseg.protocol.report import PAPER_SPLIT_SIZES
 
 DATA_HINTS: dict[str, str] = {
     "voc": "PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar from "
@@ -67,8 +74,6 @@ def weights_problem(spec: str) -> str | None:
     Never downloads: a registry name is looked up in the cache (and its tokenizer vocabulary
     for CLIP), a path must exist, a hub id must be in the Hugging Face cache.
     """
-    from ssrseg.backbones import weights as W
-
     if spec in W.REGISTRY:
         entry = W.REGISTRY[spec]
         if entry.package_file is not None:
@@ -118,8 +123,6 @@ def _missing(paths: list[Path], what: str) -> str:
 
 def open_split(cfg: SSRConfig, split: str, masks: bool) -> Any:
     """The split as a dataset, without reading tags (cheap: COCO's instances JSON is big)."""
-    from ssrseg.data import build_dataset
-
     d = cfg.data
     kwargs: dict[str, Any] = {"require_labels": False}
     if masks:
@@ -149,9 +152,7 @@ def check_split(
     """(facts, problems, warnings) of one split; ``full`` stats every file of every id.
 
     facts: split name, size, the paper's size, root, tag source and the class names. Raises
-    :class:`~ssrseg.data.base.BadInputError` when the split cannot be opened at all."""
-    from ssrseg.engine.report import PAPER_SPLIT_SIZES
-
+    :class:`~ssrseg.errors.BadInputError` when the split cannot be opened at all."""
     d = cfg.data
     hint = DATA_HINTS.get(d.dataset, "see docs/datasets.md")
     dataset = open_split(cfg, split, masks)  # BadInputError: the caller groups them
@@ -197,20 +198,15 @@ def check_split(
 
 def check_classes(cfg: SSRConfig, class_names: tuple[str, ...]) -> list[str]:
     """Problems with the prompts' class list against the dataset's."""
-    from ssrseg.cam.prompts import prompts_from_config
-
     p = cfg.prompts
     try:
         prompts = prompts_from_config(
             p.dataset, p.template, p.background_words, p.use_background_words, cfg.data.root
         )
+        # by name: a count alone would let one class's pixels get another class's prompt
+        check_prompt_classes(prompts, class_names, p.dataset, f"{cfg.data.dataset}")
     except (OSError, ValueError, KeyError) as exc:
-        return [f"prompts '{p.dataset}': {exc}"]
-    if prompts.num_classes != len(class_names):
-        return [
-            f"prompts '{p.dataset}' have {prompts.num_classes} classes but the dataset "
-            f"'{cfg.data.dataset}' has {len(class_names)}: set prompts.dataset to match"
-        ]
+        return [str(exc) if str(exc).startswith("prompts.") else f"prompts '{p.dataset}': {exc}"]
     return []
 
 
@@ -237,7 +233,6 @@ def run_check(
             res.weights[kind] = spec
             if problem:
                 res.problems.append(f"{kind} weights: {problem}")
-    from ssrseg.data.base import BadInputError
 
     class_names: tuple[str, ...] | None = None
     unopened: dict[str, list[str]] = {}  # error -> the splits it stops (one root, one message)
@@ -258,8 +253,6 @@ def run_check(
     if class_names is not None:
         res.problems += check_classes(cfg, class_names)
     if test_split and cfg.data.dataset == "voc":
-        from ssrseg.data.voc import find_voc_root
-
         try:
             listing = find_voc_root(cfg.data.root) / "ImageSets" / "Segmentation" / "test.txt"
         except Exception:  # the problem is already reported for the other splits
@@ -290,7 +283,6 @@ def environment(device: Any) -> dict[str, Any]:
     """Software versions, device and machine, for the report."""
     import importlib.metadata as md
     import platform
-    import subprocess
     import sys
 
     import torch
@@ -319,23 +311,20 @@ def environment(device: Any) -> dict[str, Any]:
     src = Path(__file__).resolve().parents[3]
     if (src / ".git").exists():
         try:
-            commit = subprocess.run(
-                ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            ).stdout.strip()
-            dirty = subprocess.run(
-                ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            ).stdout.strip()
+            commit = _git(src, 5, "rev-parse", "--short", "HEAD")
+            dirty = _git(src, 10, "status", "--porcelain", "--untracked-files=no")
             env["git commit"] = commit + (" (with local changes)" if dirty else "")
         except (OSError, subprocess.SubprocessError):
             pass
     env["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     return env
+
+
+def _git(repo: Path, timeout: float, *args: str) -> str:
+    """The stripped standard output of ``git -C repo args...``."""
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout
+    ).stdout.strip()
 
 
 def _cpu_name() -> str:

@@ -1,4 +1,4 @@
-"""``python -m ssrseg.toy.rows_probe``: Table 3 rows of candidate backbones on unscored images."""
+"""``python -m research.rows_probe``: Table 3 rows of candidate backbones on unscored images."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from ssrseg.data.toy import write_toy_dataset
 
 
 def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys) -> None:
+    from research.rows_probe import main
     from ssrseg.config import load_config
     from ssrseg.data import build_dataset
-    from ssrseg.engine.cam_rows import TABLE3_ROWS, label_samples, row_labeler
-    from ssrseg.engine.demo import default_config_path
     from ssrseg.metrics import ConfusionMatrix
+    from ssrseg.protocol.cam_rows import TABLE3_ROWS, label_samples, row_labeler
+    from ssrseg.protocol.demo import default_config_path
     from ssrseg.pseudo.labeler import build_pseudo_labeler
-    from ssrseg.toy.rows_probe import main
 
     root = tmp_path / "toy"
     write_toy_dataset(root, 5, "train", 0, 128)
@@ -47,8 +47,8 @@ def test_rows_probe_scores_the_chosen_rows_on_the_chosen_images(tmp_path, capsys
 def test_cam_figure_shows_each_single_class_image_under_each_clip(tmp_path, capsys) -> None:
     from PIL import Image
 
+    from research.rows_probe import main
     from ssrseg.data import build_dataset
-    from ssrseg.toy.rows_probe import main
 
     root = tmp_path / "toy"
     write_toy_dataset(root, 12, "train", 0, 128)
@@ -67,7 +67,7 @@ def test_cam_figure_shows_each_single_class_image_under_each_clip(tmp_path, caps
 
 
 def test_mask_shares_by_hand() -> None:
-    from ssrseg.toy.rows_probe import mask_shares
+    from research.rows_probe import mask_shares
 
     # 4 x 4 truth on a 2 x 2 grid: class 0 (home water) fills the top-left patch and half the
     # top-right one; class 1 (no home) is skipped. The mask keeps both top patches and the
@@ -86,7 +86,7 @@ def test_mask_shares_by_hand() -> None:
 
 
 def test_mask_share_table_runs_the_masked_rows(tmp_path, capsys) -> None:
-    from ssrseg.toy.rows_probe import main
+    from research.rows_probe import main
 
     root = tmp_path / "toy"
     write_toy_dataset(root, 4, "train", 0, 128)

@@ -1,26 +1,22 @@
-"""The ``report`` stage of ``ssrseg reproduce``: the stages' results as tables beside the
-paper's numbers (:mod:`ssrseg.engine.report`), figures and example panels.
+"""The tables of the ``report`` stage: the stages' results as rows beside the paper's numbers
+(:mod:`ssrseg.protocol.report`), the toy variants' rows and the summary.
 
 Only stages whose outputs are current (finished with the run's configuration) contribute
-numbers; the stage table says which ran, which were reused and which are missing or stale.
-"""
+numbers."""
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
-from ssrseg.config import atomic_write_text, config_to_dict
-from ssrseg.engine import report as R
-
-STATUS_TEXT = {
-    "reuse": "reused (finished earlier with this configuration)",
-    "missing": "not run",
-    "stale": "not current: made with another configuration (add it to --stages)",
-    "n/a": "does not apply",
-}
+from ssrseg.protocol import report as R
+from ssrseg.protocol.in_distribution import (
+    CRF_LABELS,
+    SPLIT_ROLES,
+    share_rows,
+    table6_shares,
+    variant_view,
+)
+from ssrseg.toy.diagnostics import best_last_k
 
 
 def _result(run: Any, stage: str) -> dict[str, Any] | None:
@@ -137,34 +133,60 @@ def _tables(run: Any, report: dict[str, Any]) -> None:
             ),
         )
     if ev or fs:
-        paper_val = R.PAPER["val"].get(dataset)
-        val_set = dataset if paper_val else "voc"
-        paper_val = paper_val or R.PAPER["val"]["voc"]
-        rows = []
-        split = (ev or fs or {}).get("split", cfg.data.val_split)
-        for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-            if ev and key in ev["rows"]:
-                rows.append(
-                    R.make_row(f"SSR {label}", ev["rows"][key], paper_val[label], val_set, dataset)
-                )
-        rows += _branch_rows(var, ev)  # beside the plain SSR rows
-        for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-            if fs and key in fs["rows"]:
-                rows.append(R.make_row(f"fully supervised {label}", fs["rows"][key]))
-        note = ""
-        if ev and fs:
-            shares = _shares(ev, fs)
-            note = "; ".join(f"SSR / fully supervised ({k}): {v:.1f}%" for k, v in shares.items())
-            note += " (denominator: the same decoder trained on ground-truth masks)."
-        reading = _branch_reading(var, ev, run.cfg.train.iterations)
-        if reading:
-            note = f"{note} {reading}".strip()
-        n = (ev or fs or {}).get("images", 0)
-        tab = R.make_table(
-            "segmentation", f"Segmentation, {split} split ({n:,} images)", rows, note=note
+        R.add_table(report, _segmentation_table(run, "segmentation", ev, fs, var))
+    ind = _result(run, "eval_in_distribution")
+    if ind:
+        models = ind["models"]
+        R.add_table(
+            report,
+            _segmentation_table(
+                run,
+                "segmentation_in_distribution",
+                models.get("ssr"),
+                models.get("fully_supervised"),
+                variant_view(ind, var),
+            ),
         )
-        tab["short"] = "seg"
-        R.add_table(report, tab)
+
+
+def _segmentation_table(
+    run: Any,
+    key: str,
+    ev: dict[str, Any] | None,
+    fs: dict[str, Any] | None,
+    var: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """SSR, the variants' segmentation rows and the fully supervised decoder on one split,
+    with SSR's share of the latter and the DINO branch's reading in the note."""
+    dataset = run.cfg.data.dataset
+    paper_val = R.PAPER["val"].get(dataset)
+    val_set = dataset if paper_val else "voc"
+    paper_val = paper_val or R.PAPER["val"]["voc"]
+    rows = []
+    split = (ev or fs or {}).get("split", run.cfg.data.val_split)
+    for mode, label in CRF_LABELS:
+        if ev and mode in ev["rows"]:
+            rows.append(
+                R.make_row(f"SSR {label}", ev["rows"][mode], paper_val[label], val_set, dataset)
+            )
+    rows += _branch_rows(var, ev)  # beside the plain SSR rows
+    for mode, label in CRF_LABELS:
+        if fs and mode in fs["rows"]:
+            rows.append(R.make_row(f"fully supervised {label}", fs["rows"][mode]))
+    note = ""
+    if ev and fs:
+        shares = table6_shares(ev, fs)
+        note = "; ".join(f"SSR / fully supervised ({k}): {v:.1f}%" for k, v in shares.items())
+        note += " (denominator: the same decoder trained on ground-truth masks)."
+    reading = _branch_reading(var, ev, run.cfg.train.iterations)
+    if reading:
+        note = f"{note} {reading}".strip()
+    n = (ev or fs or {}).get("images", 0)
+    role = SPLIT_ROLES.get(split)
+    title = f"Segmentation, {split} split ({n:,} images)" + (f": {role}" if role else "")
+    tab = R.make_table(key, title, rows, note=note)
+    tab["short"] = "seg" if key == "segmentation" else "seg in-dist."
+    return tab
 
 
 def _variant(var: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
@@ -272,8 +294,6 @@ _COMBINED = (
 
 def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
     """Per-block same-object attention mass / chance of the CLIP and DINO backbones."""
-    from ssrseg.toy.diagnostics import best_last_k
-
     rows_in = grouping["rows"]
     columns = [
         c
@@ -306,15 +326,6 @@ def _grouping_table(run: Any, grouping: dict[str, Any]) -> dict[str, Any]:
     return tab
 
 
-def _shares(ev: dict[str, Any], fs: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, label in (("no_crf", "without CRF"), ("crf", "with CRF")):
-        if key in ev["rows"] and key in fs["rows"]:
-            den = fs["rows"][key]["miou"]
-            out[label] = 100 * ev["rows"][key]["miou"] / den if den > 0 else float("nan")
-    return out
-
-
 def _summary(run: Any, report: dict[str, Any]) -> None:
     dataset = run.cfg.data.dataset
     add = report["summary"].append
@@ -344,40 +355,40 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
             )
         )
     t4_set, t4 = R.paper_rows("table4")
-    if seeds and "initial CAM" in seeds["rows"]:
-        add(
-            R.summary_row(
-                "Table 4: raw CLIP initial CAM, mIoU",
-                seeds["rows"]["initial CAM"]["miou"],
-                t4["raw CLIP CAM"]["miou"],
-                t4_set,
-                dataset,
+    for stage, space, paper_row in (
+        (seeds, "raw CLIP", "raw CLIP CAM"),
+        (cmpa, "CMPA", "CMPA CAM"),
+    ):
+        if stage and "initial CAM" in stage["rows"]:
+            add(
+                R.summary_row(
+                    f"Table 4: {space} initial CAM, mIoU",
+                    stage["rows"]["initial CAM"]["miou"],
+                    t4[paper_row]["miou"],
+                    t4_set,
+                    dataset,
+                )
             )
-        )
-    if cmpa and "initial CAM" in cmpa["rows"]:
-        add(
-            R.summary_row(
-                "Table 4: CMPA initial CAM, mIoU",
-                cmpa["rows"]["initial CAM"]["miou"],
-                t4["CMPA CAM"]["miou"],
-                t4_set,
-                dataset,
-            )
-        )
     paper_val = p["val"].get(dataset)
     val_set = dataset if paper_val else "voc"
     paper_val = paper_val or p["val"]["voc"]
-    if ev:
+    ind = _result(run, "eval_in_distribution")
+    ind_ssr = (ind or {}).get("models", {}).get("ssr")
+    for seg in (ind_ssr, ev):
+        if not seg:
+            continue
+        role = SPLIT_ROLES.get(seg["split"])
         for key, label in (("crf", "with CRF"), ("no_crf", "without CRF")):
-            if key in ev["rows"]:
+            if key in seg["rows"]:
                 add(
                     R.summary_row(
-                        f"{ev['split']} mIoU, {label}",
-                        ev["rows"][key]["miou"],
+                        f"{seg['split']} mIoU, {label}",
+                        seg["rows"][key]["miou"],
                         paper_val[label]["miou"],
                         val_set,
                         dataset,
-                        f"{ev['images']:,} images, multi-scale + flip",
+                        f"{seg['images']:,} images, multi-scale + flip"
+                        + (f"; {role}" if role else ""),
                     )
                 )
     if dataset == "voc":
@@ -399,19 +410,14 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
                 )
             )
     share = p["share_fully_supervised"]
+    measured = []
+    ind_fs = (ind or {}).get("models", {}).get("fully_supervised")
+    if ind_ssr and ind_fs:
+        measured.append((ind_ssr["split"], ind_ssr, ind_fs))
     if ev and fs:
-        for label, value in _shares(ev, fs).items():
-            add(
-                R.summary_row(
-                    f"share of fully supervised ({label})",
-                    value,
-                    share["value"],
-                    share["dataset"],
-                    dataset,
-                    "denominator: the same decoder trained on ground-truth masks (the paper: "
-                    f"a fully supervised CLIP ViT-B, {share['denominator']})",
-                )
-            )
+        measured.append((ev["split"], ev, fs))
+    if measured:
+        report["summary"] += share_rows(measured, dataset)
     elif ev and dataset == "voc" and "crf" in ev["rows"]:
         add(
             R.summary_row(
@@ -423,170 +429,3 @@ def _summary(run: Any, report: dict[str, Any]) -> None:
                 f"denominator: the paper's fully supervised {share['denominator']} mIoU",
             )
         )
-
-
-def _figures(run: Any, report: dict[str, Any]) -> None:
-    figures = run.out / "figures"
-    made = []
-    path = R.bars_vs_paper(report, figures / "rows_vs_paper.png")
-    if path:
-        made.append(path)
-    if run.plan.toy_rows:
-        path = _toy_tables_figure(report, figures / "tables_3_4.png")
-        if path:
-            made.append(path)
-    ev = _result(run, "eval")
-    if ev:
-        labels = {"no_crf": "without CRF", "crf": "with CRF"}
-        results = {labels[k]: {"iou": v} for k, v in ev["iou"].items()}
-        path = R.per_class_bars(
-            results,
-            ev["class_names"],
-            f"Per-class IoU, {ev['split']} split",
-            figures / "per_class_iou.png",
-        )
-        if path:
-            made.append(path)
-    made += _panels(run)
-    report["figures"] = [str(p.relative_to(run.out)) for p in made]
-
-
-def toy_chart_tables(
-    report: dict[str, Any],
-) -> list[tuple[str, list[tuple[str, float, float | None]]]]:
-    """Panels of the toy Table 3 / 4 chart from a report's tables: (title, rows of (name,
-    measured mIoU, paper mIoU or None)), with the paper numbers the tables give (in the raw
-    space only the initial CAM has one, Table 4's raw 58.6: the paper's Table 3 is in the
-    CMPA space); paper-only rows are left out."""
-    from ssrseg.engine.cam_rows import TABLE3_ROWS
-
-    seed_rows = {name for name, _ in TABLE3_ROWS}
-    panels = []
-    for key, title in (
-        ("table3_raw", "Table 3, raw CLIP space"),
-        ("table3_cmpa", "Table 3, CMPA space"),
-        ("table4", "Table 4, initial CAM"),
-    ):
-        tab = R.table(report, key)
-        if tab is None:
-            continue
-        rows = []
-        for r in tab["rows"]:
-            m = (r["measured"] or {}).get("miou")
-            if m is None:
-                continue  # paper-only rows
-            if key == "table3_raw" and r["name"] not in seed_rows:
-                continue  # the chart keeps the Table 3 rows (not the after-PAR diagnostics)
-            rows.append((r["name"], float(m), (r["paper"] or {}).get("miou")))
-        if rows:
-            panels.append((title, rows))
-    return panels
-
-
-def _toy_tables_figure(report: dict[str, Any], path: Path) -> Path | None:
-    from ssrseg.toy.diagnostics import bar_chart
-
-    panels = toy_chart_tables(report)
-    if not panels:
-        return None
-    bar_chart(panels, path)
-    return path
-
-
-def _panels(run: Any) -> list[Path]:
-    """Example panels of the first images of the seed split (cached per trained model)."""
-    from ssrseg.engine.cam_rows import row_labeler, write_panels
-    from ssrseg.engine.checkpoint import load_model
-    from ssrseg.engine.infer import Segmenter
-    from ssrseg.engine.reproduce import open_dataset, resolve_seed_split
-
-    plan, cfg = run.plan, run.cfg
-    if plan.panels <= 0 or _result(run, "train") is None:
-        return []
-    folder = run.out / "panels"
-    split, _ = resolve_seed_split(cfg, plan)
-    key = {"train": run.tokens.get("train"), "split": split, "n": plan.panels}
-    stamp = folder / "panels.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == key:
-        return sorted(folder.glob("*.png"))
-    model, _ = load_model(run.folder("train"), run.device)
-    dataset = open_dataset(cfg, split, labels=True)
-    labeler = row_labeler(model.labeler, cfg, {})
-    cmpa = model.cmpa if cfg.cam.projected and model.cmpa is not None else None
-    seg = Segmenter(
-        model.segment,
-        dataset.num_classes,
-        model.patch_size,
-        cfg.infer,
-        class_names=dataset.class_names,
-        crf=cfg.crf,
-        device=run.device,
-    )
-    for old in folder.glob("*.png"):
-        old.unlink()
-    n = min(plan.panels, len(dataset))
-    written = write_panels(folder, dataset, range(n), labeler, seg, cmpa, plan.long_side)
-    atomic_write_text(stamp, json.dumps(key))
-    return written
-
-
-def _stages(run: Any, report: dict[str, Any], total_s: float) -> None:
-    from ssrseg.engine.reproduce import STAGES
-
-    for stage in STAGES:
-        status = run.status.get(stage, "n/a")
-        if stage in ("check", "report"):
-            status = "ran"
-        if status == "n/a" and stage not in run.notes:
-            continue
-        state = run.states.get(stage) or {}
-        entry: dict[str, Any] = {"status": STATUS_TEXT.get(status, status)}
-        if state.get("status") == "done" and status not in ("stale", "missing"):
-            entry.update(
-                hash=state.get("hash"),
-                wall_s=state.get("wall_s"),
-                peak_memory=state.get("peak_memory"),
-            )
-            result = state.get("result") or {}
-            if "skipped" in result:
-                entry["note"] = result["skipped"]
-        if stage in run.notes:
-            entry["note"] = run.notes[stage]
-        report["stages"][stage] = entry
-    report["stages"]["report"]["wall_s"] = None
-    report["total_wall_s"] = round(total_s, 1)
-
-
-def build_report(run: Any, elapsed_s: float) -> dict[str, Any]:
-    """Assemble, print and write the report of ``run`` (a :class:`~ssrseg.engine.reproduce.Run`)."""
-    from ssrseg.engine.reproduce_check import environment
-    from ssrseg.runrecord import make_record, record_hash
-
-    t0 = time.perf_counter()
-    cfg, plan = run.cfg, run.plan
-    import dataclasses
-
-    options = {
-        k: v
-        for k, v in dataclasses.asdict(plan).items()
-        if k not in ("progress", "stages", "redo", "title")
-    }
-    record = make_record(cfg, options)
-    dataset = cfg.data.dataset
-    title = plan.title or f"SSR reproduction on {R.DATASET_NAMES.get(dataset, dataset)}"
-    report = R.new_report(title, dataset, record_hash(record))
-    report["config"] = config_to_dict(cfg)
-    report["options"] = record["options"]
-    report["check"] = run.check
-    report["warnings"] = list(run.check.get("warnings", []))
-    report["environment"] = environment(run.device)
-    _tables(run, report)
-    _summary(run, report)
-    for tab in report["tables"]:
-        R.print_table(tab)
-    _figures(run, report)
-    _stages(run, report, elapsed_s + time.perf_counter() - t0)
-    report["stages"]["report"]["wall_s"] = round(time.perf_counter() - t0, 1)
-    _, md_path = R.write_report(report, run.out)
-    print(f"\nreport: {md_path} (total {report['total_wall_s']:.0f} s)")
-    return report

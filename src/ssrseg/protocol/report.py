@@ -19,6 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ssrseg.config import atomic_write_text
+from ssrseg.metrics import json_safe
+
 # ----------------------------------------------------------------------------------------------
 # The paper's numbers [paper], SSR_SPEC top and section 11. Percent; P / R / mIoU class means.
 
@@ -507,9 +510,6 @@ def summary_row(
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """Run the hooks, then write ``report.json`` (strict JSON) and ``report.md``."""
-    from ssrseg.config import atomic_write_text
-    from ssrseg.metrics import json_safe
-
     run_hooks(report, out_dir)
     json_path = out_dir / "report.json"
     md_path = out_dir / "report.md"

@@ -1,0 +1,375 @@
+"""The work stages of ``ssrseg reproduce`` (render, seeds, train, cmpa, eval, export,
+fully_supervised): each takes the :class:`~ssrseg.protocol.plan.Run` and returns its result
+dict, which :func:`~ssrseg.protocol.plan.execute` stores in ``stage.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict, save_config
+from ssrseg.data.base import SkipLog, iter_valid, read_image
+from ssrseg.data.toy import write_toy_dataset
+from ssrseg.engine.checkpoint import LAST_FILE, load_model, resolve_checkpoint
+from ssrseg.engine.distributed import cleanup, setup
+from ssrseg.engine.export import (
+    archive_voc_results,
+    check_voc_mask,
+    missing_voc_test,
+    voc_test_path,
+)
+from ssrseg.engine.infer import Segmenter, run_crf
+from ssrseg.engine.train import run_training
+from ssrseg.errors import BadInputError
+from ssrseg.metrics import ConfusionMatrix, json_safe
+from ssrseg.protocol.cam_rows import (
+    AFTER_PAR_ROWS,
+    EXTRA_ROWS,
+    TABLE3_ROWS,
+    RowHook,
+    baseline_scores,
+    merge_config,
+    score_rows,
+)
+from ssrseg.protocol.plan import (
+    LEAK_ROWS,
+    ReproduceError,
+    Run,
+    open_dataset,
+    resolve_seed_split,
+    seed_indices,
+)
+from ssrseg.protocol.report import row_summary
+from ssrseg.pseudo.labeler import build_pseudo_labeler
+from ssrseg.toy.diagnostics import backbone_grouping, context_leak
+from ssrseg.viz import save_label_png
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+
+def stage_render(run: Run, resumed: bool) -> dict[str, Any]:
+    world = run.plan.world
+    assert world is not None
+    root = Path(run.cfg.data.root)
+    for split, n in ((run.cfg.data.train_split, world.n_train), (world.val_split, world.n_val)):
+        listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if resumed and listing.is_file() and len(listing.read_text().split()) == n:
+            continue
+        write_toy_dataset(root, n, split=split, seed=world.seed, image_size=world.image_size,
+                          progress=run.plan.progress)  # fmt: skip
+    return {"root": str(root), "n_train": world.n_train, "n_val": world.n_val}
+
+
+def _base_labeler(cfg: SSRConfig, device: torch.device) -> Any:
+    """Labeller whose backbones every row shares (DINO loaded when the config allows it)."""
+    over: dict[str, Any] = {"cam": {"projected": False}}
+    if cfg.backbone.use_dino:
+        over["affinity"] = {"use_dino_attention": True}
+    return build_pseudo_labeler(merge_config(cfg, over), device)
+
+
+def _toy_hook() -> RowHook:
+    def hook(name: str, dataset: Any, indices: Sequence[int], preds: dict) -> dict[str, Any]:
+        return {"context_leak": context_leak(dataset, indices, preds)}
+
+    return hook
+
+
+def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
+    """Table 3 in the raw CLIP space (plus after-PAR rows), toy baselines when asked."""
+    cfg, plan = run.cfg, run.plan
+    torch.manual_seed(cfg.train.seed)
+    split, _ = resolve_seed_split(cfg, plan)
+    dataset = open_dataset(cfg, split, labels=True)
+    indices = seed_indices(cfg, plan, dataset)
+    base = _base_labeler(cfg, run.device)
+    raw_cfg = merge_config(cfg, {"cam": {"projected": False}})
+    rows = (*TABLE3_ROWS, *AFTER_PAR_ROWS, *EXTRA_ROWS)
+    folder = run.folder("seeds")
+    scored = score_rows(
+        base,
+        raw_cfg,
+        rows,
+        dataset,
+        indices,
+        folder / "rows",
+        batch=plan.seed_batch,
+        long_side=plan.long_side,
+        hook=_toy_hook() if plan.toy_rows else None,
+        hook_rows=LEAK_ROWS if plan.toy_rows else (),
+        label_dir=folder / "labels",
+        label_row="+ PAR (pseudo labels)",
+        progress=plan.progress,
+    )
+    result: dict[str, Any] = {
+        "split": split,
+        "images": len(indices),
+        "rows": {name: row_summary(e["result"]) for name, e in scored.items()},
+        "iou": {name: e["result"]["iou"] for name, e in scored.items()},
+        "class_names": list(dataset.class_names),
+    }
+    if plan.toy_rows:
+        result["baselines"] = {
+            k: row_summary(v.compute()) for k, v in baseline_scores(dataset, indices).items()
+        }
+        result["context_leak"] = {
+            name: scored[name]["extra"]["context_leak"] for name in LEAK_ROWS if name in scored
+        }
+    if plan.toy_rows and plan.grouping_images > 0:
+        # the world's `val` split: rendered on the fly, never scored (choose dino_layers here)
+        seed = plan.world.seed if plan.world is not None else 0
+        vits = {"clip": base.clip.visual, "dino": base.dino}
+        result["attention_grouping"] = {
+            "split": "val",
+            "images": plan.grouping_images,
+            "rows": backbone_grouping(vits, plan.grouping_images, seed),
+        }
+    _write_metrics(folder / "metrics.json", {k: v["result"] for k, v in scored.items()})
+    return result
+
+
+def _write_metrics(path: Path, results: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(json_safe(results), indent=1) + "\n")
+
+
+def torchrun_command(
+    config_file: Path, run_dir: Path, gpus: int, device_type: str, resume: bool
+) -> list[str]:
+    """``torchrun --nproc_per_node N -m ssrseg.cli train ...`` for this interpreter."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(gpus),
+        "-m",
+        "ssrseg.cli",
+        "train",
+        "--config",
+        str(config_file),
+        "--output-dir",
+        str(run_dir),
+        "--device",
+        device_type,
+    ]
+    if resume:
+        cmd += ["--resume", str(run_dir)]
+    return cmd
+
+
+def train_into(run: Run, cfg: SSRConfig, run_dir: Path, gpus: int = 1) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, resuming from its last checkpoint when there is one."""
+    resume = (run_dir / LAST_FILE).is_file()
+    if gpus > 1:
+        config_file = save_config(cfg, run_dir, name="reproduce_train.yaml")
+        cmd = torchrun_command(config_file, run_dir, gpus, run.device.type, resume)
+        if not run.plan.progress:
+            cmd.append("--no-progress")
+        print("  " + " ".join(cmd))
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        proc = subprocess.run(cmd, env=env, check=False)
+        if proc.returncode != 0:
+            raise ReproduceError(
+                f"torchrun training exited with status {proc.returncode}; rerun the same "
+                "command to resume from the last checkpoint in " + str(run_dir)
+            )
+    else:
+        ctx = setup(str(run.device))
+        # seed before the model is built: its initialisation must not depend on earlier stages
+        torch.manual_seed(cfg.train.seed)
+        try:
+            step = run_training(
+                cfg, ctx, run_dir, run_dir if resume else None, progress=run.plan.progress
+            )
+        finally:
+            cleanup(ctx)
+        if step < 0:
+            raise ReproduceError(
+                "training skipped unreadable items (listed above); fix them or set "
+                "data.allow_skipped=true"
+            )
+    ckpt = resolve_checkpoint(run_dir)
+    return {
+        "checkpoint": str(ckpt.relative_to(run.out)),
+        "iterations": cfg.train.iterations,
+        "gpus": gpus,
+        "effective_batch": gpus * cfg.train.batch_size,
+    }
+
+
+def stage_train(run: Run, resumed: bool) -> dict[str, Any]:
+    cfg, plan = run.cfg, run.plan
+    if plan.gpus > 1 and cfg.train.batch_size * plan.gpus != cfg.train.batch_size:
+        print(
+            f"  note: {plan.gpus} processes x train.batch_size {cfg.train.batch_size} = "
+            f"effective batch {plan.gpus * cfg.train.batch_size}"
+        )
+    return train_into(run, cfg, run.folder("train"), plan.gpus)
+
+
+def stage_cmpa(run: Run, resumed: bool) -> dict[str, Any]:
+    """Table 3 in the CMPA-projected space (its first row is Table 4's CMPA initial CAM)."""
+    cfg, plan = run.cfg, run.plan
+    model, _ = load_model(run.folder("train"), run.device)
+    if model.cmpa is None:
+        return {"skipped": "cmpa.enabled is false: no CMPA heads were trained"}
+    cmpa = model.cmpa.eval()
+    split, _ = resolve_seed_split(cfg, plan)
+    dataset = open_dataset(cfg, split, labels=True)
+    indices = seed_indices(cfg, plan, dataset)
+    rows = [(name, {**ov, "cam": {"projected": True}}) for name, ov in TABLE3_ROWS]
+    scored = score_rows(
+        model.labeler,
+        cfg,
+        rows,
+        dataset,
+        indices,
+        run.folder("cmpa") / "rows",
+        batch=plan.seed_batch,
+        cmpa=cmpa,
+        long_side=plan.long_side,
+        progress=plan.progress,
+    )
+    _write_metrics(run.folder("cmpa") / "metrics.json", {k: v["result"] for k, v in scored.items()})
+    return {
+        "split": split,
+        "images": len(indices),
+        "rows": {name: row_summary(e["result"]) for name, e in scored.items()},
+        "iou": {name: e["result"]["iou"] for name, e in scored.items()},
+    }
+
+
+def _mode_name(mode: bool) -> str:
+    return "crf" if mode else "no_crf"
+
+
+def evaluate_into(
+    seg: Any,
+    dataset: Any,
+    modes: Sequence[bool],
+    pred_dir: Path,
+    indices: Sequence[int],
+    progress: bool,
+) -> dict[bool, Any]:
+    """Score ``dataset[indices]`` once per CRF mode from one multi-scale forward per image;
+    predictions go to ``pred_dir/{no_crf,crf}/<id>.png`` and are read back on a resume."""
+    log = SkipLog()
+    matrices = {m: ConfusionMatrix(seg.num_classes) for m in modes}
+    for sample in iter_valid(dataset, log, indices, progress=progress, desc="evaluate"):
+        if sample.mask is None:
+            raise ReproduceError(f"{sample.path}: the evaluation split has no ground-truth mask")
+        paths = {m: pred_dir / _mode_name(m) / f"{sample.image_id}.png" for m in modes}
+        if all(p.is_file() for p in paths.values()):
+            from PIL import Image
+
+            masks = {m: np.asarray(Image.open(p)) for m, p in paths.items()}
+        else:
+            _, probs = seg.predict(sample.image, return_probs=True, crf=False)
+            masks = {}
+            for m in modes:
+                scores = run_crf(sample.image, probs, seg.crf_cfg) if m else probs
+                masks[m] = scores.argmax(axis=0).astype(np.uint8)
+                save_label_png(paths[m], masks[m], dataset.palette_name)
+        for m in modes:
+            matrices[m].update(masks[m], sample.mask)
+    log.report()
+    return matrices
+
+
+def _evaluate_stage(run: Run, ckpt_dir: Path, folder: Path) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the val split into ``folder``."""
+    return evaluate_checkpoint(run, ckpt_dir, folder, run.cfg.data.val_split, run.plan.val_images)
+
+
+def evaluate_checkpoint(
+    run: Run, ckpt_dir: Path, folder: Path, split: str, images: int | None
+) -> dict[str, Any]:
+    """The checkpoint in ``ckpt_dir`` scored on the first ``images`` (None: all) of ``split``
+    in every CRF mode; predictions and ``metrics.json`` go to ``folder``."""
+    cfg, plan = run.cfg, run.plan
+    # this run's inference and CRF settings, not the ones saved with the checkpoint
+    seg = Segmenter.from_checkpoint(ckpt_dir, run.device, infer=cfg.infer, crf=cfg.crf)
+    dataset = open_dataset(cfg, split, labels=False)
+    n = len(dataset) if images is None else min(images, len(dataset))
+    matrices = evaluate_into(
+        seg, dataset, run.crf_modes, folder / "pred", list(range(n)), plan.progress
+    )
+    results = {}
+    for m, cm in matrices.items():
+        res = cm.compute()
+        res["class_names"] = ["background", *dataset.class_names]
+        results[_mode_name(m)] = res
+    settings = {"infer": config_to_dict(seg.infer), "crf_params": config_to_dict(seg.crf_cfg)}
+    _write_metrics(folder / "metrics.json", {"split": dataset.split, **settings, **results})
+    return {
+        "split": dataset.split,
+        "images": n,
+        "rows": {k: row_summary(v) for k, v in results.items()},
+        "iou": {k: v["iou"] for k, v in results.items()},
+        "class_names": list(dataset.class_names),
+    }
+
+
+def stage_eval(run: Run, resumed: bool) -> dict[str, Any]:
+    return _evaluate_stage(run, run.folder("train"), run.folder("eval"))
+
+
+def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
+    """VOC test predictions, without and with CRF, each tree archived for the server."""
+    if not run.check.get("has_test"):
+        return {"skipped": "no VOC test split"}
+    cfg = run.cfg
+    seg = Segmenter.from_checkpoint(run.folder("train"), run.device, infer=cfg.infer, crf=cfg.crf)
+    test = open_dataset(cfg, "test", labels=False, masks=False)
+    roots = {m: run.folder("export") / _mode_name(m) for m in run.crf_modes}
+    from tqdm import tqdm
+
+    for image_id in tqdm(test.ids, desc="VOC test export", disable=not run.plan.progress):
+        targets = {m: voc_test_path(r, image_id) for m, r in roots.items()}
+        if all(p.is_file() for p in targets.values()):
+            continue
+        try:
+            image = read_image(test.image_path(image_id))
+        except BadInputError as exc:
+            raise ReproduceError(f"VOC test export: {exc}") from None
+        _, probs = seg.predict(image, return_probs=True, crf=False)
+        for m, path in targets.items():
+            scores = run_crf(image, probs, seg.crf_cfg) if m else probs
+            mask = scores.argmax(axis=0).astype(np.uint8)
+            check_voc_mask(mask, image.shape, image_id)
+            save_label_png(path, mask, seg.palette)
+    archives = {}
+    for m, r in roots.items():
+        missing = missing_voc_test(r, test.ids)
+        if missing:
+            raise ReproduceError(f"VOC test export misses {len(missing)} image(s): {missing[:5]}")
+        archives[_mode_name(m)] = str(archive_voc_results(r).relative_to(run.out))
+    return {"images": len(test.ids), "archives": archives}
+
+
+def stage_fully_supervised(run: Run, resumed: bool) -> dict[str, Any]:
+    """The same decoder trained on ground-truth masks, evaluated like ``eval``."""
+    cfg = merge_config(
+        run.cfg,
+        {
+            "train": {
+                "iterations": run.plan.fully_supervised_iterations,
+                "val_every": 0,
+                "supervision": "gt",
+            },
+            "cmpa": {"enabled": False},
+        },
+    )
+    folder = run.folder("fully_supervised")
+    train = train_into(run, cfg, folder / "train")
+    return {**_evaluate_stage(run, folder / "train", folder), "train": train}
