@@ -141,3 +141,27 @@ def test_train_step_hands_the_batch_superpixels_to_the_labeller(tmp_path: Path) 
     first, second = model.labeler.calls
     assert torch.equal(first["superpixels"], superpixels)
     assert second["superpixels"] is None
+
+
+def test_train_step_hands_the_decoder_affinity_to_the_labeller(tmp_path: Path) -> None:
+    """affinity.decoder_affinity (WeCLIP's RFM): the labeller gets sigmoid(F^T F) of the
+    decoder's fused features of the batch's images."""
+    cfg = tiny_config(train__iterations=4, affinity__mask="none", affinity__decoder_affinity=True)
+    model = tiny_ssr_model(cfg, 0)
+    model.labeler = _Recording(model.labeler)
+    trainer = Trainer(cfg, model, [], tmp_path, progress=False)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)  # the decoder's dropout draws
+    with torch.no_grad():
+        visual = model.visual
+        out = visual.forward_intermediates(
+            visual.normalize(images), n_blocks=model.decoder.num_layers_in
+        )
+        fused = model.decoder(out.tokens, out.grid)[1]
+        f = fused.flatten(2).transpose(1, 2)
+        want = torch.sigmoid(f @ f.transpose(1, 2))
+    torch.manual_seed(5)
+    trainer.train_step({"images": images, "labels": [(0,), (1, 2)]})
+    got = model.labeler.calls[0]["decoder_affinity"]
+    assert got.shape == (2, 16, 16)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
