@@ -43,15 +43,22 @@ def _case() -> tuple[np.ndarray, np.ndarray]:
     return image, probs.astype(np.float32)
 
 
-def _direct(image: np.ndarray, probs: np.ndarray, c: CRFConfig) -> np.ndarray:
-    k, h, w = probs.shape
+def _direct_unary(image: np.ndarray, unary: np.ndarray, c: CRFConfig) -> np.ndarray:
+    """The direct call with a given ``K x H x W`` unary."""
+    k, h, w = unary.shape
     d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(utils.unary_from_softmax(probs, clip=1e-5))
+    d.setUnaryEnergy(np.ascontiguousarray(unary.reshape(k, -1), dtype=np.float32))
     d.addPairwiseGaussian(sxy=c.gaussian_sxy, compat=c.gaussian_compat)
     d.addPairwiseBilateral(
         sxy=c.bilateral_sxy, srgb=c.bilateral_srgb, rgbim=image.copy(), compat=c.bilateral_compat
     )
     return np.asarray(d.inference(c.iterations), dtype=np.float32).reshape(k, h, w)
+
+
+def _direct(image: np.ndarray, probs: np.ndarray, c: CRFConfig) -> np.ndarray:
+    """pydensecrf called here, its unary from pydensecrf's own ``unary_from_softmax``."""
+    unary = utils.unary_from_softmax(probs, clip=1e-5)
+    return _direct_unary(image, unary.reshape(probs.shape), c)
 
 
 def test_dense_crf_equals_a_direct_pydensecrf_call_with_the_configured_values() -> None:
@@ -89,18 +96,6 @@ def test_segmenter_crf_step_uses_its_configured_crf() -> None:
     want = _direct(image, softmax, CFG)
     np.testing.assert_allclose(probs, want, rtol=0, atol=1e-5)
     assert np.array_equal(mask, want.argmax(axis=0).astype(np.uint8))
-
-
-def _direct_unary(image: np.ndarray, unary: np.ndarray, c: CRFConfig) -> np.ndarray:
-    """The direct call with a given ``K x H x W`` unary."""
-    k, h, w = unary.shape
-    d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(np.ascontiguousarray(unary.reshape(k, -1), dtype=np.float32))
-    d.addPairwiseGaussian(sxy=c.gaussian_sxy, compat=c.gaussian_compat)
-    d.addPairwiseBilateral(
-        sxy=c.bilateral_sxy, srgb=c.bilateral_srgb, rgbim=image.copy(), compat=c.bilateral_compat
-    )
-    return np.asarray(d.inference(c.iterations), dtype=np.float32).reshape(k, h, w)
 
 
 def test_probabilities_are_clipped_to_1e5_and_1_before_the_log() -> None:
