@@ -1,4 +1,4 @@
-"""Run every benchmark on a CUDA device with bf16 backbones; JSON goes to the folder ``$OUT``.
+"""Run every benchmark on a CUDA device with half-precision backbones; JSON goes to ``$OUT``.
 
     OUT=/some/folder python benchmarks/bench_gpu.py                        # on a GPU machine
     OUT=/tmp/gpu_smoke python benchmarks/bench_gpu.py --device cpu --tiny  # CPU smoke test
@@ -11,7 +11,10 @@ One process, the benchmarks one after the other (CUDA peaks are reset between th
 2. ``bench_pseudo_labels``: SSR's default pseudo labels vs the CLIP-ES configuration, images
    per second (``backbone.half_precision=true`` for both);
 3. ``bench_infer --bf16``: inference images per second per configuration, CRF alone (CPU);
-4. ``bench_par``: PAR on the GPU (torch form; the compiled kernels are CPU-only).
+4. ``bench_par``: PAR on the GPU (torch form; the compiled kernels are CPU-only);
+5. ``bench_precision --device``: ``backbone.precision`` fp32 / fp16 / bf16 on the device (issue
+   27): the share of label pixels that differ from fp32, pseudo-label images per second and
+   peak memory (VOC-size images, random-weight towers), and the toy world's mIoU per precision.
 
 Each writes its own JSON (``train_cuda.json`` ...) into ``$OUT``; ``gpu_summary.json`` collects
 the figures the issue asks for. ``--tiny`` uses narrow towers and tiny images so the whole
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the bench_* modules and their 
 
 import bench_infer
 import bench_par
+import bench_precision
 import bench_pseudo_labels
 import bench_train
 from _timing import machine_info, write_json
@@ -110,6 +114,9 @@ def summary(out: Path, device: torch.device) -> dict[str, Any]:
         }
         res["inference"]["crf_cpu"] = infer["results"][0]["crf"]
         res["inference"]["peak_memory"] = infer["peak_memory"]
+    precision = load("precision")
+    if precision:
+        res["precision"] = precision["device_leg"]
     par = load("par")
     if par:
         res["par"] = {
@@ -175,6 +182,22 @@ def main() -> int:
         log,
     )
     run("par", bench_par.main, [*dev, *tiny, "--repeats", "1" if quick else "5"], log)
+    run(
+        "precision",
+        bench_precision.main,
+        [
+            *dev,
+            *tiny,
+            "--device-leg",
+            "--voc-images",
+            "1" if quick else "8",
+            "--toy-images",
+            "2" if quick else "24",
+            "--repeats",
+            "1" if quick else "3",
+        ],
+        log,
+    )
     report = {
         "machine": machine_info(device),
         "tiny": args.tiny,

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("model",),
     ("rectify", "cam"),
     ("data", "backbones"),
-    ("config", "metrics", "viz", "atomic", "errors", "runrecord", "pickles", ""),
+    ("config", "metrics", "viz", "atomic", "errors", "runrecord", "pickles", "precision", ""),
 )
 
 # A function-local ``from ssrseg ...`` import must say why it is not at the top of the module in

@@ -29,6 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("weights", "weights", "list, fetch, convert or fake (random) backbone weights"),
     ("toy", "toy", "toy world: render data, train the tiny CLIP and DINO"),
     ("tags", "tags", "write an image-level tag file from dataset annotations"),
+    ("view", "view", "write a static page to look at an output folder image by image"),
 )
 
 
@@ -80,7 +81,13 @@ KNOWN_ERRORS: tuple[tuple[str, str], ...] = (
     ("ssrseg.cam.prompts", "PromptError"),
     ("ssrseg.commands.toy", "ToyCommandError"),
     ("ssrseg.commands.predict", "InputListError"),
+    ("ssrseg.view.discover", "ViewInputError"),
+    ("ssrseg.engine.shard", "ShardError"),
+    ("ssrseg.commands.evaluate", "MergeError"),
 )
+# An image failed in one process of a data-parallel stage: one line when its cause is a known
+# error, else the traceback (whose last line still names the rank and the image).
+WRAPPING_ERRORS: tuple[tuple[str, str], ...] = (("ssrseg.engine.distributed", "StageError"),)
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
@@ -89,6 +96,10 @@ def known_error(exc: BaseException) -> bool:
     """Is ``exc`` one of :data:`KNOWN_ERRORS` or a file-system error (``OSError``)?"""
     if isinstance(exc, OSError):
         return True
+    for module, name in WRAPPING_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return exc.__cause__ is not None and known_error(exc.__cause__)
     for module, name in KNOWN_ERRORS:
         cls = getattr(sys.modules.get(module), name, None)
         if isinstance(cls, type) and isinstance(exc, cls):

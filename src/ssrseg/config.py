@@ -36,7 +36,12 @@ class BackboneConfig:
     # DINOv2 in the slot, run on CLIP's patch grid (docs/dinov2.md)
     dino: str = "dino_vit_s16"
     use_dino: bool = True  # [paper] needed for the "+DINO attention" rows; off saves its forward
-    half_precision: bool = True  # [decision] frozen backbones in bf16/fp16 on GPU (ignored on CPU)
+    half_precision: bool = True  # [decision] backbones in half precision on GPU (see precision)
+    # [CLIP-ES, WeCLIP] auto (half_precision: true -> fp16, false -> fp32) | fp32 | fp16 (fp16
+    # weights and activations, LayerNorm in fp32: OpenAI CLIP on a GPU) | bf16 (bf16 autocast);
+    # acts on CUDA only (ssrseg.precision); the label maths after the backbones stays fp32
+    precision: str = "auto"
+    precision_cpu: bool = False  # [decision] apply precision on the CPU too (tests, benchmarks)
     # [CLIP-ES] CLIP's position table to the input grid: bilinear_fp16 (CLIP-ES / WeCLIP: bilinear,
     # table rounded to fp16) | bicubic (ssrseg before; transformers). DINO keeps bicubic.
     pos_embed_resize: str = "bilinear_fp16"
@@ -160,6 +165,9 @@ class CRFConfig:
     bilateral_sxy: float = 64.0  # [WeCLIP]
     bilateral_srgb: float = 5.0  # [WeCLIP]
     bilateral_compat: float = 4.0  # [WeCLIP]
+    # [decision] labels the CRF runs over: all (WeCLIP) or present = background + the classes
+    # the image's own argmax uses (far fewer for COCO's 81; docs/reproduction.md measures it)
+    labels: str = "all"
 
 
 @dataclass(frozen=True)
@@ -570,6 +578,7 @@ PROBABILITY = between(0.0, 1.0)
 FIELD_RULES: dict[str, Rule] = {
     "backbone.clip": NON_EMPTY,
     "backbone.dino": NON_EMPTY,
+    "backbone.precision": one_of("auto", "fp32", "fp16", "bf16"),
     "backbone.pos_embed_resize": one_of("bilinear_fp16", "bicubic"),
     "backbone.dino_pos_embed_resize": one_of("bicubic", "bicubic_offset"),
     "prompts.dataset": NON_EMPTY,
@@ -615,6 +624,7 @@ FIELD_RULES: dict[str, Rule] = {
     "crf.bilateral_sxy": above(0.0),
     "crf.bilateral_srgb": above(0.0),
     "crf.bilateral_compat": at_least(0.0),
+    "crf.labels": one_of("all", "present"),
     "cmpa.in_dim": at_least(1),
     "cmpa.out_dim": at_least(1),
     "cmpa.hidden_dim": at_least(1),

@@ -320,6 +320,9 @@ def test_evaluate_dataset_scores_each_crf_mode(
         return out
 
     monkeypatch.setattr(infer, "dense_crf", all_class_one)
+    # evaluate_dataset's CRF runs through the CRF pool (crf_pool.crf_mask), which looks the
+    # function up in its module at each call
+    monkeypatch.setattr("ssrseg.engine.crf.dense_crf", all_class_one)
     seg, _ = make_segmenter(num_classes=21)
     images = {"a": random_image(30, 40, 1), "b": random_image(26, 26, 2)}
     rng = np.random.default_rng(5)

@@ -32,7 +32,7 @@ def test_preset_loads_with_the_clip_es_switches() -> None:
     assert (aff.mask, aff.mask_target, aff.box_threshold) == ("box", "transition", 0.4)
     assert aff.box_quantise and aff.box_clip_last and not aff.decoder_affinity
     assert (aff.sinkhorn_rounds, aff.square) == (3, True)
-    assert not cfg.backbone.use_dino and not cfg.backbone.half_precision
+    assert not cfg.backbone.use_dino and cfg.backbone.precision == "fp16"  # fp32 on a CPU
     assert not cfg.par.enabled and not cfg.cmpa.enabled
     p = cfg.pseudo
     assert (p.output_resize, p.fp16_scores, p.background_power) == ("direct", True, 1.0)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssrseg.backbones.vit import Block, VisionTransformer, ViTConfig
+from ssrseg.backbones.vit import Block, LayerNorm, VisionTransformer, ViTConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class TextTransformer(nn.Module):
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos_embed = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
         self.blocks = nn.ModuleList([Block(block_cfg) for _ in range(cfg.layers)])
-        self.norm = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.norm = LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.proj = nn.Parameter(torch.zeros(cfg.width, embed_dim))
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)
@@ -78,7 +78,9 @@ class TextTransformer(nn.Module):
             raise ValueError(
                 f"{tokens.shape[1]} tokens exceed the context length {self.cfg.context_length}"
             )
-        x = self.token_embed(tokens) + self.pos_embed[: tokens.shape[1]]
+        # in the blocks' dtype (fp16 after half_weights: OpenAI's encode_text casts both terms)
+        dtype = self.proj.dtype
+        x = self.token_embed(tokens).to(dtype) + self.pos_embed[: tokens.shape[1]].to(dtype)
         for block in self.blocks:
             x, _ = block(x, causal=True)
         x = self.norm(x)

@@ -76,6 +76,39 @@ class ViTOutput:
         return self.tokens[-1]
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm that computes in float32 when its input is half precision and autocast is
+    off, then casts back (OpenAI CLIP's ``LayerNorm`` subclass: its weights stay float32 when
+    the rest of the model is converted to fp16). A float32 input with float32 weights takes
+    ``nn.LayerNorm``'s own path unchanged; under autocast, autocast already runs ``layer_norm``
+    in float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        params_fp32 = self.weight is None or self.weight.dtype == torch.float32
+        if (x.dtype == torch.float32 and params_fp32) or torch.is_autocast_enabled(x.device.type):
+            return super().forward(x)
+        # also float32 input with bf16 weights (the trainer's bf16 backbones, Grad-CAM's
+        # float32 last block reading them): torch has no layer_norm for that mix
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def half_weights(module: nn.Module) -> nn.Module:
+    """Convert ``module`` in place to the references' fp16 GPU numerics and return it: the
+    weights and biases of every Linear and Conv2d and the output projections (``proj``) to
+    float16; LayerNorms, class / register tokens, position tables and the logit scale stay
+    float32 (OpenAI CLIP's ``convert_weights``; activations then follow the weights' dtype,
+    and :class:`LayerNorm` computes in float32)."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear | nn.Conv2d):
+            sub.half()
+        proj = getattr(sub, "proj", None)
+        if isinstance(proj, nn.Parameter):
+            proj.data = proj.data.half()
+    return module
+
+
 class QuickGELU(nn.Module):
     """OpenAI CLIP's activation, x * sigmoid(1.702 x)."""
 
@@ -186,9 +219,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.norm1 = LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.attn = Attention(cfg.width, cfg.heads)
-        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        self.norm2 = LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.mlp = MLP(cfg.width, int(cfg.width * cfg.mlp_ratio), cfg.act)
         self.ls1: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
         self.ls2: nn.Module = LayerScale(cfg.width) if cfg.layer_scale else nn.Identity()
@@ -294,9 +327,9 @@ class VisionTransformer(nn.Module):
         self.register_tokens: nn.Parameter | None = (
             nn.Parameter(torch.zeros(cfg.num_registers, d)) if cfg.num_registers else None
         )
-        self.ln_pre: nn.Module = nn.LayerNorm(d, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
+        self.ln_pre: nn.Module = LayerNorm(d, eps=cfg.ln_eps) if cfg.ln_pre else nn.Identity()
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
-        self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.norm = LayerNorm(d, eps=cfg.ln_eps)
         self.proj: nn.Parameter | None = (
             nn.Parameter(torch.zeros(d, cfg.output_dim)) if cfg.output_dim else None
         )

@@ -21,6 +21,7 @@ one-class-at-a-time definition (tested).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.backbones.vit import Block, VisionTransformer, ViTOutput
+from ssrseg.precision import fp32_island
 
 MINMAX_EPS = 1e-7  # [CLIP-ES] cam = (cam - min) / (max - min + eps)
 # [CLIP-ES] its Grad-CAM class min-max normalises each target layer's CAM, then once more after
@@ -60,7 +62,8 @@ class GradCamResult:
 
 
 def minmax(cams: Tensor, eps: float = MINMAX_EPS) -> Tensor:
-    """Min-max normalise over the last two dims: ``... x h x w`` -> same, in [0, 1]."""
+    """Min-max normalise over the last two dims: ``... x h x w`` -> same, in [0, 1] (in the
+    input's dtype; no autocast op inside, so an enclosing autocast changes nothing)."""
     flat = cams.flatten(-2)
     lo = flat.amin(dim=-1, keepdim=True)
     flat = flat - lo
@@ -153,15 +156,18 @@ def gradcam(
     last = cast(Block, visual.blocks[-1])
     if target == "block_input":
         ids, valid = pad_labels(labels, images01.device)
-        with torch.enable_grad():
+        # The last block, the head, the scores and the backward in float32 whatever the
+        # backbone's precision (an fp32 island): in fp16 the score gradients underflow and whole
+        # CAMs vanish (toy world: 6 % of the label pixels move, ssrseg.precision).
+        with torch.enable_grad(), fp32_island(images01.device):
+            last = float32_block(last)
+            x = x.float()
             h = last.norm1(x).detach().requires_grad_(True)
             y, attn = last.forward_from_norm1(x, h, need_attn=attn_last > 0)
             patch_emb = visual.head(y[:, 1:])
             feats = image_proj(patch_emb) if image_proj is not None else patch_emb
-            # Logits and CAMs in float32 even under autocast: scale * cos amplifies bf16 rounding.
-            with torch.autocast(images01.device.type, enabled=False):
-                emb = feats.float().mean(dim=1)
-                scores = class_scores(emb, class_emb, bg_emb, ids, valid, scale)
+            emb = feats.float().mean(dim=1)
+            scores = class_scores(emb, class_emb, bg_emb, ids, valid, scale)
             grads = _score_grads(scores, h, batch_classes)  # K_max x B x (1+N) x D
         cams = _weighted_tokens(h[:, 1:], grads[:, :, 1:])  # the block's input: CLS token first
     else:  # the last block without gradients: the CAM reads its output embeddings
@@ -202,19 +208,26 @@ def embedding_cams(
     its gradient w.r.t. the embeddings, channel weights = the spatial mean, ``relu(w . v_p)``.
     Returns the raw (not normalised) CAMs ``B x K_max x N`` and the scores ``B x K_max``."""
     ids, valid = pad_labels(labels, patch_emb.device)
-    with torch.enable_grad():
-        read = patch_emb.detach().requires_grad_(True)
+    with torch.enable_grad(), fp32_island(patch_emb.device):  # the backward in float32
+        read = patch_emb.detach().float().requires_grad_(True)
         feats = image_proj(read) if image_proj is not None else read
-        with torch.autocast(patch_emb.device.type, enabled=False):
-            scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
+        scores = class_scores(feats.float().mean(dim=1), class_emb, bg_emb, ids, valid, scale)
         grads = _score_grads(scores, read, batch_classes)  # K_max x B x N x E
     return _weighted_tokens(read, grads), scores
+
+
+def float32_block(block: Block) -> Block:
+    """``block`` itself when its weights are float32, else a float32 copy (fp16 / bf16
+    weights: the copy computes from the same rounded values in float32)."""
+    if all(p.dtype == torch.float32 for p in block.parameters()):
+        return block
+    return copy.deepcopy(block).float()
 
 
 def _weighted_tokens(tokens: Tensor, grads: Tensor) -> Tensor:
     """Grad-CAM's last step in float32: ``relu(sum_d mean_n(grads) * tokens)``; tokens
     ``B x N x D``, grads ``K x B x N x D`` -> ``B x K x N``."""
-    with torch.autocast(tokens.device.type, enabled=False):
+    with fp32_island(tokens.device):
         weights = grads.float().mean(dim=2)  # K x B x D
         return torch.relu(torch.einsum("kbd,bnd->bkn", weights, tokens.detach().float()))
 

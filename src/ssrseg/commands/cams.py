@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ssrseg.commands.common import plain_doc
+from ssrseg.commands.common import add_parallel_args, plain_doc
 from ssrseg.commands.pseudo_labels import (
     add_common_arguments,
     atomic_save_npz,
@@ -38,6 +38,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default="refined",
         help="refined CAM seeds (default) or initial Grad-CAMs",
     )
+    add_parallel_args(p, crf=False)
     return p
 
 
@@ -48,15 +49,10 @@ def read_cams(path: Any) -> tuple[np.ndarray, tuple[int, ...]]:
 
 
 def cam_labels(cams: np.ndarray, classes: tuple[int, ...], cfg: Any) -> np.ndarray:
-    """``argmax([(1 - max_c cam_c) ** power, cams])`` (no PAR) as ``H x W`` uint8 labels, from
-    the float16 values the file holds (so a resumed run scores the same)."""
-    import torch
+    """The labels ``--eval`` scores (:func:`ssrseg.rectify.labels.stored_cam_labels`)."""
+    from ssrseg.rectify.labels import stored_cam_labels
 
-    from ssrseg.rectify.labels import scores_to_labels
-
-    values = torch.from_numpy(cams.astype(np.float16).astype(np.float32))
-    labels: np.ndarray = scores_to_labels(values, classes, cfg.pseudo).numpy().astype(np.uint8)
-    return labels
+    return stored_cam_labels(cams, classes, cfg.pseudo)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -330,3 +330,59 @@ def resolve_split(split: str | None, cfg: Any, role: str = "train") -> str:
     if cfg.data.dataset == "folder" and configured == getattr(DataConfig(), key):
         return "all"
     return configured
+
+
+# ----------------------------------------------------------------------------- data-parallel
+PARALLEL_GROUP = (
+    "several processes (under torchrun every rank takes its share; see docs/reproduce.md)"
+)
+
+
+def add_parallel_args(parser: argparse.ArgumentParser, crf: bool = True) -> None:
+    """``--shard K/N`` (and ``--crf-workers N`` when the command runs a CRF)."""
+    g = parser.add_argument_group(PARALLEL_GROUP)
+    g.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process only share K of N (0-based) of the images, for launchers that start "
+        "independent processes (SLURM arrays: --shard $SLURM_ARRAY_TASK_ID/N); the outputs "
+        "equal one process's; combine metrics with `ssrseg evaluate --merge`",
+    )
+    if crf:
+        g.add_argument(
+            "--crf-workers",
+            type=non_negative_int,
+            default=None,
+            metavar="N",
+            help="processes running the dense CRF while the next image's forward runs "
+            "(default: this process's cores split between the ranks on this machine; 0: in "
+            "the main process)",
+        )
+        g.add_argument(
+            "--crf-labels",
+            choices=("all", "present"),
+            default=None,
+            help="labels the CRF runs over (crf.labels): all (default, WeCLIP) or present = "
+            "background + the classes the image's prediction uses (faster for COCO)",
+        )
+
+
+def with_crf_labels(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` (an SSRConfig or a CRFConfig) with ``--crf-labels`` applied when given."""
+    import dataclasses
+
+    labels = getattr(args, "crf_labels", None)
+    if labels is None:
+        return cfg
+    if hasattr(cfg, "crf"):
+        return dataclasses.replace(cfg, crf=dataclasses.replace(cfg.crf, labels=labels))
+    return dataclasses.replace(cfg, labels=labels)
+
+
+def crf_workers(args: argparse.Namespace, local_world_size: int) -> int:
+    """``--crf-workers``, or its default for ``local_world_size`` ranks on this machine."""
+    from ssrseg.engine.crf_pool import default_crf_workers
+
+    chosen = getattr(args, "crf_workers", None)
+    return default_crf_workers(local_world_size) if chosen is None else int(chosen)

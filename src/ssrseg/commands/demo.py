@@ -87,4 +87,12 @@ def run(args: argparse.Namespace) -> int:
     except (ReproduceError, ConfigError, FileNotFoundError) as exc:
         print(f"ssrseg demo: error: {exc}", file=sys.stderr)
         return 2
+    # the last step: a page to look at the run image by image (`ssrseg view`)
+    from ssrseg.commands.view import build_page
+    from ssrseg.view.discover import ViewInputError
+
+    try:
+        build_page(args.out)
+    except ViewInputError as exc:  # e.g. --stages without seeds or eval: nothing to show
+        print(f"note: no page built: {exc}", file=sys.stderr)
     return 0

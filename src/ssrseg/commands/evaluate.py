@@ -4,6 +4,12 @@
 or plain index PNGs, 0 background, c + 1, 255 ignore) for every id of the split, accumulates one
 confusion matrix (:mod:`ssrseg.metrics`), prints a per-class table and writes JSON.
 
+``ssrseg evaluate --checkpoint CKPT`` predicts the split and scores it; under ``torchrun`` every
+rank (and with ``--shard K/N`` every process) predicts its share, the confusion matrices are
+summed exactly, and the JSON equals one process's. Each ``--shard`` process writes
+``<out>.shard-K-of-N.json`` holding its counts; ``ssrseg evaluate --merge FILES... --out M``
+sums them into the JSON one process would have written.
+
 Reusable pieces for other modes (e.g. scoring a checkpoint): :func:`add_dataset_args`,
 :func:`open_eval_dataset`, :func:`evaluate_predictions` (or :func:`evaluate_arrays` for any
 iterable of (id, prediction, ground truth)), :func:`print_result`, :func:`write_result_json`.
@@ -23,7 +29,9 @@ import numpy as np
 
 from ssrseg.commands.common import add_dataset_args as common_dataset_args
 from ssrseg.commands.common import (
+    add_parallel_args,
     apply_dataset_args,
+    crf_workers,
     non_negative_int,
     positive_float,
     refuse_overlap,
@@ -31,6 +39,7 @@ from ssrseg.commands.common import (
     resolve_device,
     resolve_split,
     run_folder,
+    with_crf_labels,
     with_overrides,
 )
 from ssrseg.commands.predict import checkpoint_folder, infer_overrides, load_segmenter
@@ -106,12 +115,21 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bar"
     )
     p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="SHARD_JSON",
+        help="sum the metrics files of `evaluate --checkpoint --shard K/N` (all N shards) "
+        "into --out: the numbers one process gives",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
         help="config overrides, e.g. data.root=... or (with --checkpoint) infer.scales=[1.0]",
     )
     add_checkpoint_args(p)
+    add_parallel_args(p)
     return p
 
 
@@ -268,6 +286,8 @@ def refuse_eval_overlap(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from ssrseg.data import SkipLog
 
+    if getattr(args, "merge", None):
+        return run_merge(args)
     resolve_eval_args(args)
     refuse_eval_overlap(args)
     if getattr(args, "checkpoint", None):
@@ -352,17 +372,45 @@ def crf_modes(choice: str) -> tuple[bool, ...]:
     return (True,) if choice == "on" else (False, True)
 
 
+def shard_path(out: Path, shard: Any) -> Path:
+    """``metrics.json`` -> ``metrics.shard-K-of-N.json`` (unchanged for the whole list)."""
+    return out if shard.whole else out.with_name(f"{out.stem}.{shard.tag()}{out.suffix}")
+
+
+def sum_matrices(matrices: dict[bool, Any], ctx: Any) -> None:
+    """Sum every rank's counts into ``matrices`` (exact: integers, never averaged scores)."""
+    from ssrseg.engine.distributed import sum_arrays
+
+    for cm in matrices.values():
+        cm.hist, cm.pred_ignored, images = sum_arrays(
+            [cm.hist, cm.pred_ignored, np.asarray([cm.images])], ctx
+        )
+        cm.images = int(images[0])
+
+
 def run_checkpoint(args: argparse.Namespace) -> int:
-    """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export."""
+    """``ssrseg evaluate --checkpoint CKPT``: metrics table(s) and JSON, optional test export.
+    Data-parallel under torchrun / ``--shard`` (module docstring)."""
     import dataclasses
 
     from ssrseg.config import SSRConfig, config_to_dict
     from ssrseg.data import SkipLog, build_dataset
     from ssrseg.engine.checkpoint import check_compatible, checkpoint_identity
+    from ssrseg.engine.distributed import (
+        barrier,
+        gather_skipped,
+        guard_image,
+        main_then_all,
+        share_list,
+        stage_context,
+        stage_device,
+    )
     from ssrseg.engine.export import archive_voc_results, export_voc_test, missing_voc_test
     from ssrseg.engine.infer import evaluate_dataset
+    from ssrseg.engine.shard import pixel_costs
     from ssrseg.runrecord import make_record, prepare_output
 
+    view = stage_context(args.shard)
     skip_log = SkipLog()
     export_only = args.export_voc_test is not None and args.split == "test"
     folder = checkpoint_folder(args.checkpoint)
@@ -371,12 +419,18 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         # before the model is loaded: the checkpoint must predict the dataset's classes
         check_compatible(folder, None, dataset.num_classes if dataset else None)
     modes = crf_modes(args.crf)
-    seg = load_segmenter(folder, resolve_device(args.device))
+    seg = load_segmenter(folder, stage_device(resolve_device(args.device), view.dist))
     if args.overrides:  # infer.* / crf.* on top of the checkpoint's own
         base = dataclasses.replace(seg.config or SSRConfig(), infer=seg.infer, crf=seg.crf_cfg)
         changed = with_overrides(base, list(args.overrides))
         seg.infer, seg.crf_cfg = changed.infer, changed.crf
     seg.infer = infer_overrides(args, seg.infer)
+    seg.crf_cfg = with_crf_labels(seg.crf_cfg, args)
+    workers = crf_workers(args, view.dist.local_world_size)
+
+    def guard(image_id: str) -> Any:
+        return guard_image(view, image_id)
+
     if dataset is not None:
         if dataset.num_classes != seg.num_classes:
             print(
@@ -386,20 +440,36 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             )
             return 2
         options = eval_options(args, checkpoint=checkpoint_identity(folder))
-        run_cfg = dataclasses.replace(seg.config, infer=seg.infer) if seg.config else None
+        run_cfg = (
+            dataclasses.replace(seg.config, infer=seg.infer, crf=seg.crf_cfg)
+            if seg.config
+            else None
+        )
         if args.save_pred:
             # always rewritten in full: the record says what the PNGs come from
-            prepare_output(
-                args.save_pred, run_cfg, options, overwrite=True, command="ssrseg evaluate"
+            main_then_all(
+                view,
+                lambda: prepare_output(
+                    args.save_pred, run_cfg, options, overwrite=True, command="ssrseg evaluate"
+                ),
             )
+        ids = list(dataset.ids)
+        share = share_list(
+            list(range(len(dataset))), view, pixel_costs(lambda i: dataset.image_path(ids[i]))
+        )
         matrices = evaluate_dataset(
             seg,
             dataset,
             modes,
             skip_log=skip_log,
+            indices=share,
             progress=not args.quiet,
             pred_dir=args.save_pred,
+            crf_workers=workers,
+            guard=guard,
         )
+        sum_matrices(matrices, view.dist)
+        skipped = gather_skipped(skip_log.skipped, ids, view.dist)
         summary: dict[str, Any] = {
             "record": make_record(run_cfg, options),
             "checkpoint": str(args.checkpoint),
@@ -409,21 +479,42 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             "infer": config_to_dict(seg.infer),
             "crf_params": config_to_dict(seg.crf_cfg),
         }
+        counts: dict[str, Any] = {}
         for mode, cm in matrices.items():
             result = cm.compute()
             result["class_names"] = ["background", *dataset.class_names]
             key = "crf" if mode else "no_crf"
-            print(f"== {dataset.name} {dataset.split}, {'with' if mode else 'without'} CRF ==")
-            print_result(result)
+            if view.is_main:
+                part = f", {view.label} only" if not view.shard.whole else ""
+                print(
+                    f"== {dataset.name} {dataset.split}, {'with' if mode else 'without'} "
+                    f"CRF{part} =="
+                )
+                print_result(result)
             summary[key] = result
-        summary["skipped"] = [{"id": i, "error": m} for i, m in skip_log.skipped]
+            counts[key] = {
+                "hist": cm.hist.tolist(),
+                "pred_ignored": cm.pred_ignored.tolist(),
+                "images": cm.images,
+            }
+        summary["skipped"] = [{"id": i, "error": m} for i, m in skipped]
         if args.out:
             out = Path(args.out)
         else:
             base = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(".")
             out = base / f"metrics_{dataset.name}_{dataset.split}.json"
-        write_result_json(out, summary)
-        print(f"wrote {out}")
+        if not view.shard.whole:
+            out = shard_path(out, view.shard)
+            position = {image_id: i for i, image_id in enumerate(ids)}
+            summary[SHARD_KEY] = {
+                "index": view.shard.index,
+                "count": view.shard.count,
+                "counts": counts,
+                "skipped_positions": [position.get(i, len(ids)) for i, _ in skipped],
+            }
+        if view.is_main:
+            write_result_json(out, summary)
+            print(f"wrote {out}")
     if args.export_voc_test is not None:
         test = build_dataset(
             args.dataset,
@@ -433,19 +524,104 @@ def run_checkpoint(args: argparse.Namespace) -> int:
             with_masks=False,
             require_labels=False,
         )
+        all_test = list(test.ids)
+        test_ids = share_list(all_test, view, pixel_costs(lambda i: test.image_path(all_test[i])))
         export_voc_test(
             seg,
-            test.ids,
+            test_ids,
             test.image_path,
             args.export_voc_test,
             crf=True in modes,
             skip_log=skip_log,
             progress=not args.quiet,
+            crf_workers=workers,
+            guard=guard,
         )
+        barrier(view.dist)
         missing = missing_voc_test(args.export_voc_test, test.ids)
-        if missing:
+        if not view.is_main:
+            pass
+        elif missing and not view.shard.whole:
+            print(
+                f"VOC test export: {len(missing)} image(s) are left to the other shards; the "
+                "shard that finishes last packs results.tar.gz"
+            )
+        elif missing:
             print(f"VOC test export is missing {len(missing)} image(s)", file=sys.stderr)
         else:
             print(f"wrote {archive_voc_results(args.export_voc_test)} (upload this file)")
+    if not view.is_main:
+        return 0
     skip_log.report()
     return skip_log.exit_code(args.allow_skipped)
+
+
+SHARD_KEY = "shard"  # the part of a --shard metrics file that --merge sums and then drops
+
+
+class MergeError(ValueError):
+    """Shard metrics files that cannot be merged (the message names the file and the fix)."""
+
+
+def merge_shard_results(parts: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """The metrics one process gives, from the JSON of every ``--shard K/N`` process: the
+    confusion matrices summed, the scores computed again from the sums, the skipped images
+    in dataset order. Raises :class:`MergeError` naming what is missing or differs."""
+    from ssrseg.metrics import ConfusionMatrix
+
+    for path, data in parts:
+        if SHARD_KEY not in data:
+            raise MergeError(f"{path}: not a shard metrics file (written with --shard K/N)")
+    count = parts[0][1][SHARD_KEY]["count"]
+    seen = sorted(data[SHARD_KEY]["index"] for _, data in parts)
+    if seen != list(range(count)) or any(d[SHARD_KEY]["count"] != count for _, d in parts):
+        missing = sorted(set(range(count)) - set(seen))
+        raise MergeError(
+            f"--merge needs each of the {count} shards exactly once; got shards {seen}"
+            + (f" (missing {missing})" if missing else "")
+        )
+    first_path, first = parts[0]
+    fixed = [k for k in first if k not in (SHARD_KEY, "no_crf", "crf", "skipped")]
+    for path, data in parts[1:]:
+        for key in fixed:
+            if data.get(key) != first.get(key):
+                raise MergeError(f"{path}: {key!r} differs from {first_path}; not the same run")
+    merged = {k: v for k, v in first.items() if k != SHARD_KEY}
+    for key in first[SHARD_KEY]["counts"]:
+        cm = ConfusionMatrix(len(first[key]["class_names"]))
+        for _, data in parts:
+            got = data[SHARD_KEY]["counts"][key]
+            cm.hist += np.asarray(got["hist"], dtype=np.int64)
+            cm.pred_ignored += np.asarray(got["pred_ignored"], dtype=np.int64)
+            cm.images += int(got["images"])
+        result = cm.compute()
+        result["class_names"] = first[key]["class_names"]
+        merged[key] = result
+    skipped = [
+        (pos, item)
+        for _, data in parts
+        for pos, item in zip(data[SHARD_KEY]["skipped_positions"], data["skipped"], strict=True)
+    ]
+    merged["skipped"] = [item for _, item in sorted(skipped, key=lambda pair: pair[0])]
+    return merged
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """``ssrseg evaluate --merge SHARD_JSON... --out M``."""
+    parts = []
+    for name in args.merge:
+        path = Path(name)
+        try:
+            parts.append((path, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            raise MergeError(f"{path}: cannot read the shard metrics ({exc})") from None
+    if args.out is None:
+        raise MergeError("--merge needs --out (where the merged metrics JSON goes)")
+    merged = merge_shard_results(parts)
+    for key in ("no_crf", "crf"):
+        if key in merged:
+            print(f"== {merged['dataset']} {merged['split']}, {key} ==")
+            print_result(merged[key])
+    out = write_result_json(args.out, merged)
+    print(f"wrote {out}")
+    return 0

@@ -4,6 +4,9 @@ Writes ``OUT/<name>.png`` (palette PNG: 0 background, c + 1 class c), optionally
 ``OUT/overlays/<name>.jpg`` and ``OUT/panels/<name>.png``; images this job already wrote (their
 mask carries the job's stamp) are skipped (resumable); unreadable images are skipped and listed
 at the end. ``--out`` may not be or hold an input, nor be, hold or lie inside an input folder.
+Under ``torchrun`` every rank (and with ``--shard K/N`` every process) segments its share of the
+inputs (balanced by pixel count); the files equal one process's. The CRF runs in
+``--crf-workers`` processes while the next batch's forward runs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ssrseg.commands.common import (
+    add_parallel_args,
+    crf_workers,
     non_negative_int,
     positive_float,
     positive_int,
@@ -24,6 +29,7 @@ from ssrseg.commands.common import (
     resolve_device,
     run_folder,
     split_overrides,
+    with_crf_labels,
     with_overrides,
 )
 from ssrseg.errors import BadInputError
@@ -94,6 +100,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "--allow-skipped", action="store_true", help="exit 0 even if bad images were skipped"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_parallel_args(p)
     return p
 
 
@@ -260,8 +267,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ssrseg.data.base import SkipLog, read_image
+    from ssrseg.engine import distributed as dp
+    from ssrseg.engine.crf_pool import OrderedPool, crf_mask
+    from ssrseg.engine.shard import pixel_costs
     from ssrseg.runrecord import STAMP_KEY, check_output, job_stamp, prepare_output, written_by
 
+    view = dp.stage_context(getattr(args, "shard", None))
     out = Path(args.out)
     args.inputs, overrides = split_overrides(list(args.inputs))
     if not args.inputs:
@@ -282,48 +293,78 @@ def run(args: argparse.Namespace) -> int:
     # before any work: overrides checked (and applied) first, then the options on top
     saved = with_overrides(saved, overrides, ("infer", "crf"), "ssrseg predict")
     cfg = dataclasses.replace(saved, infer=infer_overrides(args, saved.infer))
+    cfg = with_crf_labels(cfg, args)
     if cfg.infer.crf:
         require_crf(cfg.crf)  # fail now, not after the first batch
     options = {"command": "predict", "checkpoint": identity}
     name = "ssrseg predict"
-    check_output(out, cfg, options, overwrite=args.overwrite, command=name)
-    segmenter = load_segmenter(args.checkpoint, resolve_device(args.device))
+    # every rank checks; the main rank writes the record; the stamp is the record's (the same
+    # on every rank)
+    record = check_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    segmenter = load_segmenter(
+        args.checkpoint, dp.stage_device(resolve_device(args.device), view.dist)
+    )
     segmenter.infer, segmenter.crf_cfg = cfg.infer, cfg.crf
-    record = prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    dp.main_then_all(
+        view, lambda: prepare_output(out, cfg, options, overwrite=args.overwrite, command=name)
+    )
     stamp = job_stamp(record)
 
     def finished(paths: dict[str, Path]) -> bool:
         # the mask, written last, carries the job's stamp: "done" is "written by this job"
         return written_by(paths["mask"], stamp) and all(v.is_file() for v in paths.values())
 
-    jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in items]
+    mine = dp.share_list(items, view, pixel_costs(lambda i: items[i].path))
+    jobs = [(it, output_paths(out, it.name, args.overlays, args.panels)) for it in mine]
     todo = [(it, p) for it, p in jobs if args.overwrite or not finished(p)]
     if len(todo) < len(jobs):
         print(f"{len(jobs) - len(todo)} of {len(jobs)} images already done, skipping them")
     skip_log = SkipLog()
-    batch: list[tuple[np.ndarray, dict[str, Path]]] = []
+    batch: list[tuple[Item, np.ndarray, dict[str, Path]]] = []
+    use_crf = bool(segmenter.infer.crf)
 
-    def flush() -> None:
-        masks = segmenter.predict_batch([image for image, _ in batch])
-        for (image, paths), mask in zip(batch, masks, strict=True):
-            write_outputs(paths, image, mask, segmenter.palette, {STAMP_KEY: stamp})
-        batch.clear()
+    def write(results: Any) -> None:
+        for (item, image, paths), mask in results:
+            with dp.guard_image(view, str(item.path)):
+                write_outputs(paths, image, mask, segmenter.palette, {STAMP_KEY: stamp})
 
-    for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
-        notes: list[str] = []
-        try:
-            image = read_image(item.path, notes)
-        except BadInputError as exc:
-            skip_log.skip(str(item.path), exc)
-            continue
-        for note in notes:  # listed at the end with the skipped files
-            skip_log.note(str(item.path), note)
-        batch.append((image, paths))
-        if len(batch) >= segmenter.infer.batch_size:
+    workers = crf_workers(args, view.dist.local_world_size)
+    with dp.guard_image(view), OrderedPool[Any](workers) as pool:
+
+        def flush() -> None:
+            with dp.guard_image(view, ", ".join(str(it.path) for it, _, _ in batch)):
+                found = segmenter.predict_batch(
+                    [image for _, image, _ in batch], return_probs=True, crf=False
+                )
+            for key, (mask, probs) in zip(batch, found, strict=True):
+                if use_crf:
+                    write(pool.submit(key, crf_mask, key[1], probs, segmenter.crf_cfg))
+                else:
+                    write(pool.put(key, mask))
+            batch.clear()
+
+        for item, paths in tqdm(todo, desc="predict", unit="img", disable=args.no_progress):
+            notes: list[str] = []
+            try:
+                image = read_image(item.path, notes)
+            except BadInputError as exc:
+                skip_log.skip(str(item.path), exc)
+                continue
+            for note in notes:  # listed at the end with the skipped files
+                skip_log.note(str(item.path), note)
+            batch.append((item, image, paths))
+            if len(batch) >= segmenter.infer.batch_size:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
+        write(pool.drain())
     done = len(todo) - len(skip_log)
-    print(f"wrote {done} prediction(s) to {out}")
+    print(f"wrote {done} prediction(s) to {out}" + (f" ({view.label})" if view.label else ""))
+    order = [str(it.path) for it in items]
+    skip_log.skipped = dp.gather_skipped(skip_log.skipped, order, view.dist)
+    skip_log.notes = dp.gather_skipped(skip_log.notes, order, view.dist)  # conversion notes
+    dp.barrier(view.dist)
+    if not view.is_main:
+        return 0
     skip_log.report()
     return skip_log.exit_code(args.allow_skipped)

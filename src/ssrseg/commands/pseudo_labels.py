@@ -8,6 +8,9 @@ skipped (resumable), files are written atomically, the resolved config is saved 
 ``OUT/config.yaml``, ``--eval`` prints the metrics table against the ground-truth masks.
 While one image runs, a background thread reads and resizes the next one and computes its SLIC
 superpixels (``affinity.mask=sgc``); the outputs are the same as without it (``--no-prefetch``).
+Under ``torchrun`` every rank (and with ``--shard K/N`` every process) takes its share of the
+images (balanced by pixel count); the files equal one process's, ``--eval`` sums the confusion
+matrices of all ranks. ``--crf`` runs in ``--crf-workers`` processes while the next image runs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import numpy as np
 from ssrseg.commands.common import (
     add_dataset_args,
     add_job_args,
+    add_parallel_args,
     apply_dataset_args,
+    crf_workers,
     input_paths,
     non_negative_int,
     plain_doc,
@@ -33,6 +38,7 @@ from ssrseg.commands.common import (
     require_crf,
     resolve_device,
     resolve_split,
+    with_crf_labels,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
     from ssrseg.commands.prefetch import PrefetchedDataset, Prepared
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset, SkipLog
+    from ssrseg.engine.distributed import StageContext
     from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
 
 # lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
@@ -95,6 +102,7 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         default=False,
         help="dense CRF on the pseudo-label scores (needs the 'crf' extra)",
     )
+    add_parallel_args(p)
     return p
 
 
@@ -112,6 +120,7 @@ class Job:
     device: torch.device
     out: Path
     long_side: int
+    view: StageContext  # this process's share (torchrun rank and/or --shard)
 
 
 def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | None = None) -> Job:
@@ -128,11 +137,14 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
     from ssrseg.config import load_config
     from ssrseg.data import build_dataset
+    from ssrseg.engine.distributed import main_then_all, stage_context, stage_device
     from ssrseg.pseudo.labeler import build_pseudo_labeler
     from ssrseg.runrecord import check_output, prepare_output
 
+    view = stage_context(getattr(args, "shard", None))
     cfg = apply_dataset_args(load_config(args.config, list(args.overrides)), args)
-    device = torch.device(resolve_device(args.device))
+    cfg = with_crf_labels(cfg, args)
+    device = torch.device(stage_device(resolve_device(args.device), view.dist))
     # CAMs come from the CMPA-projected space only when a checkpoint gives trained heads;
     # the record says what was actually used
     projected = bool(args.checkpoint)
@@ -174,8 +186,11 @@ def setup_job(args: argparse.Namespace, command: str, options: dict[str, Any] | 
     check_output(out, cfg, record_options, overwrite=args.overwrite, command=name)
     cmpa = load_cmpa(args.checkpoint, device) if args.checkpoint else None
     labeler = build_pseudo_labeler(cfg, device)
-    prepare_output(out, cfg, record_options, overwrite=args.overwrite, command=name)
-    return Job(cfg, dataset, labeler, cmpa, device, out, args.long_side)
+    main_then_all(
+        view,
+        lambda: prepare_output(out, cfg, record_options, overwrite=args.overwrite, command=name),
+    )
+    return Job(cfg, dataset, labeler, cmpa, device, out, args.long_side, view)
 
 
 def load_cmpa(path: str, device: torch.device) -> Any:
@@ -232,25 +247,30 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def iterate(
     job: Job,
     skip_log: SkipLog,
-    limit: int | None,
+    order: list[int],
     progress: bool,
     prefetched: PrefetchedDataset | None = None,
 ) -> Iterator[Sample]:
-    """The valid samples of the first ``limit`` images, in order (bad ones go to ``skip_log``);
-    read through ``prefetched`` when given (same samples, same reports)."""
+    """The valid samples at the indices ``order`` (:func:`loop_order`), in order (bad ones go
+    to ``skip_log``); read through ``prefetched`` when given (same samples, same reports)."""
     from typing import cast
 
     from ssrseg.data.base import SegDataset, iter_valid
 
     # the stand-in offers what iter_valid uses: len, ids, name, split, indexing
     dataset = job.dataset if prefetched is None else cast(SegDataset, prefetched)
-    order = loop_order(job, limit)
     return iter_valid(dataset, skip_log, order, progress=progress, desc=job.out.name)
 
 
-def loop_order(job: Job, limit: int | None) -> range:
-    """Indices the loop visits: the first ``limit`` images (all when None)."""
-    return range(len(job.dataset) if limit is None else min(limit, len(job.dataset)))
+def loop_order(job: Job, limit: int | None) -> list[int]:
+    """Indices the loop visits: this process's share (by pixel count) of the first ``limit``
+    images (all when None), in dataset order."""
+    from ssrseg.engine.shard import pixel_costs, share_indices
+
+    first = range(len(job.dataset) if limit is None else min(limit, len(job.dataset)))
+    dataset = job.dataset
+    costs = pixel_costs(lambda i: dataset.image_path(dataset.ids[i]))
+    return share_indices(first, job.view.share, costs)
 
 
 def write_overlay(
@@ -325,26 +345,43 @@ def read_label_png(path: Path) -> np.ndarray:
 # ------------------------------------------------------------------------------- run
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """What ``make`` returns when the rest of an image's work runs in the CPU pool:
+    ``finish(fn(*args))`` gives its ``H x W`` labels (``fn`` a module-level function)."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    finish: Callable[[Any], np.ndarray]
+
+
 def run_job(
     args: argparse.Namespace,
     job: Job,
     suffix: str,
     title: str,
     read: Callable[[Path], np.ndarray],
-    make: Callable[[Sample, PseudoLabelOutput, Path], np.ndarray],
+    make: Callable[[Sample, PseudoLabelOutput, Path], np.ndarray | Deferred],
 ) -> int:
     """The loop ``cams`` and ``pseudo-labels`` share: finished images are skipped (their labels
     read back for ``--eval``), the others run through the labeller and ``make`` writes
-    ``OUT/<id><suffix>`` and returns the ``H x W`` labels; the first ``--overlays`` images get a
-    figure; ``--eval`` scores the labels; skipped inputs are reported. Unless
+    ``OUT/<id><suffix>`` and returns the ``H x W`` labels (or a :class:`Deferred` whose CPU
+    work, e.g. the CRF, runs in ``--crf-workers`` processes while the next image's forward
+    runs; results are handled in order); the first ``--overlays`` images get a figure;
+    ``--eval`` scores the labels (confusion matrices summed over torchrun ranks); skipped
+    inputs are reported. This process handles only its share (:func:`loop_order`). Unless
     ``--no-prefetch``, the next image is read and prepared (:func:`prepare`) on a background
     thread while the current one runs. Returns the exit code."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
+    from ssrseg.engine.crf_pool import OrderedPool
+    from ssrseg.engine.distributed import barrier, gather_skipped, guard_image, sum_arrays
     from ssrseg.metrics import ConfusionMatrix
     from ssrseg.runrecord import output_stamp, written_by
+
+    view = job.view
 
     def destination(sample: Sample) -> Path:
         return job.out / f"{sample.image_id}{suffix}"
@@ -361,44 +398,75 @@ def run_job(
     conf = ConfusionMatrix(job.dataset.num_classes)
     overlays_left = args.overlays
     tally = Tally()
+    order = loop_order(job, args.limit)
     pool = None if args.no_prefetch else ThreadPoolExecutor(1, thread_name_prefix="prefetch")
     prefetched = (
-        None
-        if pool is None
-        else PrefetchedDataset(job.dataset, loop_order(job, args.limit), prepare_unless_done, pool)
+        None if pool is None else PrefetchedDataset(job.dataset, order, prepare_unless_done, pool)
     )
+
+    def handle(key: tuple[Sample, Any], labels: np.ndarray | None) -> None:
+        nonlocal overlays_left
+        sample, out = key
+        if out is not None and labels is not None and overlays_left > 0:
+            overlays_left -= 1
+            size = sample.image.shape[:2]
+            write_overlay(
+                job.out / "overlays" / f"{sample.image_id}.png",
+                sample,
+                resize_maps(out.cams[0], size).cpu().numpy(),
+                resize_maps(out.refined[0], size).cpu().numpy(),
+                labels,
+            )
+        if args.eval and sample.mask is not None and labels is not None:
+            conf.update(labels, sample.mask)
+
+    def handled(results: Iterator[tuple[Any, Any]]) -> None:
+        for (sample, out, finish), value in results:
+            with guard_image(view, sample.image_id):
+                handle((sample, out), value if finish is None else finish(value))
+
+    workers = crf_workers(args, view.dist.local_world_size)
     try:
-        for sample in iterate(job, skip_log, args.limit, not args.no_progress, prefetched):
-            dest = destination(sample)
-            labels: np.ndarray | None = None
-            if tally.count(done(sample)):
-                if args.eval and sample.mask is not None:
-                    labels = read(dest)
-            else:
-                ready = None if prefetched is None else prefetched.prepared(sample)
-                out = run_labeler(job, sample, ready)
-                labels = make(sample, out, dest)
-                if overlays_left > 0:
-                    overlays_left -= 1
-                    size = sample.image.shape[:2]
-                    write_overlay(
-                        job.out / "overlays" / f"{sample.image_id}.png",
-                        sample,
-                        resize_maps(out.cams[0], size).cpu().numpy(),
-                        resize_maps(out.refined[0], size).cpu().numpy(),
-                        labels,
-                    )
-            if args.eval and sample.mask is not None and labels is not None:
-                conf.update(labels, sample.mask)
+        with guard_image(view), OrderedPool[Any](workers) as cpu:
+            for sample in iterate(job, skip_log, order, not args.no_progress, prefetched):
+                with guard_image(view, sample.image_id):
+                    dest = destination(sample)
+                    labels: np.ndarray | None = None
+                    out: PseudoLabelOutput | None = None
+                    if tally.count(done(sample)):
+                        if args.eval and sample.mask is not None:
+                            labels = read(dest)
+                        made: np.ndarray | Deferred | None = labels
+                    else:
+                        ready = None if prefetched is None else prefetched.prepared(sample)
+                        out = run_labeler(job, sample, ready)
+                        made = make(sample, out, dest)
+                if isinstance(made, Deferred):
+                    handled(cpu.submit((sample, out, made.finish), made.fn, *made.args))
+                else:
+                    handled(cpu.put((sample, out, None), made))
+            handled(cpu.drain())
     finally:
         if prefetched is not None:
             prefetched.cancel()  # an early exit (error, Ctrl-C) leaves nothing queued
         if pool is not None:
             pool.shutdown(wait=True)
     tally.report(job.out)
+    # exact merge: integer counts summed over ranks (never averaged scores)
+    conf.hist, conf.pred_ignored, images = sum_arrays(
+        [conf.hist, conf.pred_ignored, np.asarray([conf.images])], view.dist
+    )
+    conf.images = int(images[0])
+    skip_log.skipped = gather_skipped(skip_log.skipped, list(job.dataset.ids), view.dist)
+    barrier(view.dist)
+    if not view.is_main:
+        return skip_log.exit_code(True)
     skip_log.report()
     if args.eval:
         if conf.compute()["pixels"]:
+            if not view.shard.whole:
+                title += f" (shard {view.shard.index}/{view.shard.count} only: score all "
+                title += f"shards with `ssrseg evaluate --pred {job.out}`)"
             print_metrics(conf, list(job.dataset.class_names), title)
         else:
             print("--eval: no ground-truth masks in this split", file=sys.stderr)
@@ -408,7 +476,7 @@ def run_job(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ssrseg.engine.crf import dense_crf
+    from ssrseg.engine.crf_pool import crf_probs
     from ssrseg.rectify.labels import scores_to_labels
     from ssrseg.runrecord import STAMP_KEY, output_stamp
     from ssrseg.viz import save_label_png
@@ -418,15 +486,20 @@ def run(args: argparse.Namespace) -> int:
     job = setup_job(args, "pseudo-labels", {"crf": bool(args.crf)})
     stamp = {STAMP_KEY: output_stamp(job.out) or ""}  # marks each file as this job's
 
-    def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray:
-        scores = resize_maps(out.scores[0], sample.image.shape[:2])
-        if args.crf:
-            probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
-            crf_probs = dense_crf(np.array(sample.image), probs.cpu().numpy(), job.cfg.crf)
-            scores = torch.as_tensor(crf_probs)
-        labels = scores_to_labels(scores, sample.labels, job.cfg.pseudo)
+    def finish(scores: torch.Tensor | np.ndarray, sample: Sample, dest: Path) -> np.ndarray:
+        labels = scores_to_labels(torch.as_tensor(scores), sample.labels, job.cfg.pseudo)
         labels_np: np.ndarray = labels.cpu().numpy().astype(np.uint8)
         save_label_png(dest, labels_np, text=stamp)
         return labels_np
+
+    def make(sample: Sample, out: PseudoLabelOutput, dest: Path) -> np.ndarray | Deferred:
+        scores = resize_maps(out.scores[0], sample.image.shape[:2])
+        if args.crf:
+            probs = scores / scores.sum(dim=0, keepdim=True).clamp_min(1e-8)
+            image, values = np.array(sample.image), probs.cpu().numpy()
+            return Deferred(
+                crf_probs, (image, values, job.cfg.crf), lambda q: finish(q, sample, dest)
+            )
+        return finish(scores, sample, dest)
 
     return run_job(args, job, ".png", "pseudo labels vs ground truth", read_label_png, make)

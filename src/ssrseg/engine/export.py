@@ -8,6 +8,7 @@ data beyond VOC, here CLIP's pre-training).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from ssrseg.atomic import atomic_path
 from ssrseg.data.base import read_image
+from ssrseg.engine.crf_pool import OrderedPool, crf_mask
 from ssrseg.errors import BadInputError
 from ssrseg.viz import save_label_png
 
@@ -57,6 +59,8 @@ def export_voc_test(
     skip_log: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    crf_workers: int = 0,
+    guard: Any = None,
 ) -> list[str]:
     """Predict every test image and write the server layout under ``out_root``.
 
@@ -65,6 +69,9 @@ def export_voc_test(
         dataset's ``ids`` and ``image_path``; tags and masks are not needed).
     Finished files are kept (resumable) unless ``overwrite``. Unreadable images are recorded in
     ``skip_log`` (a :class:`ssrseg.data.base.SkipLog`) when given, else raised.
+    crf_workers: processes running the CRF while the next image's forward runs (0: here;
+    :class:`ssrseg.engine.crf_pool.OrderedPool`). guard: ``guard(image_id)`` a context manager
+    around each image's work (:func:`ssrseg.engine.distributed.guard_image`).
     Returns the ids written in this call.
     """
     from tqdm import tqdm
@@ -76,18 +83,35 @@ def export_voc_test(
     todo = [i for i in image_ids if overwrite or not voc_test_path(out_root, i).is_file()]
     voc_test_dir(out_root).mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-    for image_id in tqdm(todo, desc="VOC test export", disable=not progress):
-        try:
-            image = read_image(image_path(image_id))
-        except BadInputError as exc:
-            if skip_log is None:
-                raise
-            skip_log.skip(image_id, exc)
-            continue
-        mask = segmenter.predict(image, crf=crf)
-        check_voc_mask(mask, image.shape, image_id)
-        save_label_png(voc_test_path(out_root, image_id), mask, segmenter.palette)
-        written.append(image_id)
+    use_crf = segmenter.infer.crf if crf is None else crf
+
+    def within(image_id: str) -> Any:
+        return guard(image_id) if guard is not None else contextlib.nullcontext()
+
+    def save(results: Any) -> None:
+        for (image_id, shape), mask in results:
+            with within(image_id):
+                check_voc_mask(mask, shape, image_id)
+                save_label_png(voc_test_path(out_root, image_id), mask, segmenter.palette)
+                written.append(image_id)
+
+    with OrderedPool[tuple[str, tuple[int, ...]]](crf_workers) as pool:
+        for image_id in tqdm(todo, desc="VOC test export", disable=not progress):
+            with within(image_id):
+                try:
+                    image = read_image(image_path(image_id))
+                except BadInputError as exc:
+                    if skip_log is None:
+                        raise
+                    skip_log.skip(image_id, exc)
+                    continue
+                mask, probs = segmenter.predict(image, return_probs=True, crf=False)
+            key = (image_id, image.shape)
+            if use_crf:
+                save(pool.submit(key, crf_mask, image, probs, segmenter.crf_cfg))
+            else:
+                save(pool.put(key, mask))
+        save(pool.drain())
     return written
 
 

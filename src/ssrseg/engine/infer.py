@@ -12,6 +12,7 @@ they work with :class:`ssrseg.model.ssr.SSRModel` as with any other segmentation
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from ssrseg.config import CRFConfig, InferConfig, SSRConfig
 from ssrseg.data.base import SkipLog, iter_valid, read_image
 from ssrseg.engine.checkpoint import load_model
 from ssrseg.engine.crf import dense_crf
+from ssrseg.engine.crf_pool import OrderedPool, crf_mask
 from ssrseg.metrics import ConfusionMatrix
 from ssrseg.viz import palette, save_label_png
 
@@ -470,6 +472,8 @@ def evaluate_dataset(
     indices: Sequence[int] | None = None,
     progress: bool = True,
     pred_dir: str | os.PathLike[str] | None = None,
+    crf_workers: int = 0,
+    guard: Callable[[str], Any] | None = None,
 ) -> dict[bool, Any]:
     """Predict every image of a split with masks and score it, once per CRF mode.
 
@@ -477,9 +481,14 @@ def evaluate_dataset(
     crf_modes: e.g. ``(False, True)`` scores without and with the CRF from one multi-scale
         forward per image (the CRF only refines the same probabilities).
     skip_log: a :class:`ssrseg.data.base.SkipLog` collecting unreadable items (a new one when
-        None). pred_dir: if given, also writes ``<id>.png`` palette masks (and ``crf/<id>.png``
-        for the CRF mode when both are scored).
-    Returns ``{crf_mode: ConfusionMatrix}`` accumulated over the whole split.
+        None). indices: the dataset positions to score, in order (default all; a data-parallel
+        rank passes its share). pred_dir: if given, also writes ``<id>.png`` palette masks (and
+        ``crf/<id>.png`` for the CRF mode when both are scored).
+    crf_workers: processes running the CRF (:class:`ssrseg.engine.crf_pool.OrderedPool`)
+        while the next image's forward runs; 0 runs it here. Same results either way.
+    guard: ``guard(image_id)`` a context manager around each image's work (e.g.
+        :func:`ssrseg.engine.distributed.guard_image` to name the rank and image of a failure).
+    Returns ``{crf_mode: ConfusionMatrix}`` accumulated over the images scored.
     """
     if not crf_modes:
         raise ValueError("at least one CRF mode (False and/or True) is needed")
@@ -488,17 +497,35 @@ def evaluate_dataset(
     log = skip_log if skip_log is not None else SkipLog()
     matrices = {mode: ConfusionMatrix(segmenter.num_classes) for mode in crf_modes}
     desc = f"evaluate {getattr(dataset, 'name', '')} {getattr(dataset, 'split', '')}".strip()
-    for sample in iter_valid(dataset, log, indices, progress=progress, desc=desc):
-        if sample.mask is None:
-            raise ValueError(f"{sample.path}: this split has no ground-truth masks to score")
-        _, probs = segmenter.predict(sample.image, return_probs=True, crf=False)
-        for mode in crf_modes:
-            scores = run_crf(sample.image, probs, segmenter.crf_cfg) if mode else probs
-            mask = scores.argmax(axis=0).astype(np.uint8)
-            matrices[mode].update(mask, sample.mask)
-            if pred_dir is not None:
-                sub = "crf" if mode and len(crf_modes) > 1 else ""
-                save_label_png(
-                    Path(pred_dir) / sub / f"{sample.image_id}.png", mask, segmenter.palette
-                )
+
+    def within(image_id: str) -> Any:
+        return guard(image_id) if guard is not None else contextlib.nullcontext()
+
+    def score(mode: bool, image_id: str, mask: np.ndarray, gt: np.ndarray) -> None:
+        matrices[mode].update(mask, gt)
+        if pred_dir is not None:
+            sub = "crf" if mode and len(crf_modes) > 1 else ""
+            save_label_png(Path(pred_dir) / sub / f"{image_id}.png", mask, segmenter.palette)
+
+    def collect(results: Any) -> None:
+        for (image_id, gt), mask in results:
+            with within(image_id):
+                score(True, image_id, mask, gt)
+
+    with OrderedPool[tuple[str, np.ndarray]](crf_workers) as pool:
+        for sample in iter_valid(dataset, log, indices, progress=progress, desc=desc):
+            with within(sample.image_id):
+                if sample.mask is None:
+                    raise ValueError(
+                        f"{sample.path}: this split has no ground-truth masks to score"
+                    )
+                _, probs = segmenter.predict(sample.image, return_probs=True, crf=False)
+                if False in crf_modes:
+                    score(
+                        False, sample.image_id, probs.argmax(axis=0).astype(np.uint8), sample.mask
+                    )
+            if True in crf_modes:
+                key = (sample.image_id, sample.mask)
+                collect(pool.submit(key, crf_mask, sample.image, probs, segmenter.crf_cfg))
+        collect(pool.drain())
     return matrices

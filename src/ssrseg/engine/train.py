@@ -50,6 +50,7 @@ from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix
 from ssrseg.model.losses import IGNORE, feature_affinity
 from ssrseg.model.ssr import SSRModel
+from ssrseg.precision import resolve_precision
 from ssrseg.pseudo.labeler import build_ssr_model
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
 from ssrseg.rectify.sgc import slic_superpixels
@@ -310,15 +311,19 @@ class Trainer:
 
     # -- setup ---------------------------------------------------------------------------------
     def _half_backbones(self) -> None:
-        """Frozen backbones in half precision on GPU (``backbone.half_precision``)."""
-        if self.device.type != "cuda" or not self.cfg.backbone.half_precision:
-            return
-        dtype = torch.float16 if self.amp == torch.float16 else torch.bfloat16
+        """Frozen backbones in their precision (``backbone.precision``, CUDA only unless
+        ``backbone.precision_cpu``): fp16 = the references' fp16 weights with float32
+        LayerNorms (the labeller's own conversion), bf16 = bf16 weights under the labeller's
+        bf16 autocast."""
         labeler = self.model.labeler
-        for name in ("clip", "dino"):
-            sub = getattr(labeler, name, None)
-            if isinstance(sub, nn.Module):
-                sub.to(dtype)
+        precision = resolve_precision(self.cfg.backbone, self.device)
+        if precision == "fp16":  # the labeller also converts itself at its first forward
+            getattr(labeler, "use_fp16_weights", lambda: None)()
+        elif precision == "bf16":
+            for name in ("clip", "dino"):
+                sub = getattr(labeler, name, None)
+                if isinstance(sub, nn.Module):
+                    sub.to(torch.bfloat16)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp is None:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ssrseg.backbones.clip import CLIP
 from ssrseg.backbones.dino import run_on_grid
 from ssrseg.backbones.tokenizer import Tokenizer
-from ssrseg.backbones.vit import VisionTransformer, ViTOutput
+from ssrseg.backbones.vit import VisionTransformer, ViTOutput, half_weights
 from ssrseg.backbones.weights import load_clip, load_dino
 from ssrseg.cam.gradcam import gradcam
 from ssrseg.cam.prompts import ClassPrompts, encode_prompts, prompts_from_config
@@ -43,6 +43,7 @@ from ssrseg.config import ConfigError, SSRConfig
 from ssrseg.data.resize import RESIZE_MODES
 from ssrseg.model.dino_branch import select_attention_layers, weight_cams
 from ssrseg.model.ssr import SSRModel
+from ssrseg.precision import fp32_island, resolve_precision
 from ssrseg.rectify.affinity import (
     box_mask,
     fuse_affinity,
@@ -232,6 +233,7 @@ class PseudoLabeler(nn.Module):
             p.requires_grad_(False)
         self.eval()
         class_emb, bg_emb = encode_prompts(clip, tokenizer, prompts)
+        self._fp16_weights = False  # set by use_fp16_weights (backbone.precision=fp16)
         self.register_buffer("class_emb", class_emb, persistent=False)
         self.register_buffer("bg_emb", bg_emb, persistent=False)
 
@@ -243,10 +245,34 @@ class PseudoLabeler(nn.Module):
     def patch_size(self) -> int:
         return self.clip.visual.cfg.patch_size
 
+    def precision(self, device: torch.device) -> str:
+        """The backbones' precision on ``device`` (``backbone.precision``, ssrseg.precision)."""
+        return resolve_precision(self.cfg.backbone, device)
+
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        if device.type == "cuda" and self.cfg.backbone.half_precision:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """The backbones' precision for a forward on ``device``: bf16 autocast, or (fp16) the
+        backbones converted to fp16 weights once (their text embeddings re-encoded in fp16, as
+        the references encode them); fp32 and fp16 leave an enclosing autocast as it is."""
+        precision = self.precision(device)
+        if precision == "fp16":
+            self.use_fp16_weights()
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def use_fp16_weights(self) -> None:
+        """Convert CLIP and DINO to the references' fp16 numerics (``half_weights``: fp16
+        Linear / Conv / projections, float32 LayerNorms) and re-encode the prompts with the
+        converted text tower (kept as float32 buffers). Idempotent."""
+        if self._fp16_weights:
+            return
+        half_weights(self.clip)
+        if self.dino is not None:
+            half_weights(self.dino)
+        class_emb, bg_emb = encode_prompts(self.clip, self.tokenizer, self.prompts)
+        self.class_emb = class_emb.float()
+        self.bg_emb = bg_emb.float()
+        self._fp16_weights = True
 
     @property
     def raw_logit_scale(self) -> float:
@@ -317,6 +343,8 @@ class PseudoLabeler(nn.Module):
         for lab in labels:
             if any(c < 0 or c >= n_classes for c in lab):
                 raise ValueError(f"labels {lab} out of range for {n_classes} classes")
+        if self.precision(device) == "fp16":  # before the text embeddings are read
+            self.use_fp16_weights()
         class_emb, bg_emb, scale, image_proj = self._text_space(cmpa)
         attn_last = aff.clip_layers if aff.use_clip_attention else 0
         sp_future: Future[Tensor] | None = None
@@ -354,71 +382,75 @@ class PseudoLabeler(nn.Module):
                 a_dino = mean_attention(d_out.attentions, sorted(d_out.attentions))
             if hook is not None:  # WeCLIP+: the decoder's fused prediction and affinity
                 feedback = hook(res.vit.tokens, grid, d_out)
-        a_clip = None
-        if aff.use_clip_attention:
-            layers = list(range(max(0, n_layers - aff.clip_layers), n_layers))
-            if feedback is not None and cfg.decoder.dino_layer_select:
-                a_clip = select_attention_layers([res.vit.attentions[i] for i in layers])
-            else:
-                a_clip = mean_attention(res.vit.attentions, layers)
-
-        k_max = max((len(lab) for lab in labels), default=0)
-        cams = pad_stack(res.cams, k_max).float()
-        if feedback is not None:  # WeCLIP+: each CAM times its class's predicted probability
-            cams = weight_cams(cams, feedback.prob, labels)
-        with _timed(timer, "masks", device):
-            if sp_future is not None:
-                with _timed(timer, "slic", device):  # the part the backbones did not hide
-                    superpixels = sp_future.result()
-            masks = self._masks(images01, res.cams, superpixels)
-        masks_t = pad_stack(masks, k_max)
-
-        with _timed(timer, "refine", device):
-            if a_clip is None and a_dino is None:
-                refined_grid = cams
-            else:
-                affinity = fuse_affinity(a_clip, a_dino, aff.clip_weight, aff.dino_weight)
-                if feedback is not None:
-                    affinity = affinity * feedback.affinity
-                use_mask = None if aff.mask == "none" else masks_t
-                if aff.mask_target == "affinity" and use_mask is not None:
-                    refined_grid = refine_with_masked_affinity(
-                        affinity, cams, use_mask, aff.sinkhorn_rounds, aff.square
-                    )
+        # the label maths in float32 whatever encloses the labeller (ssrseg.precision)
+        with fp32_island(device):
+            a_clip = None
+            if aff.use_clip_attention:
+                layers = list(range(max(0, n_layers - aff.clip_layers), n_layers))
+                if feedback is not None and cfg.decoder.dino_layer_select:
+                    a_clip = select_attention_layers([res.vit.attentions[i] for i in layers])
                 else:
-                    trans = transition_matrix(affinity, aff.sinkhorn_rounds, aff.square)
-                    if aff.decoder_affinity and decoder_affinity is not None:
-                        trans = trans * decoder_affinity.float()
-                    refined_grid = refine_with_transition(trans, cams, use_mask)
-            final = (height, width) if out_size is None else (int(out_size[0]), int(out_size[1]))
-            # direct [CLIP-ES]: one resize from the grid to the final size, labels there;
-            # two_step: labels at the batch size, scores resized to the final size at the end.
-            direct = cfg.pseudo.output_resize == "direct"
-            base = final if direct else (height, width)
-            refined = self._round(upsample(refined_grid, base))
+                    a_clip = mean_attention(res.vit.attentions, layers)
 
-        with _timed(timer, "labels", device):
-            size = label_size(*base, cfg.pseudo.cam_size)
-            small = refined if size == base else self._round(upsample(refined_grid, size))
-            scores = self._round(with_background(small, cfg.pseudo.background_power))
-            with _timed(timer, "par", device):  # part of "labels"
-                scores = self._par(images01, scores)
-            if base != final:
-                # two_step with an out_size: bilinear scores to the final size, then the argmax
-                scores = F.interpolate(scores, size=final, mode="bilinear", align_corners=False)
-                refined = upsample(refined, final)
-                size = final
-            per_image = [scores[i, : 1 + len(lab)] for i, lab in enumerate(labels)]
-            label_maps = torch.stack(
-                [
-                    scores_to_labels(s, lab, cfg.pseudo)
-                    for s, lab in zip(per_image, labels, strict=True)
-                ]
-            )
-            if size != final:
-                label_maps = F.interpolate(label_maps[:, None].float(), size=final, mode="nearest")[
-                    :, 0
-                ].long()
+            k_max = max((len(lab) for lab in labels), default=0)
+            cams = pad_stack(res.cams, k_max).float()
+            if feedback is not None:  # WeCLIP+: each CAM times its class's predicted probability
+                cams = weight_cams(cams, feedback.prob, labels)
+            with _timed(timer, "masks", device):
+                if sp_future is not None:
+                    with _timed(timer, "slic", device):  # the part the backbones did not hide
+                        superpixels = sp_future.result()
+                masks = self._masks(images01, res.cams, superpixels)
+            masks_t = pad_stack(masks, k_max)
+
+            with _timed(timer, "refine", device):
+                if a_clip is None and a_dino is None:
+                    refined_grid = cams
+                else:
+                    affinity = fuse_affinity(a_clip, a_dino, aff.clip_weight, aff.dino_weight)
+                    if feedback is not None:
+                        affinity = affinity * feedback.affinity
+                    use_mask = None if aff.mask == "none" else masks_t
+                    if aff.mask_target == "affinity" and use_mask is not None:
+                        refined_grid = refine_with_masked_affinity(
+                            affinity, cams, use_mask, aff.sinkhorn_rounds, aff.square
+                        )
+                    else:
+                        trans = transition_matrix(affinity, aff.sinkhorn_rounds, aff.square)
+                        if aff.decoder_affinity and decoder_affinity is not None:
+                            trans = trans * decoder_affinity.float()
+                        refined_grid = refine_with_transition(trans, cams, use_mask)
+                final = (
+                    (height, width) if out_size is None else (int(out_size[0]), int(out_size[1]))
+                )
+                # direct [CLIP-ES]: one resize from the grid to the final size, labels there;
+                # two_step: labels at the batch size, scores resized to the final size at the end.
+                direct = cfg.pseudo.output_resize == "direct"
+                base = final if direct else (height, width)
+                refined = self._round(upsample(refined_grid, base))
+
+            with _timed(timer, "labels", device):
+                size = label_size(*base, cfg.pseudo.cam_size)
+                small = refined if size == base else self._round(upsample(refined_grid, size))
+                scores = self._round(with_background(small, cfg.pseudo.background_power))
+                with _timed(timer, "par", device):  # part of "labels"
+                    scores = self._par(images01, scores)
+                if base != final:
+                    # two_step with an out_size: bilinear scores to the final size, then the argmax
+                    scores = F.interpolate(scores, size=final, mode="bilinear", align_corners=False)
+                    refined = upsample(refined, final)
+                    size = final
+                per_image = [scores[i, : 1 + len(lab)] for i, lab in enumerate(labels)]
+                label_maps = torch.stack(
+                    [
+                        scores_to_labels(s, lab, cfg.pseudo)
+                        for s, lab in zip(per_image, labels, strict=True)
+                    ]
+                )
+                if size != final:
+                    label_maps = F.interpolate(
+                        label_maps[:, None].float(), size=final, mode="nearest"
+                    )[:, 0].long()
 
         return PseudoLabelOutput(
             cams=res.cams,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssrseg.cam.gradcam import minmax
+from ssrseg.precision import fp32_island
 
 
 def mean_attention(attentions: Mapping[int, Tensor], layers: Sequence[int]) -> Tensor:
@@ -23,7 +24,8 @@ def mean_attention(attentions: Mapping[int, Tensor], layers: Sequence[int]) -> T
         raise KeyError(
             f"attention of blocks {missing} was not computed (have {sorted(attentions)})"
         )
-    return torch.stack([attentions[i].float() for i in layers]).mean(dim=0)
+    with fp32_island(attentions[layers[0]].device if layers else "cpu"):
+        return torch.stack([attentions[i].float() for i in layers]).mean(dim=0)
 
 
 def fuse_affinity(
@@ -57,14 +59,15 @@ def transition_matrix(
     affinity: ``B x N x N`` non-negative -> ``B x N x N`` symmetric. ``eps`` keeps an all-zero
     column or row (possible only with a masked affinity) at zero instead of NaN.
     """
-    t = affinity.float()
-    for _ in range(rounds):
-        t = t / t.sum(dim=-2, keepdim=True).clamp_min(eps)
-        t = t / t.sum(dim=-1, keepdim=True).clamp_min(eps)
-    t = (t + t.transpose(-2, -1)) / 2
-    if square:
-        t = t @ t
-    return t
+    with fp32_island(affinity.device):  # T @ T in bf16 moves every refined CAM (measured)
+        t = affinity.float()
+        for _ in range(rounds):
+            t = t / t.sum(dim=-2, keepdim=True).clamp_min(eps)
+            t = t / t.sum(dim=-1, keepdim=True).clamp_min(eps)
+        t = (t + t.transpose(-2, -1)) / 2
+        if square:
+            t = t @ t
+        return t
 
 
 def box_seeds(cam: Tensor, threshold: float, quantise: bool = True) -> Tensor:
@@ -129,9 +132,10 @@ def refine_with_transition(trans: Tensor, cams: Tensor, masks: Tensor | None = N
     Returns ``B x K x h x w`` min-max normalised per class.
     """
     b, k, h, w = cams.shape
-    x = cams.float() if masks is None else cams.float() * masks.float()
-    refined = torch.bmm(trans.float(), x.reshape(b, k, h * w).transpose(1, 2))  # B x N x K
-    return minmax(refined.transpose(1, 2).reshape(b, k, h, w))
+    with fp32_island(cams.device):
+        x = cams.float() if masks is None else cams.float() * masks.float()
+        refined = torch.bmm(trans.float(), x.reshape(b, k, h * w).transpose(1, 2))  # B x N x K
+        return minmax(refined.transpose(1, 2).reshape(b, k, h, w))
 
 
 def refine_with_masked_affinity(
@@ -141,14 +145,16 @@ def refine_with_masked_affinity(
     per class (``B*K`` of them; slower, an option). Shapes as :func:`refine_with_transition`."""
     b, k, h, w = cams.shape
     n = h * w
-    masked = affinity.float()[:, None] * masks.float().reshape(b, k, 1, n)
-    trans = transition_matrix(masked.reshape(b * k, n, n), rounds, square)
-    refined = torch.bmm(trans, cams.float().reshape(b * k, n, 1))
-    return minmax(refined.reshape(b, k, h, w))
+    with fp32_island(cams.device):
+        masked = affinity.float()[:, None] * masks.float().reshape(b, k, 1, n)
+        trans = transition_matrix(masked.reshape(b * k, n, n), rounds, square)
+        refined = torch.bmm(trans, cams.float().reshape(b * k, n, 1))
+        return minmax(refined.reshape(b, k, h, w))
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling of ``B x K x h x w`` maps to ``B x K x H x W``."""
     if maps.shape[-2:] == size:
         return maps
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    with fp32_island(maps.device):
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ssrseg.config import PseudoLabelConfig
@@ -129,3 +130,17 @@ def batch_scores_to_labels(
     return torch.stack(
         [scores_to_labels(s, ids, cfg) for s, ids in zip(scores, class_ids, strict=True)]
     )
+
+
+def stored_cam_labels(
+    cams: np.ndarray, class_ids: Sequence[int], cfg: PseudoLabelConfig | None = None
+) -> np.ndarray:
+    """Labels of a CAM file (``ssrseg cams``): ``argmax([(1 - max_c cam_c) ** power, cams])``
+    (no PAR) as ``H x W`` uint8, from the float16 values the file holds, so a resumed run and
+    ``ssrseg view`` score what was scored when it was written.
+
+    cams: ``K x H x W`` float; class_ids: the K 0-based classes.
+    """
+    values = torch.from_numpy(np.asarray(cams).astype(np.float16).astype(np.float32))
+    labels: np.ndarray = scores_to_labels(values, class_ids, cfg).numpy().astype(np.uint8)
+    return labels
