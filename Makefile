@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck pytest mutants clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Mutation testing of the numeric layers (docs/testing.md; not part of `test`). Hours on 2
+## cores: run it in the background, e.g. `nohup make mutants > mutants.log 2>&1 &`.
+## MUTANTS='ssrseg.metrics*' limits it to some functions; results stay in mutants/.
+MUTANTS ?=
+mutants: $(STAMP)
+	env -u PYTHONPATH OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children 1 $(MUTANTS)
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

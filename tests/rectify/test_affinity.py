@@ -74,17 +74,49 @@ def test_zero_mask_blocks_propagation() -> None:
     torch.testing.assert_close(out[0, 0].flatten(), expected, atol=1e-5, rtol=1e-4)
 
 
+def _minmax_tolerance(raw: torch.Tensor, terms: int) -> float:
+    """Absolute bound on the difference of two float32 min-max normalisations of ``raw``
+    computed by different summation orders.
+
+    Each of the ``N`` values is a sum of ``terms`` non-negative products, so two orders differ
+    by at most ``terms * eps * max|raw|`` (eps = float32 epsilon); after subtracting the min
+    and dividing by the range ``max - min`` that error grows by ``1 / range`` (and once more
+    for the min and the max themselves): ``4 * terms * eps * max|raw| / range``. A relative
+    bound: a near-constant map (small range) may legitimately differ by much more than 1e-5.
+    """
+    eps = torch.finfo(torch.float32).eps
+    span = float(raw.max() - raw.min())
+    return 4 * terms * eps * float(raw.abs().max()) / max(span, 1e-30)
+
+
 def test_masked_transition_equals_explicit_column_mask() -> None:
+    g = torch.Generator().manual_seed(5)
     trans = transition_matrix(_random_affinity(12, 3))
-    cam = torch.rand(2, 3, 3, 4)
-    mask = (torch.rand(2, 3, 3, 4) > 0.5).float()
+    cam = torch.rand(2, 3, 3, 4, generator=g)
+    mask = (torch.rand(2, 3, 3, 4, generator=g) > 0.5).float()
     out = refine_with_transition(trans, cam, mask)
     for b in range(2):
         for k in range(3):
             m = mask[b, k].flatten()
-            ref = (trans[b] * m[None, :]) @ cam[b, k].flatten()
-            ref = (ref - ref.min()) / (ref.max() - ref.min() + 1e-7)
-            torch.testing.assert_close(out[b, k].flatten(), ref, atol=1e-5, rtol=1e-4)
+            raw = (trans[b] * m[None, :]) @ cam[b, k].flatten()
+            ref = (raw - raw.min()) / (raw.max() - raw.min() + 1e-7)
+            tol = _minmax_tolerance(raw, terms=12)
+            torch.testing.assert_close(out[b, k].flatten(), ref, atol=tol, rtol=0)
+
+
+def test_masked_transition_holds_for_many_inputs() -> None:
+    """The identity above on 200 seeded draws: the unseeded original failed ~5% of runs with
+    a 1e-5 absolute tolerance (near-constant refined maps)."""
+    trans = transition_matrix(_random_affinity(12, 3))
+    g = torch.Generator().manual_seed(6)
+    for _ in range(200):
+        cam = torch.rand(1, 1, 3, 4, generator=g)
+        mask = (torch.rand(1, 1, 3, 4, generator=g) > 0.5).float()
+        out = refine_with_transition(trans[:1], cam, mask)
+        raw = (trans[0] * mask.flatten()[None, :]) @ cam.flatten()
+        ref = (raw - raw.min()) / (raw.max() - raw.min() + 1e-7)
+        tol = _minmax_tolerance(raw, terms=12) + 1e-7  # + the 1e-7 of the denominators
+        torch.testing.assert_close(out.flatten(), ref, atol=tol, rtol=0)
 
 
 def test_masked_affinity_variant_with_full_mask_equals_transition() -> None:
