@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT, ToyWorld, WorldConfig, write_toy_dataset
+from ssrseg.engine.distributed import solo_view
 from ssrseg.protocol import in_distribution as ind
 from ssrseg.protocol.plan import WorldPlan
 
@@ -25,6 +26,8 @@ def _run(tmp_path: Path, seed: int, status: dict[str, str], states: dict[str, An
         status=status,
         states=states,
         folder=lambda stage: out / stage,
+        view=solo_view(),  # one plain process
+        main_only=lambda fn: fn(),
     )
 
 
