@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -423,3 +425,36 @@ def test_eval_failure_names_the_process_and_image(world: dict, tmp_path: Path) -
     with pytest.raises(StageError, match=r"^2008_00000[12] \(shard 0/2\): RuntimeError: boom$"):
         rstages.evaluate_into(Broken(), dataset, (False, True), tmp_path, [0, 1], False, view)
     assert not any(tmp_path.rglob("*"))
+
+
+def test_gpus_two_trains_on_the_ranks_like_torchrun_train(
+    world: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ssrseg reproduce --gpus 2` (the whole protocol under torchrun, gloo on the CPU) trains
+    on its 2 ranks: the checkpoint equals `torchrun --nproc_per_node 2 -m ssrseg.cli train`
+    with the same config (train_into's launch outside a torchrun job), tensor for tensor."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    env = {**parallel_fakes.env(), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "ssrseg.cli", "reproduce", "--config",
+            str(REPO / "configs" / "voc.yaml"), "--out", str(out), "--gpus", "2", "--device",
+            "cpu", "--crf", "off", "--stages", "train,eval", "--no-progress",
+            *world["overrides"]]  # fmt: skip
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout
+    train = _state(out, "train")["result"]
+    assert train["gpus"] == 2 and train["effective_batch"] == 4
+    cfg = voc_cfg(world)
+    ref = tmp_path / "ref"
+    plan = rplan.ReproducePlan(device="cpu", progress=False, gpus=2)
+    run = rplan.Run(cfg, ref, plan, rplan.resolve_device("cpu"), (False,))
+    for key in ("PYTHONPATH", "OMP_NUM_THREADS"):  # the launched torchrun: this tree, 1 thread
+        monkeypatch.setenv(key, env[key])
+    rstages.train_into(run, cfg, ref / "train", gpus=2)
+    weights = "ckpt_4/model.safetensors"
+    ours, theirs = (load_file(str(d / "train" / weights)) for d in (out, ref))
+    assert ours.keys() == theirs.keys() and len(ours) > 0
+    for name, tensor in ours.items():
+        assert torch.equal(tensor, theirs[name]), name
