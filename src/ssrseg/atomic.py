@@ -12,11 +12,13 @@ Every atomic write in the package goes through :func:`atomic_path` or :func:`ato
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "atomic_copy_file",
@@ -26,6 +28,7 @@ __all__ = [
     "atomic_write_text",
     "current_umask",
     "default_mode",
+    "read_json_object",
 ]
 
 
@@ -121,3 +124,17 @@ def atomic_copy_file(src: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     """Copy the contents of ``src`` to ``dest`` atomically (``dest`` gets normal permissions)."""
     with atomic_path(dest, suffix=".tmp") as tmp:
         shutil.copyfile(src, tmp)
+
+
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object stored at ``path`` (a record or manifest written by the helpers above).
+
+    Raises ``ValueError`` whose message names the file and the problem (unreadable, not JSON,
+    not an object), for the caller to re-raise as its own one-line error."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

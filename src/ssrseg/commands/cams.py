@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ssrseg.commands.common import add_parallel_args, plain_doc
+from ssrseg.commands.common import add_parallel_args, command_parser, plain_doc
 from ssrseg.commands.pseudo_labels import (
     add_common_arguments,
     atomic_save_npz,
@@ -28,9 +28,7 @@ from ssrseg.commands.pseudo_labels import (
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=plain_doc(__doc__)
-    )
+    p = command_parser(sub, name, help_text, plain_doc(__doc__))
     add_common_arguments(p)
     p.add_argument(
         "--kind",

@@ -130,6 +130,18 @@ def plain_doc(text: str | None) -> str:
     return _LITERAL.sub(r"\1", _ROLE.sub(role, text))
 
 
+def command_parser(
+    sub: Any, name: str, help_text: str, description: str, *, raw: bool = False
+) -> argparse.ArgumentParser:
+    """The sub-command's parser. ``raw`` keeps the description's own line breaks (for help
+    texts that show commands or tables), else argparse re-flows it."""
+    extra = {"formatter_class": argparse.RawDescriptionHelpFormatter} if raw else {}
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description, **extra
+    )
+    return parser
+
+
 # ----------------------------------------------------------------------------- outputs
 class OutputError(ValueError):
     """An output location would overwrite or mix with a user's inputs (the message names both

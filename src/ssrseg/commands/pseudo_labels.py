@@ -29,6 +29,7 @@ from ssrseg.commands.common import (
     add_job_args,
     add_parallel_args,
     apply_dataset_args,
+    command_parser,
     crf_workers,
     input_paths,
     non_negative_int,
@@ -92,9 +93,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=plain_doc(__doc__)
-    )
+    p = command_parser(sub, name, help_text, plain_doc(__doc__))
     add_common_arguments(p)
     p.add_argument(
         "--crf",

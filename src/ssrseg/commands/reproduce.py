@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from ssrseg.commands.common import (
+    command_parser,
     non_negative_int,
     positive_int,
     refuse_overlap,
@@ -30,12 +31,7 @@ from ssrseg.commands.common import (
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, name, help_text, __doc__, raw=True)
     p.add_argument("--config", required=True, help="preset: configs/voc.yaml, coco.yaml, ...")
     p.add_argument("--root", default=None, help="dataset root (sets data.root)")
     p.add_argument("--out", required=True, help="run folder (one sub-folder per stage)")

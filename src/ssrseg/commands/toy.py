@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrseg.commands.common import (
+    command_parser,
     plain_doc,
     positive_float,
     positive_int,
@@ -53,12 +54,7 @@ def asset_dir() -> Path:
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=plain_doc(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(sub, name, help_text, plain_doc(__doc__), raw=True)
     toy = parser.add_subparsers(dest="toy_command", metavar="ACTION")
 
     p = toy.add_parser(
@@ -206,13 +202,12 @@ def check_out_path(out: str | Path) -> Path:
 def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
+    from ssrseg.atomic import read_json_object
+
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ToyCommandError(f"{path}: unreadable manifest ({exc})") from None
-    if not isinstance(data, dict):
-        raise ToyCommandError(f"{path}: a manifest must be a JSON object")
-    return data
+        return read_json_object(path)
+    except ValueError as exc:
+        raise ToyCommandError(f"manifest {exc}") from None
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from ssrseg.commands.common import (
     add_dataset_args,
     add_job_args,
     apply_dataset_args,
+    command_parser,
     input_paths,
     plain_doc,
     positive_int,
@@ -34,12 +35,7 @@ RUN_HINT = (
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=plain_doc(__doc__),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, name, help_text, plain_doc(__doc__), raw=True)
     p.add_argument("--config", help="YAML preset (configs/voc.yaml, coco.yaml, toy.yaml)")
     p.add_argument("overrides", nargs="*", help="config overrides key.path=value")
     p.add_argument("--resume", help="run folder or checkpoint folder to continue from")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ssrseg.commands.common import non_negative_int, plain_doc, positive_int
+from ssrseg.commands.common import command_parser, non_negative_int, plain_doc, positive_int
 
 # lazy: `ssrseg --help` imports every command module; the view package loads numpy, torch and
 # PIL, so it is imported inside the functions that build a page.
@@ -32,9 +32,7 @@ def port_number(text: str) -> int:
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help_text, description=plain_doc(__doc__)
-    )
+    p = command_parser(sub, name, help_text, plain_doc(__doc__))
     p.add_argument("path", metavar="PATH", help="an output folder (or evaluate JSON) of ssrseg")
     p.add_argument("--out", help="site folder (default: PATH/view)")
     p.add_argument("--images", help="predict folders: the source images given to `ssrseg predict`")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ssrseg.commands.common import positive_int, seed_int
+from ssrseg.commands.common import command_parser, positive_int, seed_int
 
 # lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
 # inside the functions that run a command.
@@ -30,12 +30,7 @@ from and the path to put it at.
 
 
 def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
-    p: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(sub, name, help_text, DESCRIPTION, raw=True)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("list", help="list registry names and whether their files are present")
     fetch = actions.add_parser("fetch", help="download registry entries to the cache")

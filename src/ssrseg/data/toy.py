@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ssrseg.atomic import read_json_object
 from ssrseg.config import atomic_write_text
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -629,13 +630,7 @@ def _write_json_atomic(path: Path, data: object) -> None:
 def _read_json(path: Path) -> dict[str, object]:
     if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def write_toy_dataset(

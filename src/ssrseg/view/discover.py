@@ -18,7 +18,6 @@ Anything else raises :class:`ViewInputError` (one line naming the folder).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ssrseg.atomic import read_json_object
 from ssrseg.data import BadInputError, build_dataset
 from ssrseg.data.base import IMAGE_EXTENSIONS
 from ssrseg.data.classes import COCO_CLASSES, VOC_CLASSES, read_class_file
@@ -177,12 +177,9 @@ def _discover(path: str | Path, images: str | Path | None) -> Source:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ViewInputError(f"{path}: unreadable JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ViewInputError(f"{path}: not an ssrseg record (expected a JSON object)")
-    return data
+        return read_json_object(path)
+    except ValueError as exc:
+        raise ViewInputError(f"{exc} (not an ssrseg record)") from None
 
 
 def _command(record: Any) -> str | None:
