@@ -17,14 +17,9 @@ from ssrseg.engine.infer import Segmenter
 dcrf = pytest.importorskip("pydensecrf.densecrf")  # the optional extra `crf`
 utils = pytest.importorskip("pydensecrf.utils")
 
-CFG = CRFConfig(
-    iterations=4,
-    gaussian_sxy=2.0,
-    gaussian_compat=1.5,
-    bilateral_sxy=13.0,
-    bilateral_srgb=7.0,
-    bilateral_compat=6.0,
-)
+# the smoothness (Gaussian) kernel's values, then the appearance (bilateral) kernel's
+CFG = CRFConfig(iterations=4, gaussian_sxy=2.0, gaussian_compat=1.5)
+CFG = dataclasses.replace(CFG, bilateral_sxy=13.0, bilateral_srgb=7.0, bilateral_compat=6.0)
 
 
 def _case() -> tuple[np.ndarray, np.ndarray]:

@@ -9,24 +9,8 @@ from ssrseg.view import layers
 from ssrseg.view.render import item_folder, layer_slug
 from ssrseg.viz import palette
 
-GT = np.array(
-    [
-        [0, 0, 1, 1],
-        [0, 0, 1, 1],
-        [2, 2, 255, 255],
-        [2, 2, 0, 0],
-    ],
-    dtype=np.uint8,
-)
-PRED = np.array(
-    [
-        [0, 1, 1, 1],
-        [0, 0, 1, 255],
-        [2, 0, 0, 1],
-        [0, 2, 0, 0],
-    ],
-    dtype=np.uint8,
-)
+GT = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 0, 0]], dtype=np.uint8)
+PRED = np.array([[0, 1, 1, 1], [0, 0, 1, 255], [2, 0, 0, 1], [0, 2, 0, 0]], dtype=np.uint8)
 
 
 def test_image_miou_by_hand() -> None:
