@@ -128,11 +128,14 @@ def main() -> int:
         results["per_image_s"] = {k: v / args.images for k, v in best.items()}
         if "workers_1" in best and "workers_2" in best:
             results["speedup_2_vs_1_workers"] = best["workers_1"] / best["workers_2"]
-        results["present_vs_all_speedup"] = best["workers_0"] / best["present_workers_0"]
-        hist_all, hist_present = masks["workers_0"][0], masks["present_workers_0"][0]
-        results["present_vs_all_pixels_changed_share"] = float(
-            1 - np.trace(hist_present) / max(1, hist_present.sum())
-        ) - float(1 - np.trace(hist_all) / max(1, hist_all.sum()))
+        # `present` runs in the main process, so its reference is the serial `all` leg: without
+        # `--workers 0` there is nothing to compare it with
+        if "workers_0" in best:
+            results["present_vs_all_speedup"] = best["workers_0"] / best["present_workers_0"]
+            hist_all, hist_present = masks["workers_0"][0], masks["present_workers_0"][0]
+            results["present_vs_all_pixels_changed_share"] = float(
+                1 - np.trace(hist_present) / max(1, hist_present.sum())
+            ) - float(1 - np.trace(hist_all) / max(1, hist_all.sum()))
         results["load_average"] = {"before": load_before, "after": load_average()}
     write_json(Path(args.out), results)
     print({k: round(v, 3) for k, v in best.items()}, file=sys.stderr)
