@@ -16,13 +16,11 @@ run resumed from a checkpoint continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ssrseg.cam.prompts import check_prompt_classes, prompts_from_config
 from ssrseg.config import ConfigError, SSRConfig, config_to_dict, save_config
 from ssrseg.data import build_dataset
-from ssrseg.data.base import Skipped
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
-from ssrseg.data.transforms import TrainTransform, collate_train
 from ssrseg.engine import checkpoint as ckpt
+from ssrseg.engine.crf_pool import available_cores
 from ssrseg.engine.distributed import (
     DistContext,
     all_gather_objects,
@@ -46,6 +43,8 @@ from ssrseg.engine.distributed import (
     barrier,
 )
 from ssrseg.engine.schedule import StepBatchSampler, lr_factor
+from ssrseg.engine.train_data import TrainItems, collate, loader_workers
+from ssrseg.engine.train_log import PARTIAL, MetricsLog
 from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix
 from ssrseg.model.losses import IGNORE, feature_affinity
@@ -53,54 +52,12 @@ from ssrseg.model.ssr import SSRModel
 from ssrseg.precision import resolve_precision
 from ssrseg.pseudo.labeler import build_ssr_model
 from ssrseg.rectify.cmpa import FeatureBank, PrototypeAccumulator, prototype_store
-from ssrseg.rectify.sgc import slic_superpixels
 
 LOSS_KEYS = ("loss", "seg", "aff", "proto", "proto_sym", "proto_bg")
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
-
-
-class TrainItems(Dataset[Any]):
-    """Dataset wrapper for the training loader: item ``(index, seed)`` -> augmented crop.
-
-    Superpixels (when ``with_superpixels``) are computed once on the whole image and carried
-    through rescale / crop / flip with nearest sampling (SSR_SPEC section 5). Bad inputs come
-    back as ``Skipped`` and are reported by the trainer.
-    """
-
-    def __init__(self, dataset: Any, cfg: SSRConfig, with_superpixels: bool) -> None:
-        self.dataset = dataset
-        self.cfg = cfg
-        self.with_superpixels = with_superpixels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        index, seed = item
-        try:
-            sample = self.dataset[index]
-        except BadInputError as exc:
-            return Skipped(exc.image_id or self.dataset.ids[index], str(exc))
-        sp = None
-        if self.with_superpixels:
-            sgc = self.cfg.sgc
-            sp = slic_superpixels(sample.image, sgc.n_segments, sgc.compactness).numpy()
-        d = self.cfg.data
-        transform = TrainTransform(
-            d.crop_size,
-            d.scale_range,
-            d.hflip,
-            rng=np.random.default_rng(seed),
-            scale_rounding=d.scale_rounding,
-        )
-        return transform(sample, sp)
-
-
-def _collate(samples: Sequence[Any]) -> dict[str, Any]:
-    return collate_train(samples)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,20 +109,6 @@ def param_groups(model: SSRModel, cfg: SSRConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def loader_workers(requested: int, cpus: int) -> int:
-    """``data.num_workers`` capped at the machine's cores: more workers than cores only add
-    processes that wait (a preset's 4 on a 2-core machine gives 2). Data order and
-    augmentation do not depend on the worker count (seeds come from the sampler)."""
-    return max(0, min(requested, cpus))
-
-
 def _schedule(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict's ``train`` section less where the run lives (a moved run resumes)."""
     train = dict(config.get("train") or {})
@@ -180,65 +123,6 @@ def fit_to_patch(images01: Tensor, patch: int) -> Tensor:
     if (nh, nw) == (h, w):
         return images01
     return F.interpolate(images01, size=(nh, nw), mode="bilinear", align_corners=False)
-
-
-PARTIAL = "partial"  # marks a metrics line written only because a run stopped early
-
-
-def resumed_lines(text: str, resume_step: int) -> list[str]:
-    """The lines of ``metrics.jsonl`` a run resumed at ``resume_step`` keeps: those up to that
-    step, less the ``partial`` ones (means over a window that the resumed run completes and
-    logs again, so the file ends equal to an uninterrupted run's)."""
-    kept = []
-    lines = [line for line in text.splitlines() if line.strip()]
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                continue  # cut short by a kill while it was written: it is redone
-            raise ConfigError(
-                f"metrics.jsonl line {number} is not JSON: repair or delete the line"
-            ) from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"metrics.jsonl line {number} is not a JSON object")
-        if record.get("step", 0) <= resume_step and not record.get(PARTIAL):
-            kept.append(line)
-    return kept
-
-
-class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line) plus optional TensorBoard scalars."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int | None) -> None:
-        self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # drop lines written after the checkpoint we resume from: they will be redone
-            kept = resumed_lines(self.path.read_text(), resume_step)
-            ckpt.atomic_write_text(self.path, "".join(k + "\n" for k in kept))
-        self.writer: Any = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise RuntimeError(
-                    "train.tensorboard=true needs the 'tensorboard' package: "
-                    "pip install tensorboard (or set train.tensorboard=false)"
-                ) from None
-            self.writer = SummaryWriter(str(run_dir / "tb"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, int | float) and key != "step":
-                    self.writer.add_scalar(key, value, record["step"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,8 +231,8 @@ class Trainer:
         loader = DataLoader(
             TrainItems(self.train_set, self.cfg, with_sp),
             batch_sampler=sampler,
-            num_workers=loader_workers(d.num_workers, available_cpus()),
-            collate_fn=_collate,
+            num_workers=loader_workers(d.num_workers, available_cores()),
+            collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             # own generator: creating the iterator must not draw from the global torch RNG
             # (it would shift dropout after a resume); augmentation seeds come from the sampler
