@@ -374,66 +374,69 @@ class Trainer:
         values["lr"] = cfg.train.lr * factor
         return values
 
-    @torch.no_grad()
     def _clip_tokens(self, images01: Tensor) -> tuple[list[Tensor], tuple[int, int]]:
         """CLIP tokens of the blocks the decoder reads (no pseudo labeller)."""
-        visual = self.model.visual
-        with self._autocast():
-            o = visual.forward_intermediates(
-                visual.normalize(images01), n_blocks=self.model.decoder.num_layers_in
-            )
-        return o.tokens, o.grid
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            visual = self.model.visual
+            with self._autocast():
+                o = visual.forward_intermediates(
+                    visual.normalize(images01), n_blocks=self.model.decoder.num_layers_in
+                )
+            return o.tokens, o.grid
 
-    @torch.no_grad()
     def _decoder_affinity(self, images01: Tensor) -> Tensor:
         """WeCLIP's RFM input: ``sigmoid(F^T F)`` of the decoder's fused features, ``B x N x N``.
 
         Costs an extra forward of the CLIP layers the decoder reads (the labeller's own CLIP
         pass comes after, and needs this affinity)."""
-        tokens, grid = self._clip_tokens(images01)
-        with self._autocast():
-            _, fused = self.model.decoder(tokens, grid)
-        return feature_affinity(fused)
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            tokens, grid = self._clip_tokens(images01)
+            with self._autocast():
+                _, fused = self.model.decoder(tokens, grid)
+            return feature_affinity(fused)
 
     # -- validation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Segmentation mIoU on the val split and pseudo-label mIoU on train images with masks
         (each at most ``train.val_images`` images; single scale, no CRF)."""
-        model, limit = self.model, self.cfg.train.val_images
-        was_training = model.training
-        model.eval()
-        results: dict[str, float] = {}
-        patch = model.patch_size
-        if self.val_set is not None:
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            model, limit = self.model, self.cfg.train.val_images
+            was_training = model.training
+            model.eval()
+            results: dict[str, float] = {}
+            patch = model.patch_size
+            if self.val_set is not None:
+                cm = ConfusionMatrix(self.num_classes)
+                for sample in self._samples(self.val_set, limit, BadInputError):
+                    image = _to_images01(sample.image, self.device)
+                    with self._autocast():
+                        logits = model.segment(fit_to_patch(image, patch))
+                    logits = F.interpolate(
+                        logits.float(), size=image.shape[-2:], mode="bilinear", align_corners=False
+                    )
+                    cm.update(logits.argmax(1)[0].cpu(), sample.mask)
+                if cm.images:
+                    results["val_miou"] = float(cm.compute()["miou"])
             cm = ConfusionMatrix(self.num_classes)
-            for sample in self._samples(self.val_set, limit, BadInputError):
+            c = self.cfg.cmpa
+            on = self.step >= c.start_iter and self.step >= c.projected_cam_from
+            cam_cmpa = model.cmpa if on else None  # the CAMs the training step uses now
+            for sample in self._samples(self.train_set, limit, BadInputError):
+                if not sample.labels:
+                    continue
                 image = _to_images01(sample.image, self.device)
-                with self._autocast():
-                    logits = model.segment(fit_to_patch(image, patch))
-                logits = F.interpolate(
-                    logits.float(), size=image.shape[-2:], mode="bilinear", align_corners=False
-                )
-                cm.update(logits.argmax(1)[0].cpu(), sample.mask)
+                out = model.labeler(fit_to_patch(image, patch), [sample.labels], cmpa=cam_cmpa)
+                lab = F.interpolate(
+                    out.labels[:, None].float(), size=image.shape[-2:], mode="nearest"
+                )[0, 0]
+                cm.update(lab.long().cpu(), sample.mask)
             if cm.images:
-                results["val_miou"] = float(cm.compute()["miou"])
-        cm = ConfusionMatrix(self.num_classes)
-        c = self.cfg.cmpa
-        on = self.step >= c.start_iter and self.step >= c.projected_cam_from
-        cam_cmpa = model.cmpa if on else None  # the CAMs the training step uses now
-        for sample in self._samples(self.train_set, limit, BadInputError):
-            if not sample.labels:
-                continue
-            image = _to_images01(sample.image, self.device)
-            out = model.labeler(fit_to_patch(image, patch), [sample.labels], cmpa=cam_cmpa)
-            lab = F.interpolate(out.labels[:, None].float(), size=image.shape[-2:], mode="nearest")[
-                0, 0
-            ]
-            cm.update(lab.long().cpu(), sample.mask)
-        if cm.images:
-            results["pseudo_miou"] = float(cm.compute()["miou"])
-        model.train(was_training)
-        return results
+                results["pseudo_miou"] = float(cm.compute()["miou"])
+            model.train(was_training)
+            return results
 
     @staticmethod
     def _samples(dataset: Any, limit: int | None, bad: type[Exception]) -> Iterator[Any]:

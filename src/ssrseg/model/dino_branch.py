@@ -215,13 +215,14 @@ class DinoBranchHook:
             )
         return branch_forward(self.decoder, self.branch, tokens, grid, feats, dino_grid)
 
-    @torch.no_grad()
     def segment(self, tokens: Sequence[Tensor], grid: tuple[int, int], images01: Tensor) -> Tensor:
         """Fused logits ``B x K x h x w`` for prediction: runs DINO on CLIP's grid itself."""
-        n = self.branch.num_layers_in
-        d_out = run_on_grid(self.dino, images01, grid, n_blocks=None)
-        feats = dino_patch_features(self.dino, d_out, n)
-        return branch_forward(self.decoder, self.branch, tokens, grid, feats, d_out.grid).logits
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            n = self.branch.num_layers_in
+            d_out = run_on_grid(self.dino, images01, grid, n_blocks=None)
+            feats = dino_patch_features(self.dino, d_out, n)
+            return branch_forward(self.decoder, self.branch, tokens, grid, feats, d_out.grid).logits
 
 
 def attach_dino_branch(model: Any, cfg: SSRConfig) -> DinoBranchHook:

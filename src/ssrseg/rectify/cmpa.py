@@ -390,7 +390,6 @@ class CMPA(nn.Module):
         nearest = nearest_centroid(feats, self.visual_protos, self.proto_valid.bool())
         return self.cluster_positive[nearest]
 
-    @torch.no_grad()
     def refresh(
         self, acc: PrototypeAccumulator | FeatureBank, text_emb: Tensor | None = None
     ) -> int:
@@ -401,19 +400,20 @@ class CMPA(nn.Module):
         K-means mode: ``acc`` is a :class:`FeatureBank` (every rank's features, gathered by the
         trainer) and ``text_emb`` (``C x E``) the class text embeddings; see
         :meth:`refresh_kmeans`."""
-        if isinstance(acc, FeatureBank):
-            if text_emb is None:
-                raise ValueError("a K-means refresh needs the class text embeddings")
-            return self.refresh_kmeans(acc, text_emb)
-        if self.kmeans:
-            raise TypeError("cmpa.prototypes=kmeans refreshes from a FeatureBank")
-        seen: Tensor = acc.count > 0
-        means = acc.sum[seen] / acc.count[seen, None]
-        self.visual_protos[seen.to(self.visual_protos.device)] = means.to(self.visual_protos)
-        self.proto_valid[seen.to(self.proto_valid.device)] = 1
-        return int(seen.sum())
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            if isinstance(acc, FeatureBank):
+                if text_emb is None:
+                    raise ValueError("a K-means refresh needs the class text embeddings")
+                return self.refresh_kmeans(acc, text_emb)
+            if self.kmeans:
+                raise TypeError("cmpa.prototypes=kmeans refreshes from a FeatureBank")
+            seen: Tensor = acc.count > 0
+            means = acc.sum[seen] / acc.count[seen, None]
+            self.visual_protos[seen.to(self.visual_protos.device)] = means.to(self.visual_protos)
+            self.proto_valid[seen.to(self.proto_valid.device)] = 1
+            return int(seen.sum())
 
-    @torch.no_grad()
     def refresh_kmeans(self, bank: FeatureBank, text_emb: Tensor) -> int:
         """The paper's refresh: K-means (K = C) over the banked image features -> P_I; K-means
         over the pairs' text features (TSA of each pair's class text, eval-mode BatchNorm) ->
@@ -421,36 +421,38 @@ class CMPA(nn.Module):
         counts. Seeded by the refresh count, so a resumed run clusters identically. Returns the
         number of non-empty image clusters, or 0 (state kept) when fewer than K features were
         gathered."""
-        feats, classes = bank.features()
-        k = self.num_classes
-        if feats.shape[0] < k:
-            return 0
-        seed = 1000 + int(self.refreshes)
-        centroids, img_labels, filled = kmeans(feats, k, self.cfg.kmeans_iters, seed)
-        was_training = self.tsa.training
-        self.tsa.eval()
-        try:
-            text = F.normalize(self.project_text(text_emb).float(), dim=-1).cpu()
-        finally:
-            self.tsa.train(was_training)
-        # Each pair's text is its class prompt, so the pairs' text features are the C class
-        # texts repeated; K-means with K = C gives distinct texts their own clusters whatever
-        # the repetitions, so the C texts are clustered once each.
-        _, text_of_class, _ = kmeans(text, k, self.cfg.kmeans_iters, seed)
-        cooc = torch.zeros(k, k, dtype=torch.float64)
-        pair_text = text_of_class[classes.cpu()]
-        cooc.index_put_(
-            (img_labels, pair_text),
-            torch.ones(len(pair_text), dtype=torch.float64),
-            accumulate=True,
-        )
-        dev = self.visual_protos.device
-        self.visual_protos.copy_(centroids.to(self.visual_protos))
-        self.proto_valid.copy_(filled.to(self.proto_valid))
-        self.text_cluster.copy_(text_of_class.to(dev))
-        self.cluster_positive.copy_(match_clusters(cooc).to(dev))
-        self.refreshes += 1
-        return int(filled.sum())
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            feats, classes = bank.features()
+            k = self.num_classes
+            if feats.shape[0] < k:
+                return 0
+            seed = 1000 + int(self.refreshes)
+            centroids, img_labels, filled = kmeans(feats, k, self.cfg.kmeans_iters, seed)
+            was_training = self.tsa.training
+            self.tsa.eval()
+            try:
+                text = F.normalize(self.project_text(text_emb).float(), dim=-1).cpu()
+            finally:
+                self.tsa.train(was_training)
+            # Each pair's text is its class prompt, so the pairs' text features are the C class
+            # texts repeated; K-means with K = C gives distinct texts their own clusters whatever
+            # the repetitions, so the C texts are clustered once each.
+            _, text_of_class, _ = kmeans(text, k, self.cfg.kmeans_iters, seed)
+            cooc = torch.zeros(k, k, dtype=torch.float64)
+            pair_text = text_of_class[classes.cpu()]
+            cooc.index_put_(
+                (img_labels, pair_text),
+                torch.ones(len(pair_text), dtype=torch.float64),
+                accumulate=True,
+            )
+            dev = self.visual_protos.device
+            self.visual_protos.copy_(centroids.to(self.visual_protos))
+            self.proto_valid.copy_(filled.to(self.proto_valid))
+            self.text_cluster.copy_(text_of_class.to(dev))
+            self.cluster_positive.copy_(match_clusters(cooc).to(dev))
+            self.refreshes += 1
+            return int(filled.sum())
 
 
 class FeatureBank:
@@ -468,24 +470,25 @@ class FeatureBank:
         self.classes = torch.zeros(0, dtype=torch.long, device=device)
         self.total = 0  # features added since the last reset (write position = total % cap)
 
-    @torch.no_grad()
     def add(self, feats: Tensor, classes: Tensor) -> None:
         """Add features ``M x d2`` of classes ``M``."""
-        feats = feats.detach().float().to(self.feats.device)
-        classes = classes.to(self.classes.device)
-        for f, c in zip(feats.split(self.capacity), classes.split(self.capacity), strict=True):
-            n = f.shape[0]
-            if self.feats.shape[0] < self.capacity:
-                room = self.capacity - self.feats.shape[0]
-                self.feats = torch.cat([self.feats, f[:room]])
-                self.classes = torch.cat([self.classes, c[:room]])
-                self.total += min(n, room)
-                f, c, n = f[room:], c[room:], max(0, n - room)
-            if n:
-                pos = (self.total + torch.arange(n, device=f.device)) % self.capacity
-                self.feats[pos] = f
-                self.classes[pos] = c
-                self.total += n
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            feats = feats.detach().float().to(self.feats.device)
+            classes = classes.to(self.classes.device)
+            for f, c in zip(feats.split(self.capacity), classes.split(self.capacity), strict=True):
+                n = f.shape[0]
+                if self.feats.shape[0] < self.capacity:
+                    room = self.capacity - self.feats.shape[0]
+                    self.feats = torch.cat([self.feats, f[:room]])
+                    self.classes = torch.cat([self.classes, c[:room]])
+                    self.total += min(n, room)
+                    f, c, n = f[room:], c[room:], max(0, n - room)
+                if n:
+                    pos = (self.total + torch.arange(n, device=f.device)) % self.capacity
+                    self.feats[pos] = f
+                    self.classes[pos] = c
+                    self.total += n
 
     def features(self) -> tuple[Tensor, Tensor]:
         """(features ``M x d2``, classes ``M``) currently held."""
@@ -538,11 +541,12 @@ class PrototypeAccumulator:
         self.sum = torch.zeros(num_classes, dim, dtype=torch.float64, device=device)
         self.count = torch.zeros(num_classes, dtype=torch.float64, device=device)
 
-    @torch.no_grad()
     def add(self, feats: Tensor, classes: Tensor) -> None:
         """Add features ``M x d2`` of classes ``M``."""
-        self.sum.index_add_(0, classes, feats.detach().to(self.sum.dtype))
-        self.count.index_add_(0, classes, torch.ones_like(classes, dtype=self.count.dtype))
+        # a `with` block, not the decorator: mutmut skips decorated functions (make mutants)
+        with torch.no_grad():
+            self.sum.index_add_(0, classes, feats.detach().to(self.sum.dtype))
+            self.count.index_add_(0, classes, torch.ones_like(classes, dtype=self.count.dtype))
 
     def reset(self) -> None:
         self.sum.zero_()
