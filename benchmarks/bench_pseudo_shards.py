@@ -12,6 +12,7 @@ differently from 1 thread; ranks with equal thread counts give identical files, 
 tests/test_data_parallel.py).
 
     python benchmarks/bench_pseudo_shards.py               # real sizes, 8 images
+    python benchmarks/bench_pseudo_shards.py --images 4 12  # + cost per image without start-up
     python benchmarks/bench_pseudo_shards.py --smoke       # tiny weights, 3 small images
 
 JSON: ``benchmarks/results/pseudo_shards_cpu.json`` (``--out`` to change).
@@ -62,6 +63,15 @@ def write_voc(root: Path, n: int, w: int, h: int) -> None:
     (root / "tags.json").write_text(json.dumps(tags))
 
 
+def differing_share(a: Path, b: Path, names: list[str]) -> float:
+    """Share of pixels whose label differs between the PNGs of folders ``a`` and ``b``."""
+    diff = total = 0
+    for name in names:
+        x, y = np.asarray(Image.open(a / name)), np.asarray(Image.open(b / name))
+        diff, total = diff + int((x != y).sum()), total + x.size
+    return diff / max(total, 1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +93,10 @@ def run_leg(argv: list[str], threads: int) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=8)
+    p.add_argument(
+        "--images", type=int, nargs="+", default=[8],
+        help="one count, or several: the slope between them is the cost per image without start-up",
+    )  # fmt: skip
     p.add_argument("--size", default="500x375", help="W x H")
     p.add_argument("--weights", choices=("full", "tiny"), default="full")
     p.add_argument("--repeats", type=int, default=2)
@@ -91,13 +104,13 @@ def main() -> int:
     p.add_argument("--out", default=str(RESULTS / "pseudo_shards_cpu.json"))
     args = p.parse_args()
     if args.smoke:
-        args.images, args.size, args.weights, args.repeats = 3, "64x48", "tiny", 1
+        args.images, args.size, args.weights, args.repeats = [3], "64x48", "tiny", 1
     w, h = (int(v) for v in args.size.lower().split("x"))
     report: dict[str, Any] = {"settings": vars(args), "machine": machine_info(torch.device("cpu"))}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         root = tmp / "VOC2012"
-        write_voc(root, args.images, w, h)
+        write_voc(root, max(args.images), w, h)
         clip = write_random_weights(
             "clip_vit_b16.openai", tmp / "clip" / "ViT-B-16.pt", args.weights
         )[0]
@@ -114,26 +127,42 @@ def main() -> int:
         common = ["pseudo-labels", "--config", str(REPO / "configs" / "voc.yaml"), "--split"]
         common += ["train", "--device", "cpu", "--no-progress", *overrides]
         ssrseg = [sys.executable, "-m", "ssrseg.cli"]
-        times: dict[str, list[float]] = {"1proc_x_2threads": [], "2procs_x_1thread": []}
+        legs = ("1proc_x_2threads", "2procs_x_1thread")
+        times: dict[str, dict[int, list[float]]] = {k: {n: [] for n in args.images} for k in legs}
         load_before = load_average()
         for r in range(args.repeats):
-            one, two = tmp / f"one{r}", tmp / f"two{r}"
-            times["1proc_x_2threads"].append(run_leg([*ssrseg, *common, "--out", str(one)], 2))
-            torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-            torchrun += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}"]
-            torchrun += ["-m", "ssrseg.cli", *common, "--out", str(two)]
-            times["2procs_x_1thread"].append(run_leg(torchrun, 1))
-        pngs = sorted(p.name for p in (tmp / "one0").glob("*.png"))
-        same = all((tmp / "one0" / n).read_bytes() == (tmp / "two0" / n).read_bytes() for n in pngs)
-        best = {k: min(v) for k, v in times.items()}
-        report["seconds"] = {k: {"min": min(v), "all": v} for k, v in times.items()}
-        report["per_image_s"] = {k: v / args.images for k, v in best.items()}
-        report["ratio_1proc_over_2procs"] = best["1proc_x_2threads"] / best["2procs_x_1thread"]
-        report["winner"] = min(best, key=lambda k: best[k])
+            for n in args.images:
+                limit = ["--limit", str(n)] if n < max(args.images) else []
+                one, two = tmp / f"one{r}_{n}", tmp / f"two{r}_{n}"
+                leg = [*ssrseg, *common, *limit, "--out", str(one)]
+                times[legs[0]][n].append(run_leg(leg, 2))
+                torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+                torchrun += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}"]
+                torchrun += ["-m", "ssrseg.cli", *common, *limit, "--out", str(two)]
+                times[legs[1]][n].append(run_leg(torchrun, 1))
+        n_max = max(args.images)
+        one0, two0 = tmp / f"one0_{n_max}", tmp / f"two0_{n_max}"
+        pngs = sorted(p.name for p in one0.glob("*.png"))
+        same = all((one0 / n).read_bytes() == (two0 / n).read_bytes() for n in pngs)
+        best = {k: {n: min(v) for n, v in times[k].items()} for k in legs}
+        report["seconds"] = {
+            k: {str(n): {"min": min(v), "all": v} for n, v in times[k].items()} for k in legs
+        }
+        report["per_image_s"] = {k: best[k][n_max] / n_max for k in legs}
+        score = report["per_image_s"]
+        if len(args.images) > 1:  # the slope: start-up (imports, weights, prompts) cancels
+            n_min = min(args.images)
+            slope = {k: (best[k][n_max] - best[k][n_min]) / (n_max - n_min) for k in legs}
+            report["marginal_per_image_s"] = slope
+            report["startup_s"] = {k: best[k][n_min] - slope[k] * n_min for k in legs}
+            score = slope
+        report["ratio_1proc_over_2procs"] = score[legs[0]] / score[legs[1]]
+        report["winner"] = min(legs, key=lambda k: score[k])
         report["png_bytes_identical"] = same
+        report["pixels_differing_share"] = differing_share(one0, two0, pngs)
         report["load_average"] = {"before": load_before, "after": load_average()}
     write_json(Path(args.out), report)
-    print({k: round(v, 2) for k, v in best.items()}, report["winner"], file=sys.stderr)
+    print(report["per_image_s"], report["winner"], file=sys.stderr)
     print(f"wrote {args.out}")
     return 0
 
