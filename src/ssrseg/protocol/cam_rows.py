@@ -170,18 +170,22 @@ def score_labeler(
             else:
                 groups.append([s])
         for group in groups:
-            # a batched call's failure belongs to all its images: the message names them all
-            with guard_image(view, ", ".join(s.image_id for s in group)):
-                known = [stored(s) for s in group] if stored is not None else [None]
-                if all(labels is not None for labels in known):
-                    found = [labels for labels in known if labels is not None]
-                else:  # the same call as the first attempt: the same batch, the same labels
-                    found = [out[0] for out in label_samples(labeler, group, cmpa, long_side)]
-                for sample, labels in zip(group, found, strict=True):
-                    if sample.mask is not None:
-                        conf.update(labels, sample.mask)
-                    if keep is not None:
-                        keep(sample, labels)
+            # the labeller's calls: one batch at the working size, else one image each (what
+            # label_samples does either way); a batch's failure names all its images
+            h, w = group[0].image.shape[:2]
+            batched = work_size(h, w, labeler.patch_size, long_side) == (h, w)
+            for call in [group] if batched else [[s] for s in group]:
+                with guard_image(view, ", ".join(s.image_id for s in call)):
+                    known = [stored(s) for s in call] if stored is not None else [None]
+                    if all(labels is not None for labels in known):
+                        found = [labels for labels in known if labels is not None]
+                    else:  # the call of the first attempt: the same batch, the same labels
+                        found = [o[0] for o in label_samples(labeler, call, cmpa, long_side)]
+                    for sample, labels in zip(call, found, strict=True):
+                        if sample.mask is not None:
+                            conf.update(labels, sample.mask)
+                        if keep is not None:
+                            keep(sample, labels)
         bar.update(len(chunk))
     bar.close()
     return conf
