@@ -45,7 +45,13 @@ pytestmark = pytest.mark.slow
 
 DRIVER = Path(__file__).parent / "fault_driver.py"
 WORK = ("seeds", "cmpa", "eval", "export")
-TABLES = ("table3_raw", "table3_cmpa", "table4", "segmentation")
+# the report's tables and the stages whose outputs fill them
+TABLES = {
+    "table3_raw": ("seeds",),
+    "table3_cmpa": ("cmpa",),
+    "table4": ("seeds", "cmpa"),
+    "segmentation": ("eval",),
+}
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +173,15 @@ def assert_equals_reference(run: Path, ref: Path, stages: tuple[str, ...]) -> No
         assert [p.relative_to(run) for p in ours] == [p.relative_to(ref) for p in theirs]
         for a, b in zip(ours, theirs, strict=True):
             assert a.read_bytes() == b.read_bytes(), a
-        metrics = run / stage / "metrics.json"
-        assert metrics.read_text() == (ref / stage / "metrics.json").read_text(), stage
+        if (ref / stage / "metrics.json").is_file():  # export writes none
+            metrics = (d / stage / "metrics.json" for d in (run, ref))
+            assert next(metrics).read_text() == next(metrics).read_text(), stage
         state = _state(run, stage)
         assert state["status"] == "done" and state["result"] == _state(ref, stage)["result"]
     report, expected = (json.loads((d / "report.json").read_text()) for d in (run, ref))
-    for key in TABLES:
-        assert measured(report, key) == measured(expected, key), key
+    for key, needs in TABLES.items():
+        if set(needs) <= set(stages):
+            assert measured(report, key) == measured(expected, key), key
     if "export" in stages:
         for mode in ("no_crf", "crf"):
             with tarfile.open(run / "export" / mode / "results.tar.gz") as tar:
@@ -255,7 +263,8 @@ def test_two_machines_equal_one_process(world: dict[str, Any], ref: Path, tmp_pa
     port = free_port()
     head = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
             "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"]  # fmt: skip
-    argv = command(world, run, ",".join(WORK))
+    # the CRF in each rank's own process: the pool is what the kill test runs
+    argv = [*command(world, run, ",".join(WORK)), "--crf-workers", "0"]
     procs = [start([argv], tmp_path, [*head, "--node_rank", str(k)], str(k)) for k in (0, 1)]
     outs = [finish(p) for p in procs]
     assert sum("2 processes" in out for out in outs) == 1  # the main rank's stage list
