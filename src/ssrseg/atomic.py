@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,8 +29,16 @@ __all__ = [
     "atomic_write_text",
     "current_umask",
     "default_mode",
+    "is_temporary",
     "read_json_object",
+    "remove_stale_temporaries",
 ]
+
+# The names the helpers below give their temporaries: ``.<name>.<8 random characters from
+# tempfile's alphabet><suffix>`` (files, and folders with the suffix ``.tmp``) and
+# ``.<name>.old`` (the folder :func:`atomic_dir` replaces). Only a process killed mid-write
+# (kill -9, power loss) leaves one behind; every other exit removes it.
+_TEMPORARY = re.compile(r"^\..+\.(?:[a-z0-9_]{8}(?:\.[^./]+)?|old)$")
 
 
 def current_umask() -> int:
@@ -124,6 +133,32 @@ def atomic_copy_file(src: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     """Copy the contents of ``src`` to ``dest`` atomically (``dest`` gets normal permissions)."""
     with atomic_path(dest, suffix=".tmp") as tmp:
         shutil.copyfile(src, tmp)
+
+
+def is_temporary(name: str) -> bool:
+    """Is ``name`` the name of a temporary file or folder made by the helpers here?"""
+    return _TEMPORARY.match(name) is not None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries a killed process left anywhere under ``folder``; returns them.
+
+    Call it only while no process writes under ``folder`` (a resumed stage, before its
+    processes start): a live writer's temporary would be removed under it."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = sorted(p for p in root.rglob(".*") if is_temporary(p.name))
+    removed = []
+    for path in found:
+        if not path.exists() and not path.is_symlink():  # inside a folder removed already
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ssrseg.atomic import atomic_path
+from ssrseg.atomic import atomic_path, is_temporary
 from ssrseg.data.base import read_image
 from ssrseg.engine.crf_pool import OrderedPool, crf_mask
 from ssrseg.errors import BadInputError
@@ -127,6 +127,10 @@ def archive_voc_results(out_root: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(f"{root / 'results'}: nothing to archive")
     target = root / "results.tar.gz"
 
+    def no_temporaries(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        # a temporary left by a process killed mid-write must never reach the server
+        return None if is_temporary(Path(info.name).name) else info
+
     with atomic_path(target, suffix=".tmp") as tmp, tarfile.open(tmp, "w:gz") as tar:
-        tar.add(root / "results", arcname="results")
+        tar.add(root / "results", arcname="results", filter=no_temporaries)
     return target

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ssrseg.config import SSRConfig, atomic_write_text, merge_values
 from ssrseg.data.resize import resize_to_tensor01, work_size
@@ -28,6 +29,7 @@ from ssrseg.engine.distributed import (
     StageContext,
     all_gather_objects,
     broadcast_object,
+    guard_image,
     share_list,
     solo_view,
     sum_confusion,
@@ -137,23 +139,30 @@ def score_labeler(
     keep: Callable[[Any, np.ndarray], None] | None = None,
     long_side: int = 1024,
     progress: bool = True,
+    view: StageContext | None = None,
+    stored: Callable[[Any], np.ndarray | None] | None = None,
 ) -> Any:
     """Run ``labeler`` over ``dataset[indices]`` and score its labels against the masks.
 
     Returns a ``ConfusionMatrix``; ``keep(sample, labels)`` sees every image's labels.
     Unreadable images are skipped (reported by :class:`~ssrseg.data.base.SkipLog`).
+    ``view``: an error names this process (rank / shard) and the image(s) of the failed call
+    (:func:`~ssrseg.engine.distributed.guard_image`). ``stored(sample)``: the sample's labels
+    finished by an earlier attempt, or None; a call whose every image has them is not run again.
     """
     from tqdm import tqdm
 
+    view = view if view is not None else solo_view()
     conf = ConfusionMatrix(dataset.num_classes)
     bar = tqdm(total=len(indices), desc=desc, leave=False, disable=not progress)
     for chunk in _chunks(indices, max(1, batch)):
         samples = []
         for i in chunk:
-            try:
-                samples.append(dataset[i])
-            except BadInputError as exc:
-                print(f"skipped: {exc}")
+            with guard_image(view, str(dataset.ids[i])):
+                try:
+                    samples.append(dataset[i])
+                except BadInputError as exc:
+                    print(f"skipped: {exc}")
         groups: list[list[Any]] = []
         for s in samples:  # consecutive same-size images share a call
             if groups and groups[-1][0].image.shape == s.image.shape:
@@ -161,13 +170,22 @@ def score_labeler(
             else:
                 groups.append([s])
         for group in groups:
-            for sample, (labels, _, _) in zip(
-                group, label_samples(labeler, group, cmpa, long_side), strict=True
-            ):
-                if sample.mask is not None:
-                    conf.update(labels, sample.mask)
-                if keep is not None:
-                    keep(sample, labels)
+            # the labeller's calls: one batch at the working size, else one image each (what
+            # label_samples does either way); a batch's failure names all its images
+            h, w = group[0].image.shape[:2]
+            batched = work_size(h, w, labeler.patch_size, long_side) == (h, w)
+            for call in [group] if batched else [[s] for s in group]:
+                with guard_image(view, ", ".join(s.image_id for s in call)):
+                    known = [stored(s) for s in call] if stored is not None else [None]
+                    if all(labels is not None for labels in known):
+                        found = [labels for labels in known if labels is not None]
+                    else:  # the call of the first attempt: the same batch, the same labels
+                        found = [o[0] for o in label_samples(labeler, call, cmpa, long_side)]
+                    for sample, labels in zip(call, found, strict=True):
+                        if sample.mask is not None:
+                            conf.update(labels, sample.mask)
+                        if keep is not None:
+                            keep(sample, labels)
         bar.update(len(chunk))
     bar.close()
     return conf
@@ -242,12 +260,20 @@ def score_rows(
                 _store[sample.image_id] = labels
             if _w:
                 assert label_dir is not None
-                save_label_png(label_dir / f"{sample.image_id}.png", labels, dataset.palette_name)
+                png = label_dir / f"{sample.image_id}.png"
+                if not png.is_file():  # finished by an earlier attempt: never written again
+                    save_label_png(png, labels, dataset.palette_name)
+
+        def stored(sample: Any, _w: bool = write) -> np.ndarray | None:
+            # the label row's PNGs of a killed attempt (atomic: complete when present)
+            png = label_dir / f"{sample.image_id}.png" if _w and label_dir is not None else None
+            return np.asarray(Image.open(png)) if png is not None and png.is_file() else None
 
         labeler = row_labeler(base, cfg, overrides)
         conf = score_labeler(
-            labeler, dataset, mine, step, cmpa, name, keep, long_side, progress and view.is_main
-        )
+            labeler, dataset, mine, step, cmpa, name, keep, long_side, progress and view.is_main,
+            view, stored,
+        )  # fmt: skip
         sum_confusion([conf], view.dist)
         if want_preds and view.dist.distributed:
             for part in all_gather_objects(preds, view.dist):

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ssrseg.atomic import remove_stale_temporaries
 from ssrseg.config import SSRConfig, atomic_write_text, config_to_dict
 from ssrseg.data import build_dataset
 from ssrseg.data.toy import IN_DISTRIBUTION_SPLIT
@@ -455,6 +456,11 @@ def _prepare_folder(run: Run, stage: str, record: dict[str, Any]) -> bool:
     if state is not None and stage not in run.plan.redo:
         if state.get("hash") == record_hash(record) and state.get("status") == "running":
             print(f"[{stage}] resuming the unfinished run in {folder}")
+            # a process killed mid-write (kill -9) leaves its temporary beside the file it
+            # wrote; none of this job's processes writes yet, so each is stale
+            stale = remove_stale_temporaries(folder)
+            if stale:
+                print(f"[{stage}] removed {len(stale)} temporary file(s) of a killed process")
             return True
         changes = diff_records(state.get("record", {}), record)
         after = "options.after."

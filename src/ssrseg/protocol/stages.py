@@ -336,21 +336,21 @@ def evaluate_into(
                         f"{sample.path}: the evaluation split has no ground-truth mask"
                     )
             paths = {m: pred_dir / _mode_name(m) / f"{sample.image_id}.png" for m in modes}
-            if all(p.is_file() for p in paths.values()):
-                masks = {m: np.asarray(Image.open(p)) for m, p in paths.items()}
-                for m in modes:
-                    if m:
-                        finish(pool.put((sample.image_id, sample.mask, None), masks[m]))
-                    else:
-                        matrices[m].update(masks[m], sample.mask)
-                continue
+            probs: Any = None
             with guard_image(view, sample.image_id):
-                _, probs = seg.predict(sample.image, return_probs=True, crf=False)
+                # a mode's PNG finished by an earlier attempt is read back, never written again
+                kept = {m: np.asarray(Image.open(p)) for m, p in paths.items() if p.is_file()}
+                if len(kept) < len(modes):
+                    _, probs = seg.predict(sample.image, return_probs=True, crf=False)
                 if False in modes:
-                    mask = probs.argmax(axis=0).astype(np.uint8)
-                    save_label_png(paths[False], mask, dataset.palette_name)
+                    mask = kept.get(False)
+                    if mask is None:
+                        mask = probs.argmax(axis=0).astype(np.uint8)
+                        save_label_png(paths[False], mask, dataset.palette_name)
                     matrices[False].update(mask, sample.mask)
-            if True in modes:
+            if True in kept:
+                finish(pool.put((sample.image_id, sample.mask, None), kept[True]))
+            elif True in modes:
                 key = (sample.image_id, sample.mask, paths[True])
                 finish(pool.submit(key, crf_mask, sample.image, probs, seg.crf_cfg))
         finish(pool.drain())
@@ -424,8 +424,10 @@ def stage_export(run: Run, resumed: bool) -> dict[str, Any]:
         for image_id in tqdm(
             mine, desc="VOC test export", disable=not (run.plan.progress and view.is_main)
         ):
+            # only the modes whose PNG is not there: a finished file is never written again
             targets = {m: voc_test_path(r, image_id) for m, r in roots.items()}
-            if all(p.is_file() for p in targets.values()):
+            targets = {m: p for m, p in targets.items() if not p.is_file()}
+            if not targets:
                 continue
             with guard_image(view, image_id):
                 try:
