@@ -320,3 +320,28 @@ def test_lookahead_is_bounded_and_in_order() -> None:
         assert max(read) == min(item + 2, 5)
         handed.append(item)
     assert handed == list(range(6))
+
+
+def test_ctrl_c_shuts_the_pool_down(
+    world: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the second image is labelled (real workers busy with the images ahead):
+    exit 130, the first image kept, no worker process left running."""
+    import ssrseg.commands.pseudo_labels as pl
+
+    real = pl.run_labeler
+    calls: list[str] = []
+
+    def interrupted(job: Any, sample: Any, prepared: Any = None) -> Any:
+        calls.append(sample.image_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, sample, prepared)
+
+    monkeypatch.setattr(pl, "run_labeler", interrupted)
+    out = tmp_path / "out"
+    args = ["pseudo-labels", "--split", "train", "--no-progress", "--out", str(out)]
+    assert main([*args, "--superpixel-workers", "2", *world]) == 130
+    assert calls == ["img0", "img1"] and (out / "img0.png").is_file()
+    assert not (out / "img1.png").exists()
+    assert multiprocessing.active_children() == []
