@@ -64,7 +64,10 @@ def test_pseudo_labels_identical_with_and_without_prefetch(
     assert all(name.startswith("ssrseg-slic") for name, *_ in serial_calls)
     assert len(serial_calls) == 3
     slic_calls.clear()
-    assert main([*base, "--out", str(tmp_path / "pre"), *world]) == 0
+    # one background thread (--superpixel-workers 0; the process pool's workers are other
+    # processes, which the recording cannot see: tests/test_superpixel_pool.py)
+    thread = ["--superpixel-workers", "0"]
+    assert main([*base, "--out", str(tmp_path / "pre"), *thread, *world]) == 0
     prefetch_out = capsys.readouterr().out
     # every SLIC on the worker (the labeller was given the superpixels), on the same 8-bit
     # images with the same settings, in the same order
@@ -79,7 +82,7 @@ def test_pseudo_labels_identical_with_and_without_prefetch(
     # resuming: finished images are neither labelled nor prepared (no SLIC for them)
     (tmp_path / "pre" / "img1.png").unlink()
     slic_calls.clear()
-    assert main([*base, "--out", str(tmp_path / "pre"), *world]) == 0
+    assert main([*base, "--out", str(tmp_path / "pre"), *thread, *world]) == 0
     assert [c[1:] for c in slic_calls] == [serial_calls[1][1:]]  # img1's only
     assert slic_calls[0][0].startswith("prefetch")
     assert "2 of 3 images already done; wrote 1" in capsys.readouterr().out

@@ -398,3 +398,14 @@ def crf_workers(args: argparse.Namespace, local_world_size: int) -> int:
 
     chosen = getattr(args, "crf_workers", None)
     return default_crf_workers(local_world_size) if chosen is None else int(chosen)
+
+
+def superpixel_workers(args: argparse.Namespace, local_world_size: int) -> int:
+    """``--superpixel-workers``, or its default for ``local_world_size`` ranks on this machine
+    (an eighth of the cores when the command runs the CRF pool too: ``--crf``)."""
+    from ssrseg.engine.superpixel_pool import default_superpixel_workers
+
+    chosen = getattr(args, "superpixel_workers", None)
+    if chosen is not None:
+        return int(chosen)
+    return default_superpixel_workers(local_world_size, with_crf=bool(getattr(args, "crf", False)))

@@ -1,4 +1,4 @@
-"""Read and prepare the next image of ``ssrseg cams`` / ``ssrseg pseudo-labels`` on a background
+"""Read and prepare the next images of ``ssrseg cams`` / ``ssrseg pseudo-labels`` on a background
 thread while the labeller runs the current one.
 
 SLIC (scikit-image) is single-threaded and costs about as much as a tenth of SSR's per-image
@@ -11,11 +11,15 @@ torch work on image ``i``. What the worker computes is exactly what the serial p
 reading item ``i`` hands back the sample the worker read (re-raising its exception, so a broken
 image is reported exactly as before) and queues item ``i + 1`` of the loop's order. The
 progress bar, the skip log and the order stay in the caller's thread, unchanged.
+
+With ``--superpixel-workers W`` > 0 (on a GPU one SLIC thread is slower than the forward) the
+thread reads and resizes the next ``2 W`` images and hands their SLIC to a
+:class:`~ssrseg.engine.superpixel_pool.SuperpixelPool` of ``W`` processes; the labeller waits
+for an image's superpixels only when it reaches it (:meth:`Prepared.ready_superpixels`).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset
+    from ssrseg.engine.superpixel_pool import PendingSuperpixels
 
 # lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
 # inside the functions that run a command.
@@ -34,10 +39,19 @@ if TYPE_CHECKING:
 @dataclass
 class Prepared:
     """Labeller inputs of one image: ``images01`` ``1 x 3 x h x w`` in [0, 1] at the work size;
-    ``superpixels`` ``1 x h x w`` long SLIC labels (None: the labeller computes what it needs)."""
+    ``superpixels`` ``1 x h x w`` long SLIC labels (None: the labeller computes what it needs);
+    ``pending``: those superpixels still being computed in the superpixel pool."""
 
     images01: torch.Tensor
     superpixels: torch.Tensor | None
+    pending: PendingSuperpixels | None = None
+
+    def ready_superpixels(self) -> torch.Tensor | None:
+        """The superpixels, waiting for the pool's result when they are pending (a worker's
+        error is raised here, in the caller's thread, naming the image)."""
+        if self.pending is not None:
+            self.superpixels, self.pending = self.pending.result(), None
+        return self.superpixels
 
 
 def superpixels_for(images01: torch.Tensor, cfg: SSRConfig) -> torch.Tensor | None:
@@ -58,7 +72,8 @@ class PrefetchedDataset:
     ``prepare(sample)`` returns the labeller inputs, or None for an image that will not be
     labelled (already done); an exception inside it is swallowed and gives None, so the
     labeller redoes that work in the caller's thread and raises there, as without prefetching.
-    Exceptions of ``dataset[i]`` itself are re-raised by ``self[i]``.
+    Exceptions of ``dataset[i]`` itself are re-raised by ``self[i]``. ``depth``: items of the
+    order queued past the one read (1: the next one).
     """
 
     def __init__(
@@ -67,6 +82,7 @@ class PrefetchedDataset:
         order: Sequence[int],
         prepare: Callable[[Sample], Prepared | None],
         executor: Executor,
+        depth: int = 1,
     ) -> None:
         self.dataset = dataset
         self.ids = dataset.ids
@@ -74,7 +90,9 @@ class PrefetchedDataset:
         self.split = dataset.split
         self._prepare = prepare
         self._executor = executor
-        self._next = dict(itertools.pairwise(order))
+        self._order = list(order)
+        self._position = {index: pos for pos, index in enumerate(self._order)}
+        self._depth = max(1, depth)
         self._pending: dict[int, Future[tuple[Sample, Prepared | None]]] = {}
         self._last: tuple[Sample, Prepared | None] | None = None
 
@@ -94,10 +112,12 @@ class PrefetchedDataset:
 
     def __getitem__(self, index: int) -> Sample:
         future = self._pending.pop(index, None) or self._submit(index)
-        following = self._next.get(index)
-        if following is not None and following not in self._pending:
-            # queued now: the worker starts on it as soon as this item is done
-            self._pending[following] = self._submit(following)
+        pos = self._position.get(index)
+        if pos is not None:
+            for following in self._order[pos + 1 : pos + 1 + self._depth]:
+                if following not in self._pending:
+                    # queued now: the worker starts on it as soon as the items before are done
+                    self._pending[following] = self._submit(following)
         self._last = None
         sample, prepared = future.result()
         self._last = (sample, prepared)
@@ -110,7 +130,10 @@ class PrefetchedDataset:
         return None
 
     def cancel(self) -> None:
-        """Drop the queued items (the loop ended early)."""
+        """Drop the queued items (the loop ended early), and their pending superpixels."""
         for future in self._pending.values():
-            future.cancel()
+            if not future.cancel() and future.done() and future.exception() is None:
+                prepared = future.result()[1]
+                if prepared is not None and prepared.pending is not None:
+                    prepared.pending.cancel()
         self._pending.clear()

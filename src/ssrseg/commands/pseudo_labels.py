@@ -6,8 +6,9 @@ multiple of the patch size (CLIP-ES); the scores are resized back to the image a
 ``OUT/<id>.png`` (palette PNG: 0 background, c + 1 class c, 255 ignore). Finished images are
 skipped (resumable), files are written atomically, the resolved config is saved as
 ``OUT/config.yaml``, ``--eval`` prints the metrics table against the ground-truth masks.
-While one image runs, a background thread reads and resizes the next one and computes its SLIC
-superpixels (``affinity.mask=sgc``); the outputs are the same as without it (``--no-prefetch``).
+While one image runs, a background thread reads and resizes the next ones and their SLIC
+superpixels (``affinity.mask=sgc``) are computed in ``--superpixel-workers`` processes (0: on
+that thread); the outputs are the same as without it (``--no-prefetch``).
 Under ``torchrun`` every rank (and with ``--shard K/N`` every process) takes its share of the
 images (balanced by pixel count); the files equal one process's, ``--eval`` sums the confusion
 matrices of all ranks. ``--crf`` runs in ``--crf-workers`` processes while the next image runs.
@@ -39,6 +40,7 @@ from ssrseg.commands.common import (
     require_crf,
     resolve_device,
     resolve_split,
+    superpixel_workers,
     with_crf_labels,
 )
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from ssrseg.config import SSRConfig
     from ssrseg.data.base import Sample, SegDataset, SkipLog
     from ssrseg.engine.distributed import StageContext
+    from ssrseg.engine.superpixel_pool import SuperpixelPool
     from ssrseg.pseudo.labeler import PseudoLabeler, PseudoLabelOutput
 
 # lazy: `ssrseg --help` imports every command module, so the library (and torch) is imported
@@ -80,11 +83,22 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
     add_job_args(p, "redo every image, also those this job finished (and a folder made with "
                  "other settings)")  # fmt: skip
-    p.add_argument(
+    ahead = p.add_mutually_exclusive_group()
+    ahead.add_argument(
         "--no-prefetch",
         action="store_true",
         help="read, resize and SLIC each image in the main thread just before it runs, instead "
         "of the next image on a background thread while the current one runs (same outputs)",
+    )
+    ahead.add_argument(
+        "--superpixel-workers",
+        type=non_negative_int,
+        default=None,
+        metavar="W",
+        help="processes computing the SLIC superpixels (affinity.mask=sgc) of the next 2 W "
+        "images while the current one runs (default: this process's cores split between the "
+        "ranks on this machine, an eighth of them with --crf; 0: one background thread; same "
+        "outputs)",
     )
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. sgc.theta=0.6"
@@ -208,12 +222,15 @@ def labeler_images(job: Job, sample: Sample) -> torch.Tensor:
     return resize_to_tensor01(sample.image, size, job.cfg.cam.input_resize, job.device)
 
 
-def prepare(job: Job, sample: Sample) -> Prepared:
+def prepare(job: Job, sample: Sample, pool: SuperpixelPool | None = None) -> Prepared:
     """The labeller's inputs of one image: its resized tensor and, with the SGC mask, its SLIC
-    superpixels computed as the labeller would (for the prefetch thread)."""
+    superpixels computed as the labeller would (for the prefetch thread): here, or started in
+    ``pool`` (pending until the labeller needs them)."""
     from ssrseg.commands.prefetch import Prepared, superpixels_for
 
     images01 = labeler_images(job, sample)
+    if pool is not None and job.cfg.affinity.mask == "sgc":
+        return Prepared(images01, None, pool.submit([sample.image_id], images01, job.cfg))
     return Prepared(images01, superpixels_for(images01, job.cfg))
 
 
@@ -227,7 +244,7 @@ def run_labeler(job: Job, sample: Sample, prepared: Prepared | None = None) -> P
     if prepared is None:
         images01, superpixels = labeler_images(job, sample), None
     else:
-        images01, superpixels = prepared.images01, prepared.superpixels
+        images01, superpixels = prepared.images01, prepared.ready_superpixels()
     with torch.no_grad():
         return job.labeler(
             images01, [sample.labels], superpixels=superpixels, cmpa=job.cmpa, out_size=(h, w)
@@ -370,13 +387,15 @@ def run_job(
     ``--eval`` scores the labels (confusion matrices summed over torchrun ranks); skipped
     inputs are reported. This process handles only its share (:func:`loop_order`). Unless
     ``--no-prefetch``, the next image is read and prepared (:func:`prepare`) on a background
-    thread while the current one runs. Returns the exit code."""
+    thread while the current one runs; with ``--superpixel-workers W`` > 0 the next ``2 W``
+    images, their SLIC in ``W`` processes. Returns the exit code."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ssrseg.commands.prefetch import PrefetchedDataset
     from ssrseg.data.base import SkipLog
     from ssrseg.engine.crf_pool import OrderedPool
     from ssrseg.engine.distributed import barrier, gather_skipped, guard_image, sum_arrays
+    from ssrseg.engine.superpixel_pool import SuperpixelPool
     from ssrseg.metrics import ConfusionMatrix
     from ssrseg.runrecord import output_stamp, written_by
 
@@ -390,8 +409,11 @@ def run_job(
     def done(sample: Sample) -> bool:
         return not args.overwrite and written_by(destination(sample), stamp)
 
+    sp_workers = 0 if args.no_prefetch else superpixel_workers(args, view.dist.local_world_size)
+    slic = SuperpixelPool(sp_workers) if sp_workers else None
+
     def prepare_unless_done(sample: Sample) -> Prepared | None:
-        return None if done(sample) else prepare(job, sample)
+        return None if done(sample) else prepare(job, sample, slic)
 
     skip_log = SkipLog()
     conf = ConfusionMatrix(job.dataset.num_classes)
@@ -400,7 +422,11 @@ def run_job(
     order = loop_order(job, args.limit)
     pool = None if args.no_prefetch else ThreadPoolExecutor(1, thread_name_prefix="prefetch")
     prefetched = (
-        None if pool is None else PrefetchedDataset(job.dataset, order, prepare_unless_done, pool)
+        None
+        if pool is None
+        else PrefetchedDataset(
+            job.dataset, order, prepare_unless_done, pool, slic.lookahead if slic else 1
+        )
     )
 
     def handle(key: tuple[Sample, Any], labels: np.ndarray | None) -> None:
@@ -450,6 +476,8 @@ def run_job(
             prefetched.cancel()  # an early exit (error, Ctrl-C) leaves nothing queued
         if pool is not None:
             pool.shutdown(wait=True)
+        if slic is not None:  # after the thread that submits to it
+            slic.close()
     tally.report(job.out)
     # exact merge: integer counts summed over ranks (never averaged scores)
     conf.hist, conf.pred_ignored, images = sum_arrays(

@@ -51,6 +51,15 @@ def add_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         "runs (default: this process's cores split between the ranks on this machine; 0: in "
         "the main process)",
     )
+    p.add_argument(
+        "--superpixel-workers",
+        type=non_negative_int,
+        default=None,
+        metavar="W",
+        help="processes computing the SLIC superpixels of seeds / cmpa (the SGC rows) for the "
+        "next 2 W images while the labeller runs (default: this process's cores split between "
+        "the ranks on this machine; 0: one background thread)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--stages",
@@ -97,7 +106,8 @@ def relaunch_command(args: argparse.Namespace) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            str(args.gpus), "-m", "ssrseg.cli", "reproduce"]  # fmt: skip
     for option in ("config", "root", "out", "gpus", "device", "stages", "redo", "crf",
-                   "seed_split", "seed_images", "val_images", "panels", "crf_workers"):  # fmt: skip
+                   "seed_split", "seed_images", "val_images", "panels", "crf_workers",
+                   "superpixel_workers"):  # fmt: skip
         value = getattr(args, option)
         if value is not None:
             cmd += ["--" + option.replace("_", "-"), str(value)]
@@ -143,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             redo=_names(args.redo) or (),
             gpus=args.gpus or world,
             crf_workers=args.crf_workers,
+            superpixel_workers=args.superpixel_workers,
             device=args.device,
             seed_split=args.seed_split,
             seed_images=args.seed_images,

@@ -38,6 +38,7 @@ __all__ = [
     "crf_mask",
     "crf_probs",
     "default_crf_workers",
+    "start_workers",
 ]
 
 
@@ -71,6 +72,15 @@ def _limit_threads() -> None:
     """Worker start-up: one thread per worker (the pool is the parallelism)."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
+
+
+def start_workers(workers: int) -> ProcessPoolExecutor:
+    """``workers`` processes started with ``spawn`` (forking a process that holds torch threads
+    or CUDA can deadlock), one thread each: what every CPU pool of ssrseg runs on (this one and
+    :mod:`ssrseg.engine.superpixel_pool`)."""
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads
+    )
 
 
 class TaskError(RuntimeError):
@@ -120,11 +130,7 @@ class OrderedPool(Generic[KeyT]):
 
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_limit_threads,
-            )
+            self._executor = start_workers(self.workers)
         return self._executor
 
     def submit(self, key: KeyT, fn: Callable[..., Any], *args: Any) -> Iterator[tuple[KeyT, Any]]:

@@ -8,14 +8,18 @@ cached as JSON so a killed run resumes row by row.
 Images whose size is already the labeller's working size (a multiple of the patch, within the
 long-side limit: the toy world) run in batches; others (VOC, COCO) run one at a time as in
 ``ssrseg pseudo-labels``: resized to the working size (``cam.input_resize``), their labels
-returned at the image's own size (``pseudo.output_resize``).
+returned at the image's own size (``pseudo.output_resize``). With a superpixel pool, the SLIC
+of the rows with ``affinity.mask=sgc`` runs in its processes ahead of the labeller
+(:func:`ssrseg.engine.superpixel_pool.lookahead`); the labels are the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from ssrseg.engine.distributed import (
     solo_view,
     sum_confusion,
 )
+from ssrseg.engine.superpixel_pool import SuperpixelPool, lookahead
 from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix, json_safe
 from ssrseg.pseudo.labeler import PseudoLabeler
@@ -100,6 +105,46 @@ def images01(samples: Sequence[Any], device: torch.device) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255).to(device)
 
 
+@dataclass
+class Call:
+    """One labeller call: ``samples`` and their ``B x 3 x h x w`` input in [0, 1] at the working
+    size; ``out_size`` the image's own size (one resized image) or None (a batch already at the
+    working size)."""
+
+    samples: Sequence[Any]
+    x: torch.Tensor
+    out_size: tuple[int, int] | None
+
+
+def labeler_calls(labeler: Any, samples: Sequence[Any], long_side: int = 1024) -> list[Call]:
+    """The labeller calls of ``samples``: one for same-size samples already at the working
+    size, else one per sample, resized as ``ssrseg pseudo-labels`` resizes it."""
+    device = next(iter(labeler.buffers())).device
+    patch = labeler.patch_size
+    h, w = samples[0].image.shape[:2]
+    same = all(s.image.shape[:2] == (h, w) for s in samples)
+    if same and work_size(h, w, patch, long_side) == (h, w):
+        return [Call(samples, images01(samples, device), None)]
+    calls = []
+    for s in samples:  # as `ssrseg pseudo-labels`: labels come back at the image's size
+        hs, ws = s.image.shape[:2]
+        size = work_size(hs, ws, patch, long_side)
+        x = resize_to_tensor01(s.image, size, labeler.cfg.cam.input_resize, device)
+        calls.append(Call([s], x, (hs, ws)))
+    return calls
+
+
+def run_call(
+    labeler: Any, call: Call, cmpa: Any = None, superpixels: torch.Tensor | None = None
+) -> list[tuple[np.ndarray, Any, int]]:
+    """Per sample of ``call`` ``(labels, labeller output, index in that output)``: ``H x W``
+    uint8 labels at the image's size; the output's CAMs are at the working size."""
+    labels_of = [s.labels for s in call.samples]
+    out = labeler(call.x, labels_of, superpixels=superpixels, cmpa=cmpa, out_size=call.out_size)
+    labels = out.labels.cpu().numpy().astype(np.uint8)
+    return [(labels[j], out, j) for j in range(len(call.samples))]
+
+
 def label_samples(
     labeler: Any,
     samples: Sequence[Any],
@@ -111,22 +156,11 @@ def label_samples(
     Returns per sample ``(labels, labeller output, index in that output)``; the output's CAMs
     are at the working size. Same-size samples already at the working size share one call.
     """
-    device = next(iter(labeler.buffers())).device
-    patch = labeler.patch_size
-    h, w = samples[0].image.shape[:2]
-    same = all(s.image.shape[:2] == (h, w) for s in samples)
-    if same and work_size(h, w, patch, long_side) == (h, w):
-        out = labeler(images01(samples, device), [s.labels for s in samples], cmpa=cmpa)
-        labels = out.labels.cpu().numpy().astype(np.uint8)
-        return [(labels[j], out, j) for j in range(len(samples))]
-    results = []
-    for s in samples:  # as `ssrseg pseudo-labels`: labels come back at the image's size
-        hs, ws = s.image.shape[:2]
-        size = work_size(hs, ws, patch, long_side)
-        x = resize_to_tensor01(s.image, size, labeler.cfg.cam.input_resize, device)
-        out = labeler(x, [s.labels], cmpa=cmpa, out_size=(hs, ws))
-        results.append((out.labels[0].cpu().numpy().astype(np.uint8), out, 0))
-    return results
+    return [
+        r
+        for call in labeler_calls(labeler, samples, long_side)
+        for r in run_call(labeler, call, cmpa)
+    ]
 
 
 def score_labeler(
@@ -139,6 +173,7 @@ def score_labeler(
     keep: Callable[[Any, np.ndarray], None] | None = None,
     long_side: int = 1024,
     progress: bool = True,
+    superpixels: SuperpixelPool | None = None,
     view: StageContext | None = None,
     stored: Callable[[Any], np.ndarray | None] | None = None,
 ) -> Any:
@@ -146,6 +181,9 @@ def score_labeler(
 
     Returns a ``ConfusionMatrix``; ``keep(sample, labels)`` sees every image's labels.
     Unreadable images are skipped (reported by :class:`~ssrseg.data.base.SkipLog`).
+    ``superpixels``: with ``affinity.mask=sgc``, the SLIC of the next ``superpixels.lookahead``
+    labeller calls runs in that pool while the current call runs (None: the labeller's own
+    background thread); the labels are the same.
     ``view``: an error names this process (rank / shard) and the image(s) of the failed call
     (:func:`~ssrseg.engine.distributed.guard_image`). ``stored(sample)``: the sample's labels
     finished by an earlier attempt, or None; a call whose every image has them is not run again.
@@ -155,38 +193,57 @@ def score_labeler(
     view = view if view is not None else solo_view()
     conf = ConfusionMatrix(dataset.num_classes)
     bar = tqdm(total=len(indices), desc=desc, leave=False, disable=not progress)
-    for chunk in _chunks(indices, max(1, batch)):
-        samples = []
-        for i in chunk:
-            with guard_image(view, str(dataset.ids[i])):
-                try:
-                    samples.append(dataset[i])
-                except BadInputError as exc:
-                    print(f"skipped: {exc}")
-        groups: list[list[Any]] = []
-        for s in samples:  # consecutive same-size images share a call
-            if groups and groups[-1][0].image.shape == s.image.shape:
-                groups[-1].append(s)
-            else:
-                groups.append([s])
-        for group in groups:
-            # the labeller's calls: one batch at the working size, else one image each (what
-            # label_samples does either way); a batch's failure names all its images
-            h, w = group[0].image.shape[:2]
-            batched = work_size(h, w, labeler.patch_size, long_side) == (h, w)
-            for call in [group] if batched else [[s] for s in group]:
-                with guard_image(view, ", ".join(s.image_id for s in call)):
-                    known = [stored(s) for s in call] if stored is not None else [None]
-                    if all(labels is not None for labels in known):
-                        found = [labels for labels in known if labels is not None]
-                    else:  # the call of the first attempt: the same batch, the same labels
-                        found = [o[0] for o in label_samples(labeler, call, cmpa, long_side)]
-                    for sample, labels in zip(call, found, strict=True):
-                        if sample.mask is not None:
-                            conf.update(labels, sample.mask)
-                        if keep is not None:
-                            keep(sample, labels)
-        bar.update(len(chunk))
+
+    def calls() -> Iterator[tuple[Call, int]]:
+        """Each labeller call, with the number of images its chunk advances the bar by."""
+        for chunk in _chunks(indices, max(1, batch)):
+            samples = []
+            for i in chunk:
+                with guard_image(view, str(dataset.ids[i])):
+                    try:
+                        samples.append(dataset[i])
+                    except BadInputError as exc:
+                        print(f"skipped: {exc}")
+            groups: list[list[Any]] = []
+            for s in samples:  # consecutive same-size images share a call
+                if groups and groups[-1][0].image.shape == s.image.shape:
+                    groups[-1].append(s)
+                else:
+                    groups.append([s])
+            todo = [c for group in groups for c in labeler_calls(labeler, group, long_side)]
+            for n, call in enumerate(todo):
+                yield call, len(chunk) if n == len(todo) - 1 else 0
+            if not todo:
+                bar.update(len(chunk))
+
+    def started(
+        items: Iterable[tuple[Call, int]],
+    ) -> Iterator[tuple[tuple[Call, int], Any]]:
+        if superpixels is None or labeler.cfg.affinity.mask != "sgc":
+            return ((item, None) for item in items)
+        pool = superpixels
+
+        def start(item: tuple[Call, int]) -> Any:
+            call = item[0]
+            return pool.submit([s.image_id for s in call.samples], call.x, labeler.cfg)
+
+        return lookahead(items, start, pool.lookahead)
+
+    for (call, advance), pending in started(calls()):
+        # a batch's failure names all its images
+        with guard_image(view, ", ".join(s.image_id for s in call.samples)):
+            known = [stored(s) for s in call.samples] if stored is not None else [None]
+            if all(labels is not None for labels in known):
+                found = [labels for labels in known if labels is not None]
+            else:  # the call of the first attempt: the same batch, the same labels
+                sp = None if pending is None else pending.result()
+                found = [o[0] for o in run_call(labeler, call, cmpa, sp)]
+            for sample, labels in zip(call.samples, found, strict=True):
+                if sample.mask is not None:
+                    conf.update(labels, sample.mask)
+                if keep is not None:
+                    keep(sample, labels)
+        bar.update(advance)
     bar.close()
     return conf
 
@@ -216,6 +273,7 @@ def score_rows(
     label_row: str | None = None,
     progress: bool = True,
     view: StageContext | None = None,
+    superpixel_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Score every row; returns ``{row name: {"result": metrics dict, "extra": ...}}``.
 
@@ -228,6 +286,10 @@ def score_rows(
     batches one process would form, so every image's labels are the same), writes its own
     images' PNGs, and the confusion matrices are summed exactly; the main rank writes the row
     files. None: one process.
+
+    ``superpixel_workers``: processes computing the SLIC of the ``affinity.mask=sgc`` rows
+    ahead of the labeller (one pool for all rows, started at the first such row; 0: the
+    labeller's background thread).
     """
     view = view if view is not None else solo_view()
     step = max(1, batch)
@@ -235,55 +297,69 @@ def score_rows(
     # same batches (the only short batch is the list's last, hence its share's last)
     mine = [i for chunk in share_list(list(_chunks(list(indices), step)), view) for i in chunk]
     out: dict[str, dict[str, Any]] = {}
-    for name, overrides in rows:
-        path = cache_dir / f"{slug(name)}.json"
-        # the main rank decides (a row file written during this run must not split the ranks)
-        if broadcast_object(path.is_file(), view.dist):
-            out[name] = json.loads(path.read_text())
-            print(f"  {name}: reused {path}")
-            continue
-        if needs_dino(overrides) and base.dino is None:
-            print(f"  {name}: left out (no DINO: backbone.use_dino is false)")
-            continue
-        preds: dict[str, np.ndarray] = {}
-        want_preds = hook is not None and name in hook_rows
-        write = label_dir is not None and name == label_row
+    with contextlib.ExitStack() as stack:
+        slic = None
+        if superpixel_workers:
+            slic = stack.enter_context(SuperpixelPool(superpixel_workers))
+        for name, overrides in rows:
+            path = cache_dir / f"{slug(name)}.json"
+            # the main rank decides (a row file written during this run must not split the ranks)
+            if broadcast_object(path.is_file(), view.dist):
+                out[name] = json.loads(path.read_text())
+                print(f"  {name}: reused {path}")
+                continue
+            if needs_dino(overrides) and base.dino is None:
+                print(f"  {name}: left out (no DINO: backbone.use_dino is false)")
+                continue
+            preds: dict[str, np.ndarray] = {}
+            want_preds = hook is not None and name in hook_rows
+            write = label_dir is not None and name == label_row
 
-        def keep(
-            sample: Any,
-            labels: np.ndarray,
-            _w: bool = write,
-            _p: bool = want_preds,
-            _store: dict[str, np.ndarray] = preds,
-        ) -> None:
-            if _p:
-                _store[sample.image_id] = labels
-            if _w:
-                assert label_dir is not None
-                png = label_dir / f"{sample.image_id}.png"
-                if not png.is_file():  # finished by an earlier attempt: never written again
-                    save_label_png(png, labels, dataset.palette_name)
+            def keep(
+                sample: Any,
+                labels: np.ndarray,
+                _w: bool = write,
+                _p: bool = want_preds,
+                _store: dict[str, np.ndarray] = preds,
+            ) -> None:
+                if _p:
+                    _store[sample.image_id] = labels
+                if _w:
+                    assert label_dir is not None
+                    png = label_dir / f"{sample.image_id}.png"
+                    if not png.is_file():  # finished by an earlier attempt: never written again
+                        save_label_png(png, labels, dataset.palette_name)
 
-        def stored(sample: Any, _w: bool = write) -> np.ndarray | None:
-            # the label row's PNGs of a killed attempt (atomic: complete when present)
-            png = label_dir / f"{sample.image_id}.png" if _w and label_dir is not None else None
-            return np.asarray(Image.open(png)) if png is not None and png.is_file() else None
+            def stored(sample: Any, _w: bool = write) -> np.ndarray | None:
+                # the label row's PNGs of a killed attempt (atomic: complete when present)
+                png = label_dir / f"{sample.image_id}.png" if _w and label_dir is not None else None
+                return np.asarray(Image.open(png)) if png is not None and png.is_file() else None
 
-        labeler = row_labeler(base, cfg, overrides)
-        conf = score_labeler(
-            labeler, dataset, mine, step, cmpa, name, keep, long_side, progress and view.is_main,
-            view, stored,
-        )  # fmt: skip
-        sum_confusion([conf], view.dist)
-        if want_preds and view.dist.distributed:
-            for part in all_gather_objects(preds, view.dist):
-                preds.update(part)
-        extra = hook(name, dataset, indices, preds) if want_preds and hook is not None else None
-        entry = {"name": name, "overrides": overrides, "result": conf.compute(), "extra": extra}
-        entry = json_safe(entry)
-        if view.is_main:
-            atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
-        out[name] = entry
+            labeler = row_labeler(base, cfg, overrides)
+            conf = score_labeler(
+                labeler,
+                dataset,
+                mine,
+                step,
+                cmpa,
+                name,
+                keep,
+                long_side,
+                progress and view.is_main,
+                slic,
+                view,
+                stored,
+            )
+            sum_confusion([conf], view.dist)
+            if want_preds and view.dist.distributed:
+                for part in all_gather_objects(preds, view.dist):
+                    preds.update(part)
+            extra = hook(name, dataset, indices, preds) if want_preds and hook is not None else None
+            entry = {"name": name, "overrides": overrides, "result": conf.compute(), "extra": extra}
+            entry = json_safe(entry)
+            if view.is_main:
+                atomic_write_text(path, json.dumps(entry, indent=1) + "\n")
+            out[name] = entry
     return out
 
 

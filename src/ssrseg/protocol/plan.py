@@ -149,6 +149,8 @@ class ReproducePlan:
     redo: tuple[str, ...] = ()  # stages to redo even when finished
     gpus: int = 1  # > 1: training on that many processes (torchrun)
     crf_workers: int | None = None  # CRF processes per rank (None: its cores; 0: in-process)
+    # SLIC processes per rank in seeds / cmpa (None: its cores; 0: the labeller's one thread)
+    superpixel_workers: int | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed_split: str | None = None  # None: SEED_SPLITS[dataset]
     seed_images: int | None = None  # None: SEED_SPLITS' default; 0: the whole split

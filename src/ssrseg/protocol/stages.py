@@ -42,6 +42,7 @@ from ssrseg.engine.export import (
 )
 from ssrseg.engine.infer import Segmenter
 from ssrseg.engine.shard import pixel_costs
+from ssrseg.engine.superpixel_pool import default_superpixel_workers
 from ssrseg.engine.train import run_training
 from ssrseg.errors import BadInputError
 from ssrseg.metrics import ConfusionMatrix, json_safe
@@ -125,6 +126,7 @@ def stage_seeds(run: Run, resumed: bool) -> dict[str, Any]:
         label_row="+ PAR (pseudo labels)",
         progress=plan.progress,
         view=run.view,
+        superpixel_workers=superpixel_workers_of(run),
     )
     result: dict[str, Any] = {
         "split": split,
@@ -274,6 +276,7 @@ def stage_cmpa(run: Run, resumed: bool) -> dict[str, Any]:
         long_side=plan.long_side,
         progress=plan.progress,
         view=run.view,
+        superpixel_workers=superpixel_workers_of(run),
     )
     if run.is_main:
         results = {k: v["result"] for k, v in scored.items()}
@@ -290,6 +293,15 @@ def crf_workers_of(run: Run) -> int:
     """``--crf-workers``, or this process's cores split between the ranks on this machine."""
     chosen = run.plan.crf_workers
     return default_crf_workers(run.view.dist.local_world_size) if chosen is None else chosen
+
+
+def superpixel_workers_of(run: Run) -> int:
+    """``--superpixel-workers``, or this process's cores split between the ranks on this
+    machine (seeds and cmpa run no CRF: the superpixels may have every core)."""
+    chosen = run.plan.superpixel_workers
+    if chosen is None:
+        return default_superpixel_workers(run.view.dist.local_world_size)
+    return chosen
 
 
 def _mode_name(mode: bool) -> str:

@@ -17,15 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssrseg.rectify.slic import slic_labels
+
 
 def slic_superpixels(image: np.ndarray, n_segments: int = 100, compactness: float = 10.0) -> Tensor:
-    """SLIC label map of an ``H x W x 3`` uint8 RGB image: ``H x W`` long, labels from 0."""
-    from skimage.segmentation import slic
-
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
-    labels = slic(image, n_segments=n_segments, compactness=compactness, start_label=0)
-    return torch.from_numpy(np.ascontiguousarray(labels)).long()
+    """SLIC label map of an ``H x W x 3`` uint8 RGB image: ``H x W`` long, labels from 0
+    (:func:`ssrseg.rectify.slic.slic_labels`, what the superpixel pool's workers run)."""
+    return torch.from_numpy(slic_labels(image, n_segments, compactness)).long()
 
 
 def rgb_to_lab(rgb01: Tensor) -> Tensor:
