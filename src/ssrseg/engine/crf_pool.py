@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -69,9 +71,19 @@ def crf_mask(image: np.ndarray, probs: np.ndarray, cfg: CRFConfig) -> np.ndarray
 
 
 def _limit_threads() -> None:
-    """Worker start-up: one thread per worker (the pool is the parallelism)."""
+    """Worker start-up: one thread per worker (the pool is the parallelism), and a watchdog
+    that ends the worker once its parent is gone."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """A kill -9 of a rank orphans its workers; they would hold the job's output pipes open
+    (torchrun, a test's ``subprocess.run``) and wait on their queue for ever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def start_workers(workers: int) -> ProcessPoolExecutor:
