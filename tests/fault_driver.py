@@ -52,14 +52,14 @@ def plant_failure(spec: str) -> None:
     rank, image_id = spec.split(":")
     if rank != RANK:
         return
-    real = cam_rows.label_samples
+    real = cam_rows.run_call
 
-    def label_samples(labeler: Any, samples: Any, cmpa: Any = None, long_side: int = 1024) -> Any:
-        if labeler.cfg.par.enabled and any(s.image_id == image_id for s in samples):
+    def run_call(labeler: Any, call: Any, cmpa: Any = None, superpixels: Any = None) -> Any:
+        if labeler.cfg.par.enabled and any(s.image_id == image_id for s in call.samples):
             raise RuntimeError("injected failure")
-        return real(labeler, samples, cmpa, long_side)
+        return real(labeler, call, cmpa, superpixels)
 
-    cam_rows.label_samples = label_samples  # type: ignore[assignment]
+    cam_rows.run_call = run_call  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

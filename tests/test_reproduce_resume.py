@@ -295,13 +295,17 @@ def test_labeller_error_names_the_process_and_image(
     """seeds and cmpa score through ``score_labeler``: its errors name the share and the image
     (the fake VOC's images are not at the working size: one image per labeller call)."""
 
-    def boom(labeler: Any, samples: Any, cmpa: Any = None, long_side: int = 0) -> Any:
+    def boom(labeler: Any, call: Any, cmpa: Any = None, superpixels: Any = None) -> Any:
         raise RuntimeError("boom")
+
+    def one_call_each(labeler: Any, samples: Any, long_side: int = 0) -> Any:
+        return [cam_rows.Call([s], torch.zeros(1), None) for s in samples]
 
     class Labeller:
         patch_size = 16
 
-    monkeypatch.setattr(cam_rows, "label_samples", boom)
+    monkeypatch.setattr(cam_rows, "labeler_calls", one_call_each)
+    monkeypatch.setattr(cam_rows, "run_call", boom)
     cfg = load_config(REPO / "configs" / "voc.yaml", world["overrides"])
     dataset = rplan.open_dataset(cfg, "train", labels=True)
     view = StageContext(DistContext(), parse_shard("1/2"), parse_shard("1/2"))
