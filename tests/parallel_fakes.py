@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -122,3 +123,24 @@ def run_torchrun(
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out[-6000:]
     return out
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (started by any of its threads), oldest first."""
+    found: list[int] = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:  # the thread or process has just ended
+            continue
+    return sorted(found)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants (torchrun, its ranks, their pool workers)."""
+    for kid in children(pid):
+        kill_tree(kid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

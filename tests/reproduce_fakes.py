@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,3 +90,10 @@ def make_fake_coco(root: Path) -> Path:
     make_coco(root, {"11": [0], "12": [2, 56], "13": [16]}, layout="split", split="train")
     make_coco(root, {"21": [0, 2], "22": [56]}, layout="split", split="val")
     return root
+
+
+def fake_voc_world(base: Path) -> dict[str, Any]:
+    """A fake VOC with real-layout tiny random weights under ``base``: ``{"base", "overrides"}``."""
+    make_fake_voc(base / "data")
+    clip, dino = write_weights(base)
+    return {"base": base, "overrides": tiny_overrides(clip, dino, base / "data")}

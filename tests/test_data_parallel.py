@@ -9,8 +9,6 @@ ranks use one CRF worker process each, so the pool is checked against the serial
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from parallel_fakes import World, free_port, launch, run_torchrun, toy_world, voc_world
+from parallel_fakes import (
+    World,
+    children,
+    free_port,
+    kill_tree,
+    launch,
+    run_torchrun,
+    toy_world,
+    voc_world,
+)
 from ssrseg.cli import main
 from ssrseg.engine.distributed import StageContext, StageError, guard_image, rank_view
 from ssrseg.engine.shard import Shard
@@ -175,27 +182,6 @@ def test_kill_and_resume_with_another_process_count(
     assert all(after[name] == stamp for name, stamp in before.items())  # nothing redone
     expected = {k: v for k, v in toy_ref.items() if k.startswith("pl/")}
     assert {k: v for k, v in outputs(tmp_path).items() if k.startswith("pl/")} == expected
-
-
-def children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (started by any of its threads), oldest first."""
-    found: list[int] = []
-    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the thread or process has just ended
-            continue
-    return sorted(found)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants (torchrun and its ranks)."""
-    for kid in children(pid):
-        kill_tree(kid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def test_a_failed_image_names_the_process_and_leaves_no_partial_files(

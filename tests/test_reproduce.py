@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import parallel_fakes
-from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
+from reproduce_fakes import REPO, fake_voc_world
 from ssrseg.cli import main
 from ssrseg.config import load_config
 from ssrseg.protocol import plan as rplan
@@ -30,10 +30,7 @@ from ssrseg.protocol.report import measured, table
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    base = tmp_path_factory.mktemp("repro")
-    make_fake_voc(base / "data")
-    clip, dino = write_weights(base)
-    return {"base": base, "overrides": tiny_overrides(clip, dino, base / "data")}
+    return fake_voc_world(tmp_path_factory.mktemp("repro"))
 
 
 def voc_cfg(world: dict[str, Any], *extra: str) -> Any:

@@ -28,8 +28,8 @@ import pytest
 import torch
 
 import parallel_fakes
-from parallel_fakes import free_port, torchrun_args
-from reproduce_fakes import REPO, make_fake_voc, tiny_overrides, write_weights
+from parallel_fakes import children, free_port, kill_tree, torchrun_args
+from reproduce_fakes import REPO, fake_voc_world
 from ssrseg.atomic import is_temporary, remove_stale_temporaries
 from ssrseg.cli import main
 from ssrseg.config import load_config
@@ -56,10 +56,7 @@ TABLES = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    base = tmp_path_factory.mktemp("repro")
-    make_fake_voc(base / "data")
-    clip, dino = write_weights(base)
-    return {"base": base, "overrides": tiny_overrides(clip, dino, base / "data")}
+    return fake_voc_world(tmp_path_factory.mktemp("repro"))
 
 
 @pytest.fixture(scope="module")
@@ -130,26 +127,6 @@ def stamps(files: list[Path]) -> dict[Path, tuple[int, int]]:
     """(mtime_ns, inode) per file: an atomic rewrite gives a new inode, a rewrite in place a
     new mtime."""
     return {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in files}
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:  # the thread or process has just ended
-            continue
-    return sorted(found)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants (torchrun, its ranks, their CRF workers)."""
-    for kid in children(pid):
-        kill_tree(kid)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def rank_pid(torchrun: int, rank: int) -> int:
