@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -28,3 +30,9 @@ def tiny_clip(seed: int = 0, layers: int = 3) -> CLIP:
 @pytest.fixture
 def clip() -> CLIP:
     return tiny_clip()
+
+
+@pytest.fixture
+def make_clip() -> Callable[..., CLIP]:
+    """``tiny_clip`` itself, for tests that need another depth or seed."""
+    return tiny_clip

@@ -4,6 +4,8 @@ backward strategy, the float32 copy of a half block, and devices of the padded l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,6 @@ from ssrseg.cam.gradcam import (
     gradcam,
     pad_labels,
 )
-from tests.cam.conftest import tiny_clip
 
 
 def _embs(seed: int, c: int = 4, g: int = 2, e: int = 16) -> tuple[Tensor, Tensor]:
@@ -47,8 +48,8 @@ def test_pad_labels_of_no_images_and_on_the_requested_device() -> None:
 def test_errors_name_the_problem(clip: CLIP) -> None:
     cls_emb, bg = _embs(1)
     with pytest.raises(ValueError) as info:
-        gradcam(clip.visual, _images(3), [[0], [1]], cls_emb, bg, 10.0)
-    assert str(info.value) == "2 label lists for 3 images"
+        gradcam(clip.visual, _images(1), [[0], [1]], cls_emb, bg, 10.0)
+    assert str(info.value) == "2 label lists for 1 images"
     with pytest.raises(ValueError) as info:
         gradcam(clip.visual, _images(), [[0], [1]], cls_emb, bg, 10.0, target="tokens")
     assert str(info.value) == ("target must be one of block_input, patch_embeddings, got 'tokens'")
@@ -56,10 +57,12 @@ def test_errors_name_the_problem(clip: CLIP) -> None:
 
 @pytest.mark.parametrize("layers", [1, 2, 4])
 @pytest.mark.parametrize("target", ["block_input", "patch_embeddings"])
-def test_the_last_block_reads_the_previous_blocks_output(layers: int, target: str) -> None:
+def test_the_last_block_reads_the_previous_blocks_output(
+    make_clip: Callable[..., CLIP], layers: int, target: str
+) -> None:
     """Shallow and deeper models: the CAM's forward equals the plain forward, one token list
     per block (the last one the last block's output), the grid right."""
-    clip = tiny_clip(layers=layers)
+    clip = make_clip(layers=layers)
     cls_emb, bg = _embs(2)
     images = _images()
     res = gradcam(clip.visual, images, [[0, 2], [1]], cls_emb, bg, 10.0, target=target)
@@ -70,16 +73,18 @@ def test_the_last_block_reads_the_previous_blocks_output(layers: int, target: st
     assert [tuple(c.shape) for c in res.cams] == [(2, 2, 3), (1, 2, 3)]
 
 
-def test_default_attention_is_the_last_eight_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    clip = tiny_clip(layers=10)
+def test_default_attention_is_the_last_eight_blocks(make_clip: Callable[..., CLIP]) -> None:
+    clip = make_clip(layers=10)
     cls_emb, bg = _embs(3)
     res = gradcam(clip.visual, _images(1), [[1]], cls_emb, bg, 10.0)
     assert sorted(res.vit.attentions) == list(range(2, 10))
 
 
 @pytest.mark.parametrize("target", ["block_input", "patch_embeddings"])
-def test_attn_last_one_is_the_last_block_and_zero_is_none(target: str) -> None:
-    clip = tiny_clip(layers=3)
+def test_attn_last_one_is_the_last_block_and_zero_is_none(
+    make_clip: Callable[..., CLIP], target: str
+) -> None:
+    clip = make_clip(layers=3)
     cls_emb, bg = _embs(4)
     one = gradcam(clip.visual, _images(), [[0], [3]], cls_emb, bg, 10.0, attn_last=1, target=target)
     assert sorted(one.vit.attentions) == [2] and one.vit.attentions[2].shape == (2, 6, 6)
@@ -131,8 +136,10 @@ def test_classes_share_one_batched_backward_by_default(
     assert calls == [True]
 
 
-def test_a_half_block_is_copied_to_float32_and_left_as_it_was() -> None:
-    clip = tiny_clip(layers=2)
+def test_a_half_block_is_copied_to_float32_and_left_as_it_was(
+    make_clip: Callable[..., CLIP],
+) -> None:
+    clip = make_clip(layers=2)
     block = clip.visual.blocks[-1]
     assert isinstance(block, Block)
     block.half()
@@ -144,8 +151,8 @@ def test_a_half_block_is_copied_to_float32_and_left_as_it_was() -> None:
 
 
 def test_score_grads_keep_a_float64_graph_in_float64() -> None:
-    """The one-hot grad outputs take the scores' dtype: float64 scores, float64 gradients equal
-    to the per-class loop."""
+    """A float64 graph: the batched backward (one-hot grad outputs) equals the per-class loop,
+    in float64."""
     gen = torch.Generator().manual_seed(9)
     h = torch.randn(2, 3, 4, dtype=torch.float64, generator=gen).requires_grad_(True)
     w = torch.randn(4, 3, dtype=torch.float64, generator=gen)
