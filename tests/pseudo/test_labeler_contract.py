@@ -233,7 +233,7 @@ def test_fp16_converts_clip_dino_and_prompts_once_before_the_first_cam(
         torch.testing.assert_close(got, exp, atol=0, rtol=0)
     assert calls == ["CLIP", "VisionTransformer"]
     assert labeler.dino is not None
-    assert labeler.dino.blocks[0].attn.qkv.weight.dtype == torch.float16
+    assert labeler.dino.get_parameter("blocks.0.attn.qkv.weight").dtype == torch.float16
     labeler(images, [(0, 2)])
     assert calls == ["CLIP", "VisionTransformer"]  # converted once
 
@@ -246,7 +246,7 @@ def test_fp16_without_dino(monkeypatch: pytest.MonkeyPatch) -> None:
     )  # fmt: skip
     labeler = PseudoLabeler(clip, tok, None, PROMPTS, cfg)
     labeler.use_fp16_weights()
-    assert labeler.clip.visual.blocks[0].attn.qkv.weight.dtype == torch.float16
+    assert labeler.clip.visual.get_parameter("blocks.0.attn.qkv.weight").dtype == torch.float16
 
 
 def test_bf16_autocast_names_its_dtype() -> None:
