@@ -171,7 +171,9 @@ def test_hook_with_a_single_clip_layer_and_a_batch_mismatch() -> None:
         ref = branch_forward(hook.decoder, hook.branch, tokens, (2, 3), feats, (2, 3))
     torch.testing.assert_close(got.logits, ref.logits)
     hook(tokens, (2, 3), d_out)
-    with pytest.raises(RuntimeError, match=r"^decoder\.dino_branch: DINO features of 2 images for 1$"):
+    with pytest.raises(
+        RuntimeError, match=r"^decoder\.dino_branch: DINO features of 2 images for 1$"
+    ):
         hook.train_outputs([tokens[0][:1]], (2, 3))
 
 
