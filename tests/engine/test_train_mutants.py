@@ -255,3 +255,24 @@ def test_validation_upsamples_logits_without_align_corners(tmp_path: Path) -> No
     val = _Data([_sample(0, (0,), mask)])
     trainer = Trainer(cfg, model, _Data([]), tmp_path, val_set=val, progress=False)
     assert trainer.validate()["val_miou"] == 1.0
+
+
+def test_class_mean_refresh_sums_the_prototype_statistics_over_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cmpa.prototypes=class_mean: before the refresh the trainer all-reduces the accumulator's
+    sums and counts (in place; a no-op in one process, so the spy records what it is given)."""
+    cfg = _cfg(cmpa__refresh_every=1, cmpa__start_iter=0)
+    trainer = Trainer(cfg, tiny_ssr_model(cfg, 0), [], tmp_path, progress=False)
+    reduced: list[torch.Tensor] = []
+    real = train_module.all_reduce_sum_
+
+    def spy(tensor, ctx):  # type: ignore[no-untyped-def]
+        reduced.append(tensor)
+        return real(tensor, ctx)
+
+    monkeypatch.setattr(train_module, "all_reduce_sum_", spy)
+    trainer.train_step(_batch())
+    acc = trainer.acc
+    assert acc is not None and not isinstance(acc, FeatureBank)
+    assert len(reduced) == 2 and reduced[0] is acc.sum and reduced[1] is acc.count
