@@ -121,6 +121,19 @@ def test_kmeans_plus_plus_picks_one_centre_per_distinct_value() -> None:
             assert len(set(out[groups == g].tolist())) == 1
 
 
+def test_kmeans_returns_a_lloyd_fixed_point() -> None:
+    # Converged K-means: every point is nearest to the mean of its own cluster. In this set a
+    # cluster is left with a single point during the iterations; its centre must move to that
+    # point (a stale centre ends in an assignment that is not a fixed point).
+    values = [6.934, 8.153, 5.076, 9.867, 6.668, 4.424, 12.422, 5.156, 11.755, 9.579, 5.149,
+              9.596, 9.909, 9.494, 5.398, 12.696, 9.607, 9.9, 6.11, 6.519, 9.487, 5.624, 3.208,
+              6.948]  # fmt: skip
+    pts = torch.tensor(values, dtype=torch.float64)[:, None]
+    out = kmeans(pts, 4)
+    means = torch.stack([pts[out == j].mean(dim=0) for j in range(4)])
+    assert torch.equal(((pts - means.T) ** 2).argmin(dim=1), out)
+
+
 def test_kmeans_defaults_are_the_config_defaults() -> None:
     # 200 uniform points, k = 8: Lloyd needs more than 20 iterations here, so the iteration
     # count shows in the result; the seed changes the k-means++ start.
