@@ -52,9 +52,7 @@ def test_band_messages_and_zero_width_band() -> None:
 
 
 def test_shape_mismatch_message_names_both_layouts() -> None:
-    with pytest.raises(
-        ValueError, match=r"expected 3 x H x W with background first, or 2 x H x W"
-    ):
+    with pytest.raises(ValueError, match=r"expected 3 x H x W with background first, or 2 x H x W"):
         scores_to_labels(torch.zeros(4, 2, 2), [0, 1])
 
 

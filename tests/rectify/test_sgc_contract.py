@@ -1,6 +1,7 @@
 """SGC contract details the hand-made scenes of test_sgc.py leave open: defaults (SGCConfig's),
 dark colours in the Lab conversion, empty inputs, the "no superpixel" slot, exact ties at the
-thresholds, error messages, and the device of the empty result (on the meta device, which needs no GPU)."""
+thresholds, error messages, and the device of the empty K-means result (on the meta device,
+which needs no GPU)."""
 
 from __future__ import annotations
 
