@@ -11,6 +11,7 @@ from ssrseg.rectify.affinity import (
     box_mask,
     box_seeds,
     fuse_affinity,
+    mean_attention,
     refine_with_masked_affinity,
     transition_matrix,
 )
@@ -66,3 +67,24 @@ def test_fuse_affinity_defaults_and_errors() -> None:
         fuse_affinity(None, None)
     with pytest.raises(ValueError, match=r"same patch size and input size\)$"):
         fuse_affinity(a, torch.ones(1, 3, 3))
+
+
+def test_quantised_seeds_clamp_values_above_one() -> None:
+    # Refined CAMs can exceed 1: 1.5 and 1.0 both quantise to 255, so with t = 0.7 the threshold
+    # is int(0.7 * 255) = 178 and both are seeds (unclamped, 1.5 -> 382 would lift it to 267).
+    cam = torch.tensor([[[1.5, 1.0, 0.6, 0.0]]])
+    assert box_seeds(cam, 0.7).tolist() == [[[True, True, False, False]]]
+
+
+@pytest.mark.parametrize("quantise", [True, False])
+@pytest.mark.parametrize("shape", [(2, 0, 0), (0, 3, 3)])
+def test_box_seeds_of_empty_maps(shape: tuple[int, int, int], quantise: bool) -> None:
+    # No pixel (h * w = 0) or no class: an empty seed map of the input's shape, no error.
+    out = box_seeds(torch.zeros(shape), 0.5, quantise=quantise)
+    assert out.shape == shape and out.dtype == torch.bool
+
+
+def test_mean_attention_of_no_layer_is_torch_stack_error() -> None:
+    # No block to average: the error comes from torch.stack (the CPU island needs no tensor).
+    with pytest.raises(RuntimeError, match="non-empty"):
+        mean_attention({}, [])
