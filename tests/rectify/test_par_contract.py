@@ -124,7 +124,12 @@ def test_one_iteration_and_mixed_dtypes_match_reference() -> None:
     weights, offsets = par_weights(images, CFG)
     mixed = par_propagate(scores.float(), weights, offsets, 1)  # float32 scores, f64 weights
     assert mixed.dtype == torch.float64
-    torch.testing.assert_close(mixed, reference_par(images, scores.float().double(), CFG.dilations, 1, 0.3, 0.01), rtol=1e-9, atol=1e-10)  # fmt: skip
+    torch.testing.assert_close(
+        mixed,
+        reference_par(images, scores.float().double(), CFG.dilations, 1, 0.3, 0.01),
+        rtol=1e-9,
+        atol=1e-10,
+    )
 
 
 def test_propagate_keeps_the_graph_of_either_input() -> None:
@@ -132,7 +137,10 @@ def test_propagate_keeps_the_graph_of_either_input() -> None:
     scores = torch.rand(1, 2, 4, 5, generator=gen)
     weights = torch.rand(1, 8, 4, 5, generator=gen)
     offsets = neighbour_offsets((1,))
-    for s, w in [(scores.requires_grad_(True), weights), (scores.detach(), weights.requires_grad_(True))]:  # fmt: skip
+    for s, w in [
+        (scores.requires_grad_(True), weights),
+        (scores.detach(), weights.requires_grad_(True)),
+    ]:
         out = par_propagate(s, w, offsets, 2)
         assert out.requires_grad  # the compiled kernels record no graph: torch form used
 
@@ -157,7 +165,9 @@ def test_refine_resizes_images_in_float32_and_keeps_float64_scores() -> None:
     assert torch.equal(out, par_refine(images.float(), scores, CFG))
     # float32 images, float64 scores: the propagation runs in float64 (a float32 one would
     # lose the 1e-12 structure of these scores)
-    small = torch.nn.functional.interpolate(images.float(), size=(6, 7), mode="bilinear", align_corners=True)  # fmt: skip
+    small = torch.nn.functional.interpolate(
+        images.float(), size=(6, 7), mode="bilinear", align_corners=True
+    )
     weights, offsets = par_weights(small, CFG)
     fine = 1.0 + 1e-12 * scores
     expected = par_propagate(fine, weights.double(), offsets, CFG.iterations)
