@@ -275,5 +275,9 @@ def test_kernel_failure_is_a_memory_error() -> None:
         par_native.weights(rec, x, offsets, 1e-8, 0.3, torch.zeros(8), None)  # type: ignore[arg-type]
     with pytest.raises(MemoryError, match=r"^PAR kernel: out of memory$"):
         par_native.propagate(rec, x, torch.rand(1, 8, 4, 4), offsets, 2)  # type: ignore[arg-type]
+    # the position term is converted to the images' dtype before the kernel reads it
+    pos = torch.rand(8, generator=torch.Generator().manual_seed(21))
+    w32 = par_native.weights(lib, x, offsets, 1e-8, 0.3, pos, None)
+    assert torch.equal(par_native.weights(lib, x, offsets, 1e-8, 0.3, pos.double(), None), w32)
     with pytest.raises(ValueError, match=r"position term has shape \(7,\), expected \(8,\)"):
         par_native.weights(lib, x, offsets, 1e-8, 0.3, torch.zeros(7), None)
