@@ -132,15 +132,26 @@ def test_one_iteration_and_mixed_dtypes_match_reference() -> None:
     )
 
 
-def test_propagate_keeps_the_graph_of_either_input() -> None:
+def test_propagate_gradient_of_either_input(monkeypatch: pytest.MonkeyPatch) -> None:
     gen = torch.Generator().manual_seed(15)
     scores = torch.rand(1, 2, 4, 5, generator=gen)
     weights = torch.rand(1, 8, 4, 5, generator=gen)
     offsets = neighbour_offsets((1,))
-    # only the scores, then only the weights need a gradient: the compiled kernels record no
-    # graph, so either one alone must keep PAR in its torch form
-    assert par_propagate(scores.clone().requires_grad_(True), weights, offsets, 2).requires_grad
-    assert par_propagate(scores, weights.clone().requires_grad_(True), offsets, 2).requires_grad
+
+    def grads() -> tuple[torch.Tensor, torch.Tensor]:
+        # only the scores, then only the weights need a gradient: the compiled kernels record
+        # no graph, so either one alone must keep PAR in its torch form
+        s = scores.clone().requires_grad_(True)
+        par_propagate(s, weights, offsets, 2).sum().backward()
+        w = weights.clone().requires_grad_(True)
+        par_propagate(scores, w, offsets, 2).sum().backward()
+        assert s.grad is not None and w.grad is not None
+        return s.grad, w.grad
+
+    got = grads()
+    monkeypatch.setenv(par_native.ENV_SWITCH, "0")  # the torch form only
+    expected = grads()
+    torch.testing.assert_close(got, expected)
 
 
 def test_refine_argument_checks() -> None:
