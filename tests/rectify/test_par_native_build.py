@@ -253,6 +253,13 @@ def test_kernel_arguments() -> None:
     )
     # 10 rows x (3 * 16 * 3 * 6) work is below the thread threshold: 1 thread, 10 // 8 rows
     assert (eps, t, norm, n, chunk) == (1e-8, 0.3, 1.5, 1, 1)
+    # weights work per row is 3 * M * C * W = 144 W over 2 H rows: 20 x 40 (230400 units)
+    # is worth 3 threads, 20 x 30 (172800) is not
+    pos = torch.zeros(16)
+    for width, n_chunk in [(40, (3, 40 // 24)), (30, (1, 40 // 8))]:
+        img = torch.rand(2, 3, 20, width, generator=gen)
+        par_native.weights(rec, img, offsets, 1e-8, 0.3, pos, None, threads=3)  # type: ignore[arg-type]
+        assert rec.calls.pop()[-2:] == n_chunk
     scores = torch.rand(2, 4, 5, 6, generator=gen, dtype=torch.float64)
     par_native.propagate(rec, scores, w.double(), offsets, 3, threads=3)  # type: ignore[arg-type]
     *_, is_double, b, k, h, wd, pad, m, _, _, its, n, chunk = rec.calls[1]
