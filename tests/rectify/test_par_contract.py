@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
 from par_reference import reference_par
 
 from ssrseg.config import PARConfig
-from ssrseg.rectify import par_native
+from ssrseg.rectify import par, par_native
 from ssrseg.rectify.par import (
     neighbour_offsets,
     par_propagate,
@@ -68,13 +69,31 @@ def test_torch_form_weights_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(normed, plain / 1.25, rtol=1e-15, atol=0)
 
 
-def test_meta_device_is_followed_through() -> None:
-    images = torch.rand(1, 3, 6, 7)
-    w, _ = par_weights(images.to(META), CFG)
-    assert w.device == META and w.shape == (1, 16, 6, 7)
+def test_devices_are_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one device on a CPU box: spies record which device each step is asked to use (running
+    # PAR itself on the meta device costs seconds of first-use set-up)
+    asked: list[torch.device | None] = []
+    real_position = par.position_weights
+
+    def position(*args: Any) -> torch.Tensor:
+        asked.append(args[2])
+        return real_position(*args)
+
+    monkeypatch.setattr(par, "position_weights", position)
+    par_weights(torch.rand(1, 3, 6, 7, dtype=torch.float64), CFG)
+    assert asked == [torch.device("cpu")]  # the position term is made on the images' device
+
+    seen: list[torch.Tensor] = []
+
+    def weights(images: torch.Tensor, cfg: PARConfig) -> tuple[torch.Tensor, list]:
+        seen.append(images)
+        return torch.zeros(1, 16, 6, 7, device=images.device), neighbour_offsets(cfg.dilations)
+
+    monkeypatch.setattr(par, "par_weights", weights)
+    monkeypatch.setattr(par, "par_propagate", lambda s, w, o, i: s.to(w.dtype))
+    out = par_refine(torch.rand(1, 3, 6, 7), torch.empty(1, 2, 6, 7, device=META), CFG)
     # the images follow the scores' device (here from the CPU onto the meta device)
-    out = par_refine(images, torch.empty(1, 2, 6, 7, device=META), CFG)
-    assert out.device == META and out.shape == (1, 2, 6, 7)
+    assert seen[0].device == META and seen[0].dtype == torch.float32 and out.device == META
 
 
 @pytest.mark.skipif(par_native._compiler() is None, reason="no C compiler")
