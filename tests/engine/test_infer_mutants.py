@@ -47,7 +47,7 @@ def test_pad_to_multiple_pads_only_the_last_two_dims() -> None:
     x = torch.arange(3 * 5 * 6, dtype=torch.float32).reshape(3, 5, 6)  # C x H x W
     padded = pad_to_multiple(x, 4)
     assert padded.shape == (3, 8, 8)
-    torch.testing.assert_close(padded[:, :5, :6], x)
+    assert torch.equal(padded[:, :5, :6], x)
 
 
 def _shape_recorder(calls: list[tuple[int, ...]]) -> Any:
@@ -299,7 +299,7 @@ def test_unknown_release_message(
     monkeypatch.setitem(infer.RELEASES, "alpha", infer.Release("org/a", "a", "test"))
     with pytest.raises(KeyError, match=r"available: alpha, toy\); pass a checkpoint folder "):
         infer.resolve_release("nope")
-    with pytest.raises(KeyError, match="to Segmenter.from_checkpoint instead"):
+    with pytest.raises(KeyError, match=r"to Segmenter\.from_checkpoint instead"):
         infer.resolve_release("nope")
     assert fake_release == []
 
@@ -365,16 +365,26 @@ def test_segmenter_class_count_limits() -> None:
         Segmenter(_two_class, 3, 2, class_names=["a", "b", "c"])
 
 
-def test_segmenter_logits_on_its_device_and_class_message() -> None:
-    seen: list[str] = []
+def test_segmenter_logits_wiring_and_class_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
 
-    def fn(x: Tensor) -> Tensor:
-        seen.append(x.device.type)
-        return x[:, :2]
+    def fake_multiscale(fn: Any, images01: Tensor, **kw: Any) -> Tensor:
+        seen.update(fn=fn, device=images01.device.type, **kw)
+        return torch.zeros(1, 2, 1, 1)
 
-    seg = Segmenter(fn, 2, 2, InferConfig(scales=(1.0,), flip=False, long_side=0), device="meta")
-    out = seg.logits(torch.rand(1, 3, 2, 2))  # a CPU batch is moved to the segmenter's device
-    assert seen == ["meta"] and out.device.type == "meta"
-    three = Segmenter(_two_class, 3, 2, InferConfig(scales=(1.0,), flip=False, long_side=0))
+    monkeypatch.setattr(infer, "multiscale_logits", fake_multiscale)
+    cfg = InferConfig(scales=(0.5,), flip=False, long_side=7, pad_mode="zeros")
+    seg = Segmenter(_two_class, 2, 4, cfg, device="meta")
+    seg.logits(torch.rand(1, 3, 2, 2))  # a CPU batch is moved to the segmenter's device
+    assert seen == {
+        "fn": _two_class,
+        "device": "meta",
+        "scales": (0.5,),
+        "flip": False,
+        "long_side": 7,
+        "patch_size": 4,
+        "pad_mode": "zeros",
+    }
+    three = Segmenter(_two_class, 3, 2)
     with pytest.raises(ValueError, match="model gave 2 classes, expected 3"):
         three.logits(torch.rand(1, 3, 2, 2))
