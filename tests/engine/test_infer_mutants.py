@@ -85,9 +85,9 @@ def test_multiscale_default_flip_matches_explicit_flip() -> None:
 def test_multiscale_error_messages() -> None:
     with pytest.raises(ValueError, match="B x 3 x H x W"):
         multiscale_logits(lambda t: t, torch.rand(1, 4, 8, 8), patch_size=8)
-    with pytest.raises(ValueError, match="at least one inference scale is needed"):
+    with pytest.raises(ValueError, match=r"^at least one inference scale is needed$"):
         multiscale_logits(lambda t: t, torch.rand(1, 3, 8, 8), scales=())
-    with pytest.raises(ValueError, match="patch_size must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"^patch_size must be positive, got 0$"):
         multiscale_logits(lambda t: t, torch.rand(1, 3, 8, 8), patch_size=0)
     # flip doubles a batch of 2 to 4: the message names the batch the model was given
     with pytest.raises(ValueError, match="expected 4 x K x h x w"):
@@ -132,7 +132,7 @@ def test_probs_to_mask_labels_and_limits() -> None:
     big = torch.zeros(256, 1, 2)
     big[255] = 1.0
     assert probs_to_mask(big).tolist() == [[255, 255]]
-    with pytest.raises(ValueError, match="257 classes do not fit a uint8 mask"):
+    with pytest.raises(ValueError, match=r"^257 classes do not fit a uint8 mask$"):
         probs_to_mask(torch.zeros(257, 1, 2))
     with pytest.raises(ValueError, match="257 classes do not fit"):
         probs_to_mask(torch.zeros(1, 257, 1, 2))
@@ -157,7 +157,7 @@ def test_as_uint8_image_converts_pil_modes_to_rgb() -> None:
 
 
 def test_as_uint8_image_rejects_other_types_by_name() -> None:
-    with pytest.raises(ValueError, match="unsupported image type list"):
+    with pytest.raises(ValueError, match=r"^unsupported image type list$"):
         as_uint8_image([[1, 2, 3]])
 
 
@@ -299,7 +299,8 @@ def test_unknown_release_message(
     monkeypatch.setitem(infer.RELEASES, "alpha", infer.Release("org/a", "a", "test"))
     with pytest.raises(KeyError, match=r"available: alpha, toy\); pass a checkpoint folder "):
         infer.resolve_release("nope")
-    with pytest.raises(KeyError, match=r"to Segmenter\.from_checkpoint instead"):
+    # ".$": the message ends with the closing quote of the KeyError's repr
+    with pytest.raises(KeyError, match=r"to Segmenter\.from_checkpoint instead.$"):
         infer.resolve_release("nope")
     assert fake_release == []
 
@@ -328,11 +329,12 @@ def test_patch_size_stated_by_the_model_wins_only_when_positive() -> None:
     holder.vit = VisionTransformer(
         ViTConfig(image_size=16, patch_size=4, width=8, layers=1, heads=2)
     )
-    holder.patch_size = 1  # a stated 1 is a valid patch
+    holder.patch_size = 1  # type: ignore[assignment]  # a stated 1 is a valid patch
     assert infer._patch_size_of(holder) == 1
-    holder.patch_size = 0  # not a patch size: fall back to the ViTs
+    holder.patch_size = 0  # type: ignore[assignment]  # not a patch size: the ViTs decide
     assert infer._patch_size_of(holder) == 4
-    with pytest.raises(ValueError, match="it holds no VisionTransformer"):
+    no_vit = r"^cannot tell the model's patch size: it holds no VisionTransformer$"
+    with pytest.raises(ValueError, match=no_vit):
         infer._patch_size_of(nn.Linear(2, 2))
 
 
@@ -356,12 +358,13 @@ def test_segmenter_defaults_and_stored_arguments() -> None:
 
 
 def test_segmenter_class_count_limits() -> None:
-    with pytest.raises(ValueError, match=r"num_classes must be in \[2, 256\], got 1"):
+    with pytest.raises(ValueError, match=r"^num_classes must be in \[2, 256\], got 1$"):
         Segmenter(_two_class, 1, 2)
     with pytest.raises(ValueError, match="got 257"):
         Segmenter(_two_class, 257, 2)
     assert Segmenter(_two_class, 256, 2).num_classes == 256
-    with pytest.raises(ValueError, match=r"\(expected one name per foreground class\)"):
+    names_msg = r"^3 class names for 3 classes \(expected one name per foreground class\)$"
+    with pytest.raises(ValueError, match=names_msg):
         Segmenter(_two_class, 3, 2, class_names=["a", "b", "c"])
 
 
@@ -386,5 +389,5 @@ def test_segmenter_logits_wiring_and_class_message(monkeypatch: pytest.MonkeyPat
         "pad_mode": "zeros",
     }
     three = Segmenter(_two_class, 3, 2)
-    with pytest.raises(ValueError, match="model gave 2 classes, expected 3"):
+    with pytest.raises(ValueError, match=r"^model gave 2 classes, expected 3$"):
         three.logits(torch.rand(1, 3, 2, 2))
