@@ -44,6 +44,16 @@ def test_slic_defaults_are_the_config_defaults() -> None:
     assert np.array_equal(slic_labels(img), default.numpy())
 
 
+def test_slic_labels_count_from_zero() -> None:
+    # Superpixel ids index the S-row colour tables and the -1 "no superpixel" slot S of SGC:
+    # they must be exactly 0 .. S-1 (scikit-image's own default start is 1).
+    labels = slic_labels(_blob_image())
+    ids = np.unique(labels)
+    assert ids[0] == 0
+    assert np.array_equal(ids, np.arange(ids.size))
+    assert labels.flags.c_contiguous
+
+
 @pytest.mark.parametrize("shape", [(8, 8), (8, 8, 4)])
 def test_slic_rejects_non_rgb_shapes(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="expected an H x W x 3 image"):
