@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_gradcam import _embs
 from torch import Tensor
 
 from ssrseg.backbones.clip import CLIP
@@ -20,14 +20,6 @@ from ssrseg.cam.gradcam import (
     gradcam,
     pad_labels,
 )
-
-
-def _embs(seed: int, c: int = 4, g: int = 2, e: int = 16) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return (
-        F.normalize(torch.randn(c, e, generator=gen), dim=-1),
-        F.normalize(torch.randn(g, e, generator=gen), dim=-1),
-    )
 
 
 def _images(b: int = 2) -> Tensor:
@@ -46,7 +38,7 @@ def test_pad_labels_of_no_images_and_on_the_requested_device() -> None:
 
 
 def test_errors_name_the_problem(clip: CLIP) -> None:
-    cls_emb, bg = _embs(1)
+    cls_emb, bg = _embs(1, c=4, g=2)
     with pytest.raises(ValueError) as info:
         gradcam(clip.visual, _images(1), [[0], [1]], cls_emb, bg, 10.0)
     assert str(info.value) == "2 label lists for 1 images"
@@ -63,7 +55,7 @@ def test_the_last_block_reads_the_previous_blocks_output(
     """Shallow and deeper models: the CAM's forward equals the plain forward, one token list
     per block (the last one the last block's output), the grid right."""
     clip = make_clip(layers=layers)
-    cls_emb, bg = _embs(2)
+    cls_emb, bg = _embs(2, c=4, g=2)
     images = _images()
     res = gradcam(clip.visual, images, [[0, 2], [1]], cls_emb, bg, 10.0, target=target)
     plain = clip.visual.forward_intermediates(clip.visual.normalize(images))
@@ -75,7 +67,7 @@ def test_the_last_block_reads_the_previous_blocks_output(
 
 def test_default_attention_is_the_last_eight_blocks(make_clip: Callable[..., CLIP]) -> None:
     clip = make_clip(layers=10)
-    cls_emb, bg = _embs(3)
+    cls_emb, bg = _embs(3, c=4, g=2)
     res = gradcam(clip.visual, _images(1), [[1]], cls_emb, bg, 10.0)
     assert sorted(res.vit.attentions) == list(range(2, 10))
 
@@ -85,7 +77,7 @@ def test_attn_last_one_is_the_last_block_and_zero_is_none(
     make_clip: Callable[..., CLIP], target: str
 ) -> None:
     clip = make_clip(layers=3)
-    cls_emb, bg = _embs(4)
+    cls_emb, bg = _embs(4, c=4, g=2)
     one = gradcam(clip.visual, _images(), [[0], [3]], cls_emb, bg, 10.0, attn_last=1, target=target)
     assert sorted(one.vit.attentions) == [2] and one.vit.attentions[2].shape == (2, 6, 6)
     none = gradcam(
@@ -96,7 +88,7 @@ def test_attn_last_one_is_the_last_block_and_zero_is_none(
 
 @pytest.mark.parametrize("target", ["block_input", "patch_embeddings"])
 def test_images_without_labels_give_empty_cams(clip: CLIP, target: str) -> None:
-    cls_emb, bg = _embs(5)
+    cls_emb, bg = _embs(5, c=4, g=2)
     res = gradcam(clip.visual, _images(), [[], []], cls_emb, bg, 10.0, target=target)
     assert [tuple(c.shape) for c in res.cams] == [(0, 2, 3), (0, 2, 3)]
     assert [tuple(s.shape) for s in res.scores] == [(0,), (0,)]
@@ -122,7 +114,7 @@ def test_classes_share_one_batched_backward_by_default(
     clip: CLIP, target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """K_max = 3 classes: one vectorised backward by default, three with batch_classes=False."""
-    cls_emb, bg = _embs(6)
+    cls_emb, bg = _embs(6, c=4, g=2)
     labels = [[0, 1, 3], [2]]
     calls = _count_grad_calls(monkeypatch)
     gradcam(clip.visual, _images(), labels, cls_emb, bg, 10.0, target=target)

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_crf_wiring import _direct_unary  # skips this module too without pydensecrf
 
 from ssrseg.config import CRFConfig
 from ssrseg.engine.crf import crf_labels, dense_crf
 
-dcrf = pytest.importorskip("pydensecrf.densecrf")  # the optional extra `crf`
+pytest.importorskip("pydensecrf.densecrf")  # the optional extra `crf`
 
 # small, none a default, so a swapped or dropped value changes the answer
 CFG = CRFConfig(iterations=3, gaussian_sxy=2.0, gaussian_compat=1.5)
@@ -23,16 +24,10 @@ PRESENT = dataclasses.replace(CFG, labels="present")
 
 
 def _direct(image: np.ndarray, probs: np.ndarray, c: CRFConfig) -> np.ndarray:
-    """pydensecrf called here: unary -log(clip(p, 1e-5, 1)), the configured kernels."""
-    k, h, w = probs.shape
-    d = dcrf.DenseCRF2D(w, h, k)
-    unary = -np.log(np.clip(probs.astype(np.float32), 1e-5, 1.0)).reshape(k, -1)
-    d.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    d.addPairwiseGaussian(sxy=c.gaussian_sxy, compat=c.gaussian_compat)
-    d.addPairwiseBilateral(
-        sxy=c.bilateral_sxy, srgb=c.bilateral_srgb, rgbim=image.copy(), compat=c.bilateral_compat
-    )
-    return np.asarray(d.inference(c.iterations), dtype=np.float32).reshape(k, h, w)
+    """pydensecrf called here (test_crf_wiring's call, the configured kernels) with the unary
+    -log(clip(p, 1e-5, 1)) computed in float32."""
+    unary = -np.log(np.clip(probs.astype(np.float32), 1e-5, 1.0))
+    return _direct_unary(image, unary, c)
 
 
 def _two_winners() -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
+from test_labeler_switches import _images, _up
 
 import ssrseg.pseudo.labeler as labeler_module
 from ssrseg.model.dino_branch import Feedback, weight_cams
@@ -25,14 +25,6 @@ from ssrseg.rectify.par import par_refine
 
 NO_PAR = "par.enabled=false"
 CLIP_ONLY = "affinity.use_dino_attention=false"
-
-
-def _images(h: int, w: int, seed: int) -> torch.Tensor:
-    return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def _up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _clip_affinity(out: Any) -> torch.Tensor:
